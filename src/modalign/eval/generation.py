@@ -1,0 +1,59 @@
+"""Batched answer generation for evaluation and sampling."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from modalign.data.records import Completion, Example
+from modalign.models.inputs import MediaStore, prompt_batch
+from modalign.models.policy import Policy
+
+
+@torch.no_grad()
+def generate_answers(
+    policy: Policy,
+    media: MediaStore,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress=None,
+) -> list[Completion]:
+    """One completion per example; `temperature=0` decodes greedily.
+
+    Sampling is seeded, so the same policy, data and seed give the same answers.
+    """
+    model, processor = policy.model, policy.processor
+    was_training = model.training
+    model.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    completions: list[Completion] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = prompt_batch(processor, media, chunk)
+            prompt_length = batch["input_ids"].shape[1]
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_k=None,
+                top_p=None,
+                pad_token_id=processor.tokenizer.pad_token_id,
+            )
+            texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            completions += [
+                Completion(example.id, text.strip(), policy.name, sampling) for example, text in zip(chunk, texts)
+            ]
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        torch.random.set_rng_state(generator_state)
+        model.train(was_training)
+    return completions

@@ -1,0 +1,32 @@
+"""Terminal output: one rich console and a progress bar per stage."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(label: str, total: int, completed: int = 0) -> Iterator[Callable[..., None]]:
+    """Yields `advance(n, **fields)`; fields (e.g. loss=0.3) are shown beside the bar."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total, completed=completed, info="")
+
+        def advance(n: int = 1, **fields: float) -> None:
+            info = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
+            progress.update(task, advance=n, info=info)
+
+        yield advance
