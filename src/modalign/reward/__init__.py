@@ -1,0 +1,1 @@
+"""Reward models, reward losses, rule and composite rewards."""

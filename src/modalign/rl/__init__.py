@@ -1,0 +1,1 @@
+"""RL fine-tuning: rollout, advantages, KL, losses."""
