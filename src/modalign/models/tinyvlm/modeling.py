@@ -180,6 +180,7 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -198,9 +199,12 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         memory = memory_mask = None
         if self.config.fusion == "cross_attention":
             memory, memory_mask = media_memory(media, batch, self.config.hidden_size, input_ids.device)
+        all_hidden = [hidden]
         for layer in self.layers:
             hidden = layer(hidden, mask, cache, memory, memory_mask)
+            all_hidden.append(hidden)
         hidden = self.norm(hidden)
+        all_hidden[-1] = hidden  # as in transformers: the last entry is after the final norm
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # (B, L, V)
@@ -209,7 +213,12 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
 
     def _embed(self, input_ids: torch.Tensor, media: MediaFeatures | None) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (B, L, D)

@@ -1,0 +1,88 @@
+"""Rollout core shared by every online method: sample, then score tokens.
+
+Media features are encoded once per prompt (`encode_media`), repeated for the G samples
+of that prompt, and reused for the old-policy, reference and critic passes. This is why
+RL freezes the media encoders: the cached features stay valid for the whole update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from modalign.models.tinyvlm.fusion import MediaFeatures
+
+
+@dataclass
+class Samples:
+    """G sampled answers for each of B prompts (N = B * G rows, prompt b owns rows b*G..b*G+G-1).
+
+    sequences: (N, P + T) left-padded prompt then right-padded response
+    attention_mask: (N, P + T)
+    response_mask: (N, T) 1 on answer tokens up to and including the end-of-turn token
+    prompt_length: P
+    media: cached media features of the N rows
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_length: int
+    media: MediaFeatures | None
+
+    @property
+    def responses(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length :]
+
+
+@torch.no_grad()
+def sample_answers(
+    model,
+    prompts: dict[str, torch.Tensor],
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> Samples:
+    """Batched sampling with the KV cache; media encoded once per prompt."""
+    input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
+    media = model.encode_media(input_ids, prompts.get("pixel_values"), prompts.get("input_values"))
+    repeat = samples_per_prompt
+    media = media.repeat_interleave(repeat, input_ids.shape[0])
+    input_ids = input_ids.repeat_interleave(repeat, dim=0)
+    attention_mask = attention_mask.repeat_interleave(repeat, dim=0)
+    sequences = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, media=media, max_new_tokens=max_new_tokens,
+        do_sample=True, temperature=temperature, top_k=None, top_p=None,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+    )
+    prompt_length = input_ids.shape[1]
+    response_mask = answer_mask(sequences[:, prompt_length:], eos_token_id)
+    full_mask = torch.cat([attention_mask, response_mask], dim=1)
+    return Samples(sequences, full_mask, response_mask, prompt_length, media)
+
+
+def answer_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on tokens up to and including the first end-of-turn token of each row: (N, T)."""
+    is_eos = (responses == eos_token_id).long()
+    eos_seen_before = torch.cumsum(is_eos, dim=1) - is_eos  # count of EOS strictly before t
+    return (eos_seen_before == 0).long()
+
+
+def response_logprobs(
+    model, samples: Samples, temperature: float = 1.0, with_logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a_t | s_t) of every response token: (N, T); optionally the logits (N, T, V).
+
+    Logits are divided by the sampling temperature so the log-probs are those of the
+    distribution the answers were drawn from.
+    """
+    output = model(input_ids=samples.sequences, attention_mask=samples.attention_mask, media=samples.media)
+    logits = output.logits[:, samples.prompt_length - 1 : -1].float() / temperature  # (N, T, V)
+    suppressed = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+    if suppressed:  # generate never samples these, so they carry no probability mass
+        logits[..., suppressed] = float("-inf")
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, samples.responses.unsqueeze(-1)).squeeze(-1)
+    return (logprobs, logits) if with_logits else logprobs
