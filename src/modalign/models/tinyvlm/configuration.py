@@ -57,8 +57,8 @@ class TinyVLMConfig(PretrainedConfig):
             raise ValueError(f"TinyVLMConfig.fusion must be one of {FUSIONS}, got {fusion!r}")
         if hidden_size % num_attention_heads:
             raise ValueError("TinyVLMConfig: hidden_size must be divisible by num_attention_heads")
-        if image_size % patch_size:
-            raise ValueError("TinyVLMConfig: image_size must be divisible by patch_size")
+        if image_size % patch_size or patch_size % 2:
+            raise ValueError("TinyVLMConfig: patch_size must be even and divide image_size")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

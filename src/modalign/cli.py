@@ -1,0 +1,126 @@
+"""The `modalign` command. Subcommands map 1:1 to recipes and tools.
+
+Nothing heavy is imported at module level, so `modalign --help` starts at once; each
+command imports its recipe when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="modalign: RLHF for multimodal (image, audio, text) models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SetOption = typer.Option(None, "--set", help="Override a config field: key=value (repeatable).")
+ConfigOption = typer.Option(None, "--config", help="YAML file of the recipe's config.")
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _run(call):
+    """Run a recipe; user errors (config, records, media) print one line instead of a traceback."""
+    from modalign.config import ConfigError
+    from modalign.data.media import MediaError
+    from modalign.data.records import RecordError
+
+    try:
+        return call()
+    except (ConfigError, RecordError, MediaError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def sft(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/sft-<time>)."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Supervised fine-tuning on ShapesWorld or a JSONL + media dataset."""
+    from modalign.config import describe_config, load_config
+    from modalign.recipes.sft import SFTConfig, run_sft
+
+    if help_config:
+        typer.echo(describe_config(SFTConfig))
+        return
+
+    def call():
+        if resume:
+            cfg = load_config(SFTConfig, f"{resume}/config.yaml", set_ or [])
+            cfg.out = resume
+        else:
+            cfg = load_config(SFTConfig, config, set_ or [])
+            if out:
+                cfg.out = out
+        return run_sft(cfg, resume=resume)
+
+    _run(call)
+
+
+@app.command("eval")
+def evaluate(
+    policy: str = typer.Option(..., help="Saved policy folder or hub id."),
+    data: str = typer.Option("shapes", help="'shapes' or a dataset folder."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Gold metrics (where the data has ground truth), BLEU and ROUGE-L; writes OUT/summary.json."""
+    from modalign.config import load_config
+    from modalign.recipes.evaluate import EvalConfig, run_eval
+
+    def call():
+        cfg = load_config(EvalConfig, None, [f"policy={policy}", f"data={data}", f"split={split}", *(set_ or [])])
+        if out:
+            cfg.out = out
+        return run_eval(cfg)
+
+    _run(call)
+
+
+@app.command()
+def demo(
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/demo-<time>)."),
+    seed: int = typer.Option(0, help="Seed of data, model and sampling."),
+    quick: bool = typer.Option(False, help="A small version for tests (under 90 s)."),
+) -> None:
+    """The main job, no arguments needed."""
+    from modalign.recipes.demo import run_demo
+
+    _run(lambda: run_demo(out=out, seed=seed, quick=quick))
+
+
+@app.command()
+def shapes(
+    out: str = typer.Option(..., help="Dataset folder to write."),
+    train: int = typer.Option(1000, help="Train scenes."),
+    test: int = typer.Option(100, help="Test scenes."),
+    seed: int = typer.Option(0, help="Seed."),
+    caption_noise: float = typer.Option(0.0, help="Share of train captions that hallucinate."),
+) -> None:
+    """Generate a ShapesWorld dataset (JSONL + media folder)."""
+    from modalign.data.shapes import build_shapes_dataset
+
+    root = build_shapes_dataset(out, n_train=train, n_test=test, seed=seed, caption_noise=caption_noise)
+    typer.echo(f"wrote {root}")
+
+
+def main() -> None:
+    app(prog_name="modalign")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

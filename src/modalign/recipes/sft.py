@@ -1,0 +1,196 @@
+"""Supervised fine-tuning of a multimodal policy, read top to bottom.
+
+data -> tokenize once -> AdamW with warmup + cosine -> checkpoints -> held-out gold metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modalign.config import field_doc
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning (`modalign sft`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/sft-<time>.")
+    data: str = field_doc("shapes", "'shapes' to generate ShapesWorld into the run folder, or a dataset folder.")
+    train_split: str = field_doc("train", "Split trained on.")
+    eval_split: str = field_doc("test", "Held-out split for the final metrics.")
+    shapes_train_scenes: int = field_doc(1500, "ShapesWorld scenes in the train split (each gives 5 examples).")
+    shapes_test_scenes: int = field_doc(100, "ShapesWorld scenes in the test split.")
+    caption_noise: float = field_doc(0.3, "Share of ShapesWorld train captions that hallucinate (as web captions do).")
+    policy: str = field_doc("tinyvlm", "'tinyvlm' for a new built-in model, or a saved folder / hub id.")
+    fusion: str = field_doc("concat", "Built-in model fusion: concat, cross_attention or weighted_sum.")
+    hidden_size: int = field_doc(128, "Built-in model: decoder width.")
+    num_layers: int = field_doc(4, "Built-in model: decoder layers.")
+    num_heads: int = field_doc(4, "Built-in model: attention heads.")
+    encoder_layers: int = field_doc(2, "Built-in model: layers of the image and of the audio encoder.")
+    vocab_size: int = field_doc(512, "Built-in model: BPE vocabulary trained on the dataset's text.")
+    epochs: float = field_doc(4.0, "Passes over the train split (used when max_steps is 0).")
+    max_steps: int = field_doc(0, "Optimizer steps; 0 means derive from epochs.")
+    batch_size: int = field_doc(32, "Examples per step.")
+    lr: float = field_doc(1e-3, "Peak AdamW learning rate.")
+    weight_decay: float = field_doc(0.01, "AdamW weight decay.")
+    warmup_steps: int = field_doc(50, "Linear warmup steps before the cosine decay.")
+    max_grad_norm: float = field_doc(1.0, "Gradient clipping norm.")
+    max_length: int = field_doc(128, "Longest sequence (media tokens included); answers are cut, media never.")
+    log_every: int = field_doc(20, "Steps between metric lines.")
+    checkpoint_every: int = field_doc(200, "Steps between checkpoints (0: only at the end).")
+    eval_examples: int = field_doc(0, "Held-out examples evaluated at the end (0: all).")
+    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
+    seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
+    threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
+
+
+def run_sft(cfg: SFTConfig, resume: str | None = None) -> dict:
+    """Train, save `model/`, evaluate on the held-out split, write `summary.json`; returns the summary."""
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
+    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.ui import console, progress_bar
+
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("sft"), cfg)
+    data_root = prepare_data(cfg, run.path)
+    train = read_examples(data_root, cfg.train_split)
+    policy = make_policy(cfg, [text for e in train for text in _texts(e)])
+    media = MediaStore(data_root, sample_rate=_sample_rate(policy))
+    console.print(f"[bold]sft[/] {len(train)} examples, {policy.num_parameters / 1e6:.2f} M parameters -> {run.path}")
+
+    encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
+    steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)
+    step = 0
+    if resume and run.latest_checkpoint() is not None:
+        state = run.load_checkpoint(run.latest_checkpoint())
+        policy.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        console.print(f"resumed at step {step}")
+
+    model = policy.model.train()
+    pad_id = policy.processor.tokenizer.pad_token_id
+    with progress_bar("sft", total=total_steps, completed=step) as advance:
+        while step < total_steps:
+            batch = collate_sft(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed), pad_id)
+            tick = time.time()
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            advance(1, loss=loss.item())
+            if step % cfg.log_every == 0 or step == total_steps:
+                tokens = int(batch["attention_mask"].sum())
+                run.log(step, {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                               "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens / (time.time() - tick)})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step}, step)
+
+    policy.name = str(run.path / "model")
+    policy.save(run.path / "model")
+    train_seconds = time.time() - started
+    metrics = evaluate_policy(policy, data_root, cfg, run)
+    summary = {"stage": "sft", "steps": step, "train_seconds": round(train_seconds, 1), "final_loss": float(loss) if total_steps else None,
+               "parameters": policy.num_parameters, "model": str(run.path / "model"), "eval": metrics,
+               "wall_seconds": round(time.time() - started, 1)}
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def prepare_data(cfg: SFTConfig, run_path: Path) -> Path:
+    """The dataset folder: generated ShapesWorld inside the run, or the user's folder."""
+    if cfg.data != "shapes":
+        return Path(cfg.data)
+    from modalign.data.shapes import build_shapes_dataset
+
+    root = run_path / "data"
+    if not (root / f"{cfg.train_split}.jsonl").is_file():
+        build_shapes_dataset(root, n_train=cfg.shapes_train_scenes, n_test=cfg.shapes_test_scenes,
+                             seed=cfg.seed, caption_noise=cfg.caption_noise)
+    return root
+
+
+def make_policy(cfg: SFTConfig, corpus: list[str]):
+    from modalign.models.policy import create_tinyvlm, load_policy
+
+    if cfg.policy != "tinyvlm":
+        return load_policy(cfg.policy)
+    return create_tinyvlm(
+        corpus, vocab_size=cfg.vocab_size, seed=cfg.seed, fusion=cfg.fusion, hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
+        vision_layers=cfg.encoder_layers, audio_layers=cfg.encoder_layers,
+        vision_hidden_size=cfg.hidden_size, audio_hidden_size=cfg.hidden_size,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, cfg: SFTConfig, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps // 2), total_steps)
+    return optimizer, scheduler
+
+
+def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed: int) -> list:
+    """The batch of a global step: a seeded permutation per epoch, so resume needs only the step."""
+    epoch, index = divmod(step, steps_per_epoch)
+    order = list(range(len(items)))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return [items[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+
+
+def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
+    from modalign.data.dataset import read_examples
+    from modalign.eval.generation import generate_answers
+    from modalign.eval.metrics import score_completions
+    from modalign.models.inputs import MediaStore
+    from modalign.ui import progress_bar
+    import json
+
+    examples = read_examples(data_root, cfg.eval_split)
+    if cfg.eval_examples:
+        examples = examples[: cfg.eval_examples]
+    media = MediaStore(data_root, sample_rate=_sample_rate(policy))
+    with progress_bar("eval", total=len(examples)) as advance:
+        completions = generate_answers(policy, media, examples, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=cfg.eval_temperature, seed=cfg.seed, progress=advance)
+    samples = run.path / "samples" / "eval.jsonl"
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    with samples.open("w", encoding="utf-8") as handle:
+        for example, completion in zip(examples, completions):
+            handle.write(json.dumps({**completion.to_dict(), "prompt": example.prompt_text, "reference": example.answer}) + "\n")
+    return score_completions(examples, completions)
+
+
+def _texts(example) -> list[str]:
+    from modalign.data.records import message_text
+
+    return [message_text(m) for m in example.messages]
+
+
+def _sample_rate(policy) -> int:
+    extractor = getattr(policy.processor, "feature_extractor", None)
+    return int(getattr(extractor, "sampling_rate", 16000))

@@ -1,0 +1,115 @@
+"""The run folder: config.yaml, metrics.jsonl, TensorBoard events, checkpoints/, samples/, summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from modalign.config import save_config
+
+
+def default_run_dir(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """One run's folder. `create` starts a run; `open` continues one (resume)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = None
+
+    @classmethod
+    def create(cls, path: str | Path, config: Any = None) -> "RunDir":
+        path = Path(path)
+        for sub in ("checkpoints", "samples"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            save_config(config, path / "config.yaml")
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
+        return cls(path)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append a JSON line to metrics.jsonl and TensorBoard scalars; NaN/inf become null."""
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **clean}) + "\n")
+        writer = self._tensorboard()
+        for key, value in clean.items():
+            if value is not None:
+                writer.add_scalar(key, value, step)
+
+    def _tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.path / "tb"))
+        return self._writer
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        return write_json_atomic(self.path / "summary.json", summary)
+
+    def save_checkpoint(self, state: Mapping[str, Any], step: int, keep: int = 2) -> Path:
+        """Write to a temp folder, then rename: a kill mid-save never breaks the latest checkpoint."""
+        final = self.path / "checkpoints" / f"step-{step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(dict(state), tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self.checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in (self.path / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        return torch.load(Path(path) / "state.pt", weights_only=False)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
