@@ -25,6 +25,8 @@ def field_doc(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with its documentation."""
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -110,7 +112,9 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     for f in dataclasses.fields(cfg):
         if f.metadata.get("help"):
             lines.append(f"# {f.metadata['help']}")
-        lines.append(yaml.safe_dump({f.name: getattr(cfg, f.name)}, default_flow_style=None, sort_keys=False).rstrip())
+        value = getattr(cfg, f.name)
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        lines.append(yaml.safe_dump({f.name: value}, default_flow_style=False, sort_keys=False).rstrip())
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -34,7 +34,7 @@ class SFTConfig:
     num_heads: int = field_doc(4, "Built-in model: attention heads.")
     encoder_layers: int = field_doc(2, "Built-in model: layers of the image and of the audio encoder.")
     vocab_size: int = field_doc(512, "Built-in model: BPE vocabulary trained on the dataset's text.")
-    epochs: float = field_doc(4.0, "Passes over the train split (used when max_steps is 0).")
+    epochs: float = field_doc(5.0, "Passes over the train split (used when max_steps is 0).")
     max_steps: int = field_doc(0, "Optimizer steps; 0 means derive from epochs.")
     batch_size: int = field_doc(32, "Examples per step.")
     lr: float = field_doc(1e-3, "Peak AdamW learning rate.")
@@ -108,7 +108,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None) -> dict:
     policy.save(run.path / "model")
     train_seconds = time.time() - started
     metrics = evaluate_policy(policy, data_root, cfg, run)
-    summary = {"stage": "sft", "steps": step, "train_seconds": round(train_seconds, 1), "final_loss": float(loss) if total_steps else None,
+    summary = {"stage": "sft", "steps": step, "train_seconds": round(train_seconds, 1), "final_loss": loss.item() if total_steps else None,
                "parameters": policy.num_parameters, "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)

@@ -40,13 +40,15 @@ class PatchImageEncoder(nn.Module):
             nn.GELU(),
             nn.Conv2d(stem_width, width, kernel_size=patch_size // 2, stride=patch_size // 2),
         )
+        # Normalising patch embeddings keeps the pixel signal O(1) next to the positions.
+        self.patch_norm = nn.LayerNorm(width)
         self.positions = nn.Parameter(torch.zeros(1, grid * grid, width))
         self.blocks = _encoder_stack(width, layers, dropout)
         self.norm = nn.LayerNorm(width)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: (N, 3, H, W) -> (N, P, width)
-        patches = self.patchify(pixel_values).flatten(2).transpose(1, 2)
+        patches = self.patch_norm(self.patchify(pixel_values).flatten(2).transpose(1, 2))
         return self.norm(self.blocks(patches + self.positions))
 
 

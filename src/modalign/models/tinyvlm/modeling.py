@@ -80,7 +80,11 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = 0.02
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            # He init: a stack of small-std convolutions would shrink the media signal to nothing.
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            module.bias.zero_()
+        elif isinstance(module, nn.Linear):
             module.weight.normal_(0.0, std)
             if module.bias is not None:
                 module.bias.zero_()

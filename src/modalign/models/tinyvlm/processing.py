@@ -77,8 +77,8 @@ class TinyVLMProcessor(ProcessorMixin):
         feature_extractor: TinyVLMFeatureExtractor,
         tokenizer,
         chat_template: str | None = None,
-        image_seq_length: int = 36,
-        audio_seq_length: int = 26,
+        image_seq_length: int = 9,
+        audio_seq_length: int = 13,
         **kwargs,
     ) -> None:
         self.image_seq_length, self.audio_seq_length = image_seq_length, audio_seq_length

@@ -1,0 +1,88 @@
+"""Configs from YAML and --set, run folders, checkpoints and RNG state."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from modalign.config import ConfigError, describe_config, field_doc, load_config
+from modalign.runs import RunDir, rng_state, set_rng_state
+
+
+@dataclass
+class Inner:
+    """Nested part."""
+
+    width: int = field_doc(8, "Width.")
+
+
+@dataclass
+class Demo:
+    """A config for tests."""
+
+    lr: float = field_doc(1e-3, "Learning rate.")
+    name: str = field_doc("x", "Name.")
+    steps: int = field_doc(10, "Steps.")
+    flag: bool = field_doc(False, "A switch.")
+    inner: Inner = field_doc(Inner(), "Nested.")
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.01\nname: run\ninner:\n  width: 16\n")
+    cfg = load_config(Demo, path, ["steps=5", "flag=true", "inner.width=32", "lr=1"])
+    assert (cfg.lr, cfg.name, cfg.steps, cfg.flag, cfg.inner.width) == (1.0, "run", 5, True, 32)
+    assert isinstance(cfg.lr, float)
+
+
+def test_unknown_key_and_bad_type_name_the_key():
+    with pytest.raises(ConfigError, match="'stepz'.*valid keys: lr, name, steps"):
+        load_config(Demo, None, ["stepz=3"])
+    with pytest.raises(ConfigError, match="'steps'.*'many' is not a int"):
+        load_config(Demo, None, ["steps=many"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(Demo, None, ["steps"])
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = load_config(Demo, None, ["steps=7", "name=abc"])
+    run = RunDir.create(tmp_path / "run", cfg)
+    text = (run.path / "config.yaml").read_text()
+    assert "# Learning rate." in text
+    assert load_config(Demo, run.path / "config.yaml") == cfg
+    assert "Learning rate." in describe_config(Demo)
+
+
+def test_metrics_and_summary(tmp_path):
+    run = RunDir.create(tmp_path / "run", Demo())
+    run.log(1, {"loss": 2.0})
+    run.log(2, {"loss": float("nan")})
+    run.write_summary({"ok": 1})
+    run.close()
+    lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": None}]
+    assert json.loads((run.path / "summary.json").read_text()) == {"ok": 1}
+    assert any((run.path / "tb").iterdir())
+
+
+def test_checkpoints_keep_the_latest(tmp_path):
+    run = RunDir.create(tmp_path / "run", Demo())
+    for step in (10, 20, 30):
+        run.save_checkpoint({"step": step, "w": torch.ones(2) * step}, step, keep=2)
+    assert [p.name for p in run.checkpoints()] == ["step-000020", "step-000030"]
+    assert run.load_checkpoint(run.latest_checkpoint())["step"] == 30
+    # A half-written checkpoint (killed mid-save) is never taken for the latest.
+    (run.path / "checkpoints" / "step-000040.tmp").mkdir()
+    assert run.latest_checkpoint().name == "step-000030"
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
