@@ -1,0 +1,1 @@
+"""Human and simulated feedback: judgments, annotators, aggregation and agreement."""

@@ -1,0 +1,88 @@
+"""Judgment records: what an annotator said about candidates of one example.
+
+Every judgment names its annotator, the guideline version they followed, and when.
+Candidate ids refer to candidates in the feedback store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal, Mapping
+
+
+class JudgmentError(ValueError):
+    """A judgment is malformed; the message names the field."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judgment:
+    example_id: str
+    annotator: str
+    guideline_version: str = "v1"
+    created_at: datetime = field(default_factory=_now)
+    task_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairwiseJudgment(Judgment):
+    """A / B / tie between two candidates, with an optional reason."""
+
+    candidate_a: int
+    candidate_b: int
+    choice: Literal["a", "b", "tie"]
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.choice not in ("a", "b", "tie"):
+            raise JudgmentError(f"pairwise judgment of {self.example_id!r}: choice {self.choice!r} is not a, b or tie")
+        if self.candidate_a == self.candidate_b:
+            raise JudgmentError(f"pairwise judgment of {self.example_id!r}: candidate_a equals candidate_b")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankingJudgment(Judgment):
+    """Candidates ordered best first."""
+
+    ranking: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.ranking) < 2 or len(set(self.ranking)) != len(self.ranking):
+            raise JudgmentError(f"ranking of {self.example_id!r}: needs two or more distinct candidates")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RatingJudgment(Judgment):
+    """Likert ratings per axis (e.g. accuracy, fluency, safety) of one candidate."""
+
+    candidate: int
+    ratings: Mapping[str, int]
+    scale: int = 5
+
+    def __post_init__(self) -> None:
+        for axis, value in self.ratings.items():
+            if not isinstance(value, int) or not 1 <= value <= self.scale:
+                raise JudgmentError(f"rating of {self.example_id!r}: axis {axis!r} = {value!r} is not in 1..{self.scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CritiqueJudgment(Judgment):
+    """Free-text critique plus a corrected answer and the corrected spans (start, end, replacement)."""
+
+    candidate: int
+    critique: str
+    corrected_text: str | None = None
+    corrected_spans: tuple[tuple[int, int, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImplicitJudgment(Judgment):
+    """A signal from use rather than a question: accepted, rejected, clicked, copied, regenerated."""
+
+    candidate: int
+    signal: Literal["accepted", "rejected", "clicked", "copied", "regenerated"]
+    value: float = 1.0
