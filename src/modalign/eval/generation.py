@@ -57,3 +57,16 @@ def generate_answers(
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
     return completions
+
+
+def write_samples(path, examples: Sequence[Example], completions: Sequence[Completion]) -> None:
+    """One JSON line per answer, with its prompt and reference, for reading and reports."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for example, completion in zip(examples, completions):
+            row = {**completion.to_dict(), "prompt": example.prompt_text, "reference": example.answer}
+            handle.write(json.dumps(row) + "\n")

@@ -75,12 +75,15 @@ class EncodedExample:
     input_values: torch.Tensor | None
 
 
-def encode_sft_example(processor, media: MediaStore, example: Example, max_length: int) -> EncodedExample:
-    """Tokenize prompt + reference answer; too long a sequence loses answer tokens, never media."""
-    if example.answer is None:
+def encode_sft_example(
+    processor, media: MediaStore, example: Example, max_length: int, answer: str | None = None
+) -> EncodedExample:
+    """Tokenize prompt + answer (default: the reference); too long a sequence loses answer tokens, never media."""
+    answer = example.answer if answer is None else answer
+    if answer is None:
         raise ValueError(f"record {example.id!r}: SFT needs a final assistant message (the target answer)")
     images, audio = media.images(example), media.audio(example)
-    target = example.answer + eos_text(processor)
+    target = answer + eos_text(processor)
     full = processor(text=[render_prompt(processor, example) + target], images=images or None, audio=audio or None)
     input_ids = full["input_ids"][0]
     answer_ids = processor.tokenizer(target, add_special_tokens=False)["input_ids"]

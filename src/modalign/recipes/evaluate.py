@@ -29,7 +29,7 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     """Generate answers, score them, write `OUT/summary.json` and `OUT/samples.jsonl`."""
     from modalign.data.dataset import read_examples
-    from modalign.eval.generation import generate_answers
+    from modalign.eval.generation import generate_answers, write_samples
     from modalign.eval.metrics import score_completions
     from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
@@ -53,9 +53,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        seed=cfg.seed, progress=advance)
     metrics = score_completions(examples, completions)
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
-        for example, completion in zip(examples, completions):
-            handle.write(json.dumps({**completion.to_dict(), "prompt": example.prompt_text, "reference": example.answer}) + "\n")
+    write_samples(out / "samples.jsonl", examples, completions)
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split,
                "metrics": metrics, "wall_seconds": round(time.time() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -164,11 +164,10 @@ def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed
 
 def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
     from modalign.data.dataset import read_examples
-    from modalign.eval.generation import generate_answers
+    from modalign.eval.generation import generate_answers, write_samples
     from modalign.eval.metrics import score_completions
     from modalign.models.inputs import MediaStore
     from modalign.ui import progress_bar
-    import json
 
     examples = read_examples(data_root, cfg.eval_split)
     if cfg.eval_examples:
@@ -177,11 +176,7 @@ def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
     with progress_bar("eval", total=len(examples)) as advance:
         completions = generate_answers(policy, media, examples, max_new_tokens=cfg.max_new_tokens,
                                        temperature=cfg.eval_temperature, seed=cfg.seed, progress=advance)
-    samples = run.path / "samples" / "eval.jsonl"
-    samples.parent.mkdir(parents=True, exist_ok=True)
-    with samples.open("w", encoding="utf-8") as handle:
-        for example, completion in zip(examples, completions):
-            handle.write(json.dumps({**completion.to_dict(), "prompt": example.prompt_text, "reference": example.answer}) + "\n")
+    write_samples(run.path / "samples" / "eval.jsonl", examples, completions)
     return score_completions(examples, completions)
 
 
