@@ -33,7 +33,7 @@ class BlankMedia(MediaStore):
         return [np.zeros_like(clip) for clip in super().audio(example)]
 
 
-def caption_pairs(examples, seed):
+def caption_pairs(examples, seed, per_example=1):
     """Faithful caption vs the same caption with one hallucination: only the media can tell them apart."""
     rng = random.Random(seed)
     pairs = []
@@ -41,23 +41,23 @@ def caption_pairs(examples, seed):
         if example.meta["task"] != "caption":
             continue
         scene = Scene.from_dict(example.meta["scene"])
-        good, (bad, _) = caption(scene), noisy_caption(scene, rng)
-        pairs.append(PreferencePair(example, good, bad))
+        for _ in range(per_example):
+            pairs.append(PreferencePair(example, caption(scene), noisy_caption(scene, rng)[0]))
     return pairs
 
 
 @pytest.mark.slow
 def test_reward_model_uses_image_and_audio(tmp_path):
-    root = build_shapes_dataset(tmp_path / "data", n_train=200, n_test=60, seed=2, caption_noise=0.0)
+    root = build_shapes_dataset(tmp_path / "data", n_train=300, n_test=60, seed=2, caption_noise=0.0)
     run_sft(SFTConfig(out=str(tmp_path / "sft"), data=str(root), hidden_size=64, num_layers=2, num_heads=2,
-                      encoder_layers=1, vocab_size=300, batch_size=32, max_steps=250, lr=3e-3, eval_examples=1,
+                      encoder_layers=1, vocab_size=300, batch_size=32, max_steps=400, lr=3e-3, eval_examples=1,
                       warmup_steps=10, log_every=50))
     policy = load_policy(tmp_path / "sft" / "model")
     pad = policy.processor.tokenizer.pad_token_id
     model = ScalarHeadModel(policy.model)
-    train = encode_pairs(policy.processor, MediaStore(root), caption_pairs(read_examples(root, "train"), 0), 128)
+    train = encode_pairs(policy.processor, MediaStore(root), caption_pairs(read_examples(root, "train"), 0, 3), 128)
     test_pairs = caption_pairs(read_examples(root, "test"), 1)
-    train_reward_model(model, train, pad, steps=200, batch_size=16, lr=1e-3)
+    train_reward_model(model, train, pad, steps=400, batch_size=16, lr=3e-4)
     fit_normalizer(model, train, pad)
     seen = pairwise_accuracy(model, encode_pairs(policy.processor, MediaStore(root), test_pairs, 128), pad)
     blank = pairwise_accuracy(model, encode_pairs(policy.processor, BlankMedia(root), test_pairs, 128), pad)
