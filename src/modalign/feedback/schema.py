@@ -1,0 +1,66 @@
+"""Tables of the feedback store (SQLAlchemy 2 ORM)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExampleRow(Base):
+    __tablename__ = "examples"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    record: Mapped[dict] = mapped_column(JSON)  # Example.to_dict()
+    root: Mapped[str | None] = mapped_column(Text, nullable=True)  # dataset root of its media
+
+
+class CandidateRow(Base):
+    __tablename__ = "candidates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    example_id: Mapped[str] = mapped_column(ForeignKey("examples.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    policy_version: Mapped[str] = mapped_column(String(500), default="")
+    sampling: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JudgmentRow(Base):
+    __tablename__ = "judgments"
+    __table_args__ = (UniqueConstraint("task_id", "annotator", name="one_answer_per_task"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    example_id: Mapped[str] = mapped_column(ForeignKey("examples.id"), index=True)
+    annotator: Mapped[str] = mapped_column(String(200), index=True)
+    guideline_version: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    task_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class AnnotatorRow(Base):
+    __tablename__ = "annotators"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20), default="annotator")
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    example_id: Mapped[str] = mapped_column(ForeignKey("examples.id"))
+    candidate_ids: Mapped[list] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AssignmentRow(Base):
+    __tablename__ = "assignments"
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    annotator: Mapped[str] = mapped_column(ForeignKey("annotators.name"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
