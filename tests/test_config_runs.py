@@ -38,6 +38,7 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(Demo, path, ["steps=5", "flag=true", "inner.width=32", "lr=1"])
     assert (cfg.lr, cfg.name, cfg.steps, cfg.flag, cfg.inner.width) == (1.0, "run", 5, True, 32)
     assert isinstance(cfg.lr, float)
+    assert load_config(Demo, None, ["lr=1e-4"]).lr == 1e-4  # YAML 1.1 reads this as a string
 
 
 def test_unknown_key_and_bad_type_name_the_key():

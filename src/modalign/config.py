@@ -95,6 +95,11 @@ def _coerce(value: Any, expected: Any, key: str) -> Any:
         return items if origin is list else tuple(items)
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if expected in (int, float, str, bool) and not (type(value) is expected):

@@ -70,3 +70,25 @@ def write_samples(path, examples: Sequence[Example], completions: Sequence[Compl
         for example, completion in zip(examples, completions):
             row = {**completion.to_dict(), "prompt": example.prompt_text, "reference": example.answer}
             handle.write(json.dumps(row) + "\n")
+
+
+def evaluate_split(
+    policy: Policy, data_root, split: str, max_examples: int = 0, max_new_tokens: int = 40,
+    temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "",
+) -> dict[str, float]:
+    """Generate on a held-out split (optionally one task) and score with gold and text metrics."""
+    from modalign.data.dataset import read_examples
+    from modalign.eval.metrics import score_completions
+    from modalign.ui import progress_bar
+
+    examples = [e for e in read_examples(data_root, split) if not task or e.meta.get("task") == task]
+    if max_examples:
+        examples = examples[:max_examples]
+    extractor = getattr(policy.processor, "feature_extractor", None)
+    media = MediaStore(data_root, sample_rate=int(getattr(extractor, "sampling_rate", 16000)))
+    with progress_bar("eval", total=len(examples)) as advance:
+        completions = generate_answers(policy, media, examples, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, seed=seed, progress=advance)
+    if samples_path is not None:
+        write_samples(samples_path, examples, completions)
+    return score_completions(examples, completions)

@@ -163,21 +163,10 @@ def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed
 
 
 def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
-    from modalign.data.dataset import read_examples
-    from modalign.eval.generation import generate_answers, write_samples
-    from modalign.eval.metrics import score_completions
-    from modalign.models.inputs import MediaStore
-    from modalign.ui import progress_bar
+    from modalign.eval.generation import evaluate_split
 
-    examples = read_examples(data_root, cfg.eval_split)
-    if cfg.eval_examples:
-        examples = examples[: cfg.eval_examples]
-    media = MediaStore(data_root, sample_rate=_sample_rate(policy))
-    with progress_bar("eval", total=len(examples)) as advance:
-        completions = generate_answers(policy, media, examples, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=cfg.eval_temperature, seed=cfg.seed, progress=advance)
-    write_samples(run.path / "samples" / "eval.jsonl", examples, completions)
-    return score_completions(examples, completions)
+    return evaluate_split(policy, data_root, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+                          cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl")
 
 
 def _texts(example) -> list[str]:

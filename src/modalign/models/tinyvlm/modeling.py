@@ -138,6 +138,10 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         self.generation_config.suppress_tokens = [config.image_token_id, config.audio_token_id, config.bos_token_id]
 
     # ---- media -------------------------------------------------------------------
+    def media_encoder_modules(self) -> list[nn.Module]:
+        """Modules that turn pixels and waveforms into `MediaFeatures` (frozen during RL)."""
+        return [self.vision, self.audio, self.image_projector, self.audio_projector]
+
     def encode_media(
         self,
         input_ids: torch.Tensor,

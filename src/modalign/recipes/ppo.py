@@ -1,0 +1,224 @@
+"""PPO with a critic against a reward model, read top to bottom.
+
+per step: sample G answers per prompt (media encoded once) -> old, reference and critic
+passes on the cached media -> reward-model scores + per-token KL -> GAE -> PPO epochs.
+The media encoders are frozen so that the cached features stay valid for every pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from modalign.config import field_doc
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a critic (`modalign ppo`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/ppo-<time>.")
+    policy: str = field_doc("", "The SFT policy folder (also the frozen reference and the critic's start).")
+    reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save).")
+    data: str = field_doc("", "Dataset folder with the prompts.")
+    split: str = field_doc("train", "Split the prompts come from.")
+    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
+    eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
+    eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
+    steps: int = field_doc(40, "PPO iterations (rollout + update).")
+    prompts_per_step: int = field_doc(16, "Prompts sampled per iteration.")
+    samples_per_prompt: int = field_doc(2, "Answers sampled per prompt.")
+    max_new_tokens: int = field_doc(40, "Longest sampled answer.")
+    temperature: float = field_doc(1.0, "Sampling temperature of rollouts.")
+    lr: float = field_doc(2e-5, "Policy learning rate.")
+    critic_lr: float = field_doc(1e-4, "Critic learning rate.")
+    ppo_epochs: int = field_doc(2, "Passes over each rollout.")
+    minibatch_size: int = field_doc(16, "Answers per gradient step.")
+    clip: float = field_doc(0.2, "PPO ratio clip epsilon.")
+    value_clip: float = field_doc(0.2, "Value clip epsilon.")
+    value_coef: float = field_doc(0.5, "Weight of the value loss.")
+    entropy_coef: float = field_doc(0.0, "Weight of the entropy bonus.")
+    kl_coef: float = field_doc(0.05, "Initial KL penalty beta.")
+    kl_target: float = field_doc(0.0, "Target KL per answer for the adaptive controller (0: fixed beta).")
+    gamma: float = field_doc(1.0, "Discount.")
+    lam: float = field_doc(0.95, "GAE lambda.")
+    unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
+    max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
+    checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
+    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    seed: int = field_doc(0, "Seed of prompt order and sampling.")
+
+
+def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
+    """Train; save `model/` and `critic/`; evaluate; write `summary.json`. Returns the summary."""
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, prompt_batch
+    from modalign.models.policy import load_policy
+    from modalign.reward.model import ScalarHeadModel
+    from modalign.rl.advantages import gae, whiten
+    from modalign.rl.kl import AdaptiveKLController, FixedKLController
+    from modalign.rl.ppo import critic_values, explained_variance, ppo_minibatch_loss, subset, token_rewards
+    from modalign.rl.rewards import RewardModelSource
+    from modalign.rl.rollout import response_logprobs, sample_answers
+    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.ui import console, progress_bar
+
+    started = time.time()
+    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("ppo"), cfg)
+    torch.manual_seed(cfg.seed)
+    policy = load_policy(cfg.policy)
+    model, processor = policy.model, policy.processor
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    critic = ScalarHeadModel(copy.deepcopy(model))
+    for module in model.media_encoder_modules() + critic.backbone.media_encoder_modules():
+        module.requires_grad_(False)
+    reward = reward_source or RewardModelSource(ScalarHeadModel.load(cfg.reward_model))
+    prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    media_store = MediaStore(cfg.data)
+    tokenizer = processor.tokenizer
+    policy_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_target else FixedKLController(cfg.kl_coef)
+    step, bad_steps = 0, 0
+    if resume and run.latest_checkpoint() is not None:
+        state = run.load_checkpoint(run.latest_checkpoint())
+        model.load_state_dict(state["policy"])
+        critic.load_state_dict(state["critic"])
+        policy_opt.load_state_dict(state["policy_opt"])
+        critic_opt.load_state_dict(state["critic_opt"])
+        kl_ctl.load_state_dict(state["kl"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        console.print(f"resumed at step {step}")
+
+    with progress_bar("ppo", total=cfg.steps, completed=step) as advance:
+        while step < cfg.steps:
+            examples = prompts_at(prompts_all, step, cfg.prompts_per_step, cfg.seed)
+            prompts = prompt_batch(processor, media_store, examples)
+            # 1. rollout: answers sampled with the KV cache, media encoded once per prompt
+            model.eval()
+            samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                     tokenizer.eos_token_id, tokenizer.pad_token_id)
+            sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
+            answers = tokenizer.batch_decode(samples.responses * samples.response_mask, skip_special_tokens=True)
+            mask = samples.response_mask.float()
+            with torch.no_grad():
+                # 2. old-policy, reference and critic passes reuse samples.media
+                old_logprobs = response_logprobs(model, samples, cfg.temperature)
+                ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
+                old_values = critic_values(critic, samples)
+                scores = reward(sampled_examples, answers, samples, prompts).float()
+                finished = (samples.responses == tokenizer.eos_token_id).any(1)
+                scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
+                rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
+                advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+                advantages = whiten(advantages, mask)
+            if not _finite(scores, old_logprobs, old_values):
+                bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
+                step += 1
+                continue
+            # 3. PPO epochs over shuffled minibatches
+            model.train()
+            critic.train()
+            stats, skipped = [], False
+            for _ in range(cfg.ppo_epochs):
+                for rows in torch.randperm(samples.sequences.shape[0]).split(cfg.minibatch_size):
+                    out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
+                                             advantages[rows], returns[rows], cfg.temperature, cfg.clip,
+                                             cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+                    if not torch.isfinite(out.loss):
+                        skipped = True
+                        break
+                    policy_opt.zero_grad(set_to_none=True)
+                    critic_opt.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+                    policy_opt.step()
+                    critic_opt.step()
+                    stats.append(out)
+                if skipped:
+                    break
+            if skipped:
+                bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
+                step += 1
+                continue
+            bad_steps = 0
+            kl_per_answer = float((kl.sum(1)).mean())
+            kl_ctl.update(kl_per_answer, samples.sequences.shape[0])
+            step += 1
+            metrics = {
+                "ppo/reward_mean": float(scores.mean()), "ppo/reward_std": float(scores.std()),
+                "ppo/kl_to_ref": kl_per_answer, "ppo/kl_coef": kl_ctl.value,
+                "ppo/answer_length": float(mask.sum(1).mean()),
+                "ppo/explained_variance": explained_variance(old_values, returns, mask),
+                **{f"ppo/{k}": float(torch.stack([getattr(s, k) for s in stats]).mean())
+                   for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")},
+            }
+            run.log(step, metrics)
+            advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict(),
+                                     "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
+                                     "kl": kl_ctl.state_dict(), "rng": rng_state(), "step": step}, step)
+
+    policy.name = str(run.path / "model")
+    policy.save(run.path / "model")
+    critic.save(run.path / "critic", processor)
+    from modalign.eval.generation import evaluate_split
+
+    metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
+    metrics["kl_to_ref"] = mean_kl_to_reference(run)
+    summary = {"stage": "ppo", "steps": step, "model": str(run.path / "model"), "eval": metrics,
+               "wall_seconds": round(time.time() - started, 1)}
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def mean_kl_to_reference(run, last: int = 5) -> float:
+    """Mean KL to the reference per answer over the last logged iterations."""
+    import json
+
+    lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    values = [line["ppo/kl_to_ref"] for line in lines if line.get("ppo/kl_to_ref") is not None][-last:]
+    return sum(values) / max(1, len(values))
+
+
+def prompts_at(examples: list, step: int, count: int, seed: int) -> list:
+    """The prompts of an iteration: a seeded permutation per pass, so resume needs only the step."""
+    import random
+
+    per_pass = max(1, len(examples) // count)
+    epoch, index = divmod(step, per_pass)
+    order = list(range(len(examples)))
+    random.Random(seed * 7919 + epoch).shuffle(order)
+    return [examples[i] for i in order[index * count : (index + 1) * count]]
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _skip(run, step: int, example_ids: list[str], bad_steps: int, max_bad_steps: int) -> int:
+    """Log a skipped step; stop with a clear error after `max_bad_steps` in a row."""
+    from modalign.ui import console
+
+    bad_steps += 1
+    run.log(step + 1, {"ppo/skipped_step": 1.0})
+    with (run.path / "skipped_steps.jsonl").open("a", encoding="utf-8") as handle:
+        import json
+
+        handle.write(json.dumps({"step": step + 1, "example_ids": example_ids}) + "\n")
+    console.print(f"[yellow]step {step + 1}: non-finite loss or reward, skipped ({', '.join(example_ids[:4])} ...)")
+    if bad_steps >= max_bad_steps:
+        raise RuntimeError(
+            f"PPO stopped: {bad_steps} steps in a row had a non-finite loss or reward "
+            f"(see {run.path / 'skipped_steps.jsonl'}); checkpoints in {run.path / 'checkpoints'} are intact"
+        )
+    return bad_steps

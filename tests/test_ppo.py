@@ -1,0 +1,94 @@
+"""PPO with a critic: token rewards by hand, a smoke run, exact resume, non-finite steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from modalign.data.shapes import build_shapes_dataset
+from modalign.feedback.simulated import gold_utility
+from modalign.models.policy import load_policy
+from modalign.recipes.ppo import PPOConfig, run_ppo
+from modalign.recipes.sft import SFTConfig, run_sft
+from modalign.rl.ppo import explained_variance, token_rewards
+from modalign.rl.rewards import FunctionSource
+from modalign.runs import RunDir
+
+
+def test_token_rewards_by_hand():
+    rewards, kl = token_rewards(torch.tensor([2.0]), torch.tensor([[-1.0, -1.0, -1.0]]),
+                                torch.tensor([[-2.0, -1.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]), kl_coef=0.5)
+    assert kl.tolist() == [[1.0, 0.0, 0.0]]
+    assert rewards.tolist() == [[-0.5, 2.0, 0.0]]  # the score lands on the last real token
+
+
+def test_explained_variance():
+    target, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
+    assert explained_variance(target, target, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 3), 2.0), target, mask) == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    data = build_shapes_dataset(root / "data", n_train=30, n_test=4, seed=0, caption_noise=0.3)
+    run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
+                      encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
+    return root / "sft" / "model", data
+
+
+def ppo_config(out, sft_model, **overrides):
+    model, data = sft_model
+    fields = dict(out=str(out), policy=str(model), data=str(data), steps=4, prompts_per_step=4,
+                  samples_per_prompt=2, max_new_tokens=12, minibatch_size=4, checkpoint_every=2, eval_examples=2)
+    return PPOConfig(**{**fields, **overrides})
+
+
+GOLD = FunctionSource(gold_utility)
+
+
+def test_ppo_smoke_logs_every_metric(tmp_path, sft_model):
+    summary = run_ppo(ppo_config(tmp_path / "run", sft_model), reward_source=GOLD)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    for key in ("reward_mean", "reward_std", "kl_to_ref", "approx_kl", "clip_fraction", "explained_variance",
+                "entropy", "answer_length", "value_loss", "policy_loss"):
+        assert lines[-1][f"ppo/{key}"] is not None, key
+    assert "hallucination_rate" in summary["eval"] and "kl_to_ref" in summary["eval"]
+    assert (tmp_path / "run" / "critic" / "scalar_head.safetensors").is_file()
+
+
+def test_ppo_resume_matches_uninterrupted(tmp_path, sft_model, monkeypatch):
+    run_ppo(ppo_config(tmp_path / "straight", sft_model), reward_source=GOLD)
+    original = RunDir.save_checkpoint
+
+    def save_then_die(self, state, step, keep=2):
+        path = original(self, state, step, keep)
+        raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_ppo(ppo_config(tmp_path / "killed", sft_model), reward_source=GOLD)
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    run_ppo(ppo_config(tmp_path / "killed", sft_model), resume=str(tmp_path / "killed"), reward_source=GOLD)
+    straight = load_policy(tmp_path / "straight" / "model").model.state_dict()
+    resumed = load_policy(tmp_path / "killed" / "model").model.state_dict()
+    for key in straight:
+        assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+
+
+def test_non_finite_rewards_skip_then_stop(tmp_path, sft_model):
+    calls = {"n": 0}
+
+    def flaky(examples, answers, samples, prompts):
+        calls["n"] += 1
+        scores = torch.zeros(len(answers))
+        return scores if calls["n"] <= 2 else scores + float("nan")
+
+    with pytest.raises(RuntimeError, match="3 steps in a row"):
+        run_ppo(ppo_config(tmp_path / "run", sft_model, steps=8), reward_source=flaky)
+    skipped = [json.loads(l) for l in (tmp_path / "run" / "skipped_steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in skipped] == [3, 4, 5] and skipped[0]["example_ids"]
+    assert RunDir.open(tmp_path / "run").latest_checkpoint().name == "step-000002"  # saved before: intact
