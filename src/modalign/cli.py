@@ -50,24 +50,9 @@ def sft(
     help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
 ) -> None:
     """Supervised fine-tuning on ShapesWorld or a JSONL + media dataset."""
-    from modalign.config import describe_config, load_config
     from modalign.recipes.sft import SFTConfig, run_sft
 
-    if help_config:
-        typer.echo(describe_config(SFTConfig))
-        return
-
-    def call():
-        if resume:
-            cfg = load_config(SFTConfig, f"{resume}/config.yaml", set_ or [])
-            cfg.out = resume
-        else:
-            cfg = load_config(SFTConfig, config, set_ or [])
-            if out:
-                cfg.out = out
-        return run_sft(cfg, resume=resume)
-
-    _run(call)
+    _recipe_command(SFTConfig, run_sft, config, set_, out, resume, help_config)
 
 
 @app.command("eval")
@@ -89,6 +74,50 @@ def evaluate(
         return run_eval(cfg)
 
     _run(call)
+
+
+def _recipe_command(config_class, runner, config: str | None, set_: list[str] | None, out: str | None,
+                    resume: str | None = None, help_config: bool = False) -> None:
+    from modalign.config import describe_config, load_config
+
+    if help_config:
+        typer.echo(describe_config(config_class))
+        return
+
+    def call():
+        cfg = load_config(config_class, f"{resume}/config.yaml" if resume else config, set_ or [])
+        if resume or out:
+            cfg.out = resume or out
+        return runner(cfg, resume=resume) if resume else runner(cfg)
+
+    _run(call)
+
+
+@app.command()
+def reward(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/reward-<time>)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Train a reward model (backbone + scalar head) from the feedback store."""
+    from modalign.recipes.reward import RewardConfig, run_reward
+
+    _recipe_command(RewardConfig, run_reward, config, set_, out, help_config=help_config)
+
+
+@app.command()
+def ppo(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/ppo-<time>)."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """PPO with a critic against a reward model."""
+    from modalign.recipes.ppo import PPOConfig, run_ppo
+
+    _recipe_command(PPOConfig, run_ppo, config, set_, out, resume, help_config)
 
 
 @app.command()

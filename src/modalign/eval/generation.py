@@ -21,8 +21,9 @@ def generate_answers(
     temperature: float = 1.0,
     seed: int = 0,
     progress=None,
+    samples_per_example: int = 1,
 ) -> list[Completion]:
-    """One completion per example; `temperature=0` decodes greedily.
+    """`samples_per_example` completions per example (in example order); `temperature=0` decodes greedily.
 
     Sampling is seeded, so the same policy, data and seed give the same answers.
     """
@@ -46,10 +47,12 @@ def generate_answers(
                 top_k=None,
                 top_p=None,
                 pad_token_id=processor.tokenizer.pad_token_id,
+                num_return_sequences=samples_per_example,
             )
             texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            owners = [example for example in chunk for _ in range(samples_per_example)]
             completions += [
-                Completion(example.id, text.strip(), policy.name, sampling) for example, text in zip(chunk, texts)
+                Completion(example.id, text.strip(), policy.name, sampling) for example, text in zip(owners, texts)
             ]
             if progress is not None:
                 progress(len(chunk))

@@ -1,39 +1,136 @@
-"""`modalign demo`: the main job with no arguments.
+"""`modalign demo`: the whole RLHF loop on ShapesWorld, no arguments needed.
 
-Today it runs the SFT stage on ShapesWorld (with caption noise, so the model starts
-out hallucinating as a web-trained model does) and reports gold metrics. The RLHF
-stages (feedback, reward model, PPO) will extend this same loop.
+SFT on captions of which a share hallucinate -> sample two answers per prompt ->
+simulated annotators judge them into the feedback store -> reward model -> PPO ->
+gold evaluation of SFT and RLHF policies (never the reward model) -> report.html.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
 
 def run_demo(out: str | None = None, seed: int = 0, quick: bool = False) -> dict:
-    from rich.table import Table
-
+    from modalign.data.dataset import read_examples
+    from modalign.eval.generation import evaluate_split, generate_answers
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+    from modalign.recipes.ppo import PPOConfig, run_ppo
+    from modalign.recipes.reward import RewardConfig, run_reward
     from modalign.recipes.sft import SFTConfig, run_sft
-    from modalign.runs import default_run_dir
+    from modalign.runs import default_run_dir, write_json_atomic
     from modalign.ui import console
 
     started = time.time()
     out_dir = Path(out or default_run_dir("demo"))
-    console.print(
-        "[bold]modalign demo[/]: ShapesWorld -> SFT with caption noise -> gold evaluation.\n"
-        "The RLHF stages (feedback store, reward model, PPO) are not built yet; this demo runs the SFT stage."
-    )
-    cfg = SFTConfig(out=str(out_dir / "sft"), seed=seed)
-    if quick:
-        cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 200, 20, 1.0
-    summary = run_sft(cfg)
-    table = Table(title="SFT policy on held-out ShapesWorld scenes")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("vqa_accuracy", "audio_accuracy", "hallucination_rate", "coverage", "bleu", "rouge_l"):
-        if key in summary["eval"]:
-            table.add_row(key, f"{summary['eval'][key]:.3f}")
-    console.print(table)
-    console.print(f"run folder: {out_dir}  ({time.time() - started:.0f} s)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console.print("[bold]modalign demo[/]: ShapesWorld -> SFT (noisy captions) -> feedback -> reward model -> PPO -> gold eval")
+
+    # 1. SFT on captions of which a share hallucinate
+    sft_cfg = SFTConfig(out=str(out_dir / "sft"), seed=seed, eval_examples=1)
+    if quick:  # a small model and world: the whole loop in about a minute
+        sft_cfg.shapes_train_scenes, sft_cfg.shapes_test_scenes, sft_cfg.epochs = 100, 10, 1.0
+        sft_cfg.hidden_size, sft_cfg.num_layers, sft_cfg.encoder_layers, sft_cfg.vocab_size = 64, 2, 1, 300
+    run_sft(sft_cfg)
+    data_root, sft_model = out_dir / "sft" / "data", out_dir / "sft" / "model"
+
+    # 2-3. candidates from the SFT policy, judged by three simulated annotators
+    n_prompts = 24 if quick else 400
+    captions = [e for e in read_examples(data_root, "train") if e.meta["task"] == "caption"][:n_prompts]
+    agreement = collect_feedback(load_policy(sft_model), MediaStore(data_root), captions, data_root,
+                                 out_dir / "feedback.db", seed)
+
+    # 4. reward model on the SFT backbone, from the store
+    reward = run_reward(RewardConfig(out=str(out_dir / "reward"), policy=str(sft_model),
+                                     store=str(out_dir / "feedback.db"), steps=20 if quick else 300, seed=seed))
+
+    # 5. PPO against the reward model
+    ppo_cfg = PPOConfig(out=str(out_dir / "ppo"), policy=str(sft_model), reward_model=reward["model"],
+                        data=str(data_root), steps=2 if quick else 60, eval_examples=1, seed=seed,
+                        prompts_per_step=8 if quick else 16, max_new_tokens=24 if quick else 40)
+    run_ppo(ppo_cfg)
+
+    # 6. gold evaluation of both policies on the same held-out scenes and seed
+    new_tokens = 24 if quick else 40
+    sft_metrics = evaluate_split(load_policy(sft_model), data_root, "test", seed=seed, max_new_tokens=new_tokens,
+                                 samples_path=out_dir / "samples_sft.jsonl")
+    rlhf_metrics = evaluate_split(load_policy(out_dir / "ppo" / "model"), data_root, "test", seed=seed,
+                                  max_new_tokens=new_tokens, samples_path=out_dir / "samples_rlhf.jsonl")
+    rlhf_metrics["kl_to_ref"] = _ppo_kl(out_dir / "ppo")
+    summary = {
+        "sft": sft_metrics, "rlhf": rlhf_metrics,
+        "reward_model": {"heldout_accuracy": reward["heldout_accuracy"], "train_accuracy": reward["train_accuracy"],
+                         "heldout_pairs": reward["heldout_pairs"]},
+        "annotators": {"agreement": agreement, "n_raters": 3},
+        "seed": seed, "quick": quick, "wall_seconds": round(time.time() - started, 1),
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    write_demo_report(out_dir, data_root, summary)
+    print_summary(summary, out_dir)
     return summary
+
+
+def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, seed: int) -> float:
+    """Two sampled answers per prompt into the store, one pairwise judgment per rater; returns Krippendorff's alpha."""
+    from modalign.eval.generation import generate_answers
+    from modalign.feedback.agreement import krippendorff_alpha
+    from modalign.feedback.judgments import PairwiseJudgment
+    from modalign.feedback.simulated import default_panel
+    from modalign.feedback.store import FeedbackStore
+
+    completions = generate_answers(policy, media, prompts, temperature=1.0, seed=seed, samples_per_example=2)
+    store = FeedbackStore.sqlite(store_path)
+    store.add_examples(prompts, root=data_root)
+    ids = store.add_candidates(completions)
+    rng, panel = random.Random(seed), default_panel()
+    judgments, units = [], []
+    for index, example in enumerate(prompts):
+        (id_a, id_b), (text_a, text_b) = ids[2 * index : 2 * index + 2], (completions[2 * index].text, completions[2 * index + 1].text)
+        choices = [rater.prefers_a(example, text_a, text_b, rng) for rater in panel]
+        units.append(choices)
+        judgments += [PairwiseJudgment(example_id=example.id, annotator=rater.name, candidate_a=id_a,
+                                       candidate_b=id_b, choice=choice) for rater, choice in zip(panel, choices)]
+    store.add_judgments(judgments)
+    return krippendorff_alpha(units)
+
+
+def _ppo_kl(ppo_dir: Path) -> float:
+    import json
+
+    return json.loads((ppo_dir / "summary.json").read_text())["eval"]["kl_to_ref"]
+
+
+def write_demo_report(out_dir: Path, data_root: Path, summary: dict) -> None:
+    import json
+
+    from modalign.data.dataset import read_examples
+    from modalign.eval.report import curves_png, write_report
+
+    keys = ("hallucination_rate", "coverage", "vqa_accuracy", "audio_accuracy", "bleu", "rouge_l")
+    table = {stage: {k: summary[stage][k] for k in keys if k in summary[stage]} for stage in ("sft", "rlhf")}
+    before = {json.loads(l)["example_id"]: json.loads(l)["text"] for l in (out_dir / "samples_sft.jsonl").read_text().splitlines()}
+    after = {json.loads(l)["example_id"]: json.loads(l)["text"] for l in (out_dir / "samples_rlhf.jsonl").read_text().splitlines()}
+    examples = [e for e in read_examples(data_root, "test") if e.meta["task"] == "caption"][:12]
+    curves = [("PPO: proxy reward, KL to the reference, answer length",
+               curves_png(out_dir / "ppo" / "metrics.jsonl", ["ppo/reward_mean", "ppo/kl_to_ref", "ppo/answer_length"]))]
+    write_report(out_dir / "report.html", "modalign demo: RLHF on ShapesWorld", table, curves,
+                 [(e, before.get(e.id, ""), after.get(e.id, "")) for e in examples], data_root)
+
+
+def print_summary(summary: dict, out_dir: Path) -> None:
+    from rich.table import Table
+
+    from modalign.ui import console
+
+    table = Table(title="Held-out ShapesWorld, gold scorers")
+    for column in ("metric", "SFT", "RLHF"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for key in ("hallucination_rate", "coverage", "vqa_accuracy", "audio_accuracy", "bleu", "rouge_l"):
+        table.add_row(key, f"{summary['sft'].get(key, float('nan')):.3f}", f"{summary['rlhf'].get(key, float('nan')):.3f}")
+    table.add_row("kl_to_ref", "", f"{summary['rlhf']['kl_to_ref']:.3f}")
+    console.print(table)
+    console.print(f"reward model held-out accuracy {summary['reward_model']['heldout_accuracy']:.3f}; "
+                  f"annotator agreement (Krippendorff's alpha) {summary['annotators']['agreement']:.3f}")
+    console.print(f"report: {out_dir / 'report.html'}  ({summary['wall_seconds']:.0f} s)")

@@ -1,0 +1,98 @@
+"""Reward-model training from the feedback store, read top to bottom.
+
+store -> majority preference pairs -> held-out split by example -> Bradley-Terry on the
+policy backbone (media encoded once per pair) -> held-out accuracy -> normaliser -> save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modalign.config import field_doc
+
+
+@dataclass
+class RewardConfig:
+    """Reward model from pairwise and ranking judgments (`modalign reward`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/reward-<time>.")
+    policy: str = field_doc("", "Backbone to start from (usually the SFT policy folder).")
+    store: str = field_doc("", "Feedback store: a SQLAlchemy URL or a SQLite file path.")
+    min_votes: int = field_doc(1, "Pairs with fewer judgments are left out.")
+    heldout_fraction: float = field_doc(0.15, "Share of examples held out for accuracy.")
+    steps: int = field_doc(300, "Optimizer steps.")
+    batch_size: int = field_doc(16, "Pairs per step.")
+    lr: float = field_doc(3e-4, "AdamW learning rate.")
+    max_length: int = field_doc(128, "Longest sequence (media tokens included).")
+    seed: int = field_doc(0, "Seed of the pair order.")
+
+
+def open_store(location: str):
+    from modalign.feedback.store import FeedbackStore
+
+    return FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
+
+
+def run_reward(cfg: RewardConfig) -> dict:
+    """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+    from modalign.reward.model import ScalarHeadModel
+    from modalign.reward.train import PreferencePair, encode_pairs, fit_normalizer, pairwise_accuracy, train_reward_model
+    from modalign.runs import RunDir, default_run_dir
+    from modalign.ui import console, progress_bar
+
+    started = time.time()
+    run = RunDir.create(cfg.out or default_run_dir("reward"), cfg)
+    store = open_store(cfg.store)
+    stored = store.preference_pairs(cfg.min_votes)
+    if not stored:
+        raise ValueError(f"feedback store {cfg.store} holds no pairwise or ranking judgments to train on")
+    pairs = [PreferencePair(store.get_example(p.example_id), p.chosen.text, p.rejected.text, p.tie, p.margin)
+             for p in stored]
+    heldout = [p for p in pairs if _is_heldout(p.example.id, cfg.heldout_fraction)]
+    train = [p for p in pairs if not _is_heldout(p.example.id, cfg.heldout_fraction)]
+    policy = load_policy(cfg.policy)
+    pad = policy.processor.tokenizer.pad_token_id
+    media = {}  # one MediaStore per dataset root: each file is read once
+
+    def encode(items):
+        out = []
+        for pair in items:
+            root = store.example_root(pair.example.id) or "."
+            media.setdefault(root, MediaStore(root))
+            out += encode_pairs(policy.processor, media[root], [pair], cfg.max_length)
+        return out
+
+    train_encoded, heldout_encoded = encode(train), encode(heldout)
+    model = ScalarHeadModel(policy.model)
+    console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")
+    with progress_bar("reward", total=cfg.steps) as advance:
+        def on_step(step: int, loss: float) -> None:
+            advance(1, loss=loss)
+            if (step + 1) % 20 == 0:
+                run.log(step + 1, {"reward/loss": loss})
+
+        torch.manual_seed(cfg.seed)
+        train_reward_model(model, train_encoded, pad, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
+    accuracy = pairwise_accuracy(model, heldout_encoded, pad) if heldout_encoded else float("nan")
+    train_accuracy = pairwise_accuracy(model, train_encoded, pad)
+    fit_normalizer(model, train_encoded, pad)
+    model.save(run.path / "model", policy.processor)
+    summary = {"stage": "reward", "model": str(run.path / "model"), "train_pairs": len(train),
+               "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
+               "wall_seconds": round(time.time() - started, 1)}
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def _is_heldout(example_id: str, fraction: float) -> bool:
+    """Stable split by example id, so every pair of one example lands on the same side."""
+    digest = int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16)
+    return digest / 0xFFFFFFFF < fraction
