@@ -39,6 +39,14 @@ def test_sft_writes_a_complete_run(tmp_path, shapes_root):
     assert {"vqa_accuracy", "hallucination_rate", "bleu", "rouge_l"} <= set(summary["eval"])
     assert load_policy(run / "model").model.config.model_type == "tinyvlm"
 
+    from modalign.recipes.evaluate import EvalConfig, run_eval
+
+    result = run_eval(EvalConfig(policy=str(run / "model"), data=str(shapes_root), out=str(tmp_path / "eval"),
+                                 max_examples=5, temperature=0.0))
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["metrics"] == result["metrics"] and saved["metrics"]["n_examples"] == 5.0
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 5
+
 
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention", "weighted_sum"])
 def test_each_fusion_trains_and_the_loss_falls(tmp_path, shapes_root, fusion):

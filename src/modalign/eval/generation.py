@@ -77,7 +77,7 @@ def write_samples(path, examples: Sequence[Example], completions: Sequence[Compl
 
 def evaluate_split(
     policy: Policy, data_root, split: str, max_examples: int = 0, max_new_tokens: int = 40,
-    temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "",
+    temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "", batch_size: int = 64,
 ) -> dict[str, float]:
     """Generate on a held-out split (optionally one task) and score with gold and text metrics."""
     from modalign.data.dataset import read_examples
@@ -90,7 +90,7 @@ def evaluate_split(
     extractor = getattr(policy.processor, "feature_extractor", None)
     media = MediaStore(data_root, sample_rate=int(getattr(extractor, "sampling_rate", 16000)))
     with progress_bar("eval", total=len(examples)) as advance:
-        completions = generate_answers(policy, media, examples, max_new_tokens=max_new_tokens,
+        completions = generate_answers(policy, media, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        temperature=temperature, seed=seed, progress=advance)
     if samples_path is not None:
         write_samples(samples_path, examples, completions)

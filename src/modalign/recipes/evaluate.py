@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,10 @@ class EvalConfig:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Generate answers, score them, write `OUT/summary.json` and `OUT/samples.jsonl`."""
-    from modalign.data.dataset import read_examples
-    from modalign.eval.generation import generate_answers, write_samples
-    from modalign.eval.metrics import score_completions
-    from modalign.models.inputs import MediaStore
+    from modalign.eval.generation import evaluate_split
     from modalign.models.policy import load_policy
-    from modalign.runs import default_run_dir
-    from modalign.ui import console, progress_bar
+    from modalign.runs import default_run_dir, write_json_atomic
+    from modalign.ui import console
 
     if not cfg.policy:
         raise ValueError("eval: --policy is required (a saved policy folder or hub id)")
@@ -42,21 +38,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = Path(cfg.out or default_run_dir("eval"))
     out.mkdir(parents=True, exist_ok=True)
     data_root = _data_root(cfg, out)
-    examples = read_examples(data_root, cfg.split)
-    if cfg.max_examples:
-        examples = examples[: cfg.max_examples]
-    policy = load_policy(cfg.policy)
-    extractor = getattr(policy.processor, "feature_extractor", None)
-    media = MediaStore(data_root, sample_rate=int(getattr(extractor, "sampling_rate", 16000)))
-    with progress_bar("eval", total=len(examples)) as advance:
-        completions = generate_answers(policy, media, examples, batch_size=cfg.batch_size,
-                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       seed=cfg.seed, progress=advance)
-    metrics = score_completions(examples, completions)
-    write_samples(out / "samples.jsonl", examples, completions)
+    metrics = evaluate_split(load_policy(cfg.policy), data_root, cfg.split, cfg.max_examples, cfg.max_new_tokens,
+                             cfg.temperature, cfg.seed, out / "samples.jsonl", batch_size=cfg.batch_size)
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split,
                "metrics": metrics, "wall_seconds": round(time.time() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     for key, value in metrics.items():
         console.print(f"  {key:<28} {value:.4g}")
     return summary
