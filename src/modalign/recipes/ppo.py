@@ -104,7 +104,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
             sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
-            answers = tokenizer.batch_decode(samples.responses * samples.response_mask, skip_special_tokens=True)
+            answer_ids = samples.responses.masked_fill(samples.response_mask == 0, tokenizer.pad_token_id)
+            answers = tokenizer.batch_decode(answer_ids, skip_special_tokens=True)
             mask = samples.response_mask.float()
             with torch.no_grad():
                 # 2. old-policy, reference and critic passes reuse samples.media
