@@ -87,11 +87,33 @@ class RunDir:
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         return torch.load(Path(path) / "state.pt", weights_only=False)
 
+    def rewind(self, step: int) -> None:
+        """Drop log lines after `step` (a resumed run redoes them): metrics.jsonl and skipped_steps.jsonl.
+
+        A run killed after its last checkpoint may have logged steps it will now repeat;
+        without this a resumed run's curves would hold those steps twice.
+        """
+        for name in ("metrics.jsonl", "skipped_steps.jsonl"):
+            log = self.path / name
+            if not log.is_file():
+                continue
+            kept = [line for line in log.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _logged_step(line) <= step]
+            tmp = log.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, log)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a line cut by the kill: dropped
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")

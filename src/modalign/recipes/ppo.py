@@ -23,7 +23,7 @@ class PPOConfig:
 
     out: str = field_doc("", "Run folder; empty means runs/ppo-<time>.")
     policy: str = field_doc("", "The SFT policy folder (also the frozen reference and the critic's start).")
-    reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save).")
+    reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save), or rule:<name> (e.g. rule:shapes_gold).")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
     task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
@@ -62,7 +62,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
     from modalign.rl.ppo import critic_values, explained_variance, ppo_minibatch_loss, subset, token_rewards
-    from modalign.rl.rewards import RewardModelSource
+    from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
@@ -76,7 +76,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     critic = ScalarHeadModel(copy.deepcopy(model))
     for module in model.media_encoder_modules() + critic.backbone.media_encoder_modules():
         module.requires_grad_(False)
-    reward = reward_source or RewardModelSource(ScalarHeadModel.load(cfg.reward_model))
+    reward = reward_source or reward_source_from(cfg.reward_model)
     prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
@@ -94,6 +94,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         set_rng_state(state["rng"])
         step = state["step"]
         console.print(f"resumed at step {step}")
+    if resume:
+        run.rewind(step)  # steps logged after the last checkpoint are redone
 
     with progress_bar("ppo", total=cfg.steps, completed=step) as advance:
         while step < cfg.steps:

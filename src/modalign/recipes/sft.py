@@ -81,6 +81,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None) -> dict:
         set_rng_state(state["rng"])
         step = state["step"]
         console.print(f"resumed at step {step}")
+    if resume:
+        run.rewind(step)  # steps logged after the last checkpoint are redone
 
     model = policy.model.train()
     pad_id = policy.processor.tokenizer.pad_token_id

@@ -44,3 +44,37 @@ class FunctionSource:
 
     def __call__(self, examples, answers, samples, prompts) -> torch.Tensor:
         return torch.tensor([float(self.fn(e, a)) for e, a in zip(examples, answers)])
+
+
+# Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
+RULES: dict = {}
+
+
+def register_rule(name: str):
+    """Decorator: make `fn(example, answer) -> float` available as `rule:<name>`."""
+
+    def add(fn):
+        RULES[name] = fn
+        return fn
+
+    return add
+
+
+@register_rule("shapes_gold")
+def shapes_gold(example: Example, answer: str) -> float:
+    """ShapesWorld ground truth: caption (facts right - 2 x facts wrong) / true facts; question 1 if right."""
+    from modalign.feedback.simulated import gold_utility
+
+    return gold_utility(example, answer)
+
+
+def reward_source_from(spec: str) -> RewardSource:
+    """`rule:<name>` for a registered rule, otherwise a saved reward-model folder."""
+    if spec.startswith("rule:"):
+        name = spec[len("rule:"):]
+        if name not in RULES:
+            raise ValueError(f"reward {spec!r}: no rule named {name!r} (known: {', '.join(sorted(RULES))})")
+        return FunctionSource(RULES[name])
+    if not spec:
+        raise ValueError("no reward given: set reward_model to a reward-model folder or rule:<name>")
+    return RewardModelSource(ScalarHeadModel.load(spec))
