@@ -7,11 +7,9 @@ import json
 import pytest
 import torch
 
-from modalign.data.shapes import build_shapes_dataset
 from modalign.feedback.simulated import gold_utility
 from modalign.models.policy import load_policy
 from modalign.recipes.ppo import PPOConfig, run_ppo
-from modalign.recipes.sft import SFTConfig, run_sft
 from modalign.rl.ppo import explained_variance, token_rewards
 from modalign.rl.rewards import FunctionSource
 from modalign.runs import RunDir
@@ -28,15 +26,6 @@ def test_explained_variance():
     target, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
     assert explained_variance(target, target, mask) == pytest.approx(1.0)
     assert explained_variance(torch.full((1, 3), 2.0), target, mask) == pytest.approx(0.0)
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
-    data = build_shapes_dataset(root / "data", n_train=30, n_test=4, seed=0, caption_noise=0.3)
-    run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
-                      encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
-    return root / "sft" / "model", data
 
 
 def ppo_config(out, sft_model, **overrides):

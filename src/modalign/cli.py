@@ -120,6 +120,31 @@ def ppo(
     _recipe_command(PPOConfig, run_ppo, config, set_, out, resume, help_config)
 
 
+def _online_command(algorithm: str, summary: str) -> None:
+    """Register `modalign <algorithm>`: the online recipe with `algorithm` preset."""
+
+    def command(
+        config: Optional[str] = ConfigOption,
+        set_: Optional[List[str]] = SetOption,
+        out: Optional[str] = typer.Option(None, help=f"Run folder (default runs/{algorithm}-<time>)."),
+        resume: Optional[str] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+        help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+    ) -> None:
+        from modalign.recipes.online import OnlineConfig, run_online
+
+        preset = [f"algorithm={algorithm}"] + list(set_ or [])
+        _recipe_command(OnlineConfig, run_online, config, preset, out, resume, help_config)
+
+    command.__doc__ = summary
+    app.command(name=algorithm)(command)
+
+
+_online_command("grpo", "GRPO: group-relative advantages over G answers per prompt, k3 KL in the loss.")
+_online_command("rloo", "RLOO: REINFORCE with the leave-one-out baseline over G answers per prompt.")
+_online_command("reinforce", "REINFORCE with a moving-average baseline.")
+_online_command("a2c", "A2C: one update per rollout against a learned critic, entropy bonus.")
+
+
 @app.command()
 def demo(
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/demo-<time>)."),

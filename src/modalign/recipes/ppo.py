@@ -184,12 +184,12 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     return summary
 
 
-def mean_kl_to_reference(run, last: int = 5) -> float:
+def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> float:
     """Mean KL to the reference per answer over the last logged iterations."""
     import json
 
     lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
-    values = [line["ppo/kl_to_ref"] for line in lines if line.get("ppo/kl_to_ref") is not None][-last:]
+    values = [line[key] for line in lines if line.get(key) is not None][-last:]
     return sum(values) / max(1, len(values))
 
 

@@ -1,0 +1,210 @@
+"""Critic-free and actor-critic online RL on the PPO rollout core: GRPO, RLOO, REINFORCE, A2C.
+
+Read top to bottom: prompts -> G answers each (KV cache, media encoded once per prompt)
+-> reward source -> advantages (group-relative, leave-one-out, moving baseline or critic)
+-> the registered objective (`modalign.rl.objectives`) -> log, checkpoint, evaluate.
+A new method is a new objective and advantage rule, not a new trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+from modalign.config import field_doc
+
+ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
+
+
+@dataclass
+class OnlineConfig:
+    """GRPO / RLOO / REINFORCE / A2C (`modalign grpo|rloo|reinforce|a2c`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/<algorithm>-<time>.")
+    algorithm: str = field_doc("grpo", "grpo, rloo, reinforce or a2c.")
+    policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
+    reward_model: str = field_doc("", "Reward model folder, or rule:<name> (e.g. rule:shapes_gold).")
+    data: str = field_doc("", "Dataset folder with the prompts.")
+    split: str = field_doc("train", "Split the prompts come from.")
+    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
+    eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
+    eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
+    steps: int = field_doc(40, "Iterations (rollout + update).")
+    prompts_per_step: int = field_doc(8, "Prompts sampled per iteration.")
+    samples_per_prompt: int = field_doc(4, "Answers per prompt (the group size G).")
+    max_new_tokens: int = field_doc(40, "Longest sampled answer.")
+    temperature: float = field_doc(1.0, "Sampling temperature of rollouts.")
+    lr: float = field_doc(2e-5, "Policy learning rate.")
+    critic_lr: float = field_doc(1e-4, "Critic learning rate (a2c).")
+    update_epochs: int = field_doc(1, "Passes over each rollout (grpo may reuse it; a2c and reinforce use 1).")
+    minibatch_size: int = field_doc(32, "Answers per gradient step.")
+    clip: float = field_doc(0.2, "Ratio clip epsilon (grpo, and rloo when update_epochs > 1).")
+    kl_coef: float = field_doc(0.04, "KL-to-reference weight: k3 in the grpo loss, k1 reward penalty otherwise.")
+    grpo_normalization: str = field_doc("sequence", "grpo: 'sequence' (paper) or 'token' (DAPO) averaging.")
+    grpo_scale: bool = field_doc(True, "grpo: divide by the group std (False: Dr. GRPO).")
+    baseline_decay: float = field_doc(0.9, "reinforce: decay of the moving-average baseline.")
+    value_coef: float = field_doc(0.5, "a2c: weight of the value loss.")
+    entropy_coef: float = field_doc(0.0, "a2c: weight of the entropy bonus.")
+    unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end.")
+    checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
+    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    seed: int = field_doc(0, "Seed of prompt order and sampling.")
+
+
+def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
+    """Train; save `model/`; evaluate with the gold scorers; write `summary.json`."""
+    from modalign.data.dataset import read_examples
+    from modalign.eval.generation import evaluate_split
+    from modalign.models.inputs import MediaStore, prompt_batch
+    from modalign.models.policy import load_policy
+    from modalign.recipes.ppo import mean_kl_to_reference, prompts_at
+    from modalign.reward.model import ScalarHeadModel
+    from modalign.rl.rewards import reward_source_from
+    from modalign.rl.rollout import sample_answers
+    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.ui import console, progress_bar
+
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    started = time.time()
+    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir(cfg.algorithm), cfg)
+    torch.manual_seed(cfg.seed)
+    policy = load_policy(cfg.policy)
+    model, tokenizer = policy.model, policy.processor.tokenizer
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    critic = ScalarHeadModel(copy.deepcopy(model)) if cfg.algorithm == "a2c" else None
+    frozen = model.media_encoder_modules() + (critic.backbone.media_encoder_modules() if critic else [])
+    for module in frozen:
+        module.requires_grad_(False)  # cached media features stay valid for the whole update
+    reward = reward_source or reward_source_from(cfg.reward_model)
+    prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    media_store = MediaStore(cfg.data)
+    optimizers = {"policy": torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)}
+    if critic is not None:
+        optimizers["critic"] = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
+    state = {"step": 0, "baseline": 0.0}
+    if resume and run.latest_checkpoint() is not None:
+        saved = run.load_checkpoint(run.latest_checkpoint())
+        model.load_state_dict(saved["policy"])
+        if critic is not None:
+            critic.load_state_dict(saved["critic"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][name])
+        set_rng_state(saved["rng"])
+        state = saved["state"]
+        console.print(f"resumed at step {state['step']}")
+    if resume:
+        run.rewind(state["step"])
+
+    with progress_bar(cfg.algorithm, total=cfg.steps, completed=state["step"]) as advance:
+        while state["step"] < cfg.steps:
+            examples = prompts_at(prompts_all, state["step"], cfg.prompts_per_step, cfg.seed)
+            prompts = prompt_batch(policy.processor, media_store, examples)
+            model.eval()
+            samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                     tokenizer.eos_token_id, tokenizer.pad_token_id)
+            owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
+            answers = tokenizer.batch_decode(samples.responses.masked_fill(samples.response_mask == 0,
+                                                                          tokenizer.pad_token_id),
+                                             skip_special_tokens=True)
+            with torch.no_grad():
+                scores = reward(owners, answers, samples, prompts).float()
+                finished = (samples.responses == tokenizer.eos_token_id).any(1)
+                scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
+            stats = update_policy(cfg, model, reference, critic, optimizers, samples, scores, state)
+            state["step"] += 1
+            run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()})
+            advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
+                run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict() if critic else None,
+                                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                                     "rng": rng_state(), "state": dict(state)}, state["step"])
+
+    policy.name = str(run.path / "model")
+    policy.save(run.path / "model")
+    metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
+    metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
+    summary = {"stage": cfg.algorithm, "steps": state["step"], "model": str(run.path / "model"), "eval": metrics,
+               "wall_seconds": round(time.time() - started, 1)}
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, samples, scores, state) -> dict:
+    """Advantages for the algorithm, then its registered objective over minibatches; returns log stats."""
+    from modalign.rl.advantages import gae
+    from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens, get_objective,
+                                        group_relative_advantages, leave_one_out_advantages)
+    from modalign.rl.ppo import critic_values, subset, token_rewards
+    from modalign.rl.rollout import response_logprobs
+
+    mask = samples.response_mask.float()
+    with torch.no_grad():
+        old_logprobs = response_logprobs(model, samples, cfg.temperature)
+        ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
+        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (N,) k1 per answer
+        values = returns = None
+        if cfg.algorithm == "grpo":  # the KL is in the loss (k3), not in the reward
+            advantages = broadcast_to_tokens(group_relative_advantages(scores, cfg.samples_per_prompt,
+                                                                       cfg.grpo_scale), mask)
+        elif cfg.algorithm == "rloo":
+            advantages = broadcast_to_tokens(leave_one_out_advantages(scores - cfg.kl_coef * kl,
+                                                                      cfg.samples_per_prompt), mask)
+        elif cfg.algorithm == "reinforce":
+            shaped = scores - cfg.kl_coef * kl
+            advantages = broadcast_to_tokens(baseline_advantages(shaped, state["baseline"]), mask)
+            state["baseline"] = cfg.baseline_decay * state["baseline"] + (1 - cfg.baseline_decay) * float(shaped.mean())
+        else:  # a2c: n-step returns of the KL-shaped token rewards against the critic (lambda = 1)
+            rewards, _ = token_rewards(scores, old_logprobs, ref_logprobs, mask, cfg.kl_coef)
+            values = critic_values(critic, samples)
+            advantages, returns = gae(rewards, values, mask, 1.0, 1.0)
+    objective, hparams = _objective(cfg)
+    logged: list[dict] = []
+    epochs = 1 if cfg.algorithm in ("a2c", "reinforce") else cfg.update_epochs
+    for _ in range(epochs):
+        for rows in torch.randperm(mask.shape[0]).split(cfg.minibatch_size):
+            part = subset(samples, rows)
+            logprobs, logits = response_logprobs(model, part, cfg.temperature, with_logits=True)
+            batch = ObjectiveInputs(
+                logprobs=logprobs, old_logprobs=old_logprobs[rows], advantages=advantages[rows], mask=mask[rows],
+                ref_logprobs=ref_logprobs[rows],
+                values=critic_values(critic, part) if critic is not None else None,
+                returns=returns[rows] if returns is not None else None,
+                entropy=_entropy(logits) if cfg.entropy_coef else None,
+            )
+            out = objective(batch, **hparams)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            for optimizer in optimizers.values():
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+            logged.append({k: float(v) for k, v in out.stats.items()} | {"loss": float(out.loss.detach())})
+    stats = {k: sum(d[k] for d in logged) / len(logged) for k in logged[0]}
+    stats.update(reward_mean=float(scores.mean()), reward_std=float(scores.std()), kl_to_ref=float(kl.mean()),
+                 answer_length=float(mask.sum(1).mean()))
+    return stats
+
+
+def _objective(cfg: OnlineConfig):
+    from modalign.rl.objectives import get_objective
+
+    hparams = {
+        "grpo": {"clip": cfg.clip, "beta": cfg.kl_coef, "normalization": cfg.grpo_normalization},
+        "rloo": {"clip": cfg.clip if cfg.update_epochs > 1 else None},
+        "reinforce": {},
+        "a2c": {"value_coef": cfg.value_coef, "entropy_coef": cfg.entropy_coef},
+    }[cfg.algorithm]
+    return get_objective(cfg.algorithm), hparams
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    from modalign.rl.losses import entropy_from_logits
+
+    return entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9))
