@@ -64,3 +64,23 @@ def test_simulated_raters_prefer_the_faithful_caption_and_disagree_realistically
     assert 100 < noisy.count("a") < 190
     assert SimulatedAnnotator("t").prefers_a(example, good, good, rng) == "tie"
     assert len({a.name for a in default_panel()}) == 3
+
+
+def test_simulated_ranking_follows_gold_utility():
+    import random
+
+    from modalign.data.records import Example
+    from modalign.data.shapes.world import Obj, Scene
+    from modalign.feedback.simulated import SimulatedAnnotator
+
+    scene = Scene([Obj("circle", "red", "large", "left")], beeps=2, pitch="high")
+    example = Example(id="s", messages=[{"role": "user", "content": "Describe."}],
+                      meta={"task": "caption", "scene": scene.to_dict()})
+    texts = ["a large blue square on the right. three low beeps.",  # all wrong
+             "a large red circle on the left. two high beeps.",  # all right
+             "a red circle. two beeps."]  # right but partial
+    careful = SimulatedAnnotator("careful", temperature=0.01)
+    assert careful.rank(example, texts, random.Random(0)) == [1, 2, 0]
+    noisy = SimulatedAnnotator("noisy", temperature=100.0)
+    firsts = {noisy.rank(example, texts, random.Random(seed))[0] for seed in range(30)}
+    assert firsts == {0, 1, 2}  # a very noisy rater ranks almost at random

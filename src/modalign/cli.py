@@ -120,6 +120,20 @@ def ppo(
     _recipe_command(PPOConfig, run_ppo, config, set_, out, resume, help_config)
 
 
+@app.command()
+def dpo(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/dpo-<time>)."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """DPO (or IPO, cDPO, hinge) from the feedback store's preference pairs."""
+    from modalign.recipes.dpo import DPOConfig, run_dpo
+
+    _recipe_command(DPOConfig, run_dpo, config, set_, out, resume, help_config)
+
+
 def _online_command(algorithm: str, summary: str) -> None:
     """Register `modalign <algorithm>`: the online recipe with `algorithm` preset."""
 

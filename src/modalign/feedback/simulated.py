@@ -44,6 +44,24 @@ class SimulatedAnnotator:
         p_a = 1.0 / (1.0 + math.exp(-(u_a - u_b) / max(self.temperature, 1e-6)))
         return "a" if rng.random() < p_a else "b"
 
+    def rank(self, example: Example, texts: list[str], rng: random.Random) -> list[int]:
+        """Indices of `texts`, best first, drawn from the Plackett-Luce model (Plackett 1975).
+
+        P(i next) = exp(u_i / T) / sum_j exp(u_j / T) over the candidates not yet placed, so
+        a pair of candidates is ordered with the same Bradley-Terry odds as `prefers_a`.
+        The first-shown candidate gets `position_bias`, longer ones `length_bias` per word.
+        """
+        utilities = [gold_utility(example, text) + self.length_bias * len(text.split()) for text in texts]
+        utilities[0] += self.position_bias
+        left, order = list(range(len(texts))), []
+        while left:
+            top = max(utilities[i] for i in left)  # shift for a stable exp
+            weights = [math.exp((utilities[i] - top) / max(self.temperature, 1e-6)) for i in left]
+            pick = rng.choices(left, weights=weights)[0]
+            order.append(pick)
+            left.remove(pick)
+        return order
+
 
 def default_panel() -> list[SimulatedAnnotator]:
     """Three distinct raters: careful, noisy, and one who likes long answers."""

@@ -39,10 +39,10 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False) -> dict
     data_root, sft_model = out_dir / "sft" / "data", out_dir / "sft" / "model"
 
     # 2-3. candidates from the SFT policy, judged by three simulated annotators
-    n_prompts = 24 if quick else 400
+    n_prompts = 24 if quick else 1500
     captions = [e for e in read_examples(data_root, "train") if e.meta["task"] == "caption"][:n_prompts]
-    agreement = collect_feedback(load_policy(sft_model), MediaStore(data_root), captions, data_root,
-                                 out_dir / "feedback.db", seed)
+    feedback = collect_feedback(load_policy(sft_model), MediaStore(data_root), captions, data_root,
+                                out_dir / "feedback.db", seed)
 
     # 4. reward model on the SFT backbone, from the store
     reward = run_reward(RewardConfig(out=str(out_dir / "reward"), policy=str(sft_model),
@@ -65,7 +65,7 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False) -> dict
         "sft": sft_metrics, "rlhf": rlhf_metrics,
         "reward_model": {"heldout_accuracy": reward["heldout_accuracy"], "train_accuracy": reward["train_accuracy"],
                          "heldout_pairs": reward["heldout_pairs"]},
-        "annotators": {"agreement": agreement, "n_raters": 3},
+        "annotators": feedback,
         "seed": seed, "quick": quick, "wall_seconds": round(time.time() - started, 1),
     }
     write_json_atomic(out_dir / "summary.json", summary)
@@ -74,28 +74,47 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False) -> dict
     return summary
 
 
-def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, seed: int) -> float:
-    """Two sampled answers per prompt into the store, one pairwise judgment per rater; returns Krippendorff's alpha."""
+def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, seed: int,
+                     samples_per_prompt: int = 4) -> dict:
+    """Sample answers, store the distinct ones, let each simulated rater rank them; returns agreement stats.
+
+    Identical answers are one candidate (ranking copies of one text would be noise). Agreement
+    is Krippendorff's alpha over the pairwise orders the rankings imply, and `gold_accuracy`
+    the share of those orders that agree with the ground truth.
+    """
+    from itertools import combinations
+
     from modalign.eval.generation import generate_answers
     from modalign.feedback.agreement import krippendorff_alpha
-    from modalign.feedback.judgments import PairwiseJudgment
-    from modalign.feedback.simulated import default_panel
+    from modalign.feedback.judgments import RankingJudgment
+    from modalign.feedback.simulated import default_panel, gold_utility
     from modalign.feedback.store import FeedbackStore
 
-    completions = generate_answers(policy, media, prompts, temperature=1.0, seed=seed, samples_per_example=2)
+    k = samples_per_prompt
+    completions = generate_answers(policy, media, prompts, temperature=1.0, seed=seed, samples_per_example=k)
+    groups = [list({c.text: c for c in completions[k * i : k * i + k]}.values()) for i in range(len(prompts))]
+    judged = [(example, group) for example, group in zip(prompts, groups) if len(group) >= 2]
     store = FeedbackStore.sqlite(store_path)
-    store.add_examples(prompts, root=data_root)
-    ids = store.add_candidates(completions)
+    store.add_examples([example for example, _ in judged], root=data_root)
+    ids = iter(store.add_candidates([c for _, group in judged for c in group]))
     rng, panel = random.Random(seed), default_panel()
-    judgments, units = [], []
-    for index, example in enumerate(prompts):
-        (id_a, id_b), (text_a, text_b) = ids[2 * index : 2 * index + 2], (completions[2 * index].text, completions[2 * index + 1].text)
-        choices = [rater.prefers_a(example, text_a, text_b, rng) for rater in panel]
-        units.append(choices)
-        judgments += [PairwiseJudgment(example_id=example.id, annotator=rater.name, candidate_a=id_a,
-                                       candidate_b=id_b, choice=choice) for rater, choice in zip(panel, choices)]
+    judgments, units, agree_gold, decided = [], [], 0, 0
+    for example, group in judged:
+        group_ids, texts = [next(ids) for _ in group], [c.text for c in group]
+        orders = [rater.rank(example, texts, rng) for rater in panel]
+        judgments += [RankingJudgment(example_id=example.id, annotator=rater.name,
+                                      ranking=tuple(group_ids[i] for i in order)) for rater, order in zip(panel, orders)]
+        utilities = [gold_utility(example, text) for text in texts]
+        for i, j in combinations(range(len(texts)), 2):
+            choices = ["a" if order.index(i) < order.index(j) else "b" for order in orders]
+            units.append(choices)
+            if utilities[i] != utilities[j]:
+                better = "a" if utilities[i] > utilities[j] else "b"
+                agree_gold += sum(choice == better for choice in choices)
+                decided += len(choices)
     store.add_judgments(judgments)
-    return krippendorff_alpha(units)
+    return {"agreement": krippendorff_alpha(units), "gold_accuracy": agree_gold / max(1, decided),
+            "n_raters": len(panel), "rankings": len(judgments), "prompts": len(judged), "candidates": sum(map(len, groups))}
 
 
 def _ppo_kl(ppo_dir: Path) -> float:
@@ -134,5 +153,6 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     table.add_row("kl_to_ref", "", f"{summary['rlhf']['kl_to_ref']:.3f}")
     console.print(table)
     console.print(f"reward model held-out accuracy {summary['reward_model']['heldout_accuracy']:.3f}; "
-                  f"annotator agreement (Krippendorff's alpha) {summary['annotators']['agreement']:.3f}")
+                  f"beside the simulated raters' agreement (Krippendorff's alpha) {summary['annotators']['agreement']:.3f} "
+                  f"and their accuracy against the ground truth {summary['annotators']['gold_accuracy']:.3f}")
     console.print(f"report: {out_dir / 'report.html'}  ({summary['wall_seconds']:.0f} s)")

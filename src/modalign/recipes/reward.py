@@ -40,36 +40,20 @@ def open_store(location: str):
 
 def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
-    from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
     from modalign.reward.model import ScalarHeadModel
-    from modalign.reward.train import PreferencePair, encode_pairs, fit_normalizer, pairwise_accuracy, train_reward_model
+    from modalign.reward.train import fit_normalizer, pairwise_accuracy, train_reward_model
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console, progress_bar
 
     started = time.time()
     run = RunDir.create(cfg.out or default_run_dir("reward"), cfg)
     store = open_store(cfg.store)
-    stored = store.preference_pairs(cfg.min_votes)
-    if not stored:
-        raise ValueError(f"feedback store {cfg.store} holds no pairwise or ranking judgments to train on")
-    pairs = [PreferencePair(store.get_example(p.example_id), p.chosen.text, p.rejected.text, p.tie, p.margin)
-             for p in stored]
-    heldout = [p for p in pairs if _is_heldout(p.example.id, cfg.heldout_fraction)]
-    train = [p for p in pairs if not _is_heldout(p.example.id, cfg.heldout_fraction)]
     policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
-    media = {}  # one MediaStore per dataset root: each file is read once
-
-    def encode(items):
-        out = []
-        for pair in items:
-            root = store.example_root(pair.example.id) or "."
-            media.setdefault(root, MediaStore(root))
-            out += encode_pairs(policy.processor, media[root], [pair], cfg.max_length)
-        return out
-
-    train_encoded, heldout_encoded = encode(train), encode(heldout)
+    encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length)
+    heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
+    train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     model = ScalarHeadModel(policy.model)
     console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")
     with progress_bar("reward", total=cfg.steps) as advance:
@@ -79,10 +63,10 @@ def run_reward(cfg: RewardConfig) -> dict:
                 run.log(step + 1, {"reward/loss": loss})
 
         torch.manual_seed(cfg.seed)
-        train_reward_model(model, train_encoded, pad, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
-    accuracy = pairwise_accuracy(model, heldout_encoded, pad) if heldout_encoded else float("nan")
-    train_accuracy = pairwise_accuracy(model, train_encoded, pad)
-    fit_normalizer(model, train_encoded, pad)
+        train_reward_model(model, train, pad, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
+    accuracy = pairwise_accuracy(model, heldout, pad) if heldout else float("nan")
+    train_accuracy = pairwise_accuracy(model, train, pad)
+    fit_normalizer(model, train, pad)
     model.save(run.path / "model", policy.processor)
     summary = {"stage": "reward", "model": str(run.path / "model"), "train_pairs": len(train),
                "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
@@ -90,6 +74,25 @@ def run_reward(cfg: RewardConfig) -> dict:
     run.write_summary(summary)
     run.close()
     return summary
+
+
+def encode_store_pairs(store, processor, min_votes: int, max_length: int) -> list:
+    """The store's majority preference pairs, tokenized with their media (one MediaStore per dataset root)."""
+    from modalign.models.inputs import MediaStore
+    from modalign.reward.train import PreferencePair, encode_pairs
+
+    stored = store.preference_pairs(min_votes)
+    if not stored:
+        raise ValueError(f"feedback store {store.url} holds no pairwise or ranking judgments")
+    media: dict[str, MediaStore] = {}
+    encoded = []
+    for pair in stored:
+        example, root = store.get_example(pair.example_id), store.example_root(pair.example_id) or "."
+        media.setdefault(root, MediaStore(root))
+        encoded += encode_pairs(processor, media[root],
+                                [PreferencePair(example, pair.chosen.text, pair.rejected.text, pair.tie, pair.margin)],
+                                max_length)
+    return encoded
 
 
 def _is_heldout(example_id: str, fraction: float) -> bool:

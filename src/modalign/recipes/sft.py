@@ -38,6 +38,7 @@ class SFTConfig:
     max_steps: int = field_doc(0, "Optimizer steps; 0 means derive from epochs.")
     batch_size: int = field_doc(32, "Examples per step.")
     lr: float = field_doc(1e-3, "Peak AdamW learning rate.")
+    media_lr_scale: float = field_doc(1.0, "Learning-rate multiplier of the image and audio encoders.")
     weight_decay: float = field_doc(0.01, "AdamW weight decay.")
     warmup_steps: int = field_doc(50, "Linear warmup steps before the cosine decay.")
     max_grad_norm: float = field_doc(1.0, "Gradient clipping norm.")
@@ -145,13 +146,18 @@ def make_policy(cfg: SFTConfig, corpus: list[str]):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: SFTConfig, total_steps: int):
+    """AdamW with warmup + cosine; the media encoders may get their own rate (`media_lr_scale`)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    encoders = getattr(model, "media_encoder_modules", lambda: [])()
+    media_ids = {id(p) for module in encoders for p in module.parameters()}
+    groups = []
+    for is_media in (False, True):
+        lr = cfg.lr * (cfg.media_lr_scale if is_media else 1.0)
+        named = [p for p in model.parameters() if p.requires_grad and (id(p) in media_ids) == is_media]
+        groups += [{"params": [p for p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in named if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps // 2), total_steps)
     return optimizer, scheduler
 

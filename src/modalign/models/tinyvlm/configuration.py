@@ -45,6 +45,7 @@ class TinyVLMConfig(PretrainedConfig):
         audio_hidden_size: int = 128,
         audio_layers: int = 2,
         fused_queries: int = 4,
+        projector: str = "mlp",
         image_token_id: int = 4,
         audio_token_id: int = 5,
         pad_token_id: int = 0,
@@ -55,6 +56,8 @@ class TinyVLMConfig(PretrainedConfig):
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"TinyVLMConfig.fusion must be one of {FUSIONS}, got {fusion!r}")
+        if projector not in ("mlp", "linear"):
+            raise ValueError(f"TinyVLMConfig.projector must be 'mlp' or 'linear', got {projector!r}")
         if hidden_size % num_attention_heads:
             raise ValueError("TinyVLMConfig: hidden_size must be divisible by num_attention_heads")
         if image_size % patch_size or patch_size % 2:
@@ -82,6 +85,7 @@ class TinyVLMConfig(PretrainedConfig):
         self.audio_hidden_size = audio_hidden_size
         self.audio_layers = audio_layers
         self.fused_queries = fused_queries
+        self.projector = projector
         self.image_token_id = image_token_id
         self.audio_token_id = audio_token_id
         super().__init__(

@@ -108,6 +108,13 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
                 queries.normal_(0.0, std)
 
 
+def _projector(kind: str, in_width: int, width: int) -> nn.Sequential:
+    """Media features -> decoder width: one Linear (LLaVA) or Linear-GELU-Linear (LLaVA-1.5)."""
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(in_width, width))
+    return nn.Sequential(nn.Linear(in_width, width), nn.GELU(), nn.Linear(width, width))
+
+
 class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
     """Image + audio + text -> text. See `TinyVLMConfig` for the fusion options."""
 
@@ -121,8 +128,8 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             config.sample_rate, config.n_fft, config.hop_length, config.n_mels, config.audio_stride,
             config.audio_hidden_size, config.audio_layers, config.dropout, config.num_audio_frames,
         )
-        self.image_projector = nn.Sequential(nn.Linear(config.vision_hidden_size, width), nn.GELU(), nn.Linear(width, width))
-        self.audio_projector = nn.Sequential(nn.Linear(config.audio_hidden_size, width), nn.GELU(), nn.Linear(width, width))
+        self.image_projector = _projector(config.projector, config.vision_hidden_size, width)
+        self.audio_projector = _projector(config.projector, config.audio_hidden_size, width)
         self.embed_tokens = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, width)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))

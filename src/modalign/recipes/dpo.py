@@ -1,0 +1,147 @@
+"""Direct preference optimisation from the feedback store, read top to bottom.
+
+store -> majority preference pairs (ties left out) -> tokenize once -> reference log-probs
+once (cached, the reference never changes) -> the registered preference loss (dpo, ipo,
+hinge; cDPO by label smoothing) -> checkpoints -> gold evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from modalign.config import field_doc
+
+
+@dataclass
+class DPOConfig:
+    """DPO / IPO / cDPO / hinge from preference pairs (`modalign dpo`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/dpo-<time>.")
+    policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
+    store: str = field_doc("", "Feedback store: a SQLAlchemy URL or a SQLite file path.")
+    loss: str = field_doc("dpo", "Preference loss: dpo, ipo or hinge (see modalign.rl.objectives).")
+    beta: float = field_doc(0.1, "Strength of the implicit KL constraint.")
+    label_smoothing: float = field_doc(0.0, "dpo only: share of flipped labels assumed (conservative DPO).")
+    min_votes: int = field_doc(1, "Pairs with fewer judgments are left out.")
+    epochs: float = field_doc(1.0, "Passes over the pairs.")
+    batch_size: int = field_doc(16, "Pairs per step.")
+    lr: float = field_doc(5e-5, "AdamW learning rate.")
+    max_length: int = field_doc(128, "Longest sequence (media tokens included).")
+    checkpoint_every: int = field_doc(50, "Steps between checkpoints (0: only at the end).")
+    data: str = field_doc("", "Dataset folder for the final gold evaluation ('' to skip it).")
+    eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
+    eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
+    task: str = field_doc("caption", "Evaluate only examples whose meta.task is this ('' for all).")
+    max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
+    seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
+
+
+def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
+    """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
+    from modalign.models.policy import load_policy
+    from modalign.recipes.reward import encode_store_pairs, open_store
+    from modalign.rl.objectives import get_preference_loss
+    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.ui import console, progress_bar
+
+    started = time.time()
+    loss_fn = get_preference_loss(cfg.loss)
+    hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
+    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("dpo"), cfg)
+    policy = load_policy(cfg.policy)
+    model, pad = policy.model, policy.processor.tokenizer.pad_token_id
+    pairs = [p for p in encode_store_pairs(open_store(cfg.store), policy.processor, cfg.min_votes, cfg.max_length)
+             if not p.tie]
+    if not pairs:
+        raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
+    console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")
+    reference = sequence_logprobs_all(model, pairs, pad)  # (P, 2): the SFT policy is the reference
+    steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    step = 0
+    if resume and run.latest_checkpoint() is not None:
+        state = run.load_checkpoint(run.latest_checkpoint())
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+    if resume:
+        run.rewind(step)
+    model.train()
+    with progress_bar(cfg.loss, total=steps, completed=step) as advance:
+        while step < steps:
+            rows = batch_rows(len(pairs), step, cfg.batch_size, cfg.seed)
+            chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
+            out = loss_fn(chosen, rejected, reference[rows, 0], reference[rows, 1], **hparams)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            margins, loss = out.chosen_rewards - out.rejected_rewards, float(out.loss.detach())
+            run.log(step, {f"{cfg.loss}/loss": loss, f"{cfg.loss}/reward_margin": float(margins.mean()),
+                           f"{cfg.loss}/reward_accuracy": float((margins > 0).float().mean())})
+            advance(1, loss=loss)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
+                run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "rng": rng_state(), "step": step}, step)
+    policy.name = str(run.path / "model")
+    policy.save(run.path / "model")
+    summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model"),
+               "eval": _evaluate(policy, cfg, run), "wall_seconds": round(time.time() - started, 1)}
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def batch_rows(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Rows of a step: a seeded permutation per pass, so resume needs only the step."""
+    per_pass = max(1, n // batch_size)
+    epoch, index = divmod(step, per_pass)
+    order = list(range(n))
+    random.Random(seed * 7_777 + epoch).shuffle(order)
+    return order[index * batch_size : (index + 1) * batch_size]
+
+
+def pair_logprobs(model, batch: Sequence, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs (B,) of the chosen and the rejected answers; media encoded once per pair."""
+    from modalign.models.inputs import collate_sft
+    from modalign.reward.train import _cat
+
+    size = len(batch)
+    tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
+    media = model.encode_media(tensors["input_ids"][:size], _cat([p.chosen.pixel_values for p in batch]),
+                               _cat([p.chosen.input_values for p in batch]))
+    media = media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
+    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], media=media).logits
+    labels = tensors["labels"][:, 1:]  # (2B, L-1): token t+1 is predicted at t
+    mask = labels != -100
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    sums = (logprobs * mask).sum(1)  # (2B,)
+    return sums[:size], sums[size:]
+
+
+@torch.no_grad()
+def sequence_logprobs_all(model, pairs: Sequence, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+    """(P, 2) chosen and rejected log-probs of every pair under `model` in eval mode."""
+    was_training = model.training
+    model.eval()
+    parts = [torch.stack(pair_logprobs(model, pairs[i : i + batch_size], pad_token_id), 1)
+             for i in range(0, len(pairs), batch_size)]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def _evaluate(policy, cfg: DPOConfig, run) -> dict:
+    if not cfg.data:
+        return {}
+    from modalign.eval.generation import evaluate_split
+
+    return evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens, 1.0, cfg.seed,
+                          run.path / "samples" / "eval.jsonl", cfg.task)
