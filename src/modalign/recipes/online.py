@@ -116,7 +116,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                 scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
             stats = update_policy(cfg, model, reference, critic, optimizers, samples, scores, state)
             state["step"] += 1
-            run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()})
+            components = {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
+            run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
                 run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict() if critic else None,

@@ -162,6 +162,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                 **{f"ppo/{k}": float(torch.stack([getattr(s, k) for s in stats]).mean())
                    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")},
             }
+            metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:

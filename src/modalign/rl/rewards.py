@@ -68,13 +68,85 @@ def shapes_gold(example: Example, answer: str) -> float:
     return gold_utility(example, answer)
 
 
+@register_rule("shapes_accuracy")
+def shapes_accuracy(example: Example, answer: str) -> float:
+    """Grounding: caption share of the scene's true facts stated correctly; question 1 if right."""
+    from modalign.data.shapes.scorers import caption_facts, normalize_answer, parse_caption
+    from modalign.data.shapes.world import Scene
+
+    if example.meta.get("task") == "caption":
+        facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+        return facts["covered"] / facts["true_facts"]
+    return float(normalize_answer(answer) == normalize_answer(str(example.meta.get("answer", ""))))
+
+
+@register_rule("shapes_hallucination")
+def shapes_hallucination(example: Example, answer: str) -> float:
+    """Minus the share of the caption's stated facts that the scene contradicts (0 for questions)."""
+    from modalign.data.shapes.scorers import caption_facts, parse_caption
+    from modalign.data.shapes.world import Scene
+
+    if example.meta.get("task") != "caption":
+        return 0.0
+    facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+    return -facts["hallucinated"] / max(1, facts["mentions"])
+
+
+@register_rule("length_penalty")
+def length_penalty(example: Example, answer: str, limit: int = 30) -> float:
+    """Minus the words beyond `limit`, relative to it (0 for answers within the limit)."""
+    return -max(0, len(answer.split()) - limit) / limit
+
+
+@register_rule("format")
+def format_reward(example: Example, answer: str) -> float:
+    """1 for a non-empty answer without repeated sentences that ends in punctuation or is one word."""
+    text = answer.strip()
+    sentences = [s.strip() for s in text.split(".") if s.strip()]
+    ends_well = text.endswith((".", "!", "?")) or len(text.split()) == 1
+    return float(bool(text) and ends_well and len(sentences) == len(set(sentences)))
+
+
+class CompositeSource:
+    """A weighted sum of reward sources; each component's mean is kept for logging (`last_components`)."""
+
+    def __init__(self, parts: list[tuple[str, float, RewardSource]]) -> None:
+        self.parts = parts
+        self.last_components: dict[str, float] = {}
+
+    def __call__(self, examples, answers, samples, prompts) -> torch.Tensor:
+        total = None
+        for name, weight, source in self.parts:
+            scores = source(examples, answers, samples, prompts).float()
+            self.last_components[name] = float(scores.mean())
+            total = weight * scores if total is None else total + weight * scores
+        return total
+
+
 def reward_source_from(spec: str) -> RewardSource:
-    """`rule:<name>` for a registered rule, otherwise a saved reward-model folder."""
-    if spec.startswith("rule:"):
-        name = spec[len("rule:"):]
-        if name not in RULES:
-            raise ValueError(f"reward {spec!r}: no rule named {name!r} (known: {', '.join(sorted(RULES))})")
-        return FunctionSource(RULES[name])
-    if not spec:
-        raise ValueError("no reward given: set reward_model to a reward-model folder or rule:<name>")
-    return RewardModelSource(ScalarHeadModel.load(spec))
+    """A reward from a spec: a reward-model folder, `rule:<name>`, or a weighted sum of those.
+
+    Sum syntax: `0.5*runs/reward/model + 1.0*rule:shapes_hallucination + 0.1*rule:length_penalty`.
+    """
+    if not spec.strip():
+        raise ValueError("no reward given: set reward_model to a reward-model folder, rule:<name> or a weighted sum")
+    terms = [term.strip() for term in spec.split("+")]
+    if len(terms) == 1 and "*" not in terms[0]:
+        return _single_source(terms[0])
+    parts = []
+    for term in terms:
+        weight, _, name = term.partition("*") if "*" in term else ("1", "", term)
+        try:
+            parts.append((name.strip(), float(weight), _single_source(name.strip())))
+        except ValueError as err:
+            raise ValueError(f"reward {spec!r}, term {term!r}: {err}") from None
+    return CompositeSource(parts)
+
+
+def _single_source(name: str) -> RewardSource:
+    if name.startswith("rule:"):
+        rule = name[len("rule:"):]
+        if rule not in RULES:
+            raise ValueError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))})")
+        return FunctionSource(RULES[rule])
+    return RewardModelSource(ScalarHeadModel.load(name))
