@@ -1,0 +1,126 @@
+"""A contextual-bandit environment: see a multimodal example, pick one of the candidate answers.
+
+Each episode is one example. The observation is the fused embedding a frozen multimodal
+model makes of the example's image, audio and question (its last hidden state at the
+last prompt token, a `Box`); the action picks one of a fixed list of candidate answers
+(`Discrete`); the reward comes from a rule, a composite of rules, or a reward model,
+precomputed as an (examples x candidates) table so that stepping is free.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from modalign.data.records import Example
+
+
+class MultimodalChoiceEnv(gym.Env):
+    """obs: (D,) float32 embedding; action: index into `candidates`; one step per episode."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, observations: np.ndarray, rewards: np.ndarray, candidates: Sequence[str],
+                 example_ids: Sequence[str] | None = None) -> None:
+        super().__init__()
+        if observations.ndim != 2 or rewards.shape != (observations.shape[0], len(candidates)):
+            raise ValueError(f"observations (N, D) {observations.shape} and rewards (N, K) {rewards.shape} "
+                             f"do not match {len(candidates)} candidates")
+        self.observations = observations.astype(np.float32)
+        self.rewards = rewards.astype(np.float32)
+        self.candidates = list(candidates)
+        self.example_ids = list(example_ids or range(len(observations)))
+        bound = float(np.abs(self.observations).max()) + 1.0
+        self.observation_space = gym.spaces.Box(-bound, bound, (observations.shape[1],), np.float32)
+        self.action_space = gym.spaces.Discrete(len(candidates))
+        self._index = 0
+
+    @classmethod
+    def from_policy(cls, policy, data_root: str, split: str = "train", reward: str | Callable = "rule:shapes_gold",
+                    tasks: Sequence[str] = ("vqa_image", "vqa_audio", "vqa_both"), limit: int = 0,
+                    candidates: Sequence[str] | None = None) -> "MultimodalChoiceEnv":
+        """Embed a dataset's question examples with a frozen policy; candidates default to every gold answer."""
+        from modalign.data.dataset import read_examples
+        from modalign.models.inputs import MediaStore
+
+        examples = [e for e in read_examples(data_root, split) if e.meta.get("task") in tasks]
+        examples = examples[:limit] if limit else examples
+        if not examples:
+            raise ValueError(f"{data_root}/{split}: no examples of tasks {list(tasks)}")
+        candidates = list(candidates or sorted({str(e.meta.get("answer", e.answer)) for e in examples}))
+        media = MediaStore(data_root)
+        observations = prompt_embeddings(policy, media, examples)
+        table = reward_table(examples, candidates, reward, media)
+        return cls(observations, table, candidates, [e.id for e in examples])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._index = int(self.np_random.integers(len(self.observations)))
+        return self.observations[self._index].copy(), {"example_id": self.example_ids[self._index]}
+
+    def step(self, action):
+        action = int(action)
+        reward = float(self.rewards[self._index, action])
+        info = {"example_id": self.example_ids[self._index], "answer": self.candidates[action],
+                "best_reward": float(self.rewards[self._index].max())}
+        return self.observations[self._index].copy(), reward, True, False, info
+
+    def random_policy_reward(self) -> float:
+        """Expected reward of picking uniformly at random (the baseline to beat)."""
+        return float(self.rewards.mean())
+
+
+@torch.no_grad()
+def prompt_embeddings(policy, media, examples: Sequence[Example], batch_size: int = 64) -> np.ndarray:
+    """(N, D) last-layer hidden state at each prompt's last token; media encoded once per example."""
+    from modalign.models.inputs import prompt_batch
+
+    model = policy.model.eval()
+    parts = []
+    for start in range(0, len(examples), batch_size):
+        batch = prompt_batch(policy.processor, media, examples[start : start + batch_size])  # left-padded
+        output = model(**batch, output_hidden_states=True)
+        parts.append(output.hidden_states[-1][:, -1].float().numpy())
+    return np.concatenate(parts)
+
+
+def reward_table(examples: Sequence[Example], candidates: Sequence[str], reward: str | Callable,
+                 media=None) -> np.ndarray:
+    """(N, K) reward of each candidate answer for each example, from a rule, composite or reward model."""
+    from modalign.rl.rewards import CompositeSource, FunctionSource, RewardModelSource, reward_source_from
+
+    def table(source) -> np.ndarray:
+        if callable(source) and not hasattr(source, "parts") and not hasattr(source, "model"):
+            fn = source.fn if isinstance(source, FunctionSource) else source
+            return np.array([[float(fn(e, c)) for c in candidates] for e in examples], dtype=np.float32)
+        if isinstance(source, CompositeSource):
+            return sum(weight * table(part) for _, weight, part in source.parts)
+        if isinstance(source, RewardModelSource):
+            return _reward_model_table(source.model, examples, candidates, media)
+        raise ValueError(f"reward source {source!r} cannot score a fixed candidate table")
+
+    return table(reward_source_from(reward) if isinstance(reward, str) else reward).astype(np.float32)
+
+
+@torch.no_grad()
+def _reward_model_table(model, examples, candidates, media, batch_size: int = 64) -> np.ndarray:
+    """Normalised reward-model scores of every (example, candidate); the model reads the media itself."""
+    from transformers import AutoProcessor
+
+    from modalign.models.inputs import collate_sft, encode_sft_example
+
+    if media is None:
+        raise ValueError("a reward-model reward needs the examples' media (pass media=MediaStore(root))")
+    processor = AutoProcessor.from_pretrained(model.backbone.name_or_path)
+    pad = processor.tokenizer.pad_token_id
+    pairs = [(e, c) for e in examples for c in candidates]
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        encoded = [encode_sft_example(processor, media, e, 256, c) for e, c in pairs[start : start + batch_size]]
+        batch = collate_sft(encoded, pad)
+        batch.pop("labels")
+        scores.append(model(**batch, normalize=True)[:, 0])
+    return torch.cat(scores).view(len(examples), len(candidates)).numpy()
