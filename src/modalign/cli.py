@@ -134,6 +134,19 @@ def dpo(
     _recipe_command(DPOConfig, run_dpo, config, set_, out, resume, help_config)
 
 
+@app.command()
+def bon(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/bon-<time>)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Best-of-N: sample N answers per prompt, keep the reward's best, SFT on the winners."""
+    from modalign.recipes.bon import BoNConfig, run_bon
+
+    _recipe_command(BoNConfig, run_bon, config, set_, out, help_config=help_config)
+
+
 def _online_command(algorithm: str, summary: str) -> None:
     """Register `modalign <algorithm>`: the online recipe with `algorithm` preset."""
 

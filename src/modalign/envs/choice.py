@@ -90,37 +90,9 @@ def prompt_embeddings(policy, media, examples: Sequence[Example], batch_size: in
 def reward_table(examples: Sequence[Example], candidates: Sequence[str], reward: str | Callable,
                  media=None) -> np.ndarray:
     """(N, K) reward of each candidate answer for each example, from a rule, composite or reward model."""
-    from modalign.rl.rewards import CompositeSource, FunctionSource, RewardModelSource, reward_source_from
+    from modalign.rl.rewards import reward_source_from, score_texts
 
-    def table(source) -> np.ndarray:
-        if callable(source) and not hasattr(source, "parts") and not hasattr(source, "model"):
-            fn = source.fn if isinstance(source, FunctionSource) else source
-            return np.array([[float(fn(e, c)) for c in candidates] for e in examples], dtype=np.float32)
-        if isinstance(source, CompositeSource):
-            return sum(weight * table(part) for _, weight, part in source.parts)
-        if isinstance(source, RewardModelSource):
-            return _reward_model_table(source.model, examples, candidates, media)
-        raise ValueError(f"reward source {source!r} cannot score a fixed candidate table")
-
-    return table(reward_source_from(reward) if isinstance(reward, str) else reward).astype(np.float32)
-
-
-@torch.no_grad()
-def _reward_model_table(model, examples, candidates, media, batch_size: int = 64) -> np.ndarray:
-    """Normalised reward-model scores of every (example, candidate); the model reads the media itself."""
-    from transformers import AutoProcessor
-
-    from modalign.models.inputs import collate_sft, encode_sft_example
-
-    if media is None:
-        raise ValueError("a reward-model reward needs the examples' media (pass media=MediaStore(root))")
-    processor = AutoProcessor.from_pretrained(model.backbone.name_or_path)
-    pad = processor.tokenizer.pad_token_id
-    pairs = [(e, c) for e in examples for c in candidates]
-    scores = []
-    for start in range(0, len(pairs), batch_size):
-        encoded = [encode_sft_example(processor, media, e, 256, c) for e, c in pairs[start : start + batch_size]]
-        batch = collate_sft(encoded, pad)
-        batch.pop("labels")
-        scores.append(model(**batch, normalize=True)[:, 0])
-    return torch.cat(scores).view(len(examples), len(candidates)).numpy()
+    source = reward_source_from(reward) if isinstance(reward, str) else reward
+    owners = [e for e in examples for _ in candidates]
+    scores = score_texts(source, owners, list(candidates) * len(examples), media)
+    return scores.view(len(examples), len(candidates)).numpy().astype(np.float32)

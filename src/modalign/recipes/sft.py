@@ -52,7 +52,7 @@ class SFTConfig:
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
 
 
-def run_sft(cfg: SFTConfig, resume: str | None = None) -> dict:
+def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | None = None) -> dict:
     """Train, save `model/`, evaluate on the held-out split, write `summary.json`; returns the summary."""
     from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
@@ -64,7 +64,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("sft"), cfg)
     data_root = prepare_data(cfg, run.path)
-    train = read_examples(data_root, cfg.train_split)
+    train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split)
     policy = make_policy(cfg, [text for e in train for text in _texts(e)])
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
     console.print(f"[bold]sft[/] {len(train)} examples, {policy.num_parameters / 1e6:.2f} M parameters -> {run.path}")

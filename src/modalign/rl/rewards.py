@@ -150,3 +150,46 @@ def _single_source(name: str) -> RewardSource:
             raise ValueError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))})")
         return FunctionSource(RULES[rule])
     return RewardModelSource(ScalarHeadModel.load(name))
+
+
+@torch.no_grad()
+def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequence[str], media=None,
+                batch_size: int = 64) -> torch.Tensor:
+    """Scores (N,) of answer texts without a rollout: rules directly, reward models on (prompt, media, answer).
+
+    Used where answers come from elsewhere than `sample_answers` (best-of-N, candidate tables).
+    A reward model needs `media` (a MediaStore over the examples' root) because it reads the media itself.
+    """
+    if isinstance(source, FunctionSource):
+        return torch.tensor([float(source.fn(e, a)) for e, a in zip(examples, answers)])
+    if isinstance(source, CompositeSource):
+        total = torch.zeros(len(answers))
+        for name, weight, part in source.parts:
+            scores = score_texts(part, examples, answers, media, batch_size)
+            source.last_components[name] = float(scores.mean())
+            total += weight * scores
+        return total
+    if isinstance(source, RewardModelSource):
+        return _reward_model_scores(source, examples, answers, media, batch_size)
+    if callable(source):
+        return torch.tensor([float(source(e, a)) for e, a in zip(examples, answers)])
+    raise ValueError(f"reward source {source!r} cannot score texts")
+
+
+def _reward_model_scores(source: "RewardModelSource", examples, answers, media, batch_size: int) -> torch.Tensor:
+    from transformers import AutoProcessor
+
+    from modalign.models.inputs import collate_sft, encode_sft_example
+
+    if media is None:
+        raise ValueError("a reward-model reward needs the examples' media (pass media=MediaStore(root))")
+    if getattr(source, "processor", None) is None:
+        source.processor = AutoProcessor.from_pretrained(source.model.backbone.name_or_path)
+    pad = source.processor.tokenizer.pad_token_id
+    scores = []
+    for start in range(0, len(answers), batch_size):
+        chunk = zip(examples[start : start + batch_size], answers[start : start + batch_size])
+        batch = collate_sft([encode_sft_example(source.processor, media, e, 256, a) for e, a in chunk], pad)
+        batch.pop("labels")
+        scores.append(source.model(**batch, normalize=source.normalize)[:, 0])
+    return torch.cat(scores)
