@@ -22,4 +22,6 @@ def test_quick_demo_writes_summary_and_report(tmp_path):
     assert "<audio controls" in page and "data:image/png;base64" in page and "hallucination_rate" in page
     from modalign.feedback.store import FeedbackStore
 
-    assert FeedbackStore.sqlite(tmp_path / "demo" / "feedback.db").count_judgments("pairwise") == 24 * 3
+    rankings = FeedbackStore.sqlite(tmp_path / "demo" / "feedback.db").count_judgments("ranking")
+    assert rankings == saved["annotators"]["rankings"] == 3 * saved["annotators"]["prompts"] > 0
+    assert 0.0 <= saved["annotators"]["gold_accuracy"] <= 1.0

@@ -47,6 +47,7 @@ class PPOConfig:
     gamma: float = field_doc(1.0, "Discount.")
     lam: float = field_doc(0.95, "GAE lambda.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
+    dense_reward: bool = field_doc(True, "Spread a reward model's score over the tokens that earned it, when it can.")
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
@@ -114,10 +115,20 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                 old_logprobs = response_logprobs(model, samples, cfg.temperature)
                 ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
                 old_values = critic_values(critic, samples)
-                scores = reward(sampled_examples, answers, samples, prompts).float()
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
-                scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
-                rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
+                penalty = torch.full(finished.shape, cfg.unfinished_penalty)
+                if cfg.dense_reward and hasattr(reward, "token_rewards"):
+                    # the reward model's score spread over the tokens that earned it (sums to the score)
+                    dense = reward.token_rewards(sampled_examples, answers, samples, prompts).float()
+                    dense = dense * mask * finished[:, None]
+                    rewards, kl = token_rewards(torch.where(finished, 0.0, penalty), old_logprobs, ref_logprobs,
+                                                mask, kl_ctl.value)
+                    rewards = rewards + dense
+                    scores = torch.where(finished, dense.sum(1), penalty)
+                else:
+                    scores = reward(sampled_examples, answers, samples, prompts).float()
+                    scores = torch.where(finished, scores, penalty)
+                    rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 advantages = whiten(advantages, mask)
             if not _finite(scores, old_logprobs, old_values):

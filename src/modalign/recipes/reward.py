@@ -27,8 +27,10 @@ class RewardConfig:
     heldout_fraction: float = field_doc(0.15, "Share of examples held out for accuracy.")
     steps: int = field_doc(300, "Optimizer steps.")
     batch_size: int = field_doc(16, "Pairs per step.")
-    lr: float = field_doc(3e-4, "AdamW learning rate.")
+    lr: float = field_doc(3e-3, "AdamW learning rate of the scalar head (and the likelihood weight).")
+    backbone_lr: float = field_doc(0.0, "Learning rate of the backbone; 0 freezes it (measured best on ShapesWorld).")
     max_length: int = field_doc(128, "Longest sequence (media tokens included).")
+    likelihood_feature: bool = field_doc(True, "Add w * mean log p(answer) under the backbone to the score.")
     seed: int = field_doc(0, "Seed of the pair order.")
 
 
@@ -54,7 +56,9 @@ def run_reward(cfg: RewardConfig) -> dict:
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
-    model = ScalarHeadModel(policy.model)
+    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature)
+    if not cfg.backbone_lr:
+        model.backbone.requires_grad_(False)
     console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")
     with progress_bar("reward", total=cfg.steps) as advance:
         def on_step(step: int, loss: float) -> None:
@@ -63,7 +67,8 @@ def run_reward(cfg: RewardConfig) -> dict:
                 run.log(step + 1, {"reward/loss": loss})
 
         torch.manual_seed(cfg.seed)
-        train_reward_model(model, train, pad, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
+        train_reward_model(model, train, pad, cfg.steps, cfg.batch_size, cfg.backbone_lr, cfg.seed, on_step,
+                           head_lr=cfg.lr)
     accuracy = pairwise_accuracy(model, heldout, pad) if heldout else float("nan")
     train_accuracy = pairwise_accuracy(model, train, pad)
     fit_normalizer(model, train, pad)

@@ -53,7 +53,8 @@ def pair_scores(model: ScalarHeadModel, batch: Sequence[EncodedPair], pad_token_
     chosen_audio = _cat([p.chosen.input_values for p in batch])
     media = model.backbone.encode_media(tensors["input_ids"][:size], chosen_pixels, chosen_audio)
     media = media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
-    scores = model(tensors["input_ids"], tensors["attention_mask"], media=media)[:, 0]  # (2B,)
+    scores = model(tensors["input_ids"], tensors["attention_mask"], answer_mask=tensors["labels"] != -100,
+                   media=media)[:, 0]  # (2B,)
     return scores[:size], scores[size:]
 
 
@@ -64,10 +65,17 @@ def _cat(parts):
 
 def train_reward_model(
     model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_token_id: int, steps: int, batch_size: int = 16,
-    lr: float = 5e-4, seed: int = 0, on_step: Callable[[int, float], None] | None = None,
+    lr: float = 5e-4, seed: int = 0, on_step: Callable[[int, float], None] | None = None, head_lr: float | None = None,
 ) -> None:
-    """AdamW on the Bradley-Terry loss (ties pulled together, margins respected)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    """AdamW on the Bradley-Terry loss (ties pulled together, margins respected).
+
+    The head (and the likelihood weight) may learn at `head_lr`: a fresh head needs large
+    steps, while the pretrained backbone is damaged by them.
+    """
+    head = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("backbone.")]
+    body = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("backbone.")]
+    groups = [{"params": body, "lr": lr}] if body else []
+    optimizer = torch.optim.AdamW(groups + [{"params": head, "lr": head_lr or lr}], lr=lr, weight_decay=0.01)
     order = random.Random(seed)
     model.train()
     for step in range(steps):

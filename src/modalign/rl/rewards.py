@@ -28,12 +28,20 @@ class RewardModelSource:
 
     @torch.no_grad()
     def __call__(self, examples, answers, samples: Samples, prompts) -> torch.Tensor:
+        return self.token_rewards(examples, answers, samples, prompts).sum(1)
+
+    @torch.no_grad()
+    def token_rewards(self, examples, answers, samples: Samples, prompts) -> torch.Tensor:
+        """The score spread over the response tokens (N, T), summing to the score (dense rewards)."""
         backbone = self.model.backbone
         repeats = samples.sequences.shape[0] // prompts["input_ids"].shape[0]
         media = backbone.encode_media(prompts["input_ids"], prompts.get("pixel_values"), prompts.get("input_values"))
         media = media.repeat_interleave(repeats, prompts["input_ids"].shape[0])
-        scores = self.model(samples.sequences, samples.attention_mask, normalize=self.normalize, media=media)
-        return scores[:, 0]
+        answer_mask = torch.cat([torch.zeros_like(samples.attention_mask[:, : samples.prompt_length]),
+                                 samples.response_mask], dim=1)  # (N, P + T)
+        dense = self.model.dense_scores(samples.sequences, samples.attention_mask, normalize=self.normalize,
+                                        answer_mask=answer_mask, media=media)[..., 0]  # (N, P + T)
+        return dense[:, samples.prompt_length :]
 
 
 class FunctionSource:
@@ -190,6 +198,6 @@ def _reward_model_scores(source: "RewardModelSource", examples, answers, media, 
     for start in range(0, len(answers), batch_size):
         chunk = zip(examples[start : start + batch_size], answers[start : start + batch_size])
         batch = collate_sft([encode_sft_example(source.processor, media, e, 256, a) for e, a in chunk], pad)
-        batch.pop("labels")
-        scores.append(source.model(**batch, normalize=source.normalize)[:, 0])
+        answer_mask = batch.pop("labels") != -100
+        scores.append(source.model(**batch, normalize=source.normalize, answer_mask=answer_mask)[:, 0])
     return torch.cat(scores)

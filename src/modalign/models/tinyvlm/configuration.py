@@ -45,7 +45,7 @@ class TinyVLMConfig(PretrainedConfig):
         audio_hidden_size: int = 128,
         audio_layers: int = 2,
         fused_queries: int = 4,
-        projector: str = "mlp",
+        projector: str = "linear",
         image_token_id: int = 4,
         audio_token_id: int = 5,
         pad_token_id: int = 0,
