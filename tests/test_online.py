@@ -57,3 +57,25 @@ def test_grpo_resume_matches_uninterrupted(tmp_path, sft_model):
     resumed = load_policy(tmp_path / "killed" / "model").model.state_dict()
     for key in straight:
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+
+
+def test_a_registered_loss_trains_by_name(tmp_path, sft_model):
+    """docs/algorithms.md: a new loss is one registered function, then `objective=<name>`."""
+    from modalign.rl.losses import masked_mean
+    from modalign.rl.objectives import OBJECTIVES, ObjectiveInputs, ObjectiveOutput, register_objective
+
+    calls = []
+
+    @register_objective("test_clipped_reinforce")
+    def clipped_reinforce(batch: ObjectiveInputs, clip: float = 0.2) -> ObjectiveOutput:
+        calls.append(batch.logprobs.shape)
+        ratio = torch.exp(batch.logprobs - batch.old_logprobs)
+        loss = -masked_mean(torch.clamp(ratio, max=1 + clip) * batch.advantages.detach(), batch.mask)
+        return ObjectiveOutput(loss, {"ratio": masked_mean(ratio, batch.mask).detach()})
+
+    try:
+        run_online(online_config(tmp_path / "run", sft_model, "rloo", objective="test_clipped_reinforce", steps=1))
+    finally:
+        OBJECTIVES.pop("test_clipped_reinforce")
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert calls and line["rloo/ratio"] == pytest.approx(1.0, abs=1e-4)

@@ -53,7 +53,7 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False) -> dict
     # 5. PPO against the reward model, its score spread over the tokens that earned it
     ppo_cfg = PPOConfig(out=str(out_dir / "ppo"), policy=str(sft_model), reward_model=reward["model"],
                         data=str(data_root), steps=2 if quick else 120, eval_examples=1, seed=seed,
-                        prompts_per_step=8 if quick else 16, samples_per_prompt=4, lr=1e-4, kl_coef=0.02,
+                        prompts_per_step=8 if quick else 16, samples_per_prompt=4, lr=1e-4, kl_coef=0.05,
                         max_new_tokens=24 if quick else 40)
     run_ppo(ppo_cfg)
 

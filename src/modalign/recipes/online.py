@@ -24,7 +24,8 @@ class OnlineConfig:
     """GRPO / RLOO / REINFORCE / A2C (`modalign grpo|rloo|reinforce|a2c`)."""
 
     out: str = field_doc("", "Run folder; empty means runs/<algorithm>-<time>.")
-    algorithm: str = field_doc("grpo", "grpo, rloo, reinforce or a2c.")
+    algorithm: str = field_doc("grpo", "grpo, rloo, reinforce or a2c: how scores become advantages.")
+    objective: str = field_doc("", "A registered objective to use instead of the algorithm's own (see docs).")
     policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
     reward_model: str = field_doc("", "Reward model folder, or rule:<name> (e.g. rule:shapes_gold).")
     data: str = field_doc("", "Dataset folder with the prompts.")
@@ -202,6 +203,8 @@ def _objective(cfg: OnlineConfig):
         "reinforce": {},
         "a2c": {"value_coef": cfg.value_coef, "entropy_coef": cfg.entropy_coef},
     }[cfg.algorithm]
+    if cfg.objective and cfg.objective != cfg.algorithm:
+        return get_objective(cfg.objective), {}  # a user's registered loss, with its defaults
     return get_objective(cfg.algorithm), hparams
 
 
