@@ -87,3 +87,14 @@ def test_rng_state_round_trip():
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_a_used_run_folder_is_not_overwritten(tmp_path):
+    from modalign.recipes.sft import SFTConfig
+    from modalign.runs import RunDir
+
+    run = RunDir.create(tmp_path / "run", SFTConfig())
+    run.log(1, {"loss": 2.0})
+    with pytest.raises(FileExistsError, match="--resume"):
+        RunDir.create(tmp_path / "run", SFTConfig(lr=3.0))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1

@@ -79,3 +79,11 @@ def test_majority_pairs_and_trl_export(store, tmp_path):
     assert rows[0]["chosen"][0]["content"][0]["text"] == "answer 0"
     assert all(__import__("os").path.exists(p) for p in rows[0]["images"] + rows[0]["audios"])
     assert json.loads((tmp_path / "trl.jsonl").read_text().splitlines()[0]) == rows[0]
+
+
+def test_dataset_roots_are_stored_absolute(tmp_path, monkeypatch):
+    """A store written from one folder must find the media when read from another."""
+    monkeypatch.chdir(tmp_path)
+    store = FeedbackStore.sqlite(tmp_path / "f.db")
+    store.add_examples([Example("r1", (user_turn("describe.", 0, 0), assistant_turn("ref")))], root="data/shapes")
+    assert store.example_root("r1") == str(tmp_path / "data" / "shapes")

@@ -37,7 +37,7 @@ def _run(call):
 
     try:
         return call()
-    except (ConfigError, RecordError, MediaError, FileNotFoundError) as err:
+    except (ConfigError, RecordError, MediaError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
 
 

@@ -31,6 +31,9 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, config: Any = None) -> "RunDir":
         path = Path(path)
+        if (path / "config.yaml").is_file():
+            # Starting over in a used folder would mix two runs' metrics and checkpoints.
+            raise FileExistsError(f"{path} already holds a run: continue it with --resume {path} or pick another --out")
         for sub in ("checkpoints", "samples"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         if config is not None:

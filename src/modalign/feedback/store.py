@@ -56,9 +56,11 @@ class FeedbackStore:
 
     # ---- examples and candidates -------------------------------------------------
     def add_examples(self, examples: Iterable[Example], root: str | Path | None = None) -> None:
+        """Store examples with their dataset root, made absolute so readers in any folder find the media."""
+        root_text = str(Path(root).resolve()) if root else None
         with Session(self.engine) as session, session.begin():
             for example in examples:
-                session.merge(ExampleRow(id=example.id, record=example.to_dict(), root=str(root) if root else None))
+                session.merge(ExampleRow(id=example.id, record=example.to_dict(), root=root_text))
 
     def get_example(self, example_id: str) -> Example:
         with Session(self.engine) as session:
