@@ -74,7 +74,8 @@ def test_a_registered_loss_trains_by_name(tmp_path, sft_model):
         return ObjectiveOutput(loss, {"ratio": masked_mean(ratio, batch.mask).detach()})
 
     try:
-        run_online(online_config(tmp_path / "run", sft_model, "rloo", objective="test_clipped_reinforce", steps=1))
+        run_online(online_config(tmp_path / "run", sft_model, "rloo", objective="test_clipped_reinforce", steps=1,
+                                 minibatch_size=8))  # one minibatch: the ratio is exactly 1
     finally:
         OBJECTIVES.pop("test_clipped_reinforce")
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
