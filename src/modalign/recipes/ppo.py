@@ -44,6 +44,7 @@ class PPOConfig:
     entropy_coef: float = field_doc(0.0, "Weight of the entropy bonus.")
     kl_coef: float = field_doc(0.05, "Initial KL penalty beta.")
     kl_target: float = field_doc(0.0, "Target KL per answer for the adaptive controller (0: fixed beta).")
+    kl_horizon: int = field_doc(10_000, "Adaptive controller horizon in answers (smaller adapts faster).")
     gamma: float = field_doc(1.0, "Discount.")
     lam: float = field_doc(0.95, "GAE lambda.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
@@ -83,7 +84,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     tokenizer = processor.tokenizer
     policy_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_target else FixedKLController(cfg.kl_coef)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
+              else FixedKLController(cfg.kl_coef))
     step, bad_steps = 0, 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
