@@ -81,11 +81,11 @@ def heldout_kl(policy_path, reference_path, data: str, seed: int, samples: int =
 
     policy, reference = load_policy(policy_path), load_policy(reference_path)
     examples = [e for e in read_examples(data, "test") if e.meta.get("task") == "caption"]
-    tokenizer, total, count = policy.processor.tokenizer, 0.0, 0
+    tokenizer, media, total, count = policy.processor.tokenizer, MediaStore(data), 0.0, 0
     torch.manual_seed(seed)
     with torch.no_grad():
         for start in range(0, len(examples), 32):
-            prompts = prompt_batch(policy.processor, MediaStore(data), examples[start : start + 32])
+            prompts = prompt_batch(policy.processor, media, examples[start : start + 32])
             rollout = sample_answers(policy.model.eval(), prompts, samples, 40, 1.0, tokenizer.eos_token_id,
                                      tokenizer.pad_token_id)
             gap = response_logprobs(policy.model, rollout) - response_logprobs(reference.model.eval(), rollout)

@@ -118,6 +118,7 @@ def _logged_step(line: str) -> int:
     except (ValueError, AttributeError):
         return 1 << 62  # a line cut by the kill: dropped
 
+
 def write_json_atomic(path: Path, data: Any) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

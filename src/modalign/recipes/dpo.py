@@ -8,7 +8,6 @@ hinge; cDPO by label smoothing) -> checkpoints -> gold evaluation.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -46,6 +45,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
     from modalign.models.policy import load_policy
     from modalign.recipes.reward import encode_store_pairs, open_store
+    from modalign.recipes.sft import batch_at
     from modalign.rl.objectives import get_preference_loss
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
@@ -76,7 +76,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     model.train()
     with progress_bar(cfg.loss, total=steps, completed=step) as advance:
         while step < steps:
-            rows = batch_rows(len(pairs), step, cfg.batch_size, cfg.seed)
+            rows = batch_at(list(range(len(pairs))), step, cfg.batch_size, max(1, len(pairs) // cfg.batch_size),
+                            cfg.seed)
             chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
             out = loss_fn(chosen, rejected, reference[rows, 0], reference[rows, 1], **hparams)
             optimizer.zero_grad(set_to_none=True)
@@ -100,31 +101,15 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     return summary
 
 
-def batch_rows(n: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Rows of a step: a seeded permutation per pass, so resume needs only the step."""
-    per_pass = max(1, n // batch_size)
-    epoch, index = divmod(step, per_pass)
-    order = list(range(n))
-    random.Random(seed * 7_777 + epoch).shuffle(order)
-    return order[index * batch_size : (index + 1) * batch_size]
-
-
 def pair_logprobs(model, batch: Sequence, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probs (B,) of the chosen and the rejected answers; media encoded once per pair."""
-    from modalign.models.inputs import collate_sft
-    from modalign.reward.train import _cat
+    from modalign.reward.model import answer_token_logprobs
+    from modalign.reward.train import pair_batch
 
-    size = len(batch)
-    tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
-    media = model.encode_media(tensors["input_ids"][:size], _cat([p.chosen.pixel_values for p in batch]),
-                               _cat([p.chosen.input_values for p in batch]))
-    media = media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
+    tensors, media = pair_batch(model, batch, pad_token_id)
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], media=media).logits
-    labels = tensors["labels"][:, 1:]  # (2B, L-1): token t+1 is predicted at t
-    mask = labels != -100
-    logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    sums = (logprobs * mask).sum(1)  # (2B,)
-    return sums[:size], sums[size:]
+    sums = answer_token_logprobs(logits, tensors["input_ids"], tensors["labels"] != -100).sum(1)  # (2B,)
+    return sums[: len(batch)], sums[len(batch) :]
 
 
 @torch.no_grad()

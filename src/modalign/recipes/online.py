@@ -64,7 +64,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.recipes.ppo import mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
-    from modalign.rl.rollout import sample_answers
+    from modalign.rl.rollout import decode_answers, sample_answers
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
 
@@ -108,9 +108,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
-            answers = tokenizer.batch_decode(samples.responses.masked_fill(samples.response_mask == 0,
-                                                                          tokenizer.pad_token_id),
-                                             skip_special_tokens=True)
+            answers = decode_answers(tokenizer, samples)
             with torch.no_grad():
                 scores = reward(owners, answers, samples, prompts).float()
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
@@ -140,7 +138,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
 def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, samples, scores, state) -> dict:
     """Advantages for the algorithm, then its registered objective over minibatches; returns log stats."""
     from modalign.rl.advantages import gae
-    from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens, get_objective,
+    from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens,
                                         group_relative_advantages, leave_one_out_advantages)
     from modalign.rl.ppo import critic_values, subset, token_rewards
     from modalign.rl.rollout import response_logprobs

@@ -65,7 +65,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
     from modalign.rl.ppo import critic_values, explained_variance, ppo_minibatch_loss, subset, token_rewards
     from modalign.rl.rewards import reward_source_from
-    from modalign.rl.rollout import response_logprobs, sample_answers
+    from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
 
@@ -109,8 +109,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
             sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
-            answer_ids = samples.responses.masked_fill(samples.response_mask == 0, tokenizer.pad_token_id)
-            answers = tokenizer.batch_decode(answer_ids, skip_special_tokens=True)
+            answers = decode_answers(tokenizer, samples)
             mask = samples.response_mask.float()
             with torch.no_grad():
                 # 2. old-policy, reference and critic passes reuse samples.media

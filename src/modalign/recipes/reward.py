@@ -90,9 +90,12 @@ def encode_store_pairs(store, processor, min_votes: int, max_length: int) -> lis
     if not stored:
         raise ValueError(f"feedback store {store.url} holds no pairwise or ranking judgments")
     media: dict[str, MediaStore] = {}
+    examples: dict[str, tuple] = {}  # a ranking of k answers gives k(k-1)/2 pairs of one example: read it once
     encoded = []
     for pair in stored:
-        example, root = store.get_example(pair.example_id), store.example_root(pair.example_id) or "."
+        if pair.example_id not in examples:
+            examples[pair.example_id] = (store.get_example(pair.example_id), store.example_root(pair.example_id) or ".")
+        example, root = examples[pair.example_id]
         media.setdefault(root, MediaStore(root))
         encoded += encode_pairs(processor, media[root],
                                 [PreferencePair(example, pair.chosen.text, pair.rejected.text, pair.tie, pair.margin)],

@@ -134,12 +134,6 @@ def answer_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, answer_
     return token_logprobs * answer_mask.to(token_logprobs.dtype)
 
 
-def mean_answer_logprob(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Mean log p over the answer tokens: (B,)."""
-    total = answer_token_logprobs(logits, input_ids, answer_mask).sum(1)
-    return total / answer_mask.to(total.dtype).sum(1).clamp(min=1)
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, for left- or right-padded (B, L) masks."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)

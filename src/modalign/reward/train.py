@@ -45,17 +45,25 @@ def encode_pairs(processor, media: MediaStore, pairs: Sequence[PreferencePair], 
     ]
 
 
-def pair_scores(model: ScalarHeadModel, batch: Sequence[EncodedPair], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (B,) of the chosen and the rejected answers; media encoded once per pair."""
+def pair_batch(policy_model, batch: Sequence[EncodedPair], pad_token_id: int):
+    """Rows 0..B-1 chosen, B..2B-1 rejected, and their media features encoded once per pair.
+
+    Returns (tensors of `collate_sft`, MediaFeatures for the 2B rows).
+    """
     size = len(batch)
     tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
     chosen_pixels = _cat([p.chosen.pixel_values for p in batch])
     chosen_audio = _cat([p.chosen.input_values for p in batch])
-    media = model.backbone.encode_media(tensors["input_ids"][:size], chosen_pixels, chosen_audio)
-    media = media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
+    media = policy_model.encode_media(tensors["input_ids"][:size], chosen_pixels, chosen_audio)
+    return tensors, media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
+
+
+def pair_scores(model: ScalarHeadModel, batch: Sequence[EncodedPair], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (B,) of the chosen and the rejected answers; media encoded once per pair."""
+    tensors, media = pair_batch(model.backbone, batch, pad_token_id)
     scores = model(tensors["input_ids"], tensors["attention_mask"], answer_mask=tensors["labels"] != -100,
                    media=media)[:, 0]  # (2B,)
-    return scores[:size], scores[size:]
+    return scores[: len(batch)], scores[len(batch) :]
 
 
 def _cat(parts):

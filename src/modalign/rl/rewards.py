@@ -25,6 +25,7 @@ class RewardModelSource:
 
     def __init__(self, model: ScalarHeadModel, normalize: bool = True) -> None:
         self.model, self.normalize = model.eval(), normalize
+        self.processor = None  # loaded on first use by `score_texts`
 
     @torch.no_grad()
     def __call__(self, examples, answers, samples: Samples, prompts) -> torch.Tensor:
@@ -169,7 +170,7 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
     A reward model needs `media` (a MediaStore over the examples' root) because it reads the media itself.
     """
     if isinstance(source, FunctionSource):
-        return torch.tensor([float(source.fn(e, a)) for e, a in zip(examples, answers)])
+        return source(examples, answers, None, None)
     if isinstance(source, CompositeSource):
         total = torch.zeros(len(answers))
         for name, weight, part in source.parts:
@@ -191,7 +192,7 @@ def _reward_model_scores(source: "RewardModelSource", examples, answers, media, 
 
     if media is None:
         raise ValueError("a reward-model reward needs the examples' media (pass media=MediaStore(root))")
-    if getattr(source, "processor", None) is None:
+    if source.processor is None:
         source.processor = AutoProcessor.from_pretrained(source.model.backbone.name_or_path)
     pad = source.processor.tokenizer.pad_token_id
     scores = []

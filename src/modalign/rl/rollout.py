@@ -64,6 +64,12 @@ def sample_answers(
     return Samples(sequences, full_mask, response_mask, prompt_length, media)
 
 
+def decode_answers(tokenizer, samples: Samples) -> list[str]:
+    """The sampled answers as text, up to their end-of-turn token."""
+    answer_ids = samples.responses.masked_fill(samples.response_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(answer_ids, skip_special_tokens=True)
+
+
 def answer_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 on tokens up to and including the first end-of-turn token of each row: (N, T)."""
     is_eos = (responses == eos_token_id).long()
