@@ -73,3 +73,16 @@ def test_dpo_resume_matches_uninterrupted(tmp_path, sft_model, store, monkeypatc
 def test_unknown_loss_is_a_clear_error(tmp_path, sft_model, store):
     with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
         run_dpo(dpo_config(tmp_path / "run", sft_model, store, loss="kto"))
+
+
+def test_dpo_from_a_trl_preference_file(tmp_path, sft_model, store):
+    from modalign.feedback.store import FeedbackStore
+
+    rows = FeedbackStore.sqlite(store).export_trl(tmp_path / "pairs.jsonl")
+    from_store = run_dpo(dpo_config(tmp_path / "store_run", sft_model, store))
+    from_file = run_dpo(dpo_config(tmp_path / "file_run", sft_model, tmp_path / "pairs.jsonl"))
+    assert from_file["steps"] == from_store["steps"] >= 2
+    imported = FeedbackStore.sqlite(tmp_path / "file_run" / "feedback.db")
+    assert imported.count_judgments() == len(rows)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        run_dpo(dpo_config(tmp_path / "bad_run", sft_model, tmp_path / "missing.jsonl"))

@@ -23,7 +23,7 @@ class DPOConfig:
 
     out: str = field_doc("", "Run folder; empty means runs/dpo-<time>.")
     policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
-    store: str = field_doc("", "Feedback store: a SQLAlchemy URL or a SQLite file path.")
+    store: str = field_doc("", "Feedback store (SQLAlchemy URL or SQLite path) or a TRL preference .jsonl.")
     loss: str = field_doc("dpo", "Preference loss: dpo, ipo or hinge (see modalign.rl.objectives).")
     beta: float = field_doc(0.1, "Strength of the implicit KL constraint.")
     label_smoothing: float = field_doc(0.0, "dpo only: share of flipped labels assumed (conservative DPO).")
@@ -56,8 +56,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("dpo"), cfg)
     policy = load_policy(cfg.policy)
     model, pad = policy.model, policy.processor.tokenizer.pad_token_id
-    pairs = [p for p in encode_store_pairs(open_store(cfg.store), policy.processor, cfg.min_votes, cfg.max_length)
-             if not p.tie]
+    store = open_store(cfg.store, run.path)
+    pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length) if not p.tie]
     if not pairs:
         raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
     console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")

@@ -22,7 +22,7 @@ class RewardConfig:
 
     out: str = field_doc("", "Run folder; empty means runs/reward-<time>.")
     policy: str = field_doc("", "Backbone to start from (usually the SFT policy folder).")
-    store: str = field_doc("", "Feedback store: a SQLAlchemy URL or a SQLite file path.")
+    store: str = field_doc("", "Feedback store (SQLAlchemy URL or SQLite path) or a TRL preference .jsonl.")
     min_votes: int = field_doc(1, "Pairs with fewer judgments are left out.")
     heldout_fraction: float = field_doc(0.15, "Share of examples held out for accuracy.")
     steps: int = field_doc(300, "Optimizer steps.")
@@ -34,10 +34,28 @@ class RewardConfig:
     seed: int = field_doc(0, "Seed of the pair order.")
 
 
-def open_store(location: str):
+def open_store(location: str, run_path: Path | None = None):
+    """A feedback store by SQLAlchemy URL or SQLite path; a TRL preference JSONL is imported first.
+
+    The import goes into `run_path/feedback.db` (its media copied under `run_path/pairs`), once:
+    a resumed run reuses it.
+    """
     from modalign.feedback.store import FeedbackStore
 
-    return FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
+    if "://" in location:
+        return FeedbackStore(location)
+    if not location.endswith(".jsonl"):
+        return FeedbackStore.sqlite(location)
+    from modalign.feedback.trl_import import import_trl_preferences
+
+    if run_path is None:
+        raise ValueError(f"{location}: a TRL preference file needs a run folder to import it into")
+    if not Path(location).is_file():
+        raise FileNotFoundError(f"TRL preference file {location} does not exist")
+    store = FeedbackStore.sqlite(run_path / "feedback.db")
+    if not store.count_judgments():
+        import_trl_preferences(store, location, run_path / "pairs", annotator=f"import:{Path(location).name}")
+    return store
 
 
 def run_reward(cfg: RewardConfig) -> dict:
@@ -50,7 +68,7 @@ def run_reward(cfg: RewardConfig) -> dict:
 
     started = time.time()
     run = RunDir.create(cfg.out or default_run_dir("reward"), cfg)
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, run.path)
     policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length)
