@@ -90,7 +90,7 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding):
             module.weight.normal_(0.0, std)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             module.weight.fill_(1.0)
             module.bias.zero_()
         elif isinstance(module, nn.MultiheadAttention):
