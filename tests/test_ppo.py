@@ -49,8 +49,52 @@ def test_ppo_smoke_logs_every_metric(tmp_path, sft_model):
     assert (tmp_path / "run" / "critic" / "scalar_head.safetensors").is_file()
 
 
+def question_nll(model_dir, data) -> float:
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
+
+    policy = load_policy(model_dir)
+    questions = [e for e in read_examples(data, "train") if e.meta["task"] != "caption"][:32]
+    encoded = [encode_sft_example(policy.processor, MediaStore(data), e, 128) for e in questions]
+    with torch.no_grad():
+        return float(policy.model.eval()(**collate_sft(encoded, policy.processor.tokenizer.pad_token_id)).loss)
+
+
+def test_ppo_ptx_trains_the_tasks_the_reward_leaves_out(tmp_path, sft_model):
+    # A constant reward leaves only the KL and PPO-ptx terms: the questions' NLL must fall.
+    flat = FunctionSource(lambda example, text: 0.0)
+    run_ppo(ppo_config(tmp_path / "ptx", sft_model, ptx_coef=1.0, lr=3e-3), reward_source=flat)
+    lines = [json.loads(l) for l in (tmp_path / "ptx" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["ppo/ptx_loss"] > 0 for line in lines)
+    assert question_nll(tmp_path / "ptx" / "model", sft_model[1]) < question_nll(sft_model[0], sft_model[1]) - 0.05
+
+
+def test_ppo_ptx_without_examples_is_a_config_error(tmp_path, sft_model):
+    from modalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ptx_tasks"):
+        run_ppo(ppo_config(tmp_path / "bad", sft_model, ptx_coef=1.0, ptx_tasks="no_such_task"), reward_source=GOLD)
+
+
+def test_ppo_reference_other_than_the_start_policy(tmp_path, sft_model):
+    # a later round starts from its last policy but keeps the SFT reference: KL > 0 from step 1
+    policy = load_policy(sft_model[0])
+    with torch.no_grad():
+        policy.model.lm_head.weight.add_(0.05 * torch.randn_like(policy.model.lm_head.weight))
+    policy.save(tmp_path / "moved")
+    cfg = dict(steps=1, checkpoint_every=0)
+    run_ppo(ppo_config(tmp_path / "own", sft_model, policy=str(tmp_path / "moved"), **cfg), reward_source=GOLD)
+    run_ppo(ppo_config(tmp_path / "sft_ref", sft_model, policy=str(tmp_path / "moved"), reference=str(sft_model[0]),
+                       **cfg), reward_source=GOLD)
+    own, sft_ref = (json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["ppo/kl_to_ref"]
+                    for name in ("own", "sft_ref"))
+    assert own == pytest.approx(0.0, abs=1e-5)
+    assert sft_ref > 0.01
+
+
 def test_ppo_resume_matches_uninterrupted(tmp_path, sft_model, monkeypatch):
-    run_ppo(ppo_config(tmp_path / "straight", sft_model), reward_source=GOLD)
+    # with PPO-ptx on, so its batches are replayed exactly too
+    run_ppo(ppo_config(tmp_path / "straight", sft_model, ptx_coef=0.5), reward_source=GOLD)
     original = RunDir.save_checkpoint
 
     def save_then_die(self, state, step, keep=2):
@@ -59,9 +103,9 @@ def test_ppo_resume_matches_uninterrupted(tmp_path, sft_model, monkeypatch):
 
     monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_ppo(ppo_config(tmp_path / "killed", sft_model), reward_source=GOLD)
+        run_ppo(ppo_config(tmp_path / "killed", sft_model, ptx_coef=0.5), reward_source=GOLD)
     monkeypatch.setattr(RunDir, "save_checkpoint", original)
-    run_ppo(ppo_config(tmp_path / "killed", sft_model), resume=str(tmp_path / "killed"), reward_source=GOLD)
+    run_ppo(ppo_config(tmp_path / "killed", sft_model, ptx_coef=0.5), resume=str(tmp_path / "killed"), reward_source=GOLD)
     straight = load_policy(tmp_path / "straight" / "model").model.state_dict()
     resumed = load_policy(tmp_path / "killed" / "model").model.state_dict()
     for key in straight:

@@ -22,7 +22,8 @@ class PPOConfig:
     """PPO with a critic (`modalign ppo`)."""
 
     out: str = field_doc("", "Run folder; empty means runs/ppo-<time>.")
-    policy: str = field_doc("", "The SFT policy folder (also the frozen reference and the critic's start).")
+    policy: str = field_doc("", "Policy to start from, usually the SFT folder (also the critic's start and the reference).")
+    reference: str = field_doc("", "Frozen KL reference policy folder ('': the policy itself), e.g. SFT in a later round.")
     reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save), or rule:<name> (e.g. rule:shapes_gold).")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
@@ -49,6 +50,8 @@ class PPOConfig:
     lam: float = field_doc(0.95, "GAE lambda.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
     dense_reward: bool = field_doc(True, "Spread a reward model's score over the tokens that earned it, when it can.")
+    ptx_coef: float = field_doc(0.0, "Weight of the SFT loss on reference answers mixed into every policy update (PPO-ptx).")
+    ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but `task`).")
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
@@ -74,12 +77,15 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
     model, processor = policy.model, policy.processor
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference = load_policy(cfg.reference).model if cfg.reference else copy.deepcopy(model)
+    reference.eval().requires_grad_(False)
     critic = ScalarHeadModel(copy.deepcopy(model))
     for module in model.media_encoder_modules() + critic.backbone.media_encoder_modules():
         module.requires_grad_(False)
     reward = reward_source or reward_source_from(cfg.reward_model)
-    prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    train_examples = read_examples(cfg.data, cfg.split)
+    prompts_all = [e for e in train_examples if not cfg.task or e.meta.get("task") == cfg.task]
+    ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
     policy_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -139,25 +145,31 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             # 3. PPO epochs over shuffled minibatches
             model.train()
             critic.train()
-            stats, skipped = [], False
-            for _ in range(cfg.ppo_epochs):
-                for rows in torch.randperm(samples.sequences.shape[0]).split(cfg.minibatch_size):
-                    out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
-                                             advantages[rows], returns[rows], cfg.temperature, cfg.clip,
-                                             cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
-                    if not torch.isfinite(out.loss):
-                        skipped = True
-                        break
-                    policy_opt.zero_grad(set_to_none=True)
-                    critic_opt.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
-                    policy_opt.step()
-                    critic_opt.step()
-                    stats.append(out)
-                if skipped:
+            stats, ptx_losses, skipped = [], [], False
+            minibatches = [rows for _ in range(cfg.ppo_epochs)
+                           for rows in torch.randperm(samples.sequences.shape[0]).split(cfg.minibatch_size)]
+            for index, rows in enumerate(minibatches):
+                out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
+                                         advantages[rows], returns[rows], cfg.temperature, cfg.clip,
+                                         cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+                loss = out.loss
+                if ptx_examples:
+                    # PPO-ptx: the batch of a global minibatch index, so resume replays the same ones
+                    ptx_loss = ptx_batch_loss(model, processor, media_store, ptx_examples,
+                                              step * len(minibatches) + index, cfg)
+                    ptx_losses.append(ptx_loss.detach())
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                if not torch.isfinite(loss):
+                    skipped = True
                     break
+                policy_opt.zero_grad(set_to_none=True)
+                critic_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+                policy_opt.step()
+                critic_opt.step()
+                stats.append(out)
             if skipped:
                 bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
                 step += 1
@@ -174,6 +186,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                 **{f"ppo/{k}": float(torch.stack([getattr(s, k) for s in stats]).mean())
                    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")},
             }
+            if ptx_losses:
+                metrics["ppo/ptx_loss"] = float(torch.stack(ptx_losses).mean())
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
@@ -204,6 +218,34 @@ def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> floa
     lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     values = [line[key] for line in lines if line.get(key) is not None][-last:]
     return sum(values) / max(1, len(values))
+
+
+def ptx_pool(examples: list, cfg: PPOConfig) -> list:
+    """The PPO-ptx examples: the split's examples of `ptx_tasks`, or of every task the RL prompts leave out.
+
+    InstructGPT (Ouyang et al. 2022, eq. 2) adds gamma * E_{x~D_pretrain}[log pi(x)] to the PPO
+    objective so that skills the reward does not exercise (here: the questions when PPO runs on
+    captions) do not regress; the noisy captions themselves are left out by default.
+    """
+    wanted = {t.strip() for t in cfg.ptx_tasks.split(",") if t.strip()}
+    pool = [e for e in examples if (e.meta.get("task") in wanted if wanted else e.meta.get("task") != cfg.task)]
+    if not pool:
+        from modalign.config import ConfigError
+
+        raise ConfigError(f"ptx_coef={cfg.ptx_coef} but {cfg.data}/{cfg.split} has no examples of tasks "
+                          f"{sorted(wanted) or 'other than ' + repr(cfg.task)} (ptx_tasks)")
+    return pool
+
+
+def ptx_batch_loss(model, processor, media_store, pool: list, index: int, cfg: PPOConfig) -> torch.Tensor:
+    """Mean token NLL of the reference answers of the `index`-th PPO-ptx batch (media encoders stay frozen)."""
+    from modalign.models.inputs import collate_sft, encode_sft_example
+    from modalign.recipes.sft import batch_at
+
+    size = cfg.minibatch_size
+    examples = batch_at(pool, index, size, max(1, len(pool) // size), cfg.seed)
+    encoded = [encode_sft_example(processor, media_store, e, 128 + cfg.max_new_tokens) for e in examples]
+    return model(**collate_sft(encoded, processor.tokenizer.pad_token_id)).loss
 
 
 def prompts_at(examples: list, step: int, count: int, seed: int) -> list:
