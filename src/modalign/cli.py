@@ -134,6 +134,19 @@ def dpo(
     _recipe_command(DPOConfig, run_dpo, config, set_, out, resume, help_config)
 
 
+@app.command("iterative-dpo")
+def iterative_dpo(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/iterative-dpo-<time>); rerun it to resume."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Online DPO in rounds: sample from the current policy, judge (simulated panel or a reward), DPO, repeat."""
+    from modalign.recipes.iterative_dpo import IterativeDPOConfig, run_iterative_dpo
+
+    _recipe_command(IterativeDPOConfig, run_iterative_dpo, config, set_, out, help_config=help_config)
+
+
 @app.command()
 def bon(
     config: Optional[str] = ConfigOption,
