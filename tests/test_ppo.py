@@ -76,6 +76,14 @@ def test_ppo_ptx_without_examples_is_a_config_error(tmp_path, sft_model):
         run_ppo(ppo_config(tmp_path / "bad", sft_model, ptx_coef=1.0, ptx_tasks="no_such_task"), reward_source=GOLD)
 
 
+def test_ppo_stops_at_the_kl_budget(tmp_path, sft_model):
+    summary = run_ppo(ppo_config(tmp_path / "run", sft_model, steps=6, lr=3e-3, kl_budget=1e-6), reward_source=GOLD)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["stopped_at_kl_budget"] and summary["steps"] == len(lines) < 6
+    assert sum(line["ppo/kl_to_ref"] for line in lines[-5:]) / len(lines[-5:]) > 1e-6  # why it stopped
+    assert (tmp_path / "run" / "model" / "config.json").is_file() and "hallucination_rate" in summary["eval"]
+
+
 def test_ppo_reference_other_than_the_start_policy(tmp_path, sft_model):
     # a later round starts from its last policy but keeps the SFT reference: KL > 0 from step 1
     policy = load_policy(sft_model[0])

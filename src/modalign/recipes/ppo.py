@@ -46,6 +46,8 @@ class PPOConfig:
     kl_coef: float = field_doc(0.05, "Initial KL penalty beta.")
     kl_target: float = field_doc(0.0, "Target KL per answer for the adaptive controller (0: fixed beta).")
     kl_horizon: int = field_doc(10_000, "Adaptive controller horizon in answers (smaller adapts faster).")
+    kl_budget: float = field_doc(0.0, "Stop early once the KL to the reference, mean of the last 5 iterations, "
+                                      "exceeds this (0: never).")
     gamma: float = field_doc(1.0, "Discount.")
     lam: float = field_doc(0.95, "GAE lambda.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
@@ -191,6 +193,12 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
+            if cfg.kl_budget and mean_kl_to_reference(run) > cfg.kl_budget:
+                # Past a KL budget the gold reward falls while the proxy still rises (Gao et al.
+                # 2023, "Scaling laws for reward model overoptimization"): stop with this policy.
+                console.print(f"[yellow]KL to the reference {mean_kl_to_reference(run):.2f} > kl_budget "
+                              f"{cfg.kl_budget}: stopping at step {step}/{cfg.steps}")
+                break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict(),
                                      "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
@@ -204,7 +212,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
-    summary = {"stage": "ppo", "steps": step, "model": str(run.path / "model"), "eval": metrics,
+    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps,
+               "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
     run.close()
