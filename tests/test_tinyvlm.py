@@ -48,7 +48,11 @@ def test_save_load_gives_identical_logits_and_inputs(tmp_path, fusion):
     reloaded_batch = mixed_batch(loaded.processor)
     for key in batch:
         assert torch.equal(batch[key], reloaded_batch[key]), key
-    assert torch.equal(loaded.model(**reloaded_batch).logits, logits)
+    # Same weights (checked bit for bit by safetensors) can differ in the last float bit: BLAS
+    # kernels sum in an order that depends on memory alignment (seen: 9e-8 with weighted_sum).
+    torch.testing.assert_close(loaded.model(**reloaded_batch).logits, logits, rtol=0, atol=1e-6)
+    saved, reloaded = policy.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(saved[k], reloaded[k]) for k in saved) and saved.keys() == reloaded.keys()
     assert type(loaded.processor).__name__ == "TinyVLMProcessor"
 
 
