@@ -9,7 +9,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -122,6 +122,14 @@ def _logged_step(line: str) -> int:
 def write_json_atomic(path: Path, data: Any) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """One JSON object per line, written to a temp file and renamed (readers never see half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -128,18 +128,25 @@ def import_trl_jsonl(path: str | Path, root: str | Path | None) -> list[Example]
     """Read a TRL JSONL file; a bad line raises `RecordError` naming the file and line."""
     path = Path(path)
     examples = []
+    for line_no, row in read_jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise RecordError(f"{path}:{line_no}: a row must be a JSON object")
+        examples.append(example_from_trl(row, len(examples), root, where=f"{path}:{line_no}"))
+    return examples
+
+
+def read_jsonl_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line; bad JSON raises `RecordError` naming file and line."""
+    rows = []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                rows.append((line_no, json.loads(line)))
             except json.JSONDecodeError as err:
                 raise RecordError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{path}:{line_no}: a row must be a JSON object")
-            examples.append(example_from_trl(row, len(examples), root, where=f"{path}:{line_no}"))
-    return examples
+    return rows
 
 
 def from_hf_dataset(dataset: "datasets.Dataset", root: str | Path | None) -> list[Example]:
@@ -148,12 +155,17 @@ def from_hf_dataset(dataset: "datasets.Dataset", root: str | Path | None) -> lis
     `Image` / `Audio` columns are read undecoded, so files keep their paths when they
     lie inside `root` and embedded bytes are stored under `root/media/`.
     """
+    return [example_from_trl(row, index, root) for index, row in enumerate(undecoded_media(dataset))]
+
+
+def undecoded_media(dataset: "datasets.Dataset") -> "datasets.Dataset":
+    """The dataset with its `Image` / `Audio` columns read as `{"bytes", "path"}` dicts (files keep their paths)."""
     for column in ("images", "image", "audios", "audio"):
         if column in dataset.column_names:
             undecoded = _undecoded_feature(dataset.features[column])
             if undecoded != dataset.features[column]:
                 dataset = dataset.cast_column(column, undecoded)
-    return [example_from_trl(row, index, root) for index, row in enumerate(dataset)]
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------

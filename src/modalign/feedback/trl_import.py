@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from modalign.data.records import Completion, Example, MediaRef, RecordError, message_text
-from modalign.data.trl_format import _undecoded_feature, example_from_trl
+from modalign.data.trl_format import example_from_trl, read_jsonl_rows, undecoded_media
 from modalign.feedback.judgments import PairwiseJudgment
 from modalign.feedback.store import FeedbackStore
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     import datasets
 
 PROMPT_COLUMNS = ("prompt", "images", "image", "audios", "audio", "meta")  # what example_from_trl reads
-MEDIA_FEATURE_COLUMNS = ("images", "image", "audios", "audio")
 
 
 def import_trl_preferences(
@@ -90,7 +89,7 @@ def _rows(source: Any) -> list[tuple[int, str, Mapping[str, Any]]]:
         return _jsonl_rows(Path(source))
     hf = sys.modules.get("datasets")  # a Dataset can only exist if `datasets` is imported
     if hf is not None and isinstance(source, hf.Dataset):
-        return [(i, f"row {i}", _mapping(row, f"row {i}")) for i, row in enumerate(_undecoded(source))]
+        return [(i, f"row {i}", _mapping(row, f"row {i}")) for i, row in enumerate(undecoded_media(source))]
     if isinstance(source, Sequence):
         return [(i, f"row {i}", _mapping(row, f"row {i}")) for i, row in enumerate(source)]
     raise TypeError("source must be a JSONL path, a list of row dicts or a datasets.Dataset, "
@@ -98,33 +97,14 @@ def _rows(source: Any) -> list[tuple[int, str, Mapping[str, Any]]]:
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, str, Mapping[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            rows.append((line_no, f"{path}:{line_no}", _mapping(row, f"{path}:{line_no}")))
-    return rows
+    rows = read_jsonl_rows(path)
+    return [(line_no, f"{path}:{line_no}", _mapping(row, f"{path}:{line_no}")) for line_no, row in rows]
 
 
 def _mapping(row: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(row, Mapping):
         raise RecordError(f"{where}: a row must be an object with 'prompt', 'chosen' and 'rejected'")
     return row
-
-
-def _undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
-    """Media columns read as `{"bytes", "path"}` dicts, so files keep their paths (as `from_hf_dataset` does)."""
-    for column in MEDIA_FEATURE_COLUMNS:
-        if column in dataset.column_names:
-            feature = _undecoded_feature(dataset.features[column])
-            if feature != dataset.features[column]:
-                dataset = dataset.cast_column(column, feature)
-    return dataset
 
 
 # ---------------------------------------------------------------------------------------------

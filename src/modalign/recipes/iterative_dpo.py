@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     from modalign.data.dataset import read_examples
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
-    from modalign.runs import default_run_dir, write_json_atomic
+    from modalign.runs import default_run_dir, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
@@ -255,14 +254,10 @@ def print_round(row: dict, rounds: int) -> None:
 
 def write_scored_samples(path: Path, completions: Sequence[Completion], scores: Sequence[float]) -> None:
     """Every sampled answer of the round with the judge's (or the gold) score, one JSON line each."""
-    rows = [{"example_id": c.example_id, "text": c.text, "score": s} for c, s in zip(completions, scores)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    from modalign.runs import write_jsonl_atomic
 
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, [{"example_id": c.example_id, "text": c.text, "score": s}
+                              for c, s in zip(completions, scores)])
 
 
 def _read_json(path: Path) -> dict:

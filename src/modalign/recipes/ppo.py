@@ -193,10 +193,11 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
-            if cfg.kl_budget and mean_kl_to_reference(run) > cfg.kl_budget:
+            recent_kl = mean_kl_to_reference(run) if cfg.kl_budget else 0.0
+            if recent_kl > cfg.kl_budget > 0:
                 # Past a KL budget the gold reward falls while the proxy still rises (Gao et al.
                 # 2023, "Scaling laws for reward model overoptimization"): stop with this policy.
-                console.print(f"[yellow]KL to the reference {mean_kl_to_reference(run):.2f} > kl_budget "
+                console.print(f"[yellow]KL to the reference {recent_kl:.2f} > kl_budget "
                               f"{cfg.kl_budget}: stopping at step {step}/{cfg.steps}")
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
