@@ -78,8 +78,13 @@ def write_samples(path, examples: Sequence[Example], completions: Sequence[Compl
 def evaluate_split(
     policy: Policy, data_root, split: str, max_examples: int = 0, max_new_tokens: int = 40,
     temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "", batch_size: int = 64,
+    samples_per_example: int = 1,
 ) -> dict[str, float]:
-    """Generate on a held-out split (optionally one task) and score with gold and text metrics."""
+    """Generate on a held-out split (optionally one task) and score with gold and text metrics.
+
+    With `samples_per_example` k > 1 every metric averages over k sampled answers per prompt:
+    the expected rate under the policy, with a smaller sampling error than one draw gives.
+    """
     from modalign.data.dataset import read_examples
     from modalign.eval.metrics import score_completions
     from modalign.ui import progress_bar
@@ -91,7 +96,9 @@ def evaluate_split(
     media = MediaStore(data_root, sample_rate=int(getattr(extractor, "sampling_rate", 16000)))
     with progress_bar("eval", total=len(examples)) as advance:
         completions = generate_answers(policy, media, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       temperature=temperature, seed=seed, progress=advance)
+                                       temperature=temperature, seed=seed, progress=advance,
+                                       samples_per_example=samples_per_example)
+    repeated = [e for e in examples for _ in range(samples_per_example)]  # completions come in this order
     if samples_path is not None:
-        write_samples(samples_path, examples, completions)
-    return score_completions(examples, completions)
+        write_samples(samples_path, repeated, completions)
+    return score_completions(repeated, completions)

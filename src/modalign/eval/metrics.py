@@ -19,11 +19,7 @@ def score_completions(examples: Sequence[Example], completions: Sequence[Complet
     """Gold metrics (ShapesWorld) plus corpus BLEU and ROUGE-L against the references."""
     from modalign.eval.text_metrics import bleu, rouge_l
 
-    by_id = {c.example_id: c.text for c in completions}
-    missing = [e.id for e in examples if e.id not in by_id]
-    if missing:
-        raise ValueError(f"no completion for {len(missing)} example(s), e.g. {missing[:3]}")
-    answers = [by_id[e.id] for e in examples]
+    answers = _answers_in_order(examples, completions)
     metrics: dict[str, float] = {"n_examples": float(len(examples))}
     shapes = [(e, a) for e, a in zip(examples, answers) if e.meta.get("world") == "shapes"]
     if shapes:
@@ -37,3 +33,15 @@ def score_completions(examples: Sequence[Example], completions: Sequence[Complet
         metrics["rouge_l"] = rouge_l(predictions, references)
     metrics["mean_answer_words"] = sum(len(a.split()) for a in answers) / max(1, len(answers))
     return metrics
+
+
+def _answers_in_order(examples: Sequence[Example], completions: Sequence[Completion]) -> list[str]:
+    """Each example's answer: position by position when the lists line up (several samples of one
+    example in a row), else by example id."""
+    if len(examples) == len(completions) and all(e.id == c.example_id for e, c in zip(examples, completions)):
+        return [c.text for c in completions]
+    by_id = {c.example_id: c.text for c in completions}
+    missing = [e.id for e in examples if e.id not in by_id]
+    if missing:
+        raise ValueError(f"no completion for {len(missing)} example(s), e.g. {missing[:3]}")
+    return [by_id[e.id] for e in examples]
