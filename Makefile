@@ -20,11 +20,16 @@ $(STAMP):
 demo: $(STAMP)
 	$(BIN)/modalign demo
 
-test: $(STAMP)
+test: $(STAMP) browsers
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py; else echo "no benchmarks yet"; fi
+
+# Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads its own).
+browsers:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

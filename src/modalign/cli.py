@@ -186,6 +186,30 @@ _online_command("a2c", "A2C: one update per rollout against a learned critic, en
 
 
 @app.command()
+def annotate(
+    store: str = typer.Option(..., help="Feedback store: a feedback.db path or an SQLAlchemy URL."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (plain HTTP: keep it local or put TLS in front)."),
+    port: int = typer.Option(8000, help="Port."),
+) -> None:
+    """Serve the annotation web app over a feedback store (admin token also from $MODALIGN_ADMIN_TOKEN)."""
+    from modalign.feedback.server.cli_glue import annotate_command
+
+    _run(lambda: annotate_command(store, host, port))
+
+
+@app.command("add-annotator")
+def add_annotator(
+    store: str = typer.Option(..., help="Feedback store: a feedback.db path or an SQLAlchemy URL."),
+    name: str = typer.Option(..., help="Account name."),
+    role: str = typer.Option("annotator", help="annotator or admin."),
+) -> None:
+    """Create an annotator (or admin) account and print its token once."""
+    from modalign.feedback.server.cli_glue import add_annotator_command
+
+    _run(lambda: add_annotator_command(store, name, role))
+
+
+@app.command()
 def demo(
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/demo-<time>)."),
     seed: int = typer.Option(0, help="Seed of data, model and sampling."),

@@ -104,7 +104,7 @@ class FeedbackStore:
                     self._require_examples(session, {j.example_id for j in judgments})
                     for judgment in judgments:
                         self._require_candidates(session, judgment)
-                    rows = [_judgment_row(j) for j in judgments]
+                    rows = [judgment_row(j) for j in judgments]
                     session.add_all(rows)
                     session.flush()
                     return [row.id for row in rows]
@@ -206,7 +206,8 @@ def _as_pairs(judgment: Judgment) -> list[tuple[str, int, int, str]]:
     return []
 
 
-def _judgment_row(judgment: Judgment) -> JudgmentRow:
+def judgment_row(judgment: Judgment) -> JudgmentRow:
+    """The table row of a judgment, for callers that write it inside their own transaction (the web app)."""
     kind = next(name for name, cls in KINDS.items() if isinstance(judgment, cls))
     payload = {k: v for k, v in dataclasses.asdict(judgment).items() if k not in COMMON}
     return JudgmentRow(kind=kind, example_id=judgment.example_id, annotator=judgment.annotator,

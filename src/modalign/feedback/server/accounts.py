@@ -1,0 +1,97 @@
+"""Annotator and admin accounts: random tokens, stored only as hashes.
+
+A token is 32 random bytes from `secrets`, so a plain SHA-256 of it cannot be brute-forced;
+a slow hash (pbkdf2) would add nothing but cost to every authenticated request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modalign.feedback.schema import AnnotatorRow
+from modalign.feedback.store import FeedbackStore
+
+ROLES = ("annotator", "admin")
+MAX_NAME = 200
+
+
+class AccountError(ValueError):
+    """An account cannot be created or changed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who made a request: an annotator or an admin."""
+
+    name: str
+    role: str = "annotator"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return "sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_account(store: FeedbackStore, name: str, role: str = "annotator") -> str:
+    """Create an annotator (or admin) and return its token: the only time it is ever shown."""
+    _check_name(name)
+    if role not in ROLES:
+        raise AccountError(f"role {role!r} is not one of {ROLES}")
+    token = new_token()
+    with Session(store.engine) as session, session.begin():
+        if session.get(AnnotatorRow, name) is not None:
+            raise AccountError(f"an account named {name!r} already exists (use reset_token to issue a new token)")
+        session.add(AnnotatorRow(name=name, token_hash=hash_token(token), role=role))
+    return token
+
+
+def reset_token(store: FeedbackStore, name: str) -> str:
+    """Issue a new token for an existing account; the old one stops working at once."""
+    token = new_token()
+    with Session(store.engine) as session, session.begin():
+        row = session.get(AnnotatorRow, name)
+        if row is None:
+            raise AccountError(f"no account named {name!r}")
+        row.token_hash = hash_token(token)
+    return token
+
+
+def authenticate(store: FeedbackStore, token: str | None) -> Account | None:
+    """The account whose token this is, or None."""
+    if not token:
+        return None
+    with Session(store.engine) as session:
+        row = session.scalars(select(AnnotatorRow).where(AnnotatorRow.token_hash == hash_token(token))).first()
+        return None if row is None else Account(row.name, row.role)
+
+
+def is_token(token: str | None, expected: str | None) -> bool:
+    """Constant-time comparison (through the hashes, so lengths do not leak either)."""
+    if not token or not expected:
+        return False
+    return hmac.compare_digest(hash_token(token), hash_token(expected))
+
+
+def list_accounts(store: FeedbackStore) -> list[Account]:
+    with Session(store.engine) as session:
+        return [Account(row.name, row.role) for row in session.scalars(select(AnnotatorRow).order_by(AnnotatorRow.name))]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise AccountError(f"account name {name!r} must be non-empty without surrounding spaces")
+    if len(name) > MAX_NAME or not name.isprintable():
+        raise AccountError(f"account name {name!r} must be printable and at most {MAX_NAME} characters")

@@ -1,0 +1,51 @@
+"""Errors of the annotation app; each carries the HTTP status it maps to and, where one is to
+blame, the request field it names. Raised by plain functions (no FastAPI needed to test them)."""
+
+from __future__ import annotations
+
+
+class AnnotationError(Exception):
+    """Base class: `status` is the HTTP status, `field` the request field at fault (if any)."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict:
+        out = {"detail": self.message}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class BadRequest(AnnotationError):
+    status = 400
+
+
+class Unauthorized(AnnotationError):
+    status = 401
+
+
+class Forbidden(AnnotationError):
+    status = 403
+
+
+class NotFound(AnnotationError):
+    status = 404
+
+
+class Conflict(AnnotationError):
+    status = 409
+
+
+class TooLarge(AnnotationError):
+    status = 413
+
+
+class InvalidField(AnnotationError):
+    """The body parsed but a field is wrong: 422, naming the field."""
+
+    status = 422

@@ -1,0 +1,139 @@
+"""The annotator's HTML pages: login, the next task, a task with its form, and its media files."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from modalign.data.media import MediaError, resolve_media_path
+from modalign.feedback.server.accounts import Account
+from modalign.feedback.server.deps import (
+    TOKEN_COOKIE, account_for, app_state, form_body, html, require_account, same_origin,
+)
+from modalign.feedback.server.errors import AnnotationError, InvalidField, NotFound
+from modalign.feedback.server.guidelines import guideline_for
+from modalign.feedback.server.submit import read_task, submit_judgment
+from modalign.feedback.server.tasks import TaskView, next_task_id, progress
+from modalign.feedback.server.views import media_items, prompt_lines
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+               ".gif": "image/gif", ".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
+
+
+@router.get("/login")
+def login_page() -> Response:
+    return html("login", title="Log in")
+
+
+@router.post("/login")
+def login(request: Request, form: dict[str, str] = Depends(form_body)) -> Response:
+    """Check the token and keep it in an HttpOnly, SameSite=Strict cookie (script cannot read it)."""
+    token = form.get("token", "").strip()
+    account = account_for(app_state(request), token)
+    if account is None:
+        return html("login", code=401, title="Log in", error="That token is not valid (field: token).")
+    response = RedirectResponse("/admin" if account.is_admin else "/next", status_code=303)
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    same_origin(request)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(TOKEN_COOKIE)
+    return response
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/next", status_code=303)
+
+
+@router.get("/next")
+def next_page(request: Request, account: Account = Depends(require_account)) -> Response:
+    store = app_state(request).store
+    task_id = next_task_id(store, account.name)
+    if task_id is None:
+        return html("done", title="All done", account=account, progress=progress(store, account.name))
+    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+
+
+@router.get("/tasks/{task_id}")
+def task_page(task_id: int, request: Request, account: Account = Depends(require_account)) -> Response:
+    task, status = read_task(app_state(request).store, task_id, account)
+    return _task_html(request, account, task, status)
+
+
+@router.post("/tasks/{task_id}")
+def task_submit(task_id: int, request: Request, account: Account = Depends(require_account),
+                form: dict[str, str] = Depends(form_body)) -> Response:
+    """Same validation and storage as the JSON API; on error the form comes back with the message."""
+    same_origin(request)
+    state = app_state(request)
+    task, status = read_task(state.store, task_id, account)
+    try:
+        submit_judgment(state.store, state.write_lock, task_id, account.name, form_to_body(task, form), state.guidelines)
+    except AnnotationError as err:
+        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        return _task_html(request, account, task, status, error=message, values=form, code=err.status)
+    return RedirectResponse("/next", status_code=303)
+
+
+@router.get("/tasks/{task_id}/media/{index}")
+def media(task_id: int, index: int, request: Request, account: Account = Depends(require_account)) -> Response:
+    """The index-th media file of the task's example, nothing else, and only inside the dataset root."""
+    store = app_state(request).store
+    task, _ = read_task(store, task_id, account)
+    if not 0 <= index < len(task.example.media):
+        raise NotFound(f"task {task_id} has no media file {index}", field="index")
+    ref, root = task.example.media[index], store.example_root(task.example.id)
+    try:
+        if root is None:
+            raise MediaError(f"example {task.example.id!r} was stored without a dataset root")
+        path = resolve_media_path(ref, root, task.example.id)  # refuses paths and links out of the root
+    except MediaError as err:
+        log.warning("media of task %s refused: %s", task_id, err)  # the details name server paths: log only
+        raise NotFound(f"media file {index} of task {task_id} is unavailable", field="index") from None
+    media_type = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type,
+                        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+def form_to_body(task: TaskView, form: dict[str, str]) -> dict[str, Any]:
+    """An HTML form as the JSON body the API takes: `rating.<axis>` fields become `ratings`, and the
+    ranking typed as answer numbers ("2,1,3") becomes candidate ids."""
+    body: dict[str, Any] = {}
+    for key, value in form.items():
+        if key.startswith("rating."):
+            body.setdefault("ratings", {})[key[len("rating."):]] = int(value) if value.isdigit() else value
+        elif key == "ranking":
+            body["ranking"] = _ranking_ids(task, value)
+        else:
+            body[key] = value
+    if task.kind == "rating":
+        body.setdefault("ratings", {})  # nothing chosen: the error names the first axis
+    return body
+
+
+def _ranking_ids(task: TaskView, typed: str) -> list[int]:
+    numbers = [int(n) for n in re.findall(r"\d+", typed)]
+    if not numbers or not all(1 <= n <= len(task.candidates) for n in numbers):
+        raise InvalidField(f"type the answer numbers 1..{len(task.candidates)} best first, e.g. "
+                           f"{','.join(str(i + 1) for i in range(len(task.candidates)))}", field="ranking")
+    return [task.candidate_ids[n - 1] for n in numbers]
+
+
+def _task_html(request: Request, account: Account, task: TaskView, status: str | None, error: str | None = None,
+               values: dict[str, str] | None = None, code: int = 200) -> Response:
+    state = app_state(request)
+    return html("task", code=code, title=f"Task {task.id}", account=account, task=task, status=status,
+                progress=progress(state.store, account.name), guideline=guideline_for(state.guidelines, task.kind),
+                prompt=prompt_lines(task), media=media_items(task), error=error, values=values or {})

@@ -1,0 +1,75 @@
+"""Reading a task as a given account, and storing a judgment durably.
+
+A judgment is stored, its assignment closed, and the transaction committed (SQLite WAL with
+synchronous=FULL: on disk) before the caller answers 2xx. A second answer to the same task by
+the same annotator is refused by the store's unique constraint, not by a prior check, so two
+racing requests cannot both win.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from modalign.feedback.server.accounts import Account
+from modalign.feedback.server.answers import build_judgment
+from modalign.feedback.server.errors import Conflict, Forbidden, NotFound
+from modalign.feedback.server.guidelines import Guideline, guideline_for
+from modalign.feedback.server.tasks import TaskView, assignment_status, load_task, mark_done
+from modalign.feedback.store import FeedbackStore, judgment_row
+
+LOCK_RETRIES = 5
+
+
+def read_task(store: FeedbackStore, task_id: int, account: Account) -> tuple[TaskView, str | None]:
+    """The task and the account's assignment status ("queued" / "done"; None for an admin looking on)."""
+    with Session(store.engine) as session:
+        task = load_task(session, task_id)
+        if task is None:
+            raise NotFound(f"there is no task {task_id}", field="task_id")
+        status = assignment_status(session, task_id, account.name)
+        if status is None and not account.is_admin:
+            raise Forbidden(f"task {task_id} is not assigned to {account.name!r}", field="task_id")
+        return task, status
+
+
+def submit_judgment(store: FeedbackStore, write_lock: threading.Lock, task_id: int, annotator: str,
+                    body: Any, guidelines: Mapping[str, Guideline]) -> int:
+    """Validate `body` against the task, store the judgment and close the assignment; returns the judgment id.
+
+    The judgment records the version of the task kind's guideline in `guidelines`.
+    """
+    for attempt in range(LOCK_RETRIES):
+        try:
+            # One writer at a time in this process: SQLite has a single write lock anyway, and
+            # queueing here avoids "database is locked" errors between our own threads.
+            with write_lock:
+                return _store(store, task_id, annotator, body, guidelines)
+        except OperationalError as err:  # another process (e.g. a CLI adding tasks) holds the lock
+            if "locked" not in str(err) or attempt == LOCK_RETRIES - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _store(store: FeedbackStore, task_id: int, annotator: str, body: Any, guidelines: Mapping[str, Guideline]) -> int:
+    with Session(store.engine) as session:
+        try:
+            with session.begin():
+                task = load_task(session, task_id)
+                if task is None:
+                    raise NotFound(f"there is no task {task_id}", field="task_id")
+                if assignment_status(session, task_id, annotator) is None:
+                    raise Forbidden(f"task {task_id} is not assigned to {annotator!r}", field="task_id")
+                version = guideline_for(guidelines, task.kind).version
+                row = judgment_row(build_judgment(task, body, annotator, version))
+                session.add(row)
+                session.flush()  # the unique (task_id, annotator) constraint fires here
+                mark_done(session, task_id, annotator)
+                return row.id
+        except IntegrityError:
+            raise Conflict(f"task {task_id} already has a judgment by {annotator!r}", field="task_id") from None
