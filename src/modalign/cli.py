@@ -148,6 +148,19 @@ def iterative_dpo(
 
 
 @app.command()
+def loop(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/loop-<time>); rerun it to resume."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Iterative online RLHF: sample -> feedback (simulated or people via `modalign annotate`) -> reward model -> RL, in rounds."""
+    from modalign.recipes.loop import LoopConfig, run_loop
+
+    _recipe_command(LoopConfig, run_loop, config, set_, out, help_config=help_config)
+
+
+@app.command()
 def bon(
     config: Optional[str] = ConfigOption,
     set_: Optional[List[str]] = SetOption,

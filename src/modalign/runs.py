@@ -147,3 +147,20 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def start_rounds_folder(cfg: Any, out: Path, may_change: tuple[str, ...] = ("out", "rounds")) -> None:
+    """Write `out/config.yaml` for a run in rounds; a rerun must match the first run's settings but `may_change`."""
+    import dataclasses
+
+    from modalign.config import ConfigError, load_config
+
+    saved = out / "config.yaml"
+    if saved.is_file():
+        before, now = dataclasses.asdict(load_config(type(cfg), saved)), dataclasses.asdict(cfg)
+        changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if k not in may_change and before[k] != now[k]]
+        if changed:
+            raise ConfigError(f"{saved}: this folder was run with other settings ({'; '.join(changed)}); rerun with "
+                              f"the same ones to resume (only {', '.join(may_change[1:])} may change) or pick another out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)

@@ -80,7 +80,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     from modalign.data.dataset import read_examples
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
-    from modalign.runs import default_run_dir, write_json_atomic, write_jsonl_atomic
+    from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
@@ -91,7 +91,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
-    start_folder(cfg, out)
+    start_rounds_folder(cfg, out)
     all_rounds = FeedbackStore.sqlite(out / "feedback.db")
     console.print(f"[bold]iterative {cfg.loss}[/] {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x "
                   f"{cfg.samples_per_prompt} answers, judge {cfg.judge} -> {out}")
@@ -143,23 +143,6 @@ def judge_from(spec: str) -> "RewardSource | None":
     except (ValueError, OSError) as err:
         raise ConfigError(f"judge {spec!r}: {err} (use '{SIMULATED}', rule:<name>, a reward-model folder "
                           f"or a weighted sum)") from None
-
-
-def start_folder(cfg: IterativeDPOConfig, out: Path) -> None:
-    """Write `out/config.yaml`; a rerun must match the first run's settings except `rounds`."""
-    from modalign.config import load_config, save_config
-
-    saved = out / "config.yaml"
-    if saved.is_file():
-        before = dataclasses.asdict(load_config(IterativeDPOConfig, saved))
-        now = dataclasses.asdict(cfg)
-        changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
-                   if k not in ("out", "rounds") and before[k] != now[k]]
-        if changed:
-            raise ConfigError(f"{saved}: this folder was run with other settings ({'; '.join(changed)}); rerun with "
-                              f"the same ones to resume (only rounds may change) or pick another out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
 
 
 def round_dir(out: Path, r: int) -> Path:

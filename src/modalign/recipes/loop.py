@@ -1,0 +1,262 @@
+"""`modalign loop`: iterative online RLHF, read top to bottom.
+
+Round r: answers sampled from the current policy (round 1: the start policy, usually SFT) ->
+the pairs or groups sent for feedback (all, random, or those the reward model is least sure
+of) -> judged by the simulated panel, or by people through `modalign annotate` (tasks pushed to
+the store's queue, the round waits for their judgments) -> a reward model trained again on every
+judgment so far -> the RL method from the current policy against it, KL to the start policy ->
+gold evaluation -> round r+1.
+
+Bai et al. 2022, "Training a Helpful and Harmless Assistant with RLHF", sec. 4.5 (iterated
+online RLHF: preference models retrained on the current policy's samples each round); Touvron
+et al. 2023, Llama 2 sec. 3.2.3 (reward model and policy updated in rounds). Retraining the reward
+model on the current policy's answers is what stops the policy exploiting it: on ShapesWorld a
+reward model trained on SFT answers alone never saw true objects dropped, and PPO learned to drop
+them.
+
+Folder `out/`: `config.yaml`, `feedback.db` (every round's judgments), `eval-start.json`,
+`round-r/` (`samples.jsonl`, `feedback.json`, `reward/`, `rl/`, `eval.json`, `round.json`), `rounds.jsonl`,
+`summary.json`. Resume: rerun with the same settings (only `rounds` may change); finished
+stages are read back, a killed RL run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from modalign.config import ConfigError, field_doc
+
+METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
+SELECTIONS = ("all", "random", "margin")
+
+
+@dataclass
+class LoopConfig:
+    """Rounds of sample -> feedback -> reward model -> RL -> evaluate (`modalign loop`)."""
+
+    out: str = field_doc("", "Run folder; empty means runs/loop-<time>. Rerunning on it resumes.")
+    policy: str = field_doc("", "Start policy folder (usually SFT): round 1 samples from it; the KL reference.")
+    data: str = field_doc("", "Dataset folder with the prompts and the held-out split.")
+    split: str = field_doc("train", "Split the prompts come from.")
+    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all) are sampled for feedback.")
+    rounds: int = field_doc(3, "Rounds (the only field a rerun may change).")
+    first_round_prompts: int = field_doc(0, "Prompts sampled in round 1 (0: prompts_per_round).")
+    prompts_per_round: int = field_doc(300, "Prompts sampled per later round.")
+    samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
+    selection: str = field_doc("all", "all (each prompt's answers ranked), random or margin (pairs_per_round pairs "
+                                      "judged pairwise: chosen at random, or the reward model's closest pairs).")
+    pairs_per_round: int = field_doc(0, "random/margin: pairs sent for judgment per round.")
+    judge: str = field_doc("simulated", "simulated (the simulated panel) or people (tasks for `annotators` in the "
+                                        "store's queue; the round waits for their judgments).")
+    annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
+    overlap: int = field_doc(1, "people: annotators per task.")
+    wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
+    reward_steps: int = field_doc(300, "Reward-model steps per round (trained again on every judgment so far).")
+    method: str = field_doc("ppo", "RL method of each round: ppo, grpo, rloo, reinforce, a2c or dpo.")
+    rl_steps: int = field_doc(60, "RL iterations per round (dpo: epochs are 1 over the pairs so far).")
+    prompts_per_step: int = field_doc(16, "RL prompts per iteration.")
+    rl_samples_per_prompt: int = field_doc(4, "RL answers per prompt.")
+    lr: float = field_doc(1e-4, "Policy learning rate.")
+    kl_coef: float = field_doc(0.1, "KL penalty to the start policy (online methods: to the round's start).")
+    kl_budget: float = field_doc(0.0, "ppo: stop a round's RL once the mean KL to the start policy passes it (0: off).")
+    ptx_coef: float = field_doc(1.0, "ppo: PPO-ptx weight of the SFT loss on the tasks the prompts leave out.")
+    max_new_tokens: int = field_doc(40, "Longest answer, sampled and evaluated.")
+    eval_split: str = field_doc("test", "Held-out split evaluated at the start and after every round.")
+    eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
+    eval_samples: int = field_doc(4, "Sampled answers per held-out prompt in evaluation.")
+    seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
+
+
+def run_loop(cfg: LoopConfig) -> dict:
+    """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
+    from modalign.feedback.store import FeedbackStore
+    from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
+    from modalign.ui import console
+
+    out = Path(cfg.out or default_run_dir("loop"))
+    cfg = dataclasses.replace(cfg, out=str(out))
+    check_loop_settings(cfg)
+    start_rounds_folder(cfg, out)
+    store = FeedbackStore.sqlite(out / "feedback.db")
+    console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
+                  f"{cfg.method} -> {out}")
+    start = cached_json(out / "eval-start.json", lambda: evaluate_policy(cfg, cfg.policy, out / "eval-start"))
+    rows: list[dict] = []
+    for r in range(1, cfg.rounds + 1):
+        prior = sum(row["judgments"] for row in rows)
+        row = cached_json(round_dir(cfg, r) / "round.json", lambda: run_round(cfg, r, store, prior))
+        rows.append(row)
+        write_jsonl_atomic(out / "rounds.jsonl", rows)
+        print_round(row, cfg.rounds, start)
+    summary = {"stage": "loop", "start": start, "rounds": rows, "model": rows[-1]["model"],
+               "eval": rows[-1]["eval"], "judgments": sum(row["judgments"] for row in rows),
+               "feedback": str(out / "feedback.db"), "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
+    """One round's stages, each skipped when its output exists (resume); returns the round's row."""
+    from modalign.recipes.reward import RewardConfig, run_reward
+
+    started = time.time()
+    folder = round_dir(cfg, r)
+    policy = round_policy(cfg, r)
+    feedback = cached_json(folder / "feedback.json",
+                           lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
+    reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
+        out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
+        steps=cfg.reward_steps, seed=cfg.seed + r)))
+    rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"))
+    metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
+    return {"round": r, "policy": policy, "judgments": feedback["judgments"], "feedback": feedback,
+            "reward_heldout_accuracy": reward["heldout_accuracy"], "rl_steps": rl.get("steps"),
+            "kl_to_ref": rl.get("eval", {}).get("kl_to_ref"), "model": rl["model"], "eval": metrics,
+            "seconds": round(time.time() - started, 1)}
+
+
+def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_judgments: int) -> dict:
+    """Sample from the round's policy, select what to judge, judge it, store it; returns the round's stats."""
+    from modalign.data.dataset import read_examples
+    from modalign.eval.generation import generate_answers
+    from modalign.feedback.collect import judge_with_panel, panel_agreement, write_feedback
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+    from modalign.recipes.ppo import prompts_at
+    from modalign.runs import write_jsonl_atomic
+
+    started, folder, k = time.time(), round_dir(cfg, r), cfg.samples_per_prompt
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    count = cfg.first_round_prompts if r == 1 and cfg.first_round_prompts else cfg.prompts_per_round
+    prompts = prompts_at(pool, r - 1, min(count, len(pool)), cfg.seed)
+    media = MediaStore(cfg.data)
+    completions = generate_answers(load_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
+                                   temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
+    write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
+    if cfg.selection == "all" and cfg.judge == "simulated":
+        feedback, _ = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    else:
+        feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store)
+    if store.count_judgments() == prior_judgments and cfg.judge == "simulated":  # a killed run may have stored them
+        write_feedback(store, feedback, cfg.data)
+    return {"round": r, "prompts": len(prompts), "judgments": store.count_judgments() - prior_judgments,
+            **panel_agreement(feedback), "seconds": round(time.time() - started, 1)}
+
+
+def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):
+    """Pairs chosen by the selection strategy, judged by the simulated panel or by people (waits)."""
+    from modalign.feedback.select import candidate_pairs, judge_pairs_with_panel, select_pairs
+
+    scores = None
+    if cfg.selection == "margin" and r > 1:  # round 1 has no reward model yet: its pairs are random
+        from modalign.rl.rewards import reward_source_from, score_texts
+
+        source = reward_source_from(str(round_dir(cfg, r - 1) / "reward" / "model"))
+        owners = [e for e in prompts for _ in range(cfg.samples_per_prompt)]
+        scores = score_texts(source, owners, [c.text for c in completions], media).tolist()
+    grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores)
+    strategy = "random" if cfg.selection == "all" else cfg.selection
+    count = cfg.pairs_per_round or sum(1 for pairs in grouped if pairs)
+    chosen = select_pairs(grouped, count, strategy, cfg.seed + r)
+    if cfg.judge == "simulated":
+        return judge_pairs_with_panel(chosen, cfg.seed + r)
+    from modalign.feedback.queue import judgments_from_people
+
+    return judgments_from_people(store, chosen, cfg, r)
+
+
+def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dict:
+    """The round's RL run from `policy`; a killed run resumes from its last checkpoint."""
+    resume = str(folder) if (folder / "config.yaml").is_file() else None
+    common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
+                  max_new_tokens=cfg.max_new_tokens)
+    if cfg.method == "ppo":
+        from modalign.recipes.ppo import PPOConfig, run_ppo
+
+        return run_ppo(PPOConfig(**common, reference=cfg.policy, reward_model=reward_model, steps=cfg.rl_steps,
+                                 prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
+                                 lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget, ptx_coef=cfg.ptx_coef),
+                       resume=resume)
+    if cfg.method == "dpo":
+        from modalign.recipes.dpo import DPOConfig, run_dpo
+
+        return run_dpo(DPOConfig(**common, store=str(Path(cfg.out) / "feedback.db"), lr=cfg.lr), resume=resume)
+    from modalign.recipes.online import OnlineConfig, run_online
+
+    return run_online(OnlineConfig(**common, algorithm=cfg.method, reward_model=reward_model, steps=cfg.rl_steps,
+                                   prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
+                                   lr=cfg.lr, kl_coef=cfg.kl_coef), resume=resume)
+
+
+def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
+    """Gold metrics of `policy` on the held-out split, `eval_samples` answers per prompt."""
+    from modalign.eval.generation import evaluate_split
+    from modalign.models.policy import load_policy
+
+    return evaluate_split(load_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+                          seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
+                          samples_per_example=cfg.eval_samples)
+
+
+def check_loop_settings(cfg: LoopConfig) -> None:
+    """Fail before any work on settings no round can run with."""
+    for name in ("policy", "data"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name} is empty: the loop needs the start policy folder and the dataset folder")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    if cfg.selection not in SELECTIONS:
+        raise ConfigError(f"selection {cfg.selection!r}: choose one of {', '.join(SELECTIONS)}")
+    if cfg.judge not in ("simulated", "people"):
+        raise ConfigError(f"judge {cfg.judge!r}: choose simulated or people")
+    if cfg.judge == "people" and not cfg.annotators.strip():
+        raise ConfigError("judge=people needs annotators (comma-separated accounts made with modalign add-annotator)")
+    for name, least in (("rounds", 1), ("prompts_per_round", 1), ("samples_per_prompt", 2), ("eval_samples", 1)):
+        if getattr(cfg, name) < least:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: it must be at least {least}")
+
+
+def round_dir(cfg: LoopConfig, r: int) -> Path:
+    return Path(cfg.out) / f"round-{r}"
+
+
+def round_policy(cfg: LoopConfig, r: int) -> str:
+    """The policy round r starts from: the start policy, then each round's RL result."""
+    return cfg.policy if r == 1 else json.loads((round_dir(cfg, r - 1) / "rl" / "summary.json").read_text())["model"]
+
+
+def cached_json(path: Path, compute) -> dict:
+    """Read a finished stage's JSON; else compute it and (for stages that do not write their own) save it."""
+    from modalign.runs import write_json_atomic
+
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = compute()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, result)
+    return result
+
+
+def fresh(folder: Path) -> Path:
+    """A stage folder without a summary is a killed run that cannot resume (reward): start it again."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def print_round(row: dict, rounds: int, start: dict) -> None:
+    from modalign.ui import console
+
+    shown = ("hallucination_rate", "coverage", "vqa_accuracy")
+    before = " ".join(f"{k}={start[k]:.3f}" for k in shown if k in start)
+    after = " ".join(f"{k}={row['eval'][k]:.3f}" for k in shown if k in row["eval"])
+    console.print(f"[bold]round {row['round']}/{rounds}[/] {row['judgments']} judgments, reward model held-out "
+                  f"accuracy {row['reward_heldout_accuracy']:.3f}, KL {row['kl_to_ref'] or 0:.3f}: {after} "
+                  f"(start: {before}; {row['seconds']:.0f} s)")
