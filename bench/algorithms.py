@@ -1,7 +1,7 @@
 """Issue 4's comparison: PPO, GRPO, RLOO, REINFORCE, A2C and DPO from one SFT policy, same seed and budget.
 
-    .venv/bin/python bench/algorithms.py --sft runs/demo-X/sft --reward runs/demo-X/reward/model \
-        --store runs/demo-X/feedback.db --out bench/results/algorithms
+    .venv/bin/python bench/algorithms.py --sft runs/demo-X/sft --reward runs/demo-X/loop/round-1/reward/model \
+        --store runs/demo-X/loop/feedback.db --out bench/results/algorithms
 
 Every online method gets the same number of sampled answers (steps x prompts x samples)
 and the same reward model; DPO trains on the store's pairs. Each policy is evaluated with

@@ -22,6 +22,14 @@ def test_quick_demo_writes_summary_and_report(tmp_path):
     assert "<audio controls" in page and "data:image/png;base64" in page and "hallucination_rate" in page
     from modalign.feedback.store import FeedbackStore
 
-    rankings = FeedbackStore.sqlite(tmp_path / "demo" / "feedback.db").count_judgments("ranking")
-    assert rankings == saved["annotators"]["rankings"] == 3 * saved["annotators"]["prompts"] > 0
+    rankings = FeedbackStore.sqlite(tmp_path / "demo" / "loop" / "feedback.db").count_judgments("ranking")
+    assert saved["annotators"]["rankings"] == 3 * saved["annotators"]["prompts"] > 0
+    assert rankings == sum(row["judgments"] for row in saved["rounds"]) > saved["annotators"]["rankings"]
     assert 0.0 <= saved["annotators"]["gold_accuracy"] <= 1.0
+    assert [row["round"] for row in saved["rounds"]] == [1, 2]
+
+    # --resume on a finished demo reads every stage back and writes the same numbers
+    again = run_demo(resume=str(tmp_path / "demo"))
+    assert again["rlhf"] == summary["rlhf"] and again["sft"] == summary["sft"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_demo(out=str(tmp_path / "demo"))

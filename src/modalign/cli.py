@@ -227,11 +227,12 @@ def demo(
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/demo-<time>)."),
     seed: int = typer.Option(0, help="Seed of data, model and sampling."),
     quick: bool = typer.Option(False, help="A small version for tests (under 90 s)."),
+    resume: Optional[str] = typer.Option(None, help="Continue a killed demo in this folder (its seed and size kept)."),
 ) -> None:
     """The main job, no arguments needed."""
     from modalign.recipes.demo import run_demo
 
-    _run(lambda: run_demo(out=out, seed=seed, quick=quick))
+    _run(lambda: run_demo(out=out, seed=seed, quick=quick, resume=resume))
 
 
 @app.command()
