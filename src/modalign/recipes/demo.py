@@ -106,7 +106,7 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
 
     cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
-                     reward_steps=300, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
+                     reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
                      lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed)
     if quick:
         cfg.first_round_prompts, cfg.prompts_per_round, cfg.reward_steps, cfg.rl_steps = 24, 12, 20, 2

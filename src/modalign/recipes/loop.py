@@ -55,7 +55,7 @@ class LoopConfig:
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
     overlap: int = field_doc(1, "people: annotators per task.")
     wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
-    reward_steps: int = field_doc(300, "Reward-model steps per round (trained again on every judgment so far).")
+    reward_steps: int = field_doc(2000, "Reward-model steps per round (trained again on every judgment so far).")
     method: str = field_doc("ppo", "RL method of each round: ppo, grpo, rloo, reinforce, a2c or dpo.")
     rl_steps: int = field_doc(60, "RL iterations per round (dpo: epochs are 1 over the pairs so far).")
     prompts_per_step: int = field_doc(16, "RL prompts per iteration.")

@@ -87,6 +87,17 @@ class ScalarHeadModel(nn.Module):
             dense = dense / self.norm_std.clamp(min=1e-6)
         return dense
 
+    def score_features(self, last_hidden: torch.Tensor, mean_logprob: torch.Tensor) -> torch.Tensor:
+        """`forward`'s (unnormalised) scores from cached features: last hidden (N, H), mean answer log p (N,) -> (N, K).
+
+        With a frozen backbone these features never change, so a reward model trains on them
+        without running the backbone again (`reward.train.sequence_features`).
+        """
+        scores = self.head(last_hidden).float()
+        if self.likelihood_feature:
+            scores = scores + mean_logprob[:, None].float() * self.likelihood_weight
+        return scores
+
     def save(self, path: str | Path, processor=None) -> Path:
         from safetensors.torch import save_file
 

@@ -1,7 +1,10 @@
 """Training a reward model on preference pairs with the Bradley-Terry loss.
 
 Both answers of a pair share their prompt's media: the media are encoded once per pair
-and reused for the chosen and the rejected row.
+and reused for the chosen and the rejected row. With a frozen backbone (the default) every
+distinct answer goes through the backbone once (`sequence_features`, media encoded once per
+prompt in a batch) and the head trains on those cached features: a candidate that appears
+in three pairs and hundreds of steps is never run twice.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from modalign.data.records import Example
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, encode_sft_example
 from modalign.reward.losses import bradley_terry_loss
-from modalign.reward.model import ScalarHeadModel
+from modalign.reward.model import ScalarHeadModel, answer_token_logprobs, last_token_index
 
 
 @dataclass(frozen=True)
@@ -116,5 +119,114 @@ def fit_normalizer(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_tok
     """Store the mean and std of scores on the training answers, for normalised rewards later."""
     model.eval()
     scores = torch.cat([torch.cat(pair_scores(model, pairs[i : i + 64], pad_token_id)) for i in range(0, len(pairs), 64)])
+    model.norm_mean.fill_(scores.mean().item())
+    model.norm_std.fill_(max(scores.std().item(), 1e-6))
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Frozen-backbone features of pairs. hidden: (S, H) last hidden state and loglik: (S,) mean answer
+    log p of each distinct sequence; chosen/rejected: (P,) indices into them; margin (P,); tie (P,) bool."""
+
+    hidden: torch.Tensor
+    loglik: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    margin: torch.Tensor
+    tie: torch.Tensor
+
+    def scores(self, model: ScalarHeadModel, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) scores (P,) of the pairs `rows` (all by default) under the head."""
+        chosen, rejected = (self.chosen, self.rejected) if rows is None else (self.chosen[rows], self.rejected[rows])
+        return (model.score_features(self.hidden[chosen], self.loglik[chosen])[:, 0],
+                model.score_features(self.hidden[rejected], self.loglik[rejected])[:, 0])
+
+
+@torch.no_grad()
+def pair_features(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_token_id: int,
+                  batch_size: int = 64) -> PairFeatures:
+    """Run the frozen backbone once per distinct (example, answer) sequence of `pairs`."""
+    index: dict[tuple, int] = {}
+    sequences: list[EncodedExample] = []
+
+    def slot(encoded: EncodedExample) -> int:
+        key = (encoded.example_id, tuple(encoded.input_ids.tolist()))
+        if key not in index:
+            index[key] = len(sequences)
+            sequences.append(encoded)
+        return index[key]
+
+    chosen = torch.tensor([slot(p.chosen) for p in pairs], dtype=torch.long)
+    rejected = torch.tensor([slot(p.rejected) for p in pairs], dtype=torch.long)
+    hidden, loglik = sequence_features(model.backbone, sequences, pad_token_id, batch_size)
+    return PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs], dtype=torch.float),
+                        torch.tensor([p.tie for p in pairs], dtype=torch.bool))
+
+
+@torch.no_grad()
+def sequence_features(backbone, sequences: Sequence[EncodedExample], pad_token_id: int,
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden state (S, H) and mean answer log p (S,) of each sequence; media encoded once per example
+    in a batch (sequences of one example are kept together by sorting on the example id)."""
+    was_training = backbone.training
+    backbone.eval()
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i].example_id)
+    hidden, loglik = [None] * len(sequences), [None] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [sequences[i] for i in rows]
+        tensors = collate_sft(chunk, pad_token_id)
+        owner_of: dict[str, int] = {}
+        owners = [owner_of.setdefault(e.example_id, i) for i, e in enumerate(chunk)]  # first row of each example
+        firsts = sorted(set(owners))
+        media = backbone.encode_media(tensors["input_ids"][firsts], _cat([chunk[i].pixel_values for i in firsts]),
+                                      _cat([chunk[i].input_values for i in firsts]))
+        media = media.select_rows(torch.tensor([firsts.index(o) for o in owners]))
+        output = backbone(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                          output_hidden_states=True, media=media)
+        answer_mask = tensors["labels"] != -100
+        last = last_token_index(tensors["attention_mask"])
+        states = output.hidden_states[-1][torch.arange(len(chunk)), last]  # (B, H)
+        means = answer_token_logprobs(output.logits, tensors["input_ids"], answer_mask).sum(1) / \
+            answer_mask.sum(1).clamp(min=1)  # (B,)
+        for j, i in enumerate(rows):
+            hidden[i], loglik[i] = states[j].float(), means[j].float()
+    backbone.train(was_training)
+    return torch.stack(hidden), torch.stack(loglik)
+
+
+def train_head_on_features(
+    model: ScalarHeadModel, features: PairFeatures, steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> None:
+    """AdamW on the Bradley-Terry loss over cached features: the head and the likelihood weight only."""
+    params = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    order = random.Random(seed)
+    count = len(features.chosen)
+    for step in range(steps):
+        rows = torch.tensor(order.sample(range(count), min(batch_size, count)))
+        chosen, rejected = features.scores(model, rows)
+        loss = bradley_terry_loss(chosen, rejected, features.margin[rows], features.tie[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+
+
+@torch.no_grad()
+def feature_accuracy(model: ScalarHeadModel, features: PairFeatures) -> float:
+    """Share of non-tie pairs whose chosen answer scores higher (as `pairwise_accuracy`, from features)."""
+    chosen, rejected = features.scores(model)
+    decided = ~features.tie
+    return float(((chosen > rejected) & decided).sum()) / max(1, int(decided.sum()))
+
+
+@torch.no_grad()
+def fit_normalizer_on_features(model: ScalarHeadModel, features: PairFeatures) -> None:
+    """`fit_normalizer` from cached features: mean and std of the training answers' scores."""
+    scores = torch.cat(features.scores(model))
     model.norm_mean.fill_(scores.mean().item())
     model.norm_std.fill_(max(scores.std().item(), 1e-6))
