@@ -84,10 +84,10 @@ def encode_sft_example(
         raise ValueError(f"record {example.id!r}: SFT needs a final assistant message (the target answer)")
     images, audio = media.images(example), media.audio(example)
     target = answer + eos_text(processor)
-    full = processor(text=[render_prompt(processor, example) + target], images=images or None, audio=audio or None)
+    prompt = render_prompt(processor, example)
+    full = processor(text=[prompt + target], images=images or None, audio=audio or None)
     input_ids = full["input_ids"][0]
-    answer_ids = processor.tokenizer(target, add_special_tokens=False)["input_ids"]
-    prompt_length = input_ids.shape[0] - len(answer_ids)
+    prompt_length = input_ids.shape[0] - answer_token_count(processor.tokenizer, prompt, target)
     if prompt_length >= max_length:
         raise ValueError(
             f"record {example.id!r}: the prompt alone takes {prompt_length} tokens (media included), "
@@ -100,6 +100,18 @@ def encode_sft_example(
         pixel_values=full.get("pixel_values"),
         input_values=full.get("input_values"),
     )
+
+
+def answer_token_count(tokenizer, prompt: str, answer: str) -> int:
+    """Tokens the answer adds after the prompt, counted in context (text only, media markers unexpanded).
+
+    Counting the answer alone would be wrong for sentencepiece-style tokenizers (Llama, Gemma):
+    they give a text's first word a word-start marker that the same word does not get after the prompt.
+    """
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count(prompt + answer) - count(prompt)
 
 
 def collate_sft(batch: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import torch
 
+LORA_CONFIG = "adapter_config.json"  # a `peft` adapter folder: LoRA weights over a base checkpoint
+
 
 @dataclass
 class Policy:
@@ -36,16 +38,58 @@ class Policy:
 
 
 def load_policy(name_or_path: str | Path, dtype: torch.dtype | None = None) -> Policy:
-    """Load a policy by local folder or hub id through the real `from_pretrained` path."""
-    import modalign.models.tinyvlm  # noqa: F401  (registers TinyVLM with the Auto classes)
+    """Load a policy by local folder or hub id through the real `from_pretrained` path.
+
+    The built-in VLM loads through the Auto classes; every other model type, and a LoRA
+    folder (`adapter_config.json`), goes through the Hugging Face adapter (`modalign.models.hf`),
+    which gives it the same interface.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     location = str(name_or_path)
-    if Path(location).exists() and not (Path(location) / "config.json").is_file():
+    if Path(location).exists() and not any((Path(location) / name).is_file() for name in ("config.json", LORA_CONFIG)):
         raise FileNotFoundError(f"policy folder {location} has no config.json: not a saved model")
+    if not _is_builtin(location):
+        from modalign.models.hf import load_hf_policy
+
+        return load_hf_policy(location, dtype)
     model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype or torch.float32)
     processor = AutoProcessor.from_pretrained(location)
     return Policy(model=model, processor=processor, name=location)
+
+
+def load_processor(name_or_path: str | Path):
+    """The processor of a saved policy, reward model or critic, as `load_policy` gives it (no weights loaded)."""
+    from transformers import AutoProcessor
+
+    location = str(name_or_path)
+    if _is_builtin(location):
+        return AutoProcessor.from_pretrained(location)
+    from modalign.models.hf import load_hf_processor
+
+    return load_hf_processor(location)
+
+
+def frozen_reference(model: Any) -> Any:
+    """The KL reference of a policy about to be trained: a frozen copy, or for a LoRA policy its own
+    weights with the adapter disabled (no second copy)."""
+    import copy
+
+    from modalign.models.hf.lora import AdapterDisabled, is_lora_policy
+
+    if is_lora_policy(model):
+        return AdapterDisabled(model)
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def _is_builtin(location: str) -> bool:
+    """True for a saved built-in VLM; False for other model types and for LoRA folders."""
+    import modalign.models.tinyvlm  # noqa: F401  (registers TinyVLM with the Auto classes)
+    from transformers import AutoConfig
+
+    if (Path(location) / LORA_CONFIG).is_file():
+        return False
+    return AutoConfig.from_pretrained(location).model_type == "tinyvlm"
 
 
 def create_tinyvlm(corpus: Iterable[str], vocab_size: int = 512, seed: int = 0, **config_fields: Any) -> Policy:

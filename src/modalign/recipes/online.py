@@ -60,7 +60,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.data.dataset import read_examples
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import load_policy
+    from modalign.models.policy import frozen_reference, load_policy
     from modalign.recipes.ppo import mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
@@ -75,7 +75,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
     model, tokenizer = policy.model, policy.processor.tokenizer
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference = frozen_reference(model)
     critic = ScalarHeadModel(copy.deepcopy(model)) if cfg.algorithm == "a2c" else None
     frozen = model.media_encoder_modules() + (critic.backbone.media_encoder_modules() if critic else [])
     for module in frozen:

@@ -64,7 +64,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     """Train; save `model/` and `critic/`; evaluate; write `summary.json`. Returns the summary."""
     from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import load_policy
+    from modalign.models.policy import frozen_reference, load_policy
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
@@ -79,7 +79,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
     model, processor = policy.model, policy.processor
-    reference = load_policy(cfg.reference).model if cfg.reference else copy.deepcopy(model)
+    reference = load_policy(cfg.reference).model if cfg.reference else frozen_reference(model)
     reference.eval().requires_grad_(False)
     critic = ScalarHeadModel(copy.deepcopy(model))
     for module in model.media_encoder_modules() + critic.backbone.media_encoder_modules():

@@ -186,14 +186,13 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
 
 
 def _reward_model_scores(source: "RewardModelSource", examples, answers, media, batch_size: int) -> torch.Tensor:
-    from transformers import AutoProcessor
-
     from modalign.models.inputs import collate_sft, encode_sft_example
+    from modalign.models.policy import load_processor
 
     if media is None:
         raise ValueError("a reward-model reward needs the examples' media (pass media=MediaStore(root))")
     if source.processor is None:
-        source.processor = AutoProcessor.from_pretrained(source.model.backbone.name_or_path)
+        source.processor = load_processor(source.model.backbone.name_or_path)
     pad = source.processor.tokenizer.pad_token_id
     scores = []
     for start in range(0, len(answers), batch_size):

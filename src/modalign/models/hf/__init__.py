@@ -1,0 +1,76 @@
+"""Hugging Face VLMs and audio-LMs behind modalign's one policy interface.
+
+`load_hf_policy(folder)` loads a Qwen2-VL, Qwen2.5-VL, LLaVA, Idefics3, Gemma 3 or Qwen2-Audio
+checkpoint with its processor; recipes then use it exactly like the built-in model (policy,
+critic backbone, reward-model backbone). See `modeling.HFPolicyModel` for the model calls and
+`processing.HFProcessor` for the processor calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modalign.models.hf.families import FAMILIES, Family, family_of
+from modalign.models.hf.features import PlaceholderFeatures
+from modalign.models.hf.modeling import HFPolicyModel
+from modalign.models.hf.processing import HFProcessor, load_processor, without_video
+
+
+def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
+    """A `Policy` of a Hugging Face checkpoint folder (or hub id), through its own `from_pretrained`.
+
+    A LoRA folder (`adapter_config.json`, see `lora.init_lora`) loads its base checkpoint and
+    then the adapter; its processor is the one saved next to the adapter.
+    """
+    from modalign.models.hf.lora import is_adapter_folder, load_lora
+    from modalign.models.policy import Policy
+
+    lora = is_adapter_folder(location)
+    model = load_lora(location, dtype) if lora else HFPolicyModel.from_pretrained(location, dtype)
+    processor = load_processor(location, model.family, model.config.model_type)
+    align_turn_tokens(model, processor)
+    return Policy(model=model, processor=processor, name=str(location))
+
+
+def load_hf_processor(location: str | Path) -> HFProcessor:
+    """The adapter's processor of a checkpoint or LoRA folder, without loading the weights."""
+    from transformers import AutoConfig
+
+    from modalign.models.hf.lora import base_of
+
+    config = AutoConfig.from_pretrained(str(base_of(location)))
+    processor = load_processor(location, family_of(config, str(location)), config.model_type)
+    end_turns_with_eos(processor)
+    return processor
+
+
+def end_turns_with_eos(processor: HFProcessor) -> None:
+    """Recipes end answers with `tokenizer.eos_token` (SFT targets, rollout stops, answer masks); chat
+    checkpoints often keep a document-end token there (Gemma 3: `<eos>`, not `<end_of_turn>`), so it
+    becomes the family's end-of-turn token when the vocabulary has it."""
+    tokenizer, end_of_turn = processor.tokenizer, processor.family.end_of_turn
+    if end_of_turn in tokenizer.get_vocab() and tokenizer.eos_token != end_of_turn:
+        tokenizer.eos_token = end_of_turn
+
+
+def align_turn_tokens(model: HFPolicyModel, processor: HFProcessor) -> None:
+    """Make answers end where the family's chat format ends a turn (`end_turns_with_eos`, and the
+    generation config stops there), and never sample media tokens: a sampled placeholder would have
+    no features behind it."""
+    end_turns_with_eos(processor)
+    tokenizer, vocab = processor.tokenizer, processor.tokenizer.get_vocab()
+    generation = model.generation_config
+    eos = generation.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id not in eos:
+        generation.eos_token_id = eos + [tokenizer.eos_token_id]
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+    media = [model.placeholder_id] + [vocab[t] for t in model.family.structure_tokens if t in vocab]
+    generation.suppress_tokens = sorted(set(generation.suppress_tokens or []) | set(media))
+
+
+__all__ = ["FAMILIES", "Family", "HFPolicyModel", "HFProcessor", "PlaceholderFeatures", "align_turn_tokens",
+           "end_turns_with_eos", "family_of", "load_hf_policy", "load_hf_processor", "load_processor", "without_video"]

@@ -1,0 +1,218 @@
+"""A Hugging Face VLM or audio-LM behind modalign's policy interface.
+
+The same calls as the built-in model (`modalign.models.tinyvlm.modeling`):
+  - `encode_media(input_ids, pixel_values, input_values) -> PlaceholderFeatures` (cacheable),
+  - `forward(input_ids, attention_mask, media=... | pixel_values=... | input_values=..., labels=...)`,
+  - `generate(input_ids, attention_mask, media=..., ...)`, media encoded once before decoding,
+  - `media_encoder_modules()`, `save_pretrained`, `from_pretrained`.
+
+Media features replace the placeholder tokens of the text in order (every family does this,
+`inputs_embeds.masked_scatter`); the model then runs on `inputs_embeds` plus what its family
+reads besides (`extras`). Composition, not inheritance: `self.model` is the untouched
+`transformers` model (or a `peft` model around it), so its own `generate` and
+`save_pretrained` do the work.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modalign.models.hf.extras import forward_inputs, generation_inputs
+from modalign.models.hf.families import Family, family_of
+from modalign.models.hf.features import PlaceholderFeatures
+from modalign.models.hf.guards import debug_from_env, media_reach_decoder, reject_raw_media
+from modalign.models.hf.packing import unpack
+
+
+class HFPolicyModel(nn.Module):
+    """A loaded `transformers` multimodal model with modalign's encode-once interface."""
+
+    def __init__(self, model: nn.Module, family: Family) -> None:
+        super().__init__()
+        self.model = model
+        self.family = family
+        self.placeholder_id = family.placeholder_id(self.hf.config)
+        # When True, every forward and generation prefill checks that the decoder reads the media (`guards`).
+        self.debug_media = debug_from_env()
+
+    # ---- what recipes read -----------------------------------------------------------
+    @property
+    def hf(self) -> nn.Module:
+        """The `transformers` model itself (under a `peft` wrapper, its base model with the adapters)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def generation_config(self):
+        return self.hf.generation_config
+
+    @property
+    def name_or_path(self) -> str:
+        return self.hf.name_or_path
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.dtype
+
+    def media_encoder_modules(self) -> list[nn.Module]:
+        """The media encoder and projector (frozen during RL so cached features stay valid)."""
+        return [self.hf.get_submodule(path) for path in self.family.encoder_modules]
+
+    # ---- media -------------------------------------------------------------------------
+    def encode_media(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+    ) -> PlaceholderFeatures:
+        """Encode every media item of a batch once: features for each placeholder of `input_ids` (B, L).
+
+        `pixel_values` / `input_values` are in the packed layout of the adapter's processor.
+        """
+        packed = self._media_tensor(pixel_values, input_values)
+        counts = (input_ids == self.placeholder_id).sum(1)  # (B,)
+        width = self.hf.config.get_text_config().hidden_size
+        grids = None
+        if packed is None or packed.shape[0] == 0:
+            tokens = torch.zeros(0, width, dtype=self.dtype, device=input_ids.device)
+        else:
+            inputs = unpack(self.family.layout, packed)
+            grids = inputs.get("image_grid_thw")
+            tokens = self.family.encode(self.hf, inputs)  # (N_tok, D)
+        if tokens.shape[0] != int(counts.sum()):
+            raise ValueError(
+                f"{self.family.name}: input_ids hold {int(counts.sum())} {self.family.modality} placeholder tokens "
+                f"but the {self.family.modality} inputs give {tokens.shape[0]} feature tokens; the text and the "
+                f"media of the batch do not match")
+        features = PlaceholderFeatures(tokens, counts)
+        if self.family.positions == "mrope":
+            features.grids, features.grid_rows = self._grid_rows(grids, counts)
+        return features
+
+    def _media_tensor(self, pixel_values, input_values) -> torch.Tensor | None:
+        given = {"pixel_values": pixel_values, "input_values": input_values}
+        for slot, value in given.items():
+            if slot != self.family.media_slot and value is not None and value.numel():
+                raise ValueError(f"{self.family.name} reads {self.family.modality} only, but the batch holds "
+                                 f"{slot}: keep only the {self.family.modality} parts of the examples")
+        return given[self.family.media_slot]
+
+    def _grid_rows(self, grids: torch.Tensor | None, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N_img, 3) grids and the batch row of each, read from where its placeholder tokens sit."""
+        if grids is None:
+            return torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        merge = self.hf.config.vision_config.spatial_merge_size
+        per_image = grids.prod(-1) // merge**2  # (N_img,) placeholder tokens of each image
+        token_rows = torch.repeat_interleave(torch.arange(counts.shape[0]), counts.cpu())  # (N_tok,)
+        starts = torch.cumsum(per_image, 0) - per_image
+        first, last = token_rows[starts], token_rows[starts + per_image - 1]
+        if not torch.equal(first, last):
+            raise ValueError(f"{self.family.name}: an image's placeholder tokens span two rows of the batch")
+        return grids, first
+
+    def check_placeholders(self, input_ids: torch.Tensor, media: PlaceholderFeatures | None) -> torch.Tensor:
+        """The (B, L) placeholder mask, after checking that each row has exactly its cached feature tokens.
+
+        Without this check `masked_scatter` would silently use the first features only (e.g. after a
+        truncation cut into the media tokens) and misplace every later image of the batch.
+        """
+        slots = input_ids == self.placeholder_id  # (B, L)
+        given = 0 if media is None else media.tokens.shape[0]
+        if int(slots.sum()) != given or (media is not None and not torch.equal(slots.sum(1), media.counts)):
+            per_row = [] if media is None else media.counts.tolist()
+            raise ValueError(f"{self.family.name}: input_ids hold {slots.sum(1).tolist()} {self.family.modality} "
+                             f"placeholder tokens per row but the media features cover {per_row} ({given} in all); "
+                             f"the text and the media do not match (was a prompt truncated?)")
+        return slots
+
+    def embed(self, input_ids: torch.Tensor, media: PlaceholderFeatures | None) -> torch.Tensor:
+        """Token embeddings (B, L, D) with the media features written over the placeholder tokens."""
+        slots = self.check_placeholders(input_ids, media)
+        # The placeholder id may lie outside the embedding table (Gemma 3 allows it): embed 0 there, then overwrite.
+        embeds = self.hf.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        if media is None or media.tokens.shape[0] == 0:
+            return embeds
+        return embeds.masked_scatter(slots.unsqueeze(-1), media.tokens.to(embeds.dtype))
+
+    def _debug(self, input_ids: torch.Tensor, media: PlaceholderFeatures, call: str):
+        """The debug-mode check around one call (a no-op context when debug mode is off)."""
+        if not self.debug_media:
+            return nullcontext()
+        return media_reach_decoder(self.hf.get_decoder(), input_ids, self.placeholder_id, media,
+                                   f"{self.family.name} {call}")
+
+    # ---- forward and generate ------------------------------------------------------------
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+        media: PlaceholderFeatures | None = None, labels: torch.Tensor | None = None, **kwargs,
+    ):
+        """The model's output (logits (B, L, V), loss with `labels`, hidden states on request)."""
+        reject_raw_media(kwargs, self.family.name)
+        if media is None:
+            media = self.encode_media(input_ids, pixel_values, input_values)
+        embeds = self.embed(input_ids, media)
+        extras = forward_inputs(self.family, self.hf, input_ids, attention_mask, media, self.placeholder_id)
+        with self._debug(input_ids, media, "forward"):
+            return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extras, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+        media: PlaceholderFeatures | None = None, **kwargs,
+    ) -> torch.Tensor:
+        """`transformers` generation from the media-filled embeddings; returns prompt + answer ids (N, P + T).
+
+        With `num_return_sequences=G` the prompts and their features are repeated here (rows
+        b*G .. b*G+G-1 belong to prompt b), so media are encoded once per prompt.
+        """
+        reject_raw_media(kwargs, self.family.name)
+        if media is None:
+            media = self.encode_media(input_ids, pixel_values, input_values)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        repeats = int(kwargs.pop("num_return_sequences", 1) or 1)
+        if repeats > 1:
+            batch = input_ids.shape[0]
+            input_ids = input_ids.repeat_interleave(repeats, dim=0)
+            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+            media = media.repeat_interleave(repeats, batch)
+        extras = generation_inputs(self.family, input_ids, media, self.placeholder_id)
+        with self._debug(input_ids, media, "generate"):
+            return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    **self._generation_media(input_ids, media), **extras, **kwargs)
+
+    def _generation_media(self, input_ids: torch.Tensor, media: PlaceholderFeatures) -> dict:
+        if self.family.generate_from == "inputs_embeds":
+            return {"inputs_embeds": self.embed(input_ids, media)}
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        self.check_placeholders(input_ids, media)
+        if media.tokens.shape[0] == 0:
+            return {}
+        return {"mm_encoder_outputs": {self.family.modality: BaseModelOutputWithPooling(pooler_output=media.tokens)}}
+
+    # ---- save and load -----------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, **kwargs) -> None:
+        """The `transformers` checkpoint (LoRA adapters merged into a copy first: see `models.hf.lora`)."""
+        from modalign.models.hf.lora import save_merged
+
+        save_merged(self.model, path, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> "HFPolicyModel":
+        """Load through the family's own `from_pretrained`."""
+        import transformers
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path))
+        family = family_of(config, str(path))
+        model_class = getattr(transformers, family.model_class)
+        return cls(model_class.from_pretrained(str(path), dtype=dtype or torch.float32), family)
