@@ -56,7 +56,7 @@ def test_margin_selection_takes_the_closest_pairs(sft_model):
     e1, e2, e3 = read_examples(data, "train")[:3]
     grouped = [[pair(e1, "x", "y", 0.9), pair(e1, "x", "z", 0.2)], [pair(e2, "x", "y", 0.05)], [pair(e3, "x", "y", 0.5)]]
     chosen = select_pairs(grouped, 2, "margin", seed=0)
-    assert [(p.example.id, p.margin) for p in chosen] == [(e2.id, 0.05), (e1.id, 0.2)]
+    assert [(p.example.id, p.priority) for p in chosen] == [(e2.id, 0.05), (e1.id, 0.2)]
     assert len(select_pairs(grouped, 2, "random", seed=0)) == 2
     assert len({p.example.id for p in select_pairs(grouped, 3, "random", seed=1)}) == 3  # one pair per prompt
 
@@ -67,7 +67,7 @@ def test_candidate_pairs_are_the_distinct_answers_of_a_prompt(sft_model):
     texts = ["a", "a", "b", "c", "c", "c"]
     completions = [Completion(e.id, t, "p", {}) for e, t in zip([e1] * 3 + [e2] * 3, texts)]
     grouped = candidate_pairs([e1, e2], completions, 3, scores=[0.0, 1.0, 3.0, 0, 0, 0])
-    assert [(p.a.text, p.b.text, p.margin) for p in grouped[0]] == [("a", "b", 2.0)]  # the later "a" (score 1)
+    assert [(p.a.text, p.b.text, p.priority) for p in grouped[0]] == [("a", "b", 2.0)]  # the later "a" (score 1)
     assert grouped[1] == []  # one distinct answer: no pair
 
 
@@ -113,3 +113,19 @@ def test_loop_waits_for_people_and_trains_on_their_judgments(sft_model, tmp_path
     assert 0 < len(tasks) <= 4 and len(judged) == 2 * len(tasks)  # overlap 2: both answered every task
     assert summary["rounds"][0]["judgments"] == len(judged)
     assert json.loads((out / "round-1" / "reward" / "summary.json").read_text())["train_pairs"] > 0
+
+
+def test_ensemble_priority_is_minus_the_members_disagreement(sft_model):
+    _, data = sft_model
+    e = read_examples(data, "train")[0]
+    completions = [Completion(e.id, t, "p", {}) for t in ("x", "y")]
+    # member 1: r(x) = r(y) -> P(x > y) = 0.5; member 2: r(x) - r(y) = 2 -> 0.8808; std (n-1) = 0.3808 / sqrt 2
+    grouped = candidate_pairs([e], completions, 2, scores=[[0.0, 0.0], [2.0, 0.0]])
+    assert grouped[0][0].priority == pytest.approx(-0.26927, abs=1e-4)
+
+
+def test_loop_with_ensemble_selection(sft_model, tmp_path):
+    model, data = sft_model
+    summary = run_loop(LoopConfig(out=str(tmp_path / "loop"), policy=str(model), data=str(data), rounds=2,
+                                  selection="ensemble", pairs_per_round=3, ensemble_members=2, **TINY))
+    assert all(0 < row["feedback"]["prompts"] <= 3 for row in summary["rounds"])  # pairs judged: the budget

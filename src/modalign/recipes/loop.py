@@ -31,7 +31,7 @@ from pathlib import Path
 from modalign.config import ConfigError, field_doc
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
-SELECTIONS = ("all", "random", "margin")
+SELECTIONS = ("all", "random", "margin", "ensemble")
 
 
 @dataclass
@@ -47,9 +47,11 @@ class LoopConfig:
     first_round_prompts: int = field_doc(0, "Prompts sampled in round 1 (0: prompts_per_round).")
     prompts_per_round: int = field_doc(300, "Prompts sampled per later round.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
-    selection: str = field_doc("all", "all (each prompt's answers ranked), random or margin (pairs_per_round pairs "
-                                      "judged pairwise: chosen at random, or the reward model's closest pairs).")
-    pairs_per_round: int = field_doc(0, "random/margin: pairs sent for judgment per round.")
+    selection: str = field_doc("all", "all (each prompt's answers ranked), or pairs_per_round pairs judged pairwise: "
+                                      "random, margin (the reward model's closest pairs) or ensemble (where "
+                                      "bootstrap reward heads disagree most).")
+    pairs_per_round: int = field_doc(0, "random/margin/ensemble: pairs sent for judgment per round.")
+    ensemble_members: int = field_doc(5, "ensemble: bootstrap reward heads whose disagreement picks the pairs.")
     judge: str = field_doc("simulated", "simulated (the simulated panel) or people (tasks for `annotators` in the "
                                         "store's queue; the round waits for their judgments).")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
@@ -153,12 +155,17 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     from modalign.feedback.select import candidate_pairs, judge_pairs_with_panel, select_pairs
 
     scores = None
-    if cfg.selection == "margin" and r > 1:  # round 1 has no reward model yet: its pairs are random
+    owners = [e for e in prompts for _ in range(cfg.samples_per_prompt)]
+    if cfg.selection == "margin" and r > 1:  # round 1 has no judgments yet: its pairs are random
         from modalign.rl.rewards import reward_source_from, score_texts
 
         source = reward_source_from(str(round_dir(cfg, r - 1) / "reward" / "model"))
-        owners = [e for e in prompts for _ in range(cfg.samples_per_prompt)]
         scores = score_texts(source, owners, [c.text for c in completions], media).tolist()
+    if cfg.selection == "ensemble" and r > 1:
+        from modalign.reward.ensemble import bootstrap_ensemble_scores
+
+        scores = bootstrap_ensemble_scores(cfg.policy, store, owners, completions, media, cfg.ensemble_members,
+                                           seed=cfg.seed + r)
     grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores)
     strategy = "random" if cfg.selection == "all" else cfg.selection
     count = cfg.pairs_per_round or sum(1 for pairs in grouped if pairs)
