@@ -179,6 +179,7 @@ def rounds_png(summary: dict) -> str:
         axis.plot(range(len(points)), [p[key] for p in points], marker="o")
         axis.set_title(key)
         axis.set_xlabel("round")
+        axis.set_xticks(range(len(points)))
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
