@@ -12,19 +12,26 @@ from typing import Mapping, Sequence
 
 def curves_png(metrics_path: Path, keys: Sequence[str]) -> str:
     """One small plot per metric key from a metrics.jsonl, as a base64 PNG."""
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
+    return series_png({key: [(line["step"], line[key]) for line in lines if line.get(key) is not None]
+                       for key in keys}, "step")
+
+
+def series_png(series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, markers: bool = False) -> str:
+    """One small plot per named series of (x, y) points, side by side, as a base64 PNG (whole-number x ticks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    lines = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
-    for axis, key in zip(axes if len(keys) > 1 else [axes], keys):
-        points = [(line["step"], line[key]) for line in lines if line.get(key) is not None]
+    figure, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3))
+    for axis, (key, points) in zip(axes if len(series) > 1 else [axes], series.items()):
         if points:
-            axis.plot(*zip(*points))
+            axis.plot(*zip(*points), marker="o" if markers else None)
         axis.set_title(key)
-        axis.set_xlabel("step")
+        axis.set_xlabel(xlabel)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and rounds are whole numbers
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)

@@ -40,7 +40,7 @@ class JudgedGroups:
 
 def judge_with_panel(prompts: Sequence[Example], completions: Sequence[Completion], k: int,
                      seed: int) -> tuple[JudgedGroups, list[float]]:
-    """The simulated panel ranks each prompt's distinct answers, as `recipes.demo.collect_feedback` does.
+    """The simulated panel ranks each prompt's distinct answers (the demo's and the loop's feedback).
 
     Identical answers are one candidate; prompts with fewer than two are left out. The scores
     are the gold utilities of every sampled answer.

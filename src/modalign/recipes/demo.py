@@ -165,26 +165,11 @@ def first_answers(samples_path: Path) -> dict[str, str]:
 
 def rounds_png(summary: dict) -> str:
     """Gold hallucination and coverage after each round, round 0 being SFT, as a base64 PNG."""
-    import base64
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from modalign.eval.report import series_png
 
     points = [summary["sft"]] + summary["rounds"]
-    figure, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for axis, key in zip(axes, ("hallucination_rate", "coverage")):
-        axis.plot(range(len(points)), [p[key] for p in points], marker="o")
-        axis.set_title(key)
-        axis.set_xlabel("round")
-        axis.set_xticks(range(len(points)))
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return series_png({key: [(r, p[key]) for r, p in enumerate(points)] for key in ("hallucination_rate", "coverage")},
+                      "round", markers=True)
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:

@@ -62,10 +62,6 @@ def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
     from modalign.models.policy import load_policy
     from modalign.reward.model import ScalarHeadModel
-    from modalign.reward.train import (
-        feature_accuracy, fit_normalizer, fit_normalizer_on_features, pair_features, pairwise_accuracy,
-        train_head_on_features, train_reward_model,
-    )
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console, progress_bar
 
@@ -88,21 +84,8 @@ def run_reward(cfg: RewardConfig) -> dict:
                 run.log(step + 1, {"reward/loss": loss})
 
         torch.manual_seed(cfg.seed)
-        if cfg.backbone_lr:
-            train_reward_model(model, train, pad, cfg.steps, cfg.batch_size, cfg.backbone_lr, cfg.seed, on_step,
-                               head_lr=cfg.lr)
-        else:  # frozen backbone: one pass per distinct answer, then the head trains on the cached features
-            train_features = pair_features(model, train, pad)
-            heldout_features = pair_features(model, heldout, pad) if heldout else None
-            train_head_on_features(model, train_features, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
-    if cfg.backbone_lr:
-        accuracy = pairwise_accuracy(model, heldout, pad) if heldout else float("nan")
-        train_accuracy = pairwise_accuracy(model, train, pad)
-        fit_normalizer(model, train, pad)
-    else:
-        accuracy = feature_accuracy(model, heldout_features) if heldout else float("nan")
-        train_accuracy = feature_accuracy(model, train_features)
-        fit_normalizer_on_features(model, train_features)
+        fit = fit_end_to_end if cfg.backbone_lr else fit_on_features
+        accuracy, train_accuracy = fit(model, train, heldout, pad, cfg, on_step)
     model.save(run.path / "model", policy.processor)
     summary = {"stage": "reward", "model": str(run.path / "model"), "train_pairs": len(train),
                "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
@@ -110,6 +93,26 @@ def run_reward(cfg: RewardConfig) -> dict:
     run.write_summary(summary)
     run.close()
     return summary
+
+
+def fit_end_to_end(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step) -> tuple[float, float]:
+    """Backbone and head trained together; returns (held-out, train) pairwise accuracy; fits the normaliser."""
+    from modalign.reward.train import fit_normalizer, pairwise_accuracy, train_reward_model
+
+    train_reward_model(model, train, pad, cfg.steps, cfg.batch_size, cfg.backbone_lr, cfg.seed, on_step, head_lr=cfg.lr)
+    fit_normalizer(model, train, pad)
+    return (pairwise_accuracy(model, heldout, pad) if heldout else float("nan")), pairwise_accuracy(model, train, pad)
+
+
+def fit_on_features(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step) -> tuple[float, float]:
+    """Frozen backbone: one pass per distinct answer, then the head trains on the cached features."""
+    from modalign.reward.train import feature_accuracy, fit_normalizer_on_features, pair_features, train_head_on_features
+
+    train_features = pair_features(model, train, pad)
+    train_head_on_features(model, train_features, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
+    fit_normalizer_on_features(model, train_features)
+    heldout_accuracy = feature_accuracy(model, pair_features(model, heldout, pad)) if heldout else float("nan")
+    return heldout_accuracy, feature_accuracy(model, train_features)
 
 
 def encode_store_pairs(store, processor, min_votes: int, max_length: int) -> list:
