@@ -22,15 +22,22 @@ def default_run_dir(kind: str) -> Path:
 
 
 class RunDir:
-    """One run's folder. `create` starts a run; `open` continues one (resume)."""
+    """One run's folder. `create` starts a run; `open` continues one (resume).
 
-    def __init__(self, path: Path) -> None:
+    With many processes only the main one writes (`main=False` elsewhere): logs, checkpoints
+    and the summary are no-ops in the others, which still read checkpoints to resume.
+    """
+
+    def __init__(self, path: Path, main: bool = True) -> None:
         self.path = path
+        self.main = main
         self._writer = None
 
     @classmethod
-    def create(cls, path: str | Path, config: Any = None) -> "RunDir":
+    def create(cls, path: str | Path, config: Any = None, main: bool = True) -> "RunDir":
         path = Path(path)
+        if not main:
+            return cls(path, main=False)
         if (path / "config.yaml").is_file():
             # Starting over in a used folder would mix two runs' metrics and checkpoints.
             raise FileExistsError(f"{path} already holds a run: continue it with --resume {path} or pick another --out")
@@ -41,14 +48,16 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path, main: bool = True) -> "RunDir":
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
-        return cls(path)
+        return cls(path, main=main)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Append a JSON line to metrics.jsonl and TensorBoard scalars; NaN/inf become null."""
+        if not self.main:
+            return
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
         with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **clean}) + "\n")
@@ -65,11 +74,15 @@ class RunDir:
         return self._writer
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        if not self.main:
+            return self.path / "summary.json"
         return write_json_atomic(self.path / "summary.json", summary)
 
     def save_checkpoint(self, state: Mapping[str, Any], step: int, keep: int = 2) -> Path:
         """Write to a temp folder, then rename: a kill mid-save never breaks the latest checkpoint."""
         final = self.path / "checkpoints" / f"step-{step:06d}"
+        if not self.main:
+            return final
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -96,6 +109,8 @@ class RunDir:
         A run killed after its last checkpoint may have logged steps it will now repeat;
         without this a resumed run's curves would hold those steps twice.
         """
+        if not self.main:
+            return
         for name in ("metrics.jsonl", "skipped_steps.jsonl"):
             log = self.path / name
             if not log.is_file():
@@ -141,7 +156,10 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any] | Sequence[Mapping[str, Any]], rank: int = 0) -> None:
+    """Restore `rng_state()`; from a list (one state per process of a multi-process run) this process's."""
+    if isinstance(state, (list, tuple)):
+        state = state[rank % len(state)]
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.random.set_rng_state(state["torch"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# Under `accelerate launch` only the main process (RANK 0) prints; the others would repeat it.
+QUIET = os.environ.get("RANK", "0") != "0"
+console = Console(stderr=True, quiet=QUIET)
 
 
 @contextmanager
@@ -22,7 +25,7 @@ def progress_bar(label: str, total: int, completed: int = 0) -> Iterator[Callabl
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False, disable=QUIET) as progress:
         task = progress.add_task(label, total=total, completed=completed, info="")
 
         def advance(n: int = 1, **fields: float) -> None:

@@ -43,6 +43,7 @@ class DPOConfig:
 
 def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
+    from modalign.dist import processes
     from modalign.models.policy import load_policy
     from modalign.recipes.reward import encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
@@ -51,51 +52,61 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     from modalign.ui import console, progress_bar
 
     started = time.time()
+    dist = processes()
     loss_fn = get_preference_loss(cfg.loss)
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
-    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("dpo"), cfg)
+    path = resume or dist.broadcast(str(cfg.out or default_run_dir("dpo")))
+    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
     policy = load_policy(cfg.policy)
-    model, pad = policy.model, policy.processor.tokenizer.pad_token_id
+    raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = open_store(cfg.store, run.path)
     pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length) if not p.tie]
     if not pairs:
         raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
     console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")
-    reference = sequence_logprobs_all(model, pairs, pad)  # (P, 2): the SFT policy is the reference
+    # (P, 2): the SFT policy is the reference; each process scores its share of the pairs
+    reference = dist.gather_rows(lambda rows: sequence_logprobs_all(raw, [pairs[i] for i in rows], pad), len(pairs))
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model, optimizer = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
+                                                           lr=cfg.lr))
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        model.load_state_dict(state["model"])
+        raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], dist.rank)
         step = state["step"]
     if resume:
         run.rewind(step)
-    model.train()
+    raw.train()
     with progress_bar(cfg.loss, total=steps, completed=step) as advance:
         while step < steps:
-            rows = batch_at(list(range(len(pairs))), step, cfg.batch_size, max(1, len(pairs) // cfg.batch_size),
-                            cfg.seed)
+            # the global batch, then this process's rows of it (DDP averages the processes' gradients)
+            rows = dist.shard(batch_at(list(range(len(pairs))), step, cfg.batch_size,
+                                       max(1, len(pairs) // cfg.batch_size), cfg.seed), "batch_size")
             chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
             out = loss_fn(chosen, rejected, reference[rows, 0], reference[rows, 1], **hparams)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            dist.backward(out.loss)
+            dist.clip_grad_norm(raw, 1.0)
             optimizer.step()
             step += 1
-            margins, loss = out.chosen_rewards - out.rejected_rewards, float(out.loss.detach())
-            run.log(step, {f"{cfg.loss}/loss": loss, f"{cfg.loss}/reward_margin": float(margins.mean()),
-                           f"{cfg.loss}/reward_accuracy": float((margins > 0).float().mean())})
+            margins = out.chosen_rewards - out.rejected_rewards
+            loss = dist.mean(out.loss.detach())
+            run.log(step, {f"{cfg.loss}/loss": loss, f"{cfg.loss}/reward_margin": dist.mean(margins.mean()),
+                           f"{cfg.loss}/reward_accuracy": dist.mean((margins > 0).float().mean())})
             advance(1, loss=loss)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
-                run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "rng": rng_state(), "step": step}, step)
+                rng = dist.gather_objects(rng_state())
+                run.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "rng": rng if dist.many else rng[0], "step": step}, step)
+    summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model")}
+    if not dist.is_main:
+        return summary
     policy.name = str(run.path / "model")
     policy.save(run.path / "model")
-    summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model"),
-               "eval": _evaluate(policy, cfg, run), "wall_seconds": round(time.time() - started, 1)}
+    summary |= {"processes": dist.world, "eval": _evaluate(policy, cfg, run),
+                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
     run.close()
     return summary

@@ -63,46 +63,53 @@ class PPOConfig:
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
     """Train; save `model/` and `critic/`; evaluate; write `summary.json`. Returns the summary."""
     from modalign.data.dataset import read_examples
+    from modalign.dist import processes
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
-    from modalign.rl.ppo import critic_values, explained_variance, ppo_minibatch_loss, subset, token_rewards
+    from modalign.rl.ppo import critic_values, explained_variance, token_rewards
     from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
 
     started = time.time()
-    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("ppo"), cfg)
+    dist = processes()
+    path = resume or dist.broadcast(str(cfg.out or default_run_dir("ppo")))
+    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
-    model, processor = policy.model, policy.processor
-    reference = load_policy(cfg.reference).model if cfg.reference else frozen_reference(model)
+    raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
+    reference = load_policy(cfg.reference).model if cfg.reference else frozen_reference(raw)
     reference.eval().requires_grad_(False)
-    critic = ScalarHeadModel(copy.deepcopy(model))
-    for module in model.media_encoder_modules() + critic.backbone.media_encoder_modules():
+    raw_critic = ScalarHeadModel(copy.deepcopy(raw))
+    for module in raw.media_encoder_modules() + raw_critic.backbone.media_encoder_modules():
         module.requires_grad_(False)
+    if dist.many:
+        torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     reward = reward_source or reward_source_from(cfg.reward_model)
     train_examples = read_examples(cfg.data, cfg.split)
     prompts_all = [e for e in train_examples if not cfg.task or e.meta.get("task") == cfg.task]
     ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
-    policy_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
+    model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
+                                                            lr=cfg.lr))
+    critic, critic_opt = dist.prepare(raw_critic, torch.optim.AdamW(
+        [p for p in raw_critic.parameters() if p.requires_grad], lr=cfg.critic_lr))
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
     step, bad_steps = 0, 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        model.load_state_dict(state["policy"])
-        critic.load_state_dict(state["critic"])
+        raw.load_state_dict(state["policy"])
+        raw_critic.load_state_dict(state["critic"])
         policy_opt.load_state_dict(state["policy_opt"])
         critic_opt.load_state_dict(state["critic_opt"])
         kl_ctl.load_state_dict(state["kl"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], dist.rank)
         step = state["step"]
         console.print(f"resumed at step {step}")
     if resume:
@@ -110,20 +117,21 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
 
     with progress_bar("ppo", total=cfg.steps, completed=step) as advance:
         while step < cfg.steps:
-            examples = prompts_at(prompts_all, step, cfg.prompts_per_step, cfg.seed)
+            # this process's share of the iteration's prompts
+            examples = dist.shard(prompts_at(prompts_all, step, cfg.prompts_per_step, cfg.seed), "prompts_per_step")
             prompts = prompt_batch(processor, media_store, examples)
             # 1. rollout: answers sampled with the KV cache, media encoded once per prompt
-            model.eval()
-            samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+            raw.eval()
+            samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
             sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
             answers = decode_answers(tokenizer, samples)
             mask = samples.response_mask.float()
             with torch.no_grad():
                 # 2. old-policy, reference and critic passes reuse samples.media
-                old_logprobs = response_logprobs(model, samples, cfg.temperature)
+                old_logprobs = response_logprobs(raw, samples, cfg.temperature)
                 ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
-                old_values = critic_values(critic, samples)
+                old_values = critic_values(raw_critic, samples)
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
                 penalty = torch.full(finished.shape, cfg.unfinished_penalty)
                 if cfg.dense_reward and hasattr(reward, "token_rewards"):
@@ -139,61 +147,43 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                     scores = torch.where(finished, scores, penalty)
                     rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-                advantages = whiten(advantages, mask)
-            if not _finite(scores, old_logprobs, old_values):
+                advantages = whiten(advantages, mask, total=dist.sum)  # over the whole global rollout
+            if not dist.all_true(_finite(scores, old_logprobs, old_values)):
                 bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
                 step += 1
                 continue
             # 3. PPO epochs over shuffled minibatches
-            model.train()
-            critic.train()
-            stats, ptx_losses, skipped = [], [], False
-            minibatches = [rows for _ in range(cfg.ppo_epochs)
-                           for rows in torch.randperm(samples.sequences.shape[0]).split(cfg.minibatch_size)]
-            for index, rows in enumerate(minibatches):
-                out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
-                                         advantages[rows], returns[rows], cfg.temperature, cfg.clip,
-                                         cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
-                loss = out.loss
-                if ptx_examples:
-                    # PPO-ptx: the batch of a global minibatch index, so resume replays the same ones
-                    ptx_loss = ptx_batch_loss(model, processor, media_store, ptx_examples,
-                                              step * len(minibatches) + index, cfg)
-                    ptx_losses.append(ptx_loss.detach())
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                if not torch.isfinite(loss):
-                    skipped = True
-                    break
-                policy_opt.zero_grad(set_to_none=True)
-                critic_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
-                policy_opt.step()
-                critic_opt.step()
-                stats.append(out)
+            ptx = None
+            if ptx_examples:  # PPO-ptx batches by a global index, so resume replays the same ones
+                first = step * updates_per_step(cfg, samples, dist)
+                ptx = lambda i: ptx_batch_loss(model, processor, media_store, ptx_examples,  # noqa: E731
+                                               (first + i) * dist.world + dist.rank, cfg,
+                                               cfg.minibatch_size // dist.world)
+            stats, ptx_losses, skipped = ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs,
+                                                    old_values, advantages, returns, cfg, dist, ptx)
             if skipped:
                 bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
                 step += 1
                 continue
             bad_steps = 0
-            kl_per_answer = float((kl.sum(1)).mean())
-            kl_ctl.update(kl_per_answer, samples.sequences.shape[0])
+            kl_per_answer = dist.mean(kl.sum(1).mean())  # every process holds as many answers
+            kl_ctl.update(kl_per_answer, samples.sequences.shape[0] * dist.world)
             step += 1
             metrics = {
-                "ppo/reward_mean": float(scores.mean()), "ppo/reward_std": float(scores.std()),
+                "ppo/reward_mean": dist.mean(scores.mean()), "ppo/reward_std": global_std(scores, dist),
                 "ppo/kl_to_ref": kl_per_answer, "ppo/kl_coef": kl_ctl.value,
-                "ppo/answer_length": float(mask.sum(1).mean()),
-                "ppo/explained_variance": explained_variance(old_values, returns, mask),
-                **{f"ppo/{k}": float(torch.stack([getattr(s, k) for s in stats]).mean())
+                "ppo/answer_length": dist.mean(mask.sum(1).mean()),
+                "ppo/explained_variance": dist.mean(explained_variance(old_values, returns, mask)),
+                **{f"ppo/{k}": dist.mean(torch.stack([getattr(s, k) for s in stats]).mean())
                    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")},
             }
             if ptx_losses:
-                metrics["ppo/ptx_loss"] = float(torch.stack(ptx_losses).mean())
+                metrics["ppo/ptx_loss"] = dist.mean(torch.stack(ptx_losses).mean())
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
-            recent_kl = mean_kl_to_reference(run) if cfg.kl_budget else 0.0
+            # read from the main process's log, the same number for every process
+            recent_kl = dist.broadcast(mean_kl_to_reference(run) if cfg.kl_budget and dist.is_main else 0.0)
             if recent_kl > cfg.kl_budget > 0:
                 # Past a KL budget the gold reward falls while the proxy still rises (Gao et al.
                 # 2023, "Scaling laws for reward model overoptimization"): stop with this policy.
@@ -201,24 +191,79 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                               f"{cfg.kl_budget}: stopping at step {step}/{cfg.steps}")
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict(),
+                rng = dist.gather_objects(rng_state())
+                run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
                                      "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
-                                     "kl": kl_ctl.state_dict(), "rng": rng_state(), "step": step}, step)
+                                     "kl": kl_ctl.state_dict(), "rng": rng if dist.many else rng[0], "step": step},
+                                    step)
 
+    if not dist.is_main:  # the main process saves, evaluates and writes the summary
+        run.close()
+        return {"stage": "ppo", "steps": step, "model": str(run.path / "model")}
     policy.name = str(run.path / "model")
     policy.save(run.path / "model")
-    critic.save(run.path / "critic", processor)
+    raw_critic.save(run.path / "critic", processor)
     from modalign.eval.generation import evaluate_split
 
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
-    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps,
+    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps, "processes": dist.world,
                "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
     run.close()
     return summary
+
+
+def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: torch.Tensor, old_values: torch.Tensor,
+               advantages: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig, dist, ptx=None) -> tuple[list, list, bool]:
+    """`ppo_epochs` passes over shuffled minibatches of this process's rollout rows.
+
+    Returns (PPOStats per minibatch, PPO-ptx losses, skipped). A global minibatch of
+    `minibatch_size` answers is `minibatch_size / N` rows in each of N processes; each token-mean
+    loss is scaled by `token_share`, so the gradient DDP averages is that of the mean over every
+    token of the global minibatch. A non-finite loss in any process skips the step in all.
+    """
+    from modalign.rl.ppo import ppo_minibatch_loss, subset
+
+    per_process = dist.shard(range(cfg.minibatch_size), "minibatch_size")
+    stats, ptx_losses = [], []
+    minibatches = [rows for _ in range(cfg.ppo_epochs)
+                   for rows in torch.randperm(samples.sequences.shape[0]).split(len(per_process))]
+    for index, rows in enumerate(minibatches):
+        out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
+                                 advantages[rows], returns[rows], cfg.temperature, cfg.clip,
+                                 cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+        loss = out.loss * dist.token_share(samples.response_mask[rows])
+        if ptx is not None:
+            ptx_loss = ptx(index)
+            ptx_losses.append(ptx_loss.detach())
+            loss = loss + cfg.ptx_coef * ptx_loss
+        if not dist.all_true(bool(torch.isfinite(loss))):
+            return stats, ptx_losses, True
+        policy_opt.zero_grad(set_to_none=True)
+        critic_opt.zero_grad(set_to_none=True)
+        dist.backward(loss)
+        dist.clip_grad_norm(model, 1.0)
+        dist.clip_grad_norm(critic, 1.0)
+        policy_opt.step()
+        critic_opt.step()
+        stats.append(out)
+    return stats, ptx_losses, False
+
+
+def updates_per_step(cfg: PPOConfig, samples, dist) -> int:
+    """Minibatches per iteration (the same in every process)."""
+    per_process = max(1, cfg.minibatch_size // dist.world)
+    return cfg.ppo_epochs * -(-samples.sequences.shape[0] // per_process)
+
+
+def global_std(values: torch.Tensor, dist) -> float:
+    """Sample standard deviation over every process's values (each holds as many)."""
+    count = values.numel() * dist.world
+    mean, square = dist.mean(values.mean()), dist.mean((values.double() ** 2).mean())
+    return max(0.0, (square - mean * mean) * count / max(1, count - 1)) ** 0.5
 
 
 def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> float:
@@ -247,12 +292,13 @@ def ptx_pool(examples: list, cfg: PPOConfig) -> list:
     return pool
 
 
-def ptx_batch_loss(model, processor, media_store, pool: list, index: int, cfg: PPOConfig) -> torch.Tensor:
+def ptx_batch_loss(model, processor, media_store, pool: list, index: int, cfg: PPOConfig,
+                   size: int | None = None) -> torch.Tensor:
     """Mean token NLL of the reference answers of the `index`-th PPO-ptx batch (media encoders stay frozen)."""
     from modalign.models.inputs import collate_sft, encode_sft_example
     from modalign.recipes.sft import batch_at
 
-    size = cfg.minibatch_size
+    size = size or cfg.minibatch_size
     examples = batch_at(pool, index, size, max(1, len(pool) // size), cfg.seed)
     encoded = [encode_sft_example(processor, media_store, e, 128 + cfg.max_new_tokens) for e in examples]
     return model(**collate_sft(encoded, processor.tokenizer.pad_token_id)).loss
@@ -279,10 +325,11 @@ def _skip(run, step: int, example_ids: list[str], bad_steps: int, max_bad_steps:
 
     bad_steps += 1
     run.log(step + 1, {"ppo/skipped_step": 1.0})
-    with (run.path / "skipped_steps.jsonl").open("a", encoding="utf-8") as handle:
+    if run.main:
         import json
 
-        handle.write(json.dumps({"step": step + 1, "example_ids": example_ids}) + "\n")
+        with (run.path / "skipped_steps.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step + 1, "example_ids": example_ids}) + "\n")
     console.print(f"[yellow]step {step + 1}: non-finite loss or reward, skipped ({', '.join(example_ids[:4])} ...)")
     if bad_steps >= max_bad_steps:
         raise RuntimeError(

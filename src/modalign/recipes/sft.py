@@ -57,6 +57,7 @@ class SFTConfig:
 def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | None = None) -> dict:
     """Train, save `model/`, evaluate on the held-out split, write `summary.json`; returns the summary."""
     from modalign.data.dataset import read_examples
+    from modalign.dist import processes
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
@@ -64,8 +65,11 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir("sft"), cfg)
-    data_root = prepare_data(cfg, run.path)
+    dist = processes()
+    path = resume or dist.broadcast(str(cfg.out or default_run_dir("sft")))
+    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
+    data_root = prepare_data(cfg, run.path) if dist.is_main else None
+    data_root = Path(dist.broadcast(str(data_root)))  # the main process generates ShapesWorld, the others wait
     train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split)
     policy = make_policy(cfg, [text for e in train for text in _texts(e)])
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
@@ -74,46 +78,59 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)
+    optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)  # the scheduler steps once per step
+    model, optimizer = dist.prepare(policy.model, optimizer)
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
         policy.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], dist.rank)
         step = state["step"]
         console.print(f"resumed at step {step}")
     if resume:
         run.rewind(step)  # steps logged after the last checkpoint are redone
 
-    model = policy.model.train()
+    policy.model.train()
     pad_id = policy.processor.tokenizer.pad_token_id
+    loss_value = None
     with progress_bar("sft", total=total_steps, completed=step) as advance:
         while step < total_steps:
-            batch = collate_sft(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed), pad_id)
+            # the global batch, then this process's rows of it
+            rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed), "batch_size")
+            batch = collate_sft(rows, pad_id)
             tick = time.time()
-            loss = model(**batch).loss
+            # mean over this process's answer tokens, rescaled so DDP's average is the mean over all of them
+            loss = model(**batch).loss * dist.token_share(batch["labels"] != -100)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            dist.backward(loss)
+            grad_norm = dist.clip_grad_norm(policy.model, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
-            advance(1, loss=loss.item())
+            loss_value = dist.mean(loss.detach())  # the mean over every process's tokens
+            advance(1, loss=loss_value)
             if step % cfg.log_every == 0 or step == total_steps:
-                tokens = int(batch["attention_mask"].sum())
-                run.log(step, {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                               "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens / (time.time() - tick)})
+                tokens = dist.sum(batch["attention_mask"].sum())
+                run.log(step, {"train/loss": loss_value, "train/grad_norm": float(grad_norm),
+                               "train/lr": scheduler.get_last_lr()[0],
+                               "train/tokens_per_s": float(tokens) / (time.time() - tick)})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step}, step)
+                rng = dist.gather_objects(rng_state())
+                run.save_checkpoint({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "rng": rng if dist.many else rng[0],
+                                     "step": step}, step)
 
+    if not dist.is_main:  # the main process saves, evaluates and writes the summary
+        run.close()
+        return {"stage": "sft", "steps": step, "model": str(run.path / "model")}
     policy.name = str(run.path / "model")
     policy.save(run.path / "model")
     train_seconds = time.time() - started
     metrics = evaluate_policy(policy, data_root, cfg, run)
-    summary = {"stage": "sft", "steps": step, "train_seconds": round(train_seconds, 1), "final_loss": loss.item() if total_steps else None,
+    summary = {"stage": "sft", "steps": step, "train_seconds": round(train_seconds, 1), "final_loss": loss_value,
+               "processes": dist.world,
                "parameters": policy.num_parameters, "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)

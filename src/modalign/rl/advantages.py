@@ -5,6 +5,8 @@ Shapes: B sequences, T response tokens. `mask` (B, T) is 1 on real response toke
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -33,12 +35,18 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise `values` over the real tokens to unit variance (and zero mean)."""
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           total: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Normalise `values` over the real tokens to unit variance (and zero mean).
+
+    `total` sums a tensor over processes (`Processes.sum`), so that N processes holding parts
+    of one batch normalise with the whole batch's mean and variance.
+    """
+    total = total or (lambda t: t)
     mask = mask.to(values.dtype)
-    count = mask.sum().clamp(min=1)
-    mean = (values * mask).sum() / count
-    var = (((values - mean) * mask) ** 2).sum() / count
+    count = total(mask.sum()).clamp(min=1)
+    mean = total((values * mask).sum()) / count
+    var = total((((values - mean) * mask) ** 2).sum()) / count
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

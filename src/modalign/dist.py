@@ -1,0 +1,184 @@
+"""Processes: one by default, many under `accelerate launch` (DDP; FSDP or DeepSpeed from its config).
+
+    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml -m modalign.cli dpo ...
+
+The recipes are the same loops either way. What changes with N processes:
+- each process takes its share of every global batch (`shard`), so `batch_size` and
+  `prompts_per_step` stay global and a run with N processes does the same optimizer steps
+  as one process;
+- forward passes with gradients go through the engine's wrapper (`prepare`), so gradients
+  are averaged across processes by DDP (or sharded by FSDP / DeepSpeed), never by hand;
+- token-averaged losses are rescaled by `token_share` so that the average over processes
+  is the average over all tokens of the global batch, not a mean of per-process means;
+- only the main process writes the run folder (`RunDir` checks `is_main`) and prints.
+
+One process (plain `modalign ...`) gets the model itself back from `prepare`: no wrapper,
+no collective, nothing changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Dispatch(torch.nn.Module):
+    """Routes any method of `model` through `forward`, so the engine's wrapper sees the call.
+
+    DDP only synchronises gradients of computations run inside the wrapper's `forward`; a
+    critic's `token_scores` or a policy's `encode_media` called directly would silently train
+    each process apart. `Dispatch(model)("token_scores", ...)` is `model.token_scores(...)`
+    inside the wrapper.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        target = self.model if method == "forward" else getattr(self.model, method)
+        return target(*args, **kwargs)
+
+
+class Wrapped:
+    """The model for every attribute; its calls with gradients go through the engine's wrapper.
+
+    Calls without gradients (sampling, reference and evaluation passes) go to the model
+    itself: processes make different numbers of them, and the wrapper's collectives would
+    wait forever for the others.
+    """
+
+    _routed = ("token_scores",)
+
+    def __init__(self, model: torch.nn.Module, engine: torch.nn.Module) -> None:
+        self.__dict__.update(_model=model, _engine=engine)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._route("forward", *args, **kwargs)
+
+    def _route(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return self._engine(method, *args, **kwargs)
+        target = self._model if method == "forward" else getattr(self._model, method)
+        return target(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._routed:
+            return functools.partial(self._route, name)
+        return getattr(self._model, name)
+
+
+class Processes:
+    """This process's place among the others, and the few collectives the recipes need."""
+
+    def __init__(self) -> None:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        # cpu=True unless there is a GPU: under torchrun on a CPU machine accelerate then picks
+        # gloo (MULTI_CPU); without it every process would train alone. find_unused_parameters:
+        # a batch without audio leaves the audio encoder without gradients.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+
+    @property
+    def many(self) -> bool:
+        return self.world > 1
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        """(model to call, optimizer to step): the model itself with one process, a `Wrapped` engine with many."""
+        if not self.many:
+            return model, optimizer
+        engine, optimizer = self.accelerator.prepare(Dispatch(model), optimizer)
+        return Wrapped(model, engine), optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def clip_grad_norm(self, model: Any, max_norm: float) -> torch.Tensor:
+        """Clip the (already averaged) gradients; returns their norm before clipping."""
+        params = model.parameters()
+        if self.many:
+            return self.accelerator.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def shard(self, items: Sequence[T], what: str = "batch") -> list[T]:
+        """This process's rows of a global batch: rows rank, rank + N, ... (N must divide it)."""
+        if len(items) % self.world:
+            from modalign.config import ConfigError
+
+            raise ConfigError(f"{what} of {len(items)} does not split over {self.world} processes: "
+                              f"make it a multiple of {self.world}")
+        return list(items[self.rank :: self.world])
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (the value itself with one process)."""
+        return self.accelerator.reduce(value.detach().clone(), "sum") if self.many else value
+
+    def mean(self, value: torch.Tensor | float) -> float:
+        tensor = torch.as_tensor(value, dtype=torch.float64)
+        return float(self.sum(tensor) / self.world)
+
+    def all_true(self, flag: bool) -> bool:
+        """True only if `flag` holds in every process (a step skipped anywhere is skipped everywhere)."""
+        return bool(self.sum(torch.tensor(0 if flag else 1)) == 0)
+
+    def token_share(self, mask: torch.Tensor) -> torch.Tensor:
+        """N * (this process's tokens) / (all tokens): scales a token mean so DDP's average is the global one.
+
+        DDP averages gradients over processes. A loss averaged over this process's n_i tokens,
+        times N * n_i / sum_j n_j, averages to sum over all tokens / sum_j n_j.
+        """
+        if not self.many:
+            return torch.tensor(1.0)
+        tokens = mask.sum().to(torch.float64)
+        return (self.world * tokens / self.sum(tokens).clamp(min=1)).float()
+
+    def gather_rows(self, compute: Callable[[list[int]], torch.Tensor], count: int) -> torch.Tensor:
+        """compute(rows) for rows 0..count-1, split over processes and gathered: every process gets all."""
+        mine = list(range(self.rank, count, self.world))
+        part = compute(mine) if mine else None
+        if not self.many:
+            return part
+        from accelerate.utils import gather_object
+
+        pieces = gather_object([(mine, part)])
+        out = None
+        for rows, values in pieces:
+            if values is None:
+                continue
+            out = out if out is not None else values.new_empty((count, *values.shape[1:]))
+            out[rows] = values
+        return out
+
+    def gather_objects(self, item: Any) -> list[Any]:
+        """[item of process 0, item of process 1, ...] on every process."""
+        if not self.many:
+            return [item]
+        from accelerate.utils import gather_object
+
+        return gather_object([item])
+
+    def broadcast(self, item: T) -> T:
+        """The main process's `item`, on every process."""
+        if not self.many:
+            return item
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([item])[0]
+
+    def wait(self) -> None:
+        if self.many:
+            self.accelerator.wait_for_everyone()
+
+
+@functools.lru_cache(maxsize=1)
+def processes() -> Processes:
+    """The one `Processes` of this interpreter (accelerate's state is per process anyway)."""
+    return Processes()
