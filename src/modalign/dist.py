@@ -173,6 +173,17 @@ class Processes:
 
         return broadcast_object_list([item])[0]
 
+    def main_first(self, make: Callable[[], T]) -> T:
+        """`make()` in the main process, then in the others: files it writes (a dataset, an imported store)
+        exist before they look for them."""
+        if self.is_main:
+            made = make()
+        self.wait()
+        if not self.is_main:
+            made = make()
+        self.wait()
+        return made
+
     def wait(self) -> None:
         if self.many:
             self.accelerator.wait_for_everyone()

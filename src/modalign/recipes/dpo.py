@@ -59,7 +59,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
     policy = load_policy(cfg.policy)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
-    store = open_store(cfg.store, run.path)
+    store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length) if not p.tie]
     if not pairs:
         raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")

@@ -68,8 +68,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     dist = processes()
     path = resume or dist.broadcast(str(cfg.out or default_run_dir("sft")))
     run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
-    data_root = prepare_data(cfg, run.path) if dist.is_main else None
-    data_root = Path(dist.broadcast(str(data_root)))  # the main process generates ShapesWorld, the others wait
+    data_root = dist.main_first(lambda: prepare_data(cfg, run.path))  # ShapesWorld is generated once
     train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split)
     policy = make_policy(cfg, [text for e in train for text in _texts(e)])
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
