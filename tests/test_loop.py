@@ -124,8 +124,22 @@ def test_ensemble_priority_is_minus_the_members_disagreement(sft_model):
     assert grouped[0][0].priority == pytest.approx(-0.26927, abs=1e-4)
 
 
-def test_loop_with_ensemble_selection(sft_model, tmp_path):
+def test_top_selection_pairs_the_best_answer_with_its_least_certain_rival(sft_model):
+    _, data = sft_model
+    e = read_examples(data, "train")[0]
+    completions = [Completion(e.id, t, "p", {}) for t in ("best", "sure loser", "close rival")]
+    # mean rewards 2, -1, 1.5: "best" is the top; members agree it beats "sure loser" (by 3 each) but
+    # disagree on "close rival" (by 0 and by 1)
+    scores = [[2.0, -1.0, 2.0], [2.0, -1.0, 1.0]]
+    grouped = candidate_pairs([e], completions, 3, scores=scores, against_top=True)
+    assert [(p.a.text, p.b.text) for p in grouped[0]] == [("best", "sure loser"), ("best", "close rival")]
+    chosen = select_pairs(grouped, 1, "top", seed=0)
+    assert (chosen[0].a.text, chosen[0].b.text) == ("best", "close rival")
+
+
+@pytest.mark.parametrize("selection", ["ensemble", "top"])
+def test_loop_with_ensemble_selection(sft_model, tmp_path, selection):
     model, data = sft_model
     summary = run_loop(LoopConfig(out=str(tmp_path / "loop"), policy=str(model), data=str(data), rounds=2,
-                                  selection="ensemble", pairs_per_round=3, ensemble_members=2, **TINY))
+                                  selection=selection, pairs_per_round=3, ensemble_members=2, **TINY))
     assert all(0 < row["feedback"]["prompts"] <= 3 for row in summary["rounds"])  # pairs judged: the budget

@@ -7,7 +7,12 @@ pair. A budget of pairs goes to people, at most one per prompt, lowest `priority
   (a Bradley-Terry model's own uncertainty: P(a > b) = sigmoid(r(a) - r(b)) nearest 1/2).
 - `ensemble`: the pairs on which an ensemble of reward heads, each trained on a bootstrap
   resample of the judgments so far, disagrees most: priority -std_k sigmoid(r_k(a) - r_k(b))
-  (Christiano et al. 2017, "Deep RL from Human Preferences", sec. 2.2.4). Measured on
+  (Christiano et al. 2017, "Deep RL from Human Preferences", sec. 2.2.4).
+- `top`: the same ensemble, but each prompt offers only pairs of its best answer (highest mean
+  reward over the members) against another, the one the members are least sure it beats: RL
+  moves the policy toward what the reward model ranks first, so that is where a wrong
+  ranking costs most (the best-vs-rest pairs of online iterative RLHF, Dong et al. 2024,
+  "RLHF Workflow", sec. 3, with the partner chosen by disagreement). Measured on
   ShapesWorld, margin chose worse pairs than random: the closest pairs are mostly two equally
   right answers, whose labels teach nothing.
 """
@@ -21,7 +26,7 @@ from typing import Sequence
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import JudgedGroups
 
-STRATEGIES = ("random", "margin", "ensemble")
+STRATEGIES = ("random", "margin", "ensemble", "top")
 
 
 @dataclass(frozen=True)
@@ -35,20 +40,28 @@ class CandidatePair:
 
 
 def candidate_pairs(prompts: Sequence[Example], completions: Sequence[Completion], k: int,
-                    scores=None) -> list[list[CandidatePair]]:
+                    scores=None, against_top: bool = False) -> list[list[CandidatePair]]:
     """Per prompt, every pair of its distinct answers (`completions` holds k per prompt, in prompt order).
 
     `scores`: none; one reward per answer (N,), priority |r(a) - r(b)|; or an ensemble's (K, N),
-    priority -std over members of sigmoid(r_k(a) - r_k(b)).
+    priority -std over members of sigmoid(r_k(a) - r_k(b)). `against_top` (with scores): only the
+    pairs of each prompt's best-scored answer (mean over members) against each other answer.
     """
+    import torch
+
     priority = _priority_of(scores)
+    mean = torch.as_tensor(scores, dtype=torch.float).reshape(-1, len(completions)).mean(0) if against_top else None
     grouped = []
     for i, example in enumerate(prompts):
         own = range(k * i, k * i + k)
         distinct = {completions[j].text: j for j in own}  # last copy of each text
         index = sorted(distinct.values())
-        pairs = [CandidatePair(example, completions[x], completions[y], priority(x, y))
-                 for n, x in enumerate(index) for y in index[n + 1:]]
+        if mean is not None and index:
+            top = max(index, key=lambda j: float(mean[j]))
+            pairs = [CandidatePair(example, completions[top], completions[y], priority(top, y)) for y in index if y != top]
+        else:
+            pairs = [CandidatePair(example, completions[x], completions[y], priority(x, y))
+                     for n, x in enumerate(index) for y in index[n + 1:]]
         grouped.append(pairs)
     return grouped
 

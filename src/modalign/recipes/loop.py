@@ -31,7 +31,7 @@ from pathlib import Path
 from modalign.config import ConfigError, field_doc
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
-SELECTIONS = ("all", "random", "margin", "ensemble")
+SELECTIONS = ("all", "random", "margin", "ensemble", "top")
 
 
 @dataclass
@@ -48,10 +48,11 @@ class LoopConfig:
     prompts_per_round: int = field_doc(300, "Prompts sampled per later round.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
     selection: str = field_doc("all", "all (each prompt's answers ranked), or pairs_per_round pairs judged pairwise: "
-                                      "random, margin (the reward model's closest pairs) or ensemble (where "
+                                      "random, margin (the reward model's closest pairs), top (each prompt's best "
+                                      "answer against the one the ensemble is least sure it beats) or ensemble (where "
                                       "bootstrap reward heads disagree most).")
-    pairs_per_round: int = field_doc(0, "random/margin/ensemble: pairs sent for judgment per round.")
-    ensemble_members: int = field_doc(5, "ensemble: bootstrap reward heads whose disagreement picks the pairs.")
+    pairs_per_round: int = field_doc(0, "random/margin/ensemble/top: pairs sent for judgment per round.")
+    ensemble_members: int = field_doc(5, "ensemble/top: bootstrap reward heads whose disagreement picks the pairs.")
     judge: str = field_doc("simulated", "simulated (the simulated panel) or people (tasks for `annotators` in the "
                                         "store's queue; the round waits for their judgments).")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
@@ -161,12 +162,13 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
 
         source = reward_source_from(str(round_dir(cfg, r - 1) / "reward" / "model"))
         scores = score_texts(source, owners, [c.text for c in completions], media).tolist()
-    if cfg.selection == "ensemble" and r > 1:
+    if cfg.selection in ("ensemble", "top") and r > 1:
         from modalign.reward.ensemble import bootstrap_ensemble_scores
 
         scores = bootstrap_ensemble_scores(cfg.policy, store, owners, completions, media, cfg.ensemble_members,
                                            seed=cfg.seed + r)
-    grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores)
+    grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores,
+                              against_top=cfg.selection == "top" and scores is not None)
     strategy = "random" if cfg.selection == "all" else cfg.selection
     count = cfg.pairs_per_round or sum(1 for pairs in grouped if pairs)
     chosen = select_pairs(grouped, count, strategy, cfg.seed + r)
