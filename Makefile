@@ -23,8 +23,10 @@ demo: $(STAMP)
 test: $(STAMP) browsers
 	$(BIN)/python -m pytest -q
 
+# TRL is a bench-only extra (`.[bench]`), installed here and not by `make test`.
 bench: $(STAMP)
-	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py; else echo "no benchmarks yet"; fi
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python bench/run.py
 
 # Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads its own).
 browsers:

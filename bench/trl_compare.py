@@ -184,16 +184,22 @@ NOTES = [
     "reporting (modalign still writes metrics.jsonl and TensorBoard events: that is part of its recipes).",
     "- DPO reference log-probs: modalign computes them once per pair before training; TRL recomputes them every step "
     "(TRL refuses `precompute_ref_log_probs=True` for vision datasets). modalign also encodes each pair's image once "
-    "for chosen and rejected; TRL encodes it twice and processes images in the collator every step.",
+    "for chosen and rejected, and runs the shared prompt once per pair with both answers packed behind it "
+    "(`reward.train.pair_answer_logprobs`: each answer reads the prompt and itself, at its own positions; the same "
+    "log-probs); TRL encodes the image twice, runs the prompt twice and processes images in the collator every step.",
     "- GRPO: both sample with the KV cache, score with the same rule, and use the sequence-mean GRPO loss "
     "(TRL loss_type='grpo', modalign grpo_normalization='sequence'). modalign freezes the vision tower during RL "
-    "and runs one extra no-grad forward for the old log-probs; TRL trains the vision tower and skips that forward.",
+    "(TRL trains it), takes the old log-probs from the training forward (one epoch of one minibatch: pi_old is the "
+    "policy being trained; TRL does the same), and scores each prompt's 4 answers (reference and training passes) in "
+    "one packed row behind one copy of the prompt (`models.shared_prefix`).",
     "- TRL's processor: Qwen2VLProcessor without its video processor (transformers builds that only with "
     "torchvision, which this venv lacks); TRL's reward function imports modalign's pure-Python ShapesWorld scorer.",
     "- MFU counts the same model FLOPs for both (bench/trl_compare_setup.py: 6N per trained token, 2N per "
     "sampled token and per reference token, DPO's reference once per pair, attention scores left out; N = decoder "
     "and LM-head parameters, plus the vision tower per patch) over the run, or one step's FLOPs over the median "
-    "step. Work a framework repeats (TRL's per-step DPO reference, modalign's old-log-prob forward) is not counted.",
+    "step. Work a framework repeats (TRL's per-step DPO reference) is not counted; work a framework skips is still "
+    "counted (modalign runs a shared prompt once per pair or group, but the count has it once per answer), so MFU "
+    "here is useful work per second against the machine's peak and can pass what the hardware executes.",
     "- DPO at max length 64: the prompt takes 55 tokens (16 of them image tokens; the tiny BPE has a 400-token vocabulary), so "
     "both frameworks cut every chosen and rejected answer to its first 9 tokens (keep the start, as both do).",
     "- GRPO answers are sampled from a policy that is learning (a never-ending answer scores -1, so policies learn to "

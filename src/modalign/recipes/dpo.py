@@ -67,8 +67,9 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     # (P, 2): the SFT policy is the reference; each process scores its share of the pairs
     reference = dist.gather_rows(lambda rows: sequence_logprobs_all(raw, [pairs[i] for i in rows], pad), len(pairs))
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+    # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
     model, optimizer = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
-                                                           lr=cfg.lr))
+                                                           lr=cfg.lr, fused=True))
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
@@ -113,14 +114,10 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
 
 
 def pair_logprobs(model, batch: Sequence, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer log-probs (B,) of the chosen and the rejected answers; media encoded once per pair."""
-    from modalign.reward.model import answer_token_logprobs
-    from modalign.reward.train import pair_batch
+    """Summed answer log-probs (B,) of the chosen and the rejected answers; the shared prompt runs once per pair."""
+    from modalign.reward.train import pair_answer_logprobs
 
-    tensors, media = pair_batch(model, batch, pad_token_id)
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], media=media).logits
-    sums = answer_token_logprobs(logits, tensors["input_ids"], tensors["labels"] != -100).sum(1)  # (2B,)
-    return sums[: len(batch)], sums[len(batch) :]
+    return pair_answer_logprobs(model, batch, pad_token_id)
 
 
 @torch.no_grad()

@@ -95,10 +95,11 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
+    # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
-                                                            lr=cfg.lr))
+                                                            lr=cfg.lr, fused=True))
     critic, critic_opt = dist.prepare(raw_critic, torch.optim.AdamW(
-        [p for p in raw_critic.parameters() if p.requires_grad], lr=cfg.critic_lr))
+        [p for p in raw_critic.parameters() if p.requires_grad], lr=cfg.critic_lr, fused=True))
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
     step, bad_steps = 0, 0

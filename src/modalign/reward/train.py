@@ -17,6 +17,7 @@ import torch
 
 from modalign.data.records import Example
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, encode_sft_example
+from modalign.models.shared_prefix import pack, packed_logprobs, supports_shared_prefix
 from modalign.reward.losses import bradley_terry_loss
 from modalign.reward.model import ScalarHeadModel, answer_token_logprobs, last_token_index
 
@@ -67,6 +68,43 @@ def pair_scores(model: ScalarHeadModel, batch: Sequence[EncodedPair], pad_token_
     scores = model(tensors["input_ids"], tensors["attention_mask"], answer_mask=tensors["labels"] != -100,
                    media=media)[:, 0]  # (2B,)
     return scores[: len(batch)], scores[len(batch) :]
+
+
+def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs (B,) of the chosen and the rejected answers (DPO's sequence log-probs).
+
+    The pair's shared prompt (media tokens included) runs once, with both answers packed behind
+    it (`models.shared_prefix`); the media are encoded once per pair. Equal, up to float summation
+    order, to scoring chosen and rejected as two rows (`pair_batch`), which is the fallback for
+    models that cannot pack and for pairs whose prompt tokens differ.
+    """
+    if not supports_shared_prefix(model) or not all(_shared_prompt(p) for p in batch):
+        return _unpacked_pair_logprobs(model, batch, pad_token_id)
+    prompts = [p.chosen.input_ids[: p.chosen.prompt_length] for p in batch]
+    answers = [[p.chosen.input_ids[p.chosen.prompt_length :], p.rejected.input_ids[p.rejected.prompt_length :]]
+               for p in batch]
+    packed = pack(prompts, answers, pad_token_id)
+    media = model.encode_media(packed.input_ids, _cat([p.chosen.pixel_values for p in batch]),
+                               _cat([p.chosen.input_values for p in batch]))
+    logprobs, _ = packed_logprobs(model, packed, media, sampled=False)  # (2B, A): pair 0 chosen, rejected, pair 1 ...
+    sums = logprobs.sum(1).view(len(batch), 2)
+    return sums[:, 0], sums[:, 1]
+
+
+def _shared_prompt(pair: EncodedPair) -> bool:
+    """Both answers follow the same prompt tokens (a tokenizer may merge across the prompt's end)."""
+    chosen, rejected = pair.chosen, pair.rejected
+    return (chosen.example_id == rejected.example_id and chosen.prompt_length == rejected.prompt_length
+            and torch.equal(chosen.input_ids[: chosen.prompt_length], rejected.input_ids[: rejected.prompt_length]))
+
+
+def _unpacked_pair_logprobs(model, batch: Sequence[EncodedPair],
+                            pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_answer_logprobs` with chosen and rejected as separate rows (media still encoded once per pair)."""
+    tensors, media = pair_batch(model, batch, pad_token_id)
+    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], media=media).logits
+    sums = answer_token_logprobs(logits, tensors["input_ids"], tensors["labels"] != -100).sum(1)  # (2B,)
+    return sums[: len(batch)], sums[len(batch) :]
 
 
 def _cat(parts):

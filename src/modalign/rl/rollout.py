@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
 
@@ -83,8 +85,12 @@ def response_logprobs(
     """log pi(a_t | s_t) of every response token: (N, T); optionally the logits (N, T, V).
 
     Logits are divided by the sampling temperature so the log-probs are those of the
-    distribution the answers were drawn from.
+    distribution the answers were drawn from. Models that support it score the answers of
+    one prompt in one packed row, the prompt computed once (`models.shared_prefix`); there
+    both outputs are 0 past each answer's end (where `response_mask` is 0).
     """
+    if supports_shared_prefix(model):
+        return _packed_response_logprobs(model, samples, temperature, with_logits)
     output = model(input_ids=samples.sequences, attention_mask=samples.attention_mask, media=samples.media)
     logits = output.logits[:, samples.prompt_length - 1 : -1].float() / temperature  # (N, T, V)
     suppressed = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
@@ -92,3 +98,76 @@ def response_logprobs(
         logits[..., suppressed] = float("-inf")
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, samples.responses.unsqueeze(-1)).squeeze(-1)
     return (logprobs, logits) if with_logits else logprobs
+
+
+def _packed_response_logprobs(model, samples: Samples, temperature: float, with_logits: bool):
+    """`response_logprobs` with the answers of each prompt packed behind one copy of it."""
+    groups = [part for group in prompt_groups(samples) for part in _row_parts(group, samples)]
+    first = [group[0] for group in groups]
+    prompt_part = samples.sequences[:, : samples.prompt_length]
+    prompts = [prompt_part[row][samples.attention_mask[row, : samples.prompt_length].bool()] for row in first]
+    answers = [[samples.responses[row][samples.response_mask[row].bool()] for row in group] for group in groups]
+    packed = pack(prompts, answers, _pad_id(model))
+    media = samples.media.select_rows(torch.tensor(first)) if samples.media is not None else None
+    logprobs, logits = packed_logprobs(model, packed, media, temperature, with_logits)  # (S, A), (S, A, V)
+    order = torch.tensor([row for group in groups for row in group])  # answer s is rollout row order[s]
+    width = samples.responses.shape[1] - logprobs.shape[1]  # answers are a prefix of each response row
+    logprobs = F.pad(logprobs, (0, width))  # (N, T) in packed order
+    logprobs = torch.zeros_like(logprobs).index_copy(0, order, logprobs)
+    if not with_logits:
+        return logprobs
+    logits = F.pad(logits, (0, 0, 0, width))  # (N, T, V)
+    return logprobs, torch.zeros_like(logits).index_copy(0, order, logits)
+
+
+def prompt_groups(samples: Samples) -> list[list[int]]:
+    """Rows with the same prompt tokens and the same media features, in order of first appearance.
+
+    Equal prompts give equal prompt computations, so grouping by value (not by where rows came
+    from) stays correct after `subset` reorders a rollout.
+    """
+    prompt_part = samples.sequences[:, : samples.prompt_length]
+    by_prompt: dict[tuple, list[list[int]]] = {}
+    groups: list[list[int]] = []
+    media: dict[int, object] = {}  # row -> its one-row media features, built when compared
+
+    def row_media(row: int):
+        if row not in media:
+            media[row] = samples.media.select_rows(torch.tensor([row])) if samples.media is not None else None
+        return media[row]
+
+    for row in range(samples.sequences.shape[0]):
+        key = tuple(prompt_part[row][samples.attention_mask[row, : samples.prompt_length].bool()].tolist())
+        candidates = by_prompt.setdefault(key, [])
+        match = next((g for g in candidates if same_media(row_media(g[0]), row_media(row))), None)
+        if match is None:
+            match = []
+            candidates.append(match)
+            groups.append(match)
+        match.append(row)
+    return groups
+
+
+MAX_PACKED_TOKENS = 1024  # bounds one packed row's attention cost and memory, which grow with its length squared
+
+
+def _row_parts(group: list[int], samples: Samples) -> list[list[int]]:
+    """A prompt's rows split so that each packed row (prompt + its answers) stays within MAX_PACKED_TOKENS."""
+    prompt = int(samples.attention_mask[group[0], : samples.prompt_length].sum())
+    answers = samples.response_mask.sum(1)  # (N,)
+    parts, size = [[]], prompt
+    for row in group:
+        if parts[-1] and size + int(answers[row]) > MAX_PACKED_TOKENS:
+            parts, size = parts + [[]], prompt
+        parts[-1].append(row)
+        size += int(answers[row])
+    return parts
+
+
+def _pad_id(model) -> int:
+    """Any id for the padding of packed rows (masked out): the model's pad token, else 0."""
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        pad = getattr(config, "pad_token_id", None)
+        if isinstance(pad, int):
+            return pad
+    return 0

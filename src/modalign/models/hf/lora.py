@@ -14,6 +14,7 @@ linear layers; the media encoder stays as it is (RL freezes it anyway).
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_peft(model: nn.Module) -> bool:
+    if "peft" not in sys.modules:  # nothing can be a PeftModel before peft is imported (importing it takes ~0.3 s)
+        return False
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
@@ -119,6 +122,13 @@ class AdapterDisabled:
     @property
     def generation_config(self):
         return self.policy_model.generation_config
+
+    @property
+    def supports_shared_prefix(self) -> bool:
+        return self.policy_model.supports_shared_prefix
+
+    def shared_prefix_positions(self, *args, **kwargs):
+        return self.policy_model.shared_prefix_positions(*args, **kwargs)
 
     @torch.no_grad()
     def __call__(self, *args, **kwargs):

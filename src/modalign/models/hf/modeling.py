@@ -4,7 +4,9 @@ The same calls as the built-in model (`modalign.models.tinyvlm.modeling`):
   - `encode_media(input_ids, pixel_values, input_values) -> PlaceholderFeatures` (cacheable),
   - `forward(input_ids, attention_mask, media=... | pixel_values=... | input_values=..., labels=...)`,
   - `generate(input_ids, attention_mask, media=..., ...)`, media encoded once before decoding,
-  - `media_encoder_modules()`, `save_pretrained`, `from_pretrained`.
+  - `media_encoder_modules()`, `save_pretrained`, `from_pretrained`,
+  - `supports_shared_prefix` / `shared_prefix_positions` and a 4-D mask with explicit `position_ids`
+    in `forward`: one prompt with several answers in one row (`modalign.models.shared_prefix`).
 
 Media features replace the placeholder tokens of the text in order (every family does this,
 `inputs_embeds.masked_scatter`); the model then runs on `inputs_embeds` plus what its family
@@ -61,6 +63,25 @@ class HFPolicyModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.hf.dtype
+
+    @property
+    def supports_shared_prefix(self) -> bool:
+        """Shared-prefix packing (`modalign.models.shared_prefix`) for families whose positions follow the
+        attention mask (M-RoPE from the mask and the grids), with an attention that takes a 4-D mask.
+
+        Other families keep one row per answer: their forward without `position_ids` counts left
+        padding as positions, which packed rows would not reproduce.
+        """
+        return self.family.positions == "mrope" and self.hf.config._attn_implementation in ("sdpa", "eager")
+
+    def shared_prefix_positions(self, input_ids: torch.Tensor, key_mask: torch.Tensor,
+                                media: PlaceholderFeatures | None, shift: torch.Tensor) -> torch.Tensor:
+        """Positions (3, B, L) of packed rows: the family's own, with each answer moved back to its prompt's end.
+
+        Answers are text after the media, where every M-RoPE axis advances by one per token.
+        """
+        positions = forward_inputs(self.family, self.hf, input_ids, key_mask, media, self.placeholder_id)
+        return positions["position_ids"] - shift.unsqueeze(0)
 
     def media_encoder_modules(self) -> list[nn.Module]:
         """The media encoder and projector (frozen during RL so cached features stay valid)."""
@@ -158,9 +179,19 @@ class HFPolicyModel(nn.Module):
         if media is None:
             media = self.encode_media(input_ids, pixel_values, input_values)
         embeds = self.embed(input_ids, media)
-        extras = forward_inputs(self.family, self.hf, input_ids, attention_mask, media, self.placeholder_id)
+        if kwargs.get("position_ids") is not None:  # packed rows (`shared_prefix_positions`)
+            extras, attention_mask = {}, self._packed_mask(attention_mask, embeds.dtype)
+        else:
+            kwargs.pop("position_ids", None)
+            extras = forward_inputs(self.family, self.hf, input_ids, attention_mask, media, self.placeholder_id)
         with self._debug(input_ids, media, "forward"):
             return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **extras, **kwargs)
+
+    def _packed_mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """A boolean 4-D mask as the attention takes it: as is for SDPA, additive (0 / min) for eager."""
+        if mask is None or mask.dim() != 4 or mask.dtype != torch.bool or self.hf.config._attn_implementation == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
     @torch.no_grad()
     def generate(

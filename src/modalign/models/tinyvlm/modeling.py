@@ -4,6 +4,8 @@ Interface shared with the Hugging Face adapters (see `modalign.models.policy`):
   - `encode_media(input_ids, pixel_values, input_values) -> MediaFeatures` (cacheable),
   - `forward(input_ids, attention_mask, media=... | pixel_values=..., labels=...)`,
   - `generate(...)`, which encodes media once and reuses it at every decoding step.
+  - `shared_prefix_positions` and a 4-D mask in `forward`: one prompt with several answers in one
+    row (`modalign.models.shared_prefix`).
 """
 
 from __future__ import annotations
@@ -144,6 +146,15 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         # Media placeholders are the processor's to write, never the model's to sample.
         self.generation_config.suppress_tokens = [config.image_token_id, config.audio_token_id, config.bos_token_id]
 
+    # Shared-prefix packing (`modalign.models.shared_prefix`): a 4-D mask and explicit positions.
+    supports_shared_prefix = True
+
+    @staticmethod
+    def shared_prefix_positions(input_ids: torch.Tensor, key_mask: torch.Tensor, media: MediaFeatures | None,
+                                shift: torch.Tensor) -> torch.Tensor:
+        """(B, L) positions of packed rows: each answer continues from its prompt's end (`shift` moves it back)."""
+        return (key_mask.long().cumsum(-1) - 1).clamp(min=0) - shift
+
     # ---- media -------------------------------------------------------------------
     def media_encoder_modules(self) -> list[nn.Module]:
         """Modules that turn pixels and waveforms into `MediaFeatures` (frozen during RL)."""
@@ -220,9 +231,11 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             all_hidden.append(hidden)
         hidden = self.norm(hidden)
         all_hidden[-1] = hidden  # as in transformers: the last entry is after the final norm
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):  # (U,) columns: logits only where they are read
+            hidden = hidden[:, logits_to_keep]
+        elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # (B, L, V)
+        logits = self.lm_head(hidden)  # (B, L, V), or (B, U, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -255,7 +268,12 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _attention_mask(attention_mask, batch: int, length: int, past: int, device) -> torch.Tensor:
-        """Boolean (B, 1, L, past + L): causal, without padding keys, and always self."""
+        """Boolean (B, 1, L, past + L): causal, without padding keys, and always self.
+
+        A 4-D mask is taken as it is (shared-prefix packing, `modalign.models.shared_prefix`).
+        """
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask.bool()
         total = past + length
         query_pos = torch.arange(past, total, device=device).unsqueeze(-1)  # (L, 1)
         key_pos = torch.arange(total, device=device).unsqueeze(0)  # (1, total)

@@ -1,13 +1,13 @@
 """One process against two through `accelerate launch`: the same DPO run, wall time and pairs per second.
 
-    .venv/bin/python bench/multiprocess.py [--size compute] [--steps 30] [--batch 8] [--reps 3]
+    .venv/bin/python bench/processes.py [--size compute] [--steps 30] [--batch 8] [--reps 3]
 
 The fixtures of bench/trl_compare.py (a random-weight Qwen2-VL, 64 ShapesWorld pairs as a TRL
 file). Three ways to use this machine's two cores, each run in fresh processes, alternating:
 one process with 1 thread, one process with 2 threads, two processes (DDP over gloo) with 1
 thread each. Reported: the recipe's wall time from its summary (store import, reference pass,
 training; no evaluation) and pairs per second over it, medians over the repetitions. Writes
-bench/results/multiprocess.{json,md}.
+bench/results/processes.{json,md}.
 """
 
 from __future__ import annotations
@@ -80,16 +80,16 @@ def main() -> None:
     medians = {name: {key: statistics.median(r[key] for r in results) for key in ("wall_seconds", "pairs_per_second")}
                for name, results in rows.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "multiprocess.json").write_text(json.dumps({"settings": vars(opts), "runs": rows, "medians": medians},
+    (RESULTS / "processes.json").write_text(json.dumps({"settings": vars(opts), "runs": rows, "medians": medians},
                                                           indent=2))
     base = medians["1 process x 2 threads"]["pairs_per_second"]
-    lines = ["# One process against two (bench/multiprocess.py)\n",
+    lines = ["# One process against two (bench/processes.py)\n",
              f"DPO, {opts.size} Qwen2-VL, global batch {opts.batch}, {opts.steps} steps, max length 64; "
              f"medians of {opts.reps}; wall time of the recipe (import of the pairs, reference pass, training).\n",
              "| layout | wall s | pairs/s | vs 1 process x 2 threads |", "|---|---|---|---|"]
     lines += [f"| {name} | {m['wall_seconds']:.1f} | {m['pairs_per_second']:.2f} | {m['pairs_per_second'] / base:.2f} |"
               for name, m in medians.items()]
-    (RESULTS / "multiprocess.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "processes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,0 +1,210 @@
+"""The fast paths compute what the plain ones do: shared-prefix packing of rollouts and DPO pairs.
+
+`Plain` hides a model's `supports_shared_prefix`, so the same model runs the one-row-per-answer
+path; both must agree to 1e-5 (values and gradients) on the built-in model (every fusion) and on
+a tiny Qwen2-VL.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_tiny import shapes, tiny  # noqa: F401  (module fixtures)
+from modalign.data.dataset import read_examples
+from modalign.models.inputs import MediaStore, prompt_batch
+from modalign.models.policy import load_policy
+from modalign.models.shared_prefix import pack
+from modalign.reward.train import PreferencePair, encode_pairs, pair_answer_logprobs
+from modalign.rl.ppo import subset
+from modalign.rl.rollout import prompt_groups, response_logprobs, sample_answers
+from test_tinyvlm import make_policy, mixed_batch
+
+FUSIONS = ("concat", "cross_attention", "weighted_sum")
+
+
+class Plain:
+    """A model without the shared-prefix capability: the reference (unpacked) computation."""
+
+    def __init__(self, model) -> None:
+        self.model, self.generation_config = model, model.generation_config
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def encode_media(self, *args, **kwargs):
+        return self.model.encode_media(*args, **kwargs)
+
+
+def _rollout(model, processor, batch, seed: int = 0):
+    tokenizer = processor.tokenizer
+    torch.manual_seed(seed)
+    return sample_answers(model.eval(), dict(batch), 3, 8, 0.8, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def _assert_same_logprobs_and_grads(model, samples, temperature: float = 0.8) -> None:
+    mask = samples.response_mask.float()
+    fast, fast_logits = response_logprobs(model, samples, temperature, with_logits=True)
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1))
+    (fast * mask * weights).sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    slow, slow_logits = response_logprobs(Plain(model), samples, temperature, with_logits=True)
+    (slow * mask * weights).sum().backward()
+    slow_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    on = samples.response_mask.bool()
+    assert torch.allclose(fast[on], slow[on], atol=1e-5)
+    assert torch.equal(fast[~on], torch.zeros_like(fast[~on]))
+    finite = torch.isfinite(slow_logits[on])
+    assert torch.allclose(fast_logits[on][finite], slow_logits[on][finite], atol=1e-5)
+    assert len(fast_grads) == len(slow_grads) > 0
+    for a, b in zip(fast_grads, slow_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_pack_masks_and_positions():
+    packed = pack([torch.tensor([7, 8])], [[torch.tensor([1, 2]), torch.tensor([3])]], pad_token_id=0)
+    assert packed.input_ids.tolist() == [[7, 8, 1, 2, 3]]
+    assert packed.shift.tolist() == [[0, 0, 0, 0, 2]]  # answer 2 starts where the prompt ends
+    assert packed.attention[0, 0].long().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                                                      [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert packed.columns.tolist() == [[1, 2], [1, 0]] and packed.valid.tolist() == [[True, True], [True, False]]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_packed_rollout_logprobs_equal_plain_ones_builtin(fusion):
+    policy = make_policy(fusion)
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    assert [len(g) for g in prompt_groups(samples)] == [3, 3]
+    _assert_same_logprobs_and_grads(policy.model, samples)
+
+
+def test_prompt_groups_survive_reordering():
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    shuffled = subset(samples, torch.tensor([4, 0, 5, 1, 3, 2]))
+    assert prompt_groups(shuffled) == [[0, 3], [1, 5], [2, 4]] or len(prompt_groups(shuffled)) == 2
+    _assert_same_logprobs_and_grads(policy.model, shuffled)
+
+
+def _qwen(tiny):
+    folder, data = tiny("qwen2_vl")
+    policy = load_policy(folder)
+    examples = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:2]
+    return policy, data, examples
+
+
+def test_packed_rollout_logprobs_equal_plain_ones_qwen2_vl(tiny):
+    policy, data, examples = _qwen(tiny)
+    assert policy.model.supports_shared_prefix
+    batch = prompt_batch(policy.processor, MediaStore(data), examples)
+    samples = _rollout(policy.model, policy.processor, batch)
+    _assert_same_logprobs_and_grads(policy.model, samples)
+
+
+def _pairs(policy, data, examples, max_length: int = 64):
+    pairs = [PreferencePair(e, e.meta["answer"], "a wrong caption " + str(i)) for i, e in enumerate(examples)]
+    return encode_pairs(policy.processor, MediaStore(data), pairs, max_length)
+
+
+def _assert_same_pair_logprobs(model, encoded, pad: int) -> None:
+    fast = pair_answer_logprobs(model, encoded, pad)
+    (fast[0] - 2 * fast[1]).sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    slow = pair_answer_logprobs(Plain(model), encoded, pad)
+    (slow[0] - 2 * slow[1]).sum().backward()
+    slow_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert len(fast_grads) == len(slow_grads) > 0
+    for a, b in zip(fast_grads, slow_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_packed_pair_logprobs_equal_plain_ones_qwen2_vl(tiny):
+    policy, data, examples = _qwen(tiny)
+    _assert_same_pair_logprobs(policy.model, _pairs(policy, data, examples), policy.processor.tokenizer.pad_token_id)
+
+
+def test_packed_pair_logprobs_equal_plain_ones_qwen2_vl_truncated(tiny):
+    policy, data, examples = _qwen(tiny)
+    encoded = _pairs(policy, data, examples, max_length=57)  # the prompt takes 56: one answer token left
+    _assert_same_pair_logprobs(policy.model, encoded, policy.processor.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_packed_pair_logprobs_equal_plain_ones_builtin(sft_model, fusion):
+    _, data = sft_model
+    policy = make_policy(fusion)
+    examples = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:3]
+    _assert_same_pair_logprobs(policy.model.eval(), _pairs(policy, data, examples, 128),
+                               policy.processor.tokenizer.pad_token_id)
+
+
+def test_pack_reads_a_repeated_answer_once():
+    packed = pack([torch.tensor([7, 8])], [[torch.tensor([1, 2]), torch.tensor([1, 2]), torch.tensor([3])]], 0)
+    assert packed.input_ids.tolist() == [[7, 8, 1, 2, 3]]
+    assert packed.columns.tolist() == [[1, 2], [1, 2], [1, 0]]
+    assert packed.shift.tolist() == [[0, 0, 0, 0, 2]]
+
+
+def test_single_pass_grpo_update_equals_the_two_pass_one():
+    """One epoch of one minibatch: old log-probs from the training forward (packed) give the update
+    that a separate no-grad old-policy pass and unpacked rows give."""
+    import copy
+
+    from modalign.models.policy import frozen_reference
+    from modalign.recipes.online import OnlineConfig, update_policy
+    from modalign.rl.objectives import ObjectiveInputs, broadcast_to_tokens, grpo_objective, group_relative_advantages
+
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    scores = torch.tensor([0.5, -1.0, 0.25, 1.0, 0.0, -0.5])
+    cfg = OnlineConfig(algorithm="grpo", samples_per_prompt=3, minibatch_size=6, temperature=0.8, lr=1e-3)
+    fast, slow, reference = copy.deepcopy(policy.model), copy.deepcopy(policy.model), frozen_reference(policy.model)
+    # SGD: the parameter change is the (clipped) gradient itself (Adam's first step would be lr * sign(g),
+    # which turns float noise on a zero gradient into a full step)
+    fast_opt = torch.optim.SGD(fast.parameters(), lr=1.0)
+    slow_opt = torch.optim.SGD(slow.parameters(), lr=1.0)
+    torch.manual_seed(0)
+    stats = update_policy(cfg, fast, reference, None, {"policy": fast_opt}, samples, scores, {"step": 0})
+
+    torch.manual_seed(0)
+    mask = samples.response_mask.float()
+    with torch.no_grad():
+        old = response_logprobs(Plain(slow), samples, cfg.temperature)
+        ref = response_logprobs(Plain(reference), samples, cfg.temperature)
+    advantages = broadcast_to_tokens(group_relative_advantages(scores, 3), mask)
+    rows = torch.randperm(6)
+    logprobs = response_logprobs(Plain(slow), subset(samples, rows), cfg.temperature)
+    out = grpo_objective(ObjectiveInputs(logprobs, old[rows], advantages[rows], mask[rows], ref[rows]),
+                         clip=cfg.clip, beta=cfg.kl_coef)
+    slow_opt.zero_grad()
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(slow.parameters()), 1.0)
+    slow_opt.step()
+    assert abs(stats["loss"] - float(out.loss.detach())) < 1e-5 and stats["approx_kl"] == 0.0
+    for a, b in zip(fast.parameters(), slow.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_long_groups_split_into_several_packed_rows(monkeypatch):
+    import modalign.rl.rollout as rollout
+
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    monkeypatch.setattr(rollout, "MAX_PACKED_TOKENS", 1)  # one answer per packed row
+    assert [len(part) for group in prompt_groups(samples) for part in rollout._row_parts(group, samples)] == [1] * 6
+    _assert_same_logprobs_and_grads(policy.model, samples)
+
+
+def test_packed_rollout_logprobs_equal_plain_ones_qwen2_vl_eager_attention(tiny):
+    """Eager attention takes an additive mask: the adapter converts the packed boolean one."""
+    policy, data, examples = _qwen(tiny)
+    policy.model.hf.set_attn_implementation("eager")
+    assert policy.model.supports_shared_prefix
+    batch = prompt_batch(policy.processor, MediaStore(data), examples)
+    _assert_same_logprobs_and_grads(policy.model, _rollout(policy.model, policy.processor, batch))
