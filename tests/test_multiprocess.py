@@ -101,20 +101,24 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path, sft_model, store
 def test_single_process_commands_refuse_many(tmp_path, sft_model):
     _, data = sft_model
     with pytest.raises(AssertionError, match="runs in one process"):
-        launch(cli("grpo", tmp_path / "g", {"data": data}))
+        launch(cli("reward", tmp_path / "r", {"policy": sft_model[0], "store": "x.db"}))
 
 
-def test_ppo_update_two_processes_equal_one(tmp_path, sft_model):
-    """The same 8-answer rollout: one process updates on all 8, each of two on 4 (2 epochs, one minibatch)."""
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_update_two_processes_equal_one(tmp_path, sft_model, method):
+    """The same 8-answer rollout: one process updates on all 8, each of two on 4 (2 epochs, one minibatch).
+
+    ppo: PPO with a critic; grpo: token-averaged GRPO (DAPO) with its k3 KL, each process holding whole groups.
+    """
     model, data = sft_model
     script = str(ROOT / "tests" / "mp_ppo_update.py")
-    launch([script, str(model), str(data), str(tmp_path / "one.pt")], processes=1)
-    two = launch([script, str(model), str(data), str(tmp_path / "two.pt")])
+    launch([script, str(model), str(data), str(tmp_path / "one.pt"), method], processes=1)
+    two = launch([script, str(model), str(data), str(tmp_path / "two.pt"), method])
     counts = [line.split(":")[1].split()[0] for line in two.stdout.splitlines() if line.startswith("process ")]
     assert len(counts) == 2 and counts[0] != counts[1], two.stdout  # the shares hold unequal token counts
     start = load_policy(model).model.state_dict()
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    for part in ("policy", "critic"):
+    for part in ("policy", "critic") if method == "ppo" else ("policy",):
         gaps = {k: float((one[part][k] - two[part][k]).norm()) for k in one[part]}
         moved = {k: float((one[part][k] - start[k.removeprefix("backbone.")]).norm())
                  for k in one[part] if k.removeprefix("backbone.") in start}
@@ -168,3 +172,14 @@ def test_sft_two_processes_equal_one(tmp_path, sft_model):
     for a, b in zip(*(map(json.loads, (tmp_path / r / "metrics.jsonl").read_text().splitlines())
                       for r in ("one", "two"))):
         assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "a2c"])
+def test_online_two_processes_end_to_end(tmp_path, sft_model, algorithm):
+    model, data = sft_model
+    settings = {"policy": model, "data": data, "reward_model": "rule:shapes_gold", "steps": 2, "prompts_per_step": 4,
+                "samples_per_prompt": 2, "max_new_tokens": 12, "minibatch_size": 4, "eval_examples": 2}
+    launch(cli(algorithm, tmp_path / "run", settings))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2 and "hallucination_rate" in summary["eval"]
+    assert logged_steps(tmp_path / "run") == [1, 2]

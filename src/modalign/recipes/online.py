@@ -58,6 +58,7 @@ class OnlineConfig:
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
     """Train; save `model/`; evaluate with the gold scorers; write `summary.json`."""
     from modalign.data.dataset import read_examples
+    from modalign.dist import processes
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
@@ -71,34 +72,39 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     started = time.time()
-    run = RunDir.open(resume) if resume else RunDir.create(cfg.out or default_run_dir(cfg.algorithm), cfg)
+    dist = processes()
+    path = resume or dist.broadcast(str(cfg.out or default_run_dir(cfg.algorithm)))
+    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
-    model, tokenizer = policy.model, policy.processor.tokenizer
-    reference = frozen_reference(model)
-    critic = ScalarHeadModel(copy.deepcopy(model)) if cfg.algorithm == "a2c" else None
-    frozen = model.media_encoder_modules() + (critic.backbone.media_encoder_modules() if critic else [])
+    raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
+    reference = frozen_reference(raw)
+    raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
+    frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
     for module in frozen:
         module.requires_grad_(False)  # cached media features stay valid for the whole update
+    if dist.many:
+        torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     reward = reward_source or reward_source_from(cfg.reward_model)
     prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
     media_store = MediaStore(cfg.data)
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too
-    optimizers = {"policy": torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                              fused=True)}
-    if critic is not None:
-        optimizers["critic"] = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad],
-                                                 lr=cfg.critic_lr, fused=True)
+    model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
+                                                            lr=cfg.lr, fused=True))
+    optimizers, critic = {"policy": policy_opt}, None
+    if raw_critic is not None:
+        critic, optimizers["critic"] = dist.prepare(raw_critic, torch.optim.AdamW(
+            [p for p in raw_critic.parameters() if p.requires_grad], lr=cfg.critic_lr, fused=True))
     state = {"step": 0, "baseline": 0.0}
     if resume and run.latest_checkpoint() is not None:
         saved = run.load_checkpoint(run.latest_checkpoint())
-        model.load_state_dict(saved["policy"])
-        if critic is not None:
-            critic.load_state_dict(saved["critic"])
+        raw.load_state_dict(saved["policy"])
+        if raw_critic is not None:
+            raw_critic.load_state_dict(saved["critic"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(saved["optimizers"][name])
-        set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"], dist.rank)
         state = saved["state"]
         console.print(f"resumed at step {state['step']}")
     if resume:
@@ -106,10 +112,12 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
 
     with progress_bar(cfg.algorithm, total=cfg.steps, completed=state["step"]) as advance:
         while state["step"] < cfg.steps:
-            examples = prompts_at(prompts_all, state["step"], cfg.prompts_per_step, cfg.seed)
+            # this process's share of the iteration's prompts (each prompt's group stays in one process)
+            examples = dist.shard(prompts_at(prompts_all, state["step"], cfg.prompts_per_step, cfg.seed),
+                                  "prompts_per_step")
             prompts = prompt_batch(policy.processor, media_store, examples)
-            model.eval()
-            samples = sample_answers(model, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+            raw.eval()
+            samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
             answers = decode_answers(tokenizer, samples)
@@ -117,41 +125,57 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                 scores = reward(owners, answers, samples, prompts).float()
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
                 scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
-            stats = update_policy(cfg, model, reference, critic, optimizers, samples, scores, state)
+            stats = update_policy(cfg, model, reference, critic, optimizers, samples, scores, state, dist)
             state["step"] += 1
             components = {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
-                run.save_checkpoint({"policy": model.state_dict(), "critic": critic.state_dict() if critic else None,
+                rng = dist.gather_objects(rng_state())
+                run.save_checkpoint({"policy": raw.state_dict(),
+                                     "critic": raw_critic.state_dict() if raw_critic else None,
                                      "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                                     "rng": rng_state(), "state": dict(state)}, state["step"])
+                                     "rng": rng if dist.many else rng[0], "state": dict(state)}, state["step"])
 
+    if not dist.is_main:  # the main process saves, evaluates and writes the summary
+        run.close()
+        return {"stage": cfg.algorithm, "steps": state["step"], "model": str(run.path / "model")}
     policy.name = str(run.path / "model")
     policy.save(run.path / "model")
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
     metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
-    summary = {"stage": cfg.algorithm, "steps": state["step"], "model": str(run.path / "model"), "eval": metrics,
+    summary = {"stage": cfg.algorithm, "steps": state["step"], "processes": dist.world,
+               "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
     run.close()
     return summary
 
 
-def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, samples, scores, state) -> dict:
-    """Advantages for the algorithm, then its registered objective over minibatches; returns log stats."""
+def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, samples, scores, state, dist=None) -> dict:
+    """Advantages for the algorithm, then its registered objective over minibatches; returns log stats.
+
+    With N processes (`dist`), each holds whole prompt groups and `minibatch_size / N` rows of each
+    global minibatch; token-averaged objectives are scaled by `token_share` so that DDP's average
+    of the gradients is the global token mean (sequence-averaged ones need nothing: every process
+    holds as many answers).
+    """
+    from modalign.dist import processes
+    from modalign.recipes.ppo import global_std
     from modalign.rl.advantages import gae
     from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens,
                                         group_relative_advantages, leave_one_out_advantages)
     from modalign.rl.ppo import critic_values, subset, token_rewards
     from modalign.rl.rollout import response_logprobs
 
+    dist = dist or processes()
     mask = samples.response_mask.float()
     epochs = 1 if cfg.algorithm in ("a2c", "reinforce") else cfg.update_epochs
     # One epoch of one minibatch: pi_old is the policy about to be trained, so the training forward
     # (with grad) gives the old log-probs too (ratio exactly 1, the same gradient): no extra pass.
-    single_pass = epochs == 1 and cfg.minibatch_size >= mask.shape[0]
+    local_minibatch = len(dist.shard(range(cfg.minibatch_size), "minibatch_size"))
+    single_pass = epochs == 1 and local_minibatch >= mask.shape[0]
     current = _forward(cfg, model, critic, samples) if single_pass else None
     with torch.no_grad():
         old_logprobs = current[0].detach() if single_pass else response_logprobs(model, samples, cfg.temperature)
@@ -167,7 +191,8 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
         elif cfg.algorithm == "reinforce":
             shaped = scores - cfg.kl_coef * kl
             advantages = broadcast_to_tokens(baseline_advantages(shaped, state["baseline"]), mask)
-            state["baseline"] = cfg.baseline_decay * state["baseline"] + (1 - cfg.baseline_decay) * float(shaped.mean())
+            state["baseline"] = (cfg.baseline_decay * state["baseline"]
+                                 + (1 - cfg.baseline_decay) * dist.mean(shaped.mean()))  # every process's answers
         else:  # a2c: n-step returns of the KL-shaped token rewards against the critic (lambda = 1)
             rewards, _ = token_rewards(scores, old_logprobs, ref_logprobs, mask, cfg.kl_coef)
             values = current[2].detach() if single_pass else critic_values(critic, samples)
@@ -175,7 +200,7 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     objective, hparams = _objective(cfg)
     logged: list[dict] = []
     for _ in range(epochs):
-        for rows in torch.randperm(mask.shape[0]).split(cfg.minibatch_size):
+        for rows in torch.randperm(mask.shape[0]).split(local_minibatch):
             logprobs, logits, values = (
                 (None if t is None else t[rows] for t in current) if single_pass
                 else _forward(cfg, model, critic, subset(samples, rows)))
@@ -186,18 +211,24 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
                 entropy=_entropy(logits) if cfg.entropy_coef else None,
             )
             out = objective(batch, **hparams)
+            share = dist.token_share(mask[rows]) if _token_averaged(cfg) else 1.0
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            for optimizer in optimizers.values():
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+            dist.backward(out.loss * share)
+            for name, optimizer in optimizers.items():
+                dist.clip_grad_norm(model if name == "policy" else critic, 1.0)
                 optimizer.step()
             logged.append({k: float(v) for k, v in out.stats.items()} | {"loss": float(out.loss.detach())})
-    stats = {k: sum(d[k] for d in logged) / len(logged) for k in logged[0]}
-    stats.update(reward_mean=float(scores.mean()), reward_std=float(scores.std()), kl_to_ref=float(kl.mean()),
-                 answer_length=float(mask.sum(1).mean()))
+    stats = {k: dist.mean(sum(d[k] for d in logged) / len(logged)) for k in logged[0]}
+    stats.update(reward_mean=dist.mean(scores.mean()), reward_std=global_std(scores, dist),
+                 kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()))
     return stats
+
+
+def _token_averaged(cfg: OnlineConfig) -> bool:
+    """Whether the objective averages over tokens (else over answers; a user's own objective: assumed answers)."""
+    name = cfg.objective or cfg.algorithm
+    return name in ("reinforce", "a2c") or (name == "grpo" and cfg.grpo_normalization == "token")
 
 
 def _forward(cfg: OnlineConfig, model, critic, samples) -> tuple:
