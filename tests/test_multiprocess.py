@@ -101,7 +101,7 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path, sft_model, store
 def test_single_process_commands_refuse_many(tmp_path, sft_model):
     _, data = sft_model
     with pytest.raises(AssertionError, match="runs in one process"):
-        launch(cli("reward", tmp_path / "r", {"policy": sft_model[0], "store": "x.db"}))
+        launch(cli("bon", tmp_path / "b", {"policy": sft_model[0]}))
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
@@ -183,3 +183,18 @@ def test_online_two_processes_end_to_end(tmp_path, sft_model, algorithm):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2 and "hallucination_rate" in summary["eval"]
     assert logged_steps(tmp_path / "run") == [1, 2]
+
+
+def test_reward_two_processes_equal_one(tmp_path, sft_model, store):
+    """The frozen backbone's passes split over 2 processes and gathered: the same head and accuracy."""
+    settings = {"policy": sft_model[0], "store": store, "steps": 200, "heldout_fraction": 0.3}
+    launch(cli("reward", tmp_path / "one", settings), processes=1)
+    launch(cli("reward", tmp_path / "two", settings))
+    one, two = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
+    assert two["processes"] == 2 and one["train_pairs"] == two["train_pairs"] > 0
+    assert one["heldout_accuracy"] == two["heldout_accuracy"] and one["train_accuracy"] == two["train_accuracy"]
+    from modalign.reward.model import ScalarHeadModel
+
+    heads = [ScalarHeadModel.load(tmp_path / r / "model").state_dict() for r in ("one", "two")]
+    for key in heads[0]:
+        assert torch.allclose(heads[0][key], heads[1][key], atol=1e-5), key

@@ -82,11 +82,11 @@ def _one_process(command: str) -> None:
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _fail(f"`modalign {command}` runs in one process; under accelerate launch run sft, dpo, ppo, "
-              "grpo, rloo, reinforce or a2c")
+        _fail(f"`modalign {command}` runs in one process; under accelerate launch run sft, reward, "
+              "dpo, ppo, grpo, rloo, reinforce or a2c")
 
 
-MULTI_PROCESS = ("sft", "dpo", "ppo", "online")
+MULTI_PROCESS = ("sft", "reward", "dpo", "ppo", "online")
 
 
 def _recipe_command(config_class, runner, config: str | None, set_: list[str] | None, out: str | None,

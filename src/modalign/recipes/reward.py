@@ -60,14 +60,20 @@ def open_store(location: str, run_path: Path | None = None):
 
 def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
+    from modalign.config import ConfigError
+    from modalign.dist import processes
     from modalign.models.policy import load_policy
     from modalign.reward.model import ScalarHeadModel
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console, progress_bar
 
     started = time.time()
-    run = RunDir.create(cfg.out or default_run_dir("reward"), cfg)
-    store = open_store(cfg.store, run.path)
+    dist = processes()
+    if dist.many and cfg.backbone_lr:
+        raise ConfigError("reward: backbone_lr > 0 trains in one process; with many processes only the frozen "
+                          "backbone's features are split over them")
+    run = RunDir.create(dist.broadcast(str(cfg.out or default_run_dir("reward"))), cfg, dist.is_main)
+    store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length)
@@ -85,17 +91,19 @@ def run_reward(cfg: RewardConfig) -> dict:
 
         torch.manual_seed(cfg.seed)
         fit = fit_end_to_end if cfg.backbone_lr else fit_on_features
-        accuracy, train_accuracy = fit(model, train, heldout, pad, cfg, on_step)
-    model.save(run.path / "model", policy.processor)
-    summary = {"stage": "reward", "model": str(run.path / "model"), "train_pairs": len(train),
-               "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
+        accuracy, train_accuracy = fit(model, train, heldout, pad, cfg, on_step, dist)
+    summary = {"stage": "reward", "processes": dist.world, "model": str(run.path / "model"),
+               "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
                "wall_seconds": round(time.time() - started, 1)}
+    if dist.is_main:  # every process holds the same head; the main one saves it
+        model.save(run.path / "model", policy.processor)
     run.write_summary(summary)
     run.close()
     return summary
 
 
-def fit_end_to_end(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step) -> tuple[float, float]:
+def fit_end_to_end(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step,
+                   dist=None) -> tuple[float, float]:
     """Backbone and head trained together; returns (held-out, train) pairwise accuracy; fits the normaliser."""
     from modalign.reward.train import fit_normalizer, pairwise_accuracy, train_reward_model
 
@@ -104,14 +112,20 @@ def fit_end_to_end(model, train: list, heldout: list, pad: int, cfg: RewardConfi
     return (pairwise_accuracy(model, heldout, pad) if heldout else float("nan")), pairwise_accuracy(model, train, pad)
 
 
-def fit_on_features(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step) -> tuple[float, float]:
-    """Frozen backbone: one pass per distinct answer, then the head trains on the cached features."""
+def fit_on_features(model, train: list, heldout: list, pad: int, cfg: RewardConfig, on_step,
+                    dist=None) -> tuple[float, float]:
+    """Frozen backbone: one pass per distinct answer, then the head trains on the cached features.
+
+    With many processes (`dist`) the backbone passes are split over them; the head, seconds of
+    work, trains on the gathered features in every process alike (same features, same seed).
+    """
     from modalign.reward.train import feature_accuracy, fit_normalizer_on_features, pair_features, train_head_on_features
 
-    train_features = pair_features(model, train, pad)
+    train_features = pair_features(model, train, pad, dist=dist)
     train_head_on_features(model, train_features, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, on_step)
     fit_normalizer_on_features(model, train_features)
-    heldout_accuracy = feature_accuracy(model, pair_features(model, heldout, pad)) if heldout else float("nan")
+    heldout_accuracy = (feature_accuracy(model, pair_features(model, heldout, pad, dist=dist)) if heldout
+                        else float("nan"))
     return heldout_accuracy, feature_accuracy(model, train_features)
 
 

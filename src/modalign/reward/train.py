@@ -182,8 +182,12 @@ class PairFeatures:
 
 @torch.no_grad()
 def pair_features(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_token_id: int,
-                  batch_size: int = 64) -> PairFeatures:
-    """Run the frozen backbone once per distinct (example, answer) sequence of `pairs`."""
+                  batch_size: int = 64, dist=None) -> PairFeatures:
+    """Run the frozen backbone once per distinct (example, answer) sequence of `pairs`.
+
+    `dist` (`modalign.dist.Processes`): the sequences are split over the processes and the
+    features gathered, so every process gets them all.
+    """
     index: dict[tuple, int] = {}
     sequences: list[EncodedExample] = []
 
@@ -196,7 +200,15 @@ def pair_features(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_toke
 
     chosen = torch.tensor([slot(p.chosen) for p in pairs], dtype=torch.long)
     rejected = torch.tensor([slot(p.rejected) for p in pairs], dtype=torch.long)
-    hidden, loglik = sequence_features(model.backbone, sequences, pad_token_id, batch_size)
+    if dist is not None and dist.many:
+        def features_of(rows: list[int]) -> torch.Tensor:  # (len(rows), H + 1): hidden state, then log p
+            hidden, loglik = sequence_features(model.backbone, [sequences[i] for i in rows], pad_token_id, batch_size)
+            return torch.cat([hidden, loglik[:, None]], 1)
+
+        both = dist.gather_rows(features_of, len(sequences))
+        hidden, loglik = both[:, :-1], both[:, -1]
+    else:
+        hidden, loglik = sequence_features(model.backbone, sequences, pad_token_id, batch_size)
     return PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs], dtype=torch.float),
                         torch.tensor([p.tie for p in pairs], dtype=torch.bool))
 
