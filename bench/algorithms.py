@@ -58,7 +58,7 @@ def main() -> None:
     table["sft"] = {**_row(sft_eval), "kl_to_ref": 0.0, "wall_seconds": 0.0}
     for name in only:
         tick = time.time()
-        summary = runs[name](str(out / name))
+        runs[name](str(out / name))
         wall = round(time.time() - tick, 1)  # training + its own caption evaluation
         full = evaluate_split(load_policy(out / name / "model"), data, "test", 0, 40, 1.0, args.seed)
         kl = heldout_kl(out / name / "model", model, data, args.seed)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trl_compare import GRPO, NEW_TOKENS  # noqa: E402
-from trl_compare_setup import ROOT, build_fixtures  # noqa: E402
+from trl_compare_setup import ROOT, build_fixtures, write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STAGES = ("sampling", "old_policy", "reference", "critic", "reward", "update", "other")
@@ -331,11 +331,7 @@ def main() -> None:
     summary = measure([s for s in args.sizes.split(",") if s], args.reps, args.threads, work)
     report = {"reps": args.reps, "threads": args.threads, "settings": dict(GRPO, new_tokens=NEW_TOKENS),
               "summary": summary, "wall_s": time.time() - started}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report), f"({report['wall_s']:.0f} s; logs in {work / 'logs'})")
+    write_results(Path(args.out), report, markdown, work / "logs")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trl_compare_setup import (ROOT, SIZES, Fixtures, ModelShape, build_fixtures, dpo_flops,  # noqa: E402
-                               grpo_step_flops, model_shape, prompt_and_pair_lengths)
+                               grpo_step_flops, model_shape, prompt_and_pair_lengths, write_results)
 
 JOBS = Path(__file__).resolve().parent / "trl_compare_jobs.py"
 RESULTS = ROOT / "bench" / "results"
@@ -300,11 +300,7 @@ def main() -> None:
               "settings": {"dpo": DPO, "grpo": GRPO, "grpo_new_tokens": NEW_TOKENS},
               "models": model_rows(sizes, context), "summary": summarise(runs), "runs": runs, "notes": NOTES,
               "wall_s": time.time() - started}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report), f"({report['wall_s']:.0f} s; logs in {logs})")
+    write_results(Path(args.out), report, markdown, logs)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = 64  # train scenes: one caption prompt and one preference pair each
@@ -229,3 +230,11 @@ def _processor(folder: Path):
 
 def _first_image(prompts: Path) -> str:
     return json.loads(prompts.read_text().splitlines()[0])["image"]
+
+
+def write_results(out: Path, report: dict, markdown: Callable[[dict], str], logs: Path) -> None:
+    """OUT.json (every number) and OUT.md (the tables); prints the tables and where the logs are."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report), f"({report['wall_s']:.0f} s; logs in {logs})")

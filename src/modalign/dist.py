@@ -108,13 +108,18 @@ class Processes:
             return self.accelerator.clip_grad_norm_(params, max_norm)
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def shard(self, items: Sequence[T], what: str = "batch") -> list[T]:
-        """This process's rows of a global batch: rows rank, rank + N, ... (N must divide it)."""
-        if len(items) % self.world:
+    def share(self, count: int, what: str = "batch") -> int:
+        """This process's part of a global size `count` (N must divide it; `what` names it in the error)."""
+        if count % self.world:
             from modalign.config import ConfigError
 
-            raise ConfigError(f"{what} of {len(items)} does not split over {self.world} processes: "
+            raise ConfigError(f"{what} of {count} does not split over {self.world} processes: "
                               f"make it a multiple of {self.world}")
+        return count // self.world
+
+    def shard(self, items: Sequence[T], what: str = "batch") -> list[T]:
+        """This process's rows of a global batch: rows rank, rank + N, ... (N must divide it)."""
+        self.share(len(items), what)
         return list(items[self.rank :: self.world])
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -124,6 +129,12 @@ class Processes:
     def mean(self, value: torch.Tensor | float) -> float:
         tensor = torch.as_tensor(value, dtype=torch.float64)
         return float(self.sum(tensor) / self.world)
+
+    def std(self, values: torch.Tensor) -> float:
+        """Sample standard deviation over every process's values (each holds as many)."""
+        count = values.numel() * self.world
+        mean, square = self.mean(values.mean()), self.mean((values.double() ** 2).mean())
+        return max(0.0, (square - mean * mean) * count / max(1, count - 1)) ** 0.5
 
     def all_true(self, flag: bool) -> bool:
         """True only if `flag` holds in every process (a step skipped anywhere is skipped everywhere)."""

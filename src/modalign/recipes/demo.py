@@ -134,8 +134,6 @@ def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, 
 
 
 def write_demo_report(out_dir: Path, data_root: Path, summary: dict) -> None:
-    import json
-
     from modalign.data.dataset import read_examples
     from modalign.eval.report import curves_png, write_report
 

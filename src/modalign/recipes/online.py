@@ -162,7 +162,6 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     holds as many answers).
     """
     from modalign.dist import processes
-    from modalign.recipes.ppo import global_std
     from modalign.rl.advantages import gae
     from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens,
                                         group_relative_advantages, leave_one_out_advantages)
@@ -174,7 +173,7 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     epochs = 1 if cfg.algorithm in ("a2c", "reinforce") else cfg.update_epochs
     # One epoch of one minibatch: pi_old is the policy about to be trained, so the training forward
     # (with grad) gives the old log-probs too (ratio exactly 1, the same gradient): no extra pass.
-    local_minibatch = len(dist.shard(range(cfg.minibatch_size), "minibatch_size"))
+    local_minibatch = dist.share(cfg.minibatch_size, "minibatch_size")
     single_pass = epochs == 1 and local_minibatch >= mask.shape[0]
     current = _forward(cfg, model, critic, samples) if single_pass else None
     with torch.no_grad():
@@ -220,7 +219,7 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
                 optimizer.step()
             logged.append({k: float(v) for k, v in out.stats.items()} | {"loss": float(out.loss.detach())})
     stats = {k: dist.mean(sum(d[k] for d in logged) / len(logged)) for k in logged[0]}
-    stats.update(reward_mean=dist.mean(scores.mean()), reward_std=global_std(scores, dist),
+    stats.update(reward_mean=dist.mean(scores.mean()), reward_std=dist.std(scores),
                  kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()))
     return stats
 

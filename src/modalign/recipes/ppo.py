@@ -8,7 +8,6 @@ The media encoders are frozen so that the cached features stay valid for every p
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 
@@ -156,10 +155,9 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             # 3. PPO epochs over shuffled minibatches
             ptx = None
             if ptx_examples:  # PPO-ptx batches by a global index, so resume replays the same ones
-                first = step * updates_per_step(cfg, samples, dist)
-                ptx = lambda i: ptx_batch_loss(model, processor, media_store, ptx_examples,  # noqa: E731
-                                               (first + i) * dist.world + dist.rank, cfg,
-                                               cfg.minibatch_size // dist.world)
+                ptx = lambda i, count, step=step: ptx_batch_loss(  # noqa: E731 - minibatch i of count this step
+                    model, processor, media_store, ptx_examples, (step * count + i) * dist.world + dist.rank, cfg,
+                    dist.share(cfg.minibatch_size, "minibatch_size"))
             stats, ptx_losses, skipped = ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs,
                                                     old_values, advantages, returns, cfg, dist, ptx)
             if skipped:
@@ -171,7 +169,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             kl_ctl.update(kl_per_answer, samples.sequences.shape[0] * dist.world)
             step += 1
             metrics = {
-                "ppo/reward_mean": dist.mean(scores.mean()), "ppo/reward_std": global_std(scores, dist),
+                "ppo/reward_mean": dist.mean(scores.mean()), "ppo/reward_std": dist.std(scores),
                 "ppo/kl_to_ref": kl_per_answer, "ppo/kl_coef": kl_ctl.value,
                 "ppo/answer_length": dist.mean(mask.sum(1).mean()),
                 "ppo/explained_variance": dist.mean(explained_variance(old_values, returns, mask)),
@@ -225,20 +223,21 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
     `minibatch_size` answers is `minibatch_size / N` rows in each of N processes; each token-mean
     loss is scaled by `token_share`, so the gradient DDP averages is that of the mean over every
     token of the global minibatch. A non-finite loss in any process skips the step in all.
+    `ptx(index, count)`: the PPO-ptx loss mixed into minibatch `index` of the `count` this step.
     """
     from modalign.rl.ppo import ppo_minibatch_loss, subset
 
-    per_process = dist.shard(range(cfg.minibatch_size), "minibatch_size")
+    per_process = dist.share(cfg.minibatch_size, "minibatch_size")
     stats, ptx_losses = [], []
     minibatches = [rows for _ in range(cfg.ppo_epochs)
-                   for rows in torch.randperm(samples.sequences.shape[0]).split(len(per_process))]
+                   for rows in torch.randperm(samples.sequences.shape[0]).split(per_process)]
     for index, rows in enumerate(minibatches):
         out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
                                  advantages[rows], returns[rows], cfg.temperature, cfg.clip,
                                  cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
         loss = out.loss * dist.token_share(samples.response_mask[rows])
         if ptx is not None:
-            ptx_loss = ptx(index)
+            ptx_loss = ptx(index, len(minibatches))
             ptx_losses.append(ptx_loss.detach())
             loss = loss + cfg.ptx_coef * ptx_loss
         if not dist.all_true(bool(torch.isfinite(loss))):
@@ -252,19 +251,6 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
         critic_opt.step()
         stats.append(out)
     return stats, ptx_losses, False
-
-
-def updates_per_step(cfg: PPOConfig, samples, dist) -> int:
-    """Minibatches per iteration (the same in every process)."""
-    per_process = max(1, cfg.minibatch_size // dist.world)
-    return cfg.ppo_epochs * -(-samples.sequences.shape[0] // per_process)
-
-
-def global_std(values: torch.Tensor, dist) -> float:
-    """Sample standard deviation over every process's values (each holds as many)."""
-    count = values.numel() * dist.world
-    mean, square = dist.mean(values.mean()), dist.mean((values.double() ** 2).mean())
-    return max(0.0, (square - mean * mean) * count / max(1, count - 1)) ** 0.5
 
 
 def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> float:
