@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from modalign.config import field_doc
+from modalign.precision import PRECISION_HELP, Precision
 
 
 @dataclass
@@ -38,6 +39,7 @@ class DPOConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
     task: str = field_doc("caption", "Evaluate only examples whose meta.task is this ('' for all).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
+    precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
 
 
@@ -45,6 +47,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
     from modalign.dist import processes
     from modalign.models.policy import load_policy
+    from modalign.precision import autocast
     from modalign.recipes.reward import encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
     from modalign.rl.objectives import get_preference_loss
@@ -65,7 +68,9 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
         raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
     console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")
     # (P, 2): the SFT policy is the reference; each process scores its share of the pairs
-    reference = dist.gather_rows(lambda rows: sequence_logprobs_all(raw, [pairs[i] for i in rows], pad), len(pairs))
+    with autocast(cfg.precision, raw):
+        reference = dist.gather_rows(lambda rows: sequence_logprobs_all(raw, [pairs[i] for i in rows], pad),
+                                     len(pairs))
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
     model, optimizer = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
@@ -85,7 +90,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
             # the global batch, then this process's rows of it (DDP averages the processes' gradients)
             rows = dist.shard(batch_at(list(range(len(pairs))), step, cfg.batch_size,
                                        max(1, len(pairs) // cfg.batch_size), cfg.seed), "batch_size")
-            chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
+            with autocast(cfg.precision, raw):  # forward only: backward and the step run outside
+                chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
             out = loss_fn(chosen, rejected, reference[rows, 0], reference[rows, 1], **hparams)
             optimizer.zero_grad(set_to_none=True)
             dist.backward(out.loss)

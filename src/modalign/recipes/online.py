@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from modalign.config import field_doc
+from modalign.precision import PRECISION_HELP, Precision
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
 
@@ -50,6 +51,7 @@ class OnlineConfig:
     value_coef: float = field_doc(0.5, "a2c: weight of the value loss.")
     entropy_coef: float = field_doc(0.0, "a2c: weight of the entropy bonus.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end.")
+    precision: Precision = field_doc("fp32", PRECISION_HELP)
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
@@ -62,6 +64,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
+    from modalign.precision import autocast
     from modalign.recipes.ppo import mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
@@ -117,8 +120,9 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                                   "prompts_per_step")
             prompts = prompt_batch(policy.processor, media_store, examples)
             raw.eval()
-            samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                                     tokenizer.eos_token_id, tokenizer.pad_token_id)
+            with autocast(cfg.precision, raw):
+                samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
             answers = decode_answers(tokenizer, samples)
             with torch.no_grad():
@@ -162,6 +166,7 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     holds as many answers).
     """
     from modalign.dist import processes
+    from modalign.precision import autocast
     from modalign.rl.advantages import gae
     from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens,
                                         group_relative_advantages, leave_one_out_advantages)
@@ -177,8 +182,9 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     single_pass = epochs == 1 and local_minibatch >= mask.shape[0]
     current = _forward(cfg, model, critic, samples) if single_pass else None
     with torch.no_grad():
-        old_logprobs = current[0].detach() if single_pass else response_logprobs(model, samples, cfg.temperature)
-        ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
+        with autocast(cfg.precision, reference):
+            old_logprobs = current[0].detach() if single_pass else response_logprobs(model, samples, cfg.temperature)
+            ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
         kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (N,) k1 per answer
         values = returns = None
         if cfg.algorithm == "grpo":  # the KL is in the loss (k3), not in the reward
@@ -194,7 +200,8 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
                                  + (1 - cfg.baseline_decay) * dist.mean(shaped.mean()))  # every process's answers
         else:  # a2c: n-step returns of the KL-shaped token rewards against the critic (lambda = 1)
             rewards, _ = token_rewards(scores, old_logprobs, ref_logprobs, mask, cfg.kl_coef)
-            values = current[2].detach() if single_pass else critic_values(critic, samples)
+            with autocast(cfg.precision, reference):
+                values = current[2].detach() if single_pass else critic_values(critic, samples)
             advantages, returns = gae(rewards, values, mask, 1.0, 1.0)
     objective, hparams = _objective(cfg)
     logged: list[dict] = []
@@ -232,15 +239,17 @@ def _token_averaged(cfg: OnlineConfig) -> bool:
 
 def _forward(cfg: OnlineConfig, model, critic, samples) -> tuple:
     """The policy's log-probs (N, T) with grad, its logits (N, T, V) when the entropy is needed, and the
-    critic's values (N, T) when there is a critic (else None)."""
+    critic's values (N, T) when there is a critic (else None); forward only, under `cfg.precision`."""
+    from modalign.precision import autocast
     from modalign.rl.ppo import critic_values
     from modalign.rl.rollout import response_logprobs
 
-    if cfg.entropy_coef:
-        logprobs, logits = response_logprobs(model, samples, cfg.temperature, with_logits=True)
-    else:
-        logprobs, logits = response_logprobs(model, samples, cfg.temperature), None
-    return logprobs, logits, (critic_values(critic, samples) if critic is not None else None)
+    with autocast(cfg.precision, model):
+        if cfg.entropy_coef:
+            logprobs, logits = response_logprobs(model, samples, cfg.temperature, with_logits=True)
+        else:
+            logprobs, logits = response_logprobs(model, samples, cfg.temperature), None
+        return logprobs, logits, (critic_values(critic, samples) if critic is not None else None)
 
 
 def _objective(cfg: OnlineConfig):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from modalign.config import field_doc
+from modalign.precision import PRECISION_HELP, Precision
 
 
 @dataclass
@@ -53,6 +54,7 @@ class PPOConfig:
     dense_reward: bool = field_doc(True, "Spread a reward model's score over the tokens that earned it, when it can.")
     ptx_coef: float = field_doc(0.0, "Weight of the SFT loss on reference answers mixed into every policy update (PPO-ptx).")
     ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but `task`).")
+    precision: Precision = field_doc("fp32", PRECISION_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
@@ -65,6 +67,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
+    from modalign.precision import autocast
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
@@ -122,16 +125,18 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             prompts = prompt_batch(processor, media_store, examples)
             # 1. rollout: answers sampled with the KV cache, media encoded once per prompt
             raw.eval()
-            samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                                     tokenizer.eos_token_id, tokenizer.pad_token_id)
+            with autocast(cfg.precision, raw):
+                samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id)
             sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
             answers = decode_answers(tokenizer, samples)
             mask = samples.response_mask.float()
             with torch.no_grad():
                 # 2. old-policy, reference and critic passes reuse samples.media
-                old_logprobs = response_logprobs(raw, samples, cfg.temperature)
-                ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
-                old_values = critic_values(raw_critic, samples)
+                with autocast(cfg.precision, raw):
+                    old_logprobs = response_logprobs(raw, samples, cfg.temperature)
+                    ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
+                    old_values = critic_values(raw_critic, samples)
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
                 penalty = torch.full(finished.shape, cfg.unfinished_penalty)
                 if cfg.dense_reward and hasattr(reward, "token_rewards"):
@@ -225,6 +230,7 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
     token of the global minibatch. A non-finite loss in any process skips the step in all.
     `ptx(index, count)`: the PPO-ptx loss mixed into minibatch `index` of the `count` this step.
     """
+    from modalign.precision import autocast
     from modalign.rl.ppo import ppo_minibatch_loss, subset
 
     per_process = dist.share(cfg.minibatch_size, "minibatch_size")
@@ -232,12 +238,13 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
     minibatches = [rows for _ in range(cfg.ppo_epochs)
                    for rows in torch.randperm(samples.sequences.shape[0]).split(per_process)]
     for index, rows in enumerate(minibatches):
-        out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
-                                 advantages[rows], returns[rows], cfg.temperature, cfg.clip,
-                                 cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+        with autocast(cfg.precision, model):  # forward only: backward and the step run outside
+            out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
+                                     advantages[rows], returns[rows], cfg.temperature, cfg.clip,
+                                     cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+            ptx_loss = ptx(index, len(minibatches)) if ptx is not None else None
         loss = out.loss * dist.token_share(samples.response_mask[rows])
-        if ptx is not None:
-            ptx_loss = ptx(index, len(minibatches))
+        if ptx_loss is not None:
             ptx_losses.append(ptx_loss.detach())
             loss = loss + cfg.ptx_coef * ptx_loss
         if not dist.all_true(bool(torch.isfinite(loss))):

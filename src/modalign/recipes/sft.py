@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from modalign.config import field_doc
+from modalign.precision import PRECISION_HELP, Precision
 
 
 @dataclass
@@ -50,6 +51,7 @@ class SFTConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated at the end (0: all).")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
+    precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
 
@@ -59,6 +61,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     from modalign.data.dataset import read_examples
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
+    from modalign.precision import autocast
     from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
     from modalign.ui import console, progress_bar
 
@@ -101,7 +104,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
             batch = collate_sft(rows, pad_id)
             tick = time.time()
             # mean over this process's answer tokens, rescaled so DDP's average is the mean over all of them
-            loss = model(**batch).loss * dist.token_share(batch["labels"] != -100)
+            with autocast(cfg.precision, policy.model):  # forward only: backward and the step run outside
+                loss = model(**batch).loss * dist.token_share(batch["labels"] != -100)
             optimizer.zero_grad(set_to_none=True)
             dist.backward(loss)
             grad_norm = dist.clip_grad_norm(policy.model, cfg.max_grad_norm)

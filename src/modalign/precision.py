@@ -1,0 +1,35 @@
+"""Mixed precision: forward passes under bf16 autocast; weights, gradients and optimizer state stay fp32.
+
+This is what `accelerate`'s `mixed_precision="bf16"` and TRL's `bf16=True` (its default) do.
+The recipes wrap each forward pass (sampling, old-policy, reference and critic passes, the
+training forward) in `autocast(cfg.precision, model)` and run backward and the optimizer step
+outside it. Each region is short on purpose: autocast keeps the bf16 copy of every trainable
+weight until the outermost region exits, so a region that spans an optimizer step would
+compute the next forward with the weights from before it. Inside one `generate` call the
+copies are made once and reused by every decoding step; that is where bf16 saves the most
+on a CPU with AVX512-BF16, where a decoding step is bound by reading the weights.
+
+Log-probs and losses are taken from logits cast to fp32 (`logits.float()` before every
+log-softmax), so only the matmuls run in bf16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["fp32", "bf16"]
+PRECISION_HELP = ("fp32, or bf16: forward passes under bf16 autocast (weights, gradients and optimizer state "
+                  "stay fp32; TRL's bf16=True).")
+
+
+def autocast(precision: str, model) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device of `model`'s parameters for 'bf16'; nothing for 'fp32'."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision {precision!r}: expected 'fp32' or 'bf16'")
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
