@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from modalign.models.hf.attention import is_sdpa, use_fp32_cpu_sdpa
 from modalign.models.hf.extras import forward_inputs, generation_inputs
 from modalign.models.hf.families import Family, family_of
 from modalign.models.hf.features import PlaceholderFeatures
@@ -72,7 +73,8 @@ class HFPolicyModel(nn.Module):
         Other families keep one row per answer: their forward without `position_ids` counts left
         padding as positions, which packed rows would not reproduce.
         """
-        return self.family.positions == "mrope" and self.hf.config._attn_implementation in ("sdpa", "eager")
+        implementation = self.hf.config._attn_implementation
+        return self.family.positions == "mrope" and (is_sdpa(implementation) or implementation == "eager")
 
     def shared_prefix_positions(self, input_ids: torch.Tensor, key_mask: torch.Tensor,
                                 media: PlaceholderFeatures | None, shift: torch.Tensor) -> torch.Tensor:
@@ -189,7 +191,7 @@ class HFPolicyModel(nn.Module):
 
     def _packed_mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         """A boolean 4-D mask as the attention takes it: as is for SDPA, additive (0 / min) for eager."""
-        if mask is None or mask.dim() != 4 or mask.dtype != torch.bool or self.hf.config._attn_implementation == "sdpa":
+        if mask is None or mask.dim() != 4 or mask.dtype != torch.bool or is_sdpa(self.hf.config._attn_implementation):
             return mask
         return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
@@ -246,4 +248,6 @@ class HFPolicyModel(nn.Module):
         config = AutoConfig.from_pretrained(str(path))
         family = family_of(config, str(path))
         model_class = getattr(transformers, family.model_class)
-        return cls(model_class.from_pretrained(str(path), dtype=dtype or torch.float32), family)
+        model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
+        use_fp32_cpu_sdpa(model)  # bf16 decoding steps attend in fp32 on a CPU (see models.hf.attention)
+        return cls(model, family)

@@ -41,9 +41,14 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(hidden).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if cache is not None:  # k, v: (B, H, past + L, hd)
             k, v = cache.update(k, v, self.layer_idx)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, hd)
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # bf16 SDPA is several times slower than fp32 on a CPU for one query token (models.hf.attention)
+            with torch.autocast("cpu", enabled=False):
+                attended = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                          dropout_p=dropout).to(torch.get_autocast_dtype("cpu"))
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, L, hd)
         return self.out(attended.transpose(1, 2).reshape(batch, length, width))
 
 
