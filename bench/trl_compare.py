@@ -52,9 +52,14 @@ GRPO = dict(steps=10, prompts=2, samples=4, lr=2e-5, beta=0.04, clip=0.2, seed=0
 NEW_TOKENS = {"small": 16, "compute": 64}
 
 
-def settings(algorithm: str, size: str) -> dict:
-    """The run settings of one algorithm at one model size (identical for both frameworks)."""
-    return dict(DPO) if algorithm == "dpo" else dict(GRPO, new_tokens=NEW_TOKENS[size])
+def settings(algorithm: str, size: str, precision: str = "fp32") -> dict:
+    """The run settings of one algorithm at one model size and precision (identical for both frameworks)."""
+    return dict(DPO if algorithm == "dpo" else dict(GRPO, new_tokens=NEW_TOKENS[size]), precision=precision)
+
+
+def case_label(size: str, precision: str) -> str:
+    """The summary key of a (size, precision) case: the size alone for fp32."""
+    return size if precision == "fp32" else f"{size} {precision}"
 
 
 def run_job(spec: dict, threads: int, logs: Path, name: str) -> dict:
@@ -72,15 +77,15 @@ def run_job(spec: dict, threads: int, logs: Path, name: str) -> dict:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]), launched=launched)
 
 
-def training_spec(framework: str, algorithm: str, size: str, fixtures: Fixtures, out: Path) -> dict:
+def training_spec(framework: str, algorithm: str, size: str, precision: str, fixtures: Fixtures, out: Path) -> dict:
     """The job spec of one training run (the child reads only these paths and settings)."""
     return {"job": f"{framework}_{algorithm}", "model": str(fixtures.models[size]), "pairs": str(fixtures.pairs),
             "prompts": str(fixtures.prompts), "data": str(fixtures.data), "out": str(out),
-            "settings": settings(algorithm, size)}
+            "settings": settings(algorithm, size, precision)}
 
 
 def run_metrics(result: dict, algorithm: str, size: str, shape: ModelShape, lengths: dict, peak_flops: float) -> dict:
-    """Throughput, memory, latency and MFU of one run from its step clock."""
+    """Throughput, memory, latency and MFU (against `peak_flops` of the run's precision) of one run."""
     s = settings(algorithm, size)
     ends, t0 = result["step_ends"], result["t0"]
     steps = len(ends)
@@ -113,10 +118,10 @@ def median_rows(rows: list[dict]) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """size -> algorithm -> {modalign, trl, ratio (modalign / TRL)} of medians."""
+    """case (size, or size and precision) -> algorithm -> {modalign, trl, ratio (modalign / TRL)} of medians."""
     summary: dict = {}
     for run in runs:
-        summary.setdefault(run["size"], {}).setdefault(run["algorithm"], {}).setdefault(run["framework"], []).append(
+        summary.setdefault(case_label(run["size"], run["precision"]), {}).setdefault(run["algorithm"], {}).setdefault(run["framework"], []).append(
             run["metrics"])
     for by_algorithm in summary.values():
         for cell in by_algorithm.values():
@@ -145,22 +150,29 @@ def markdown(report: dict) -> str:
     lines = [
         "# modalign vs TRL (bench/trl_compare.py)", "",
         f"{machine['cpu']}, {machine['threads']} torch threads; torch {machine['torch']}, transformers "
-        f"{machine['transformers']}, TRL {machine['trl']}. fp32 matmul ({machine['matmul']['n']}^3): "
-        f"{machine['matmul']['best_flops'] / 1e9:.1f} GFLOP/s (the MFU denominator). Medians of "
+        f"{machine['transformers']}, TRL {machine['trl']}. Matmul ({machine['matmul']['n']}^3), the MFU "
+        f"denominator: fp32 {machine['matmul']['best_flops'] / 1e9:.1f} GFLOP/s"
+        f"{bf16_peak(machine)}. Medians of "
         f"{report['reps']} repetition(s), frameworks alternating; every run in its own process.", "",
         *startup_table(report["startup"]), "",
         "| size | algorithm | metric | modalign | TRL | modalign / TRL |", "|---|---|---|---|---|---|",
     ]
-    for size, by_algorithm in report["summary"].items():
+    for case, by_algorithm in report["summary"].items():
+        size, _, precision = case.partition(" ")
         params = report["models"][size]["total_params"] / 1e6
         for algorithm, cell in by_algorithm.items():
             for key, label, scale, fmt in TABLE_METRICS:
                 if key not in cell["modalign"]:
                     continue
-                lines.append(f"| {size} ({params:.1f} M) | {algorithm} | {label} | "
+                lines.append(f"| {size} ({params:.1f} M){' ' + precision if precision else ''} | {algorithm} | {label} | "
                              f"{cell['modalign'][key] * scale:{fmt}} | {cell['trl'][key] * scale:{fmt}} | "
                              f"{cell['ratio'][key]:.2f} |")
     return "\n".join(lines + ["", *report["notes"]]) + "\n"
+
+
+def bf16_peak(machine: dict) -> str:
+    bf16 = machine.get("matmul_bf16")
+    return f", bf16 {bf16['best_flops'] / 1e9:.1f} GFLOP/s" if bf16 else ""
 
 
 def startup_table(startup: dict) -> list[str]:
@@ -179,9 +191,12 @@ def startup_table(startup: dict) -> list[str]:
 
 NOTES = [
     "Notes:",
-    "- Same data, model files, steps, batch sizes, lengths, learning rates, KL weights and reward; fp32 for both "
-    "(TRL's bf16 and gradient-checkpointing defaults are switched off), constant LR, no eval, no checkpoints, no "
-    "reporting (modalign still writes metrics.jsonl and TensorBoard events: that is part of its recipes).",
+    "- Same data, model files, steps, batch sizes, lengths, learning rates, KL weights and reward; the same "
+    "precision for both: fp32 (TRL's bf16 default switched off), or, in the rows marked bf16, bf16 autocast with "
+    "fp32 weights, gradients and optimizer state (TRL's `bf16=True`, modalign's `precision: bf16`); TRL's "
+    "gradient checkpointing off, constant LR, no eval, no checkpoints, no reporting (modalign still writes "
+    "metrics.jsonl and TensorBoard events: that is part of its recipes). bf16 rows count MFU against the bf16 "
+    "matmul peak.",
     "- DPO reference log-probs: modalign computes them once per pair before training; TRL recomputes them every step "
     "(TRL refuses `precompute_ref_log_probs=True` for vision datasets). modalign also encodes each pair's image once "
     "for chosen and rejected, and runs the shared prompt once per pair with both answers packed behind it "
@@ -241,28 +256,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one repetition")
     parser.add_argument("--sizes", default="small,compute", help=f"comma-separated subset of {','.join(SIZES)}")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--bf16-sizes", default="compute",
+                        help="sizes also run with bf16 autocast (both frameworks); '' for none")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every timed run")
     parser.add_argument("--work", default="", help="folder for fixtures and run logs (default: a temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "trl_compare"), help="writes OUT.json and OUT.md")
     return parser.parse_args()
 
 
-def run_training(reps: int, sizes: list[str], algorithms: list[str], fixtures: Fixtures, context: dict,
+def run_training(reps: int, cases: list[tuple[str, str]], algorithms: list[str], fixtures: Fixtures, context: dict,
                  threads: int, logs: Path) -> list[dict]:
-    """Every (repetition, size, algorithm, framework) run, the frameworks' order flipping each repetition."""
+    """Every (repetition, (size, precision), algorithm, framework) run, the frameworks' order flipping each
+    repetition."""
     runs, started = [], time.time()
     for rep in range(reps):
-        for size in sizes:
+        for size, precision in cases:
             for algorithm in algorithms:
                 for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
-                    name = f"{size}-{algorithm}-{framework}-{rep}"
+                    name = f"{size}-{precision}-{algorithm}-{framework}-{rep}"
                     folder = fixtures.work / "runs" / name
-                    result = run_job(training_spec(framework, algorithm, size, fixtures, folder), threads, logs, name)
+                    spec = training_spec(framework, algorithm, size, precision, fixtures, folder)
+                    result = run_job(spec, threads, logs, name)
                     shutil.rmtree(folder, ignore_errors=True)  # saved models of every run add up (GBs); logs stay
                     metrics = run_metrics(result, algorithm, size, context["shapes"][size], context["lengths"][size],
-                                          context["peak_flops"])
-                    runs.append({"size": size, "algorithm": algorithm, "framework": framework, "rep": rep,
-                                 "metrics": metrics, "raw": result})
+                                          context["peak_flops"][precision])
+                    runs.append({"size": size, "precision": precision, "algorithm": algorithm, "framework": framework,
+                                 "rep": rep, "metrics": metrics, "raw": result})
                     print(f"{name}: {metrics['samples_per_s']:.2f} samples/s run, "
                           f"{metrics['steady_samples_per_s']:.2f} steady, {metrics['peak_rss_mib']:.0f} MiB "
                           f"({time.time() - started:.0f} s)", flush=True)
@@ -286,17 +305,20 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="trl_compare-"))
     logs, started = work / "logs", time.time()
 
+    cases = [(size, "fp32") for size in sizes] + [(size, "bf16") for size in args.bf16_sizes.split(",") if size in sizes]
     fixtures = build_fixtures(work, sizes)
     matmul = run_job({"job": "matmul"}, args.threads, logs, "matmul")
+    matmul_bf16 = run_job({"job": "matmul", "dtype": "bfloat16"}, args.threads, logs, "matmul-bf16")
     context = {"shapes": {size: model_shape(fixtures.models[size], fixtures) for size in sizes},
                "lengths": {size: prompt_and_pair_lengths(fixtures.models[size], fixtures, DPO["max_length"])
                            for size in sizes},
-               "peak_flops": matmul["best_flops"]}
+               "peak_flops": {"fp32": matmul["best_flops"], "bf16": matmul_bf16["best_flops"]}}
     startup = measure_startup(max(reps, 3), args.threads, logs)
     print(f"fixtures in {work}; matmul {matmul['best_flops'] / 1e9:.1f} GFLOP/s; start-up {startup}", flush=True)
-    runs = run_training(reps, sizes, algorithms, fixtures, context, args.threads, logs)
+    runs = run_training(reps, cases, algorithms, fixtures, context, args.threads, logs)
 
-    report = {"reps": reps, "machine": machine_info(args.threads, matmul), "startup": startup,
+    report = {"reps": reps, "machine": dict(machine_info(args.threads, matmul), matmul_bf16=matmul_bf16),
+              "startup": startup,
               "settings": {"dpo": DPO, "grpo": GRPO, "grpo_new_tokens": NEW_TOKENS},
               "models": model_rows(sizes, context), "summary": summarise(runs), "runs": runs, "notes": NOTES,
               "wall_s": time.time() - started}

@@ -9,7 +9,7 @@ per-step end times, generated tokens and the peak RSS. The jobs:
     modalign_grpo / trl_grpo   GRPO with the ShapesWorld gold rule (modalign's `run_online`, TRL's `GRPOTrainer`)
     import_modalign / import_trl   start-up: import the modules a run of that framework loads
     import_base                torch + transformers alone (what both frameworks import anyway)
-    matmul                     this machine's fp32 matmul throughput (the MFU denominator)
+    matmul                     this machine's fp32 (or bf16) matmul throughput (the MFU denominator)
 
 Each training job imports its framework first (the modules listed below, the same set the import
 job times), then starts its clock `t0`; model loading, data preparation, reference log-probs and
@@ -102,7 +102,7 @@ def modalign_dpo(spec: dict) -> dict:
     run_dpo(DPOConfig(out=spec["out"], policy=spec["model"], store=spec["pairs"], beta=s["beta"], lr=s["lr"],
                       batch_size=s["batch_size"], max_length=s["max_length"],
                       epochs=(s["steps"] - 0.5) * s["batch_size"] / pairs,  # ceil(epochs * pairs / batch) = steps
-                      checkpoint_every=0, data="", seed=s["seed"]))
+                      checkpoint_every=0, data="", seed=s["seed"], precision=s["precision"]))
     return {"t0": t0, "step_ends": ends}
 
 
@@ -119,7 +119,7 @@ def modalign_grpo(spec: dict) -> dict:
                             data=spec["data"], steps=s["steps"], prompts_per_step=s["prompts"],
                             samples_per_prompt=s["samples"], max_new_tokens=s["new_tokens"], lr=s["lr"],
                             kl_coef=s["beta"], clip=s["clip"], minibatch_size=s["prompts"] * s["samples"],
-                            checkpoint_every=0, eval_examples=1, seed=s["seed"]))
+                            checkpoint_every=0, eval_examples=1, seed=s["seed"], precision=s["precision"]))
     logged = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     answers = s["prompts"] * s["samples"]
     return {"t0": t0, "step_ends": ends, "generated_tokens": [row["grpo/answer_length"] * answers for row in logged]}
@@ -153,14 +153,16 @@ def step_clock_callback(ends: list[float]):
 
 
 def common_trl_args(spec: dict) -> dict:
-    """TrainingArguments shared by both TRL jobs: CPU, fp32, no recomputation, no eval, no saving, no reporting.
+    """TrainingArguments shared by both TRL jobs: CPU, the run's precision, no recomputation, no eval, no saving,
+    no reporting.
 
-    TRL defaults to bf16 and gradient checkpointing; both are switched off so that both frameworks do
-    the same fp32 arithmetic with no recomputation. Constant LR and AdamW weight decay 0.01 as modalign.
+    TRL defaults to bf16 and gradient checkpointing; bf16 follows the run's precision (modalign's
+    `precision`: fp32, or bf16 autocast as TRL's `bf16=True`) and checkpointing is off, so that both
+    frameworks do the same arithmetic with no recomputation. Constant LR and AdamW weight decay 0.01 as modalign.
     """
     s = spec["settings"]
     return dict(output_dir=spec["out"], max_steps=s["steps"], learning_rate=s["lr"], beta=s["beta"], seed=s["seed"],
-                use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
+                use_cpu=True, bf16=s["precision"] == "bf16", gradient_checkpointing=False, report_to="none", save_strategy="no",
                 eval_strategy="no", logging_steps=1, disable_tqdm=True, lr_scheduler_type="constant",
                 weight_decay=0.01, dataloader_num_workers=0)
 
@@ -250,12 +252,13 @@ def import_base(spec: dict) -> dict:
 
 
 def matmul(spec: dict) -> dict:
-    """Best and median FLOP/s of an n x n fp32 matmul (2 n^3 FLOPs) over `repeats` runs after warm-up."""
+    """Best and median FLOP/s of an n x n matmul (2 n^3 FLOPs; fp32, or `dtype`) over `repeats` runs after warm-up."""
     import torch
 
     set_threads(spec)
     n, repeats = spec.get("n", 2048), spec.get("repeats", 10)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     seconds = []
