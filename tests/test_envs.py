@@ -9,6 +9,12 @@ from modalign.envs import MultimodalChoiceEnv
 from modalign.models.policy import load_policy
 
 
+@pytest.fixture(autouse=True)
+def sb3_logs_in_tmp(tmp_path, monkeypatch):
+    """SB3 makes a log folder for every agent (an empty /tmp/SB3-<time> when none is given): keep it in tmp_path."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
+
+
 @pytest.fixture(scope="module")
 def env_parts(sft_model):
     model, data = sft_model
