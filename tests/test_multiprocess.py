@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from modalign.data.dataset import read_examples
+from modalign.feedback.store import FeedbackStore
 from modalign.models.inputs import MediaStore
 from modalign.models.policy import load_policy
 from modalign.recipes.demo import collect_feedback
@@ -200,3 +201,38 @@ def test_reward_two_processes_equal_one(tmp_path, sft_model, store):
     heads = [ScalarHeadModel.load(tmp_path / r / "model").state_dict() for r in ("one", "two")]
     for key in heads[0]:
         assert torch.allclose(heads[0][key], heads[1][key], atol=1e-5), key
+
+
+def test_loop_two_processes_end_to_end_and_resume(tmp_path, sft_model):
+    """Two rounds on 2 processes: the main process samples, judges and evaluates; the reward model and PPO
+    run on both; one writer; a rerun with rounds=3 runs round 3 alone."""
+    model, data = sft_model
+    settings = {"policy": model, "data": data, "rounds": 2, "prompts_per_round": 6, "samples_per_prompt": 3,
+                "reward_steps": 4, "rl_steps": 2, "prompts_per_step": 2, "rl_samples_per_prompt": 2,
+                "max_new_tokens": 8, "eval_examples": 4, "eval_samples": 2, "kl_budget": 5.0}
+    out = tmp_path / "loop"
+    launch(cli("loop", out, settings))
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["round"] for row in rows] == [1, 2] and rows[1]["policy"] == rows[0]["model"]
+    assert summary["judgments"] == sum(row["judgments"] for row in rows) > 0
+    assert FeedbackStore.sqlite(out / "feedback.db").count_judgments() == summary["judgments"]
+    for r in (1, 2):
+        assert json.loads((out / f"round-{r}/reward/summary.json").read_text())["processes"] == 2
+        assert json.loads((out / f"round-{r}/rl/summary.json").read_text())["processes"] == 2
+        assert logged_steps(out / f"round-{r}/rl") == [1, 2]
+    done = (out / "round-1" / "rl" / "summary.json").stat().st_mtime_ns
+    launch(cli("loop", out, {**settings, "rounds": 3}))
+    assert (out / "round-1" / "rl" / "summary.json").stat().st_mtime_ns == done
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2, 3]
+
+
+def test_loop_with_people_refuses_many_processes():
+    from modalign.config import ConfigError
+    from modalign.recipes.loop import LoopConfig, check_loop_settings
+
+    cfg = LoopConfig(policy="p", data="d", judge="people", annotators="ann")
+    check_loop_settings(cfg, world=1)
+    with pytest.raises(ConfigError, match="judge=people runs in one process"):
+        check_loop_settings(cfg, world=2)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
-import torch
-
 Precision = Literal["fp32", "bf16"]
 PRECISION_HELP = ("fp32, or bf16: forward passes under bf16 autocast (weights, gradients and optimizer state "
                   "stay fp32; TRL's bf16=True).")
@@ -27,6 +25,8 @@ PRECISION_HELP = ("fp32, or bf16: forward passes under bf16 autocast (weights, g
 
 def autocast(precision: str, model) -> contextlib.AbstractContextManager:
     """bf16 autocast on the device of `model`'s parameters for 'bf16'; nothing for 'fp32'."""
+    import torch  # lazily: configs import this module, and `modalign <command> --help` should not load torch
+
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":

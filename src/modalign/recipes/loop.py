@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
+from modalign.precision import PRECISION_HELP, Precision
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
 SELECTIONS = ("all", "random", "margin", "ensemble", "top")
@@ -67,6 +68,7 @@ class LoopConfig:
     kl_coef: float = field_doc(0.1, "KL penalty to the start policy (online methods: to the round's start).")
     kl_budget: float = field_doc(0.0, "ppo: stop a round's RL once the mean KL to the start policy passes it (0: off).")
     ptx_coef: float = field_doc(1.0, "ppo: PPO-ptx weight of the SFT loss on the tasks the prompts leave out.")
+    precision: Precision = field_doc("fp32", "RL stage: " + PRECISION_HELP)
     max_new_tokens: int = field_doc(40, "Longest answer, sampled and evaluated.")
     eval_split: str = field_doc("test", "Held-out split evaluated at the start and after every round.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
@@ -76,29 +78,35 @@ class LoopConfig:
 
 def run_loop(cfg: LoopConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
+    from modalign.dist import processes
     from modalign.feedback.store import FeedbackStore
     from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
-    out = Path(cfg.out or default_run_dir("loop"))
+    dist = processes()
+    out = Path(dist.broadcast(str(cfg.out or default_run_dir("loop"))))
     cfg = dataclasses.replace(cfg, out=str(out))
-    check_loop_settings(cfg)
-    start_rounds_folder(cfg, out)
-    store = FeedbackStore.sqlite(out / "feedback.db")
+    check_loop_settings(cfg, dist.world)
+    if dist.is_main:
+        start_rounds_folder(cfg, out)
+    dist.wait()
+    store = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
                   f"{cfg.method} -> {out}")
     start = cached_json(out / "eval-start.json", lambda: evaluate_policy(cfg, cfg.policy, out / "eval-start"))
     rows: list[dict] = []
     for r in range(1, cfg.rounds + 1):
         prior = sum(row["judgments"] for row in rows)
-        row = cached_json(round_dir(cfg, r) / "round.json", lambda: run_round(cfg, r, store, prior))
+        row = cached_json(round_dir(cfg, r) / "round.json", lambda: run_round(cfg, r, store, prior), everyone=True)
         rows.append(row)
-        write_jsonl_atomic(out / "rounds.jsonl", rows)
+        if dist.is_main:
+            write_jsonl_atomic(out / "rounds.jsonl", rows)
         print_round(row, cfg.rounds, start)
     summary = {"stage": "loop", "start": start, "rounds": rows, "model": rows[-1]["model"],
                "eval": rows[-1]["eval"], "judgments": sum(row["judgments"] for row in rows),
                "feedback": str(out / "feedback.db"), "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
-    write_json_atomic(out / "summary.json", summary)
+    if dist.is_main:
+        write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -113,8 +121,9 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
                            lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
     reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
         out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
-        steps=cfg.reward_steps, seed=cfg.seed + r)))
-    rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"))
+        steps=cfg.reward_steps, seed=cfg.seed + r)), everyone=True)
+    rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"),
+                     everyone=True)
     metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
     return {"round": r, "policy": policy, "judgments": feedback["judgments"], "feedback": feedback,
             "reward_heldout_accuracy": reward["heldout_accuracy"], "rl_steps": rl.get("steps"),
@@ -181,9 +190,12 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
 
 def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dict:
     """The round's RL run from `policy`; a killed run resumes from its last checkpoint."""
-    resume = str(folder) if (folder / "config.yaml").is_file() else None
+    from modalign.dist import processes
+
+    # one decision for every process (the main one may have made the folder before another looks)
+    resume = processes().broadcast(str(folder) if (folder / "config.yaml").is_file() else None)
     common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
-                  max_new_tokens=cfg.max_new_tokens)
+                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision)
     if cfg.method == "ppo":
         from modalign.recipes.ppo import PPOConfig, run_ppo
 
@@ -212,8 +224,8 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
                           samples_per_example=cfg.eval_samples)
 
 
-def check_loop_settings(cfg: LoopConfig) -> None:
-    """Fail before any work on settings no round can run with."""
+def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:
+    """Fail before any work on settings no round can run with (`world`: the number of processes)."""
     for name in ("policy", "data"):
         if not getattr(cfg, name):
             raise ConfigError(f"{name} is empty: the loop needs the start policy folder and the dataset folder")
@@ -223,6 +235,9 @@ def check_loop_settings(cfg: LoopConfig) -> None:
         raise ConfigError(f"selection {cfg.selection!r}: choose one of {', '.join(SELECTIONS)}")
     if cfg.judge not in ("simulated", "people"):
         raise ConfigError(f"judge {cfg.judge!r}: choose simulated or people")
+    if cfg.judge == "people" and world > 1:
+        raise ConfigError("judge=people runs in one process: the other processes would wait for people past the "
+                          "process group's timeout; launch `modalign loop` without accelerate for people")
     if cfg.judge == "people" and not cfg.annotators.strip():
         raise ConfigError("judge=people needs annotators (comma-separated accounts made with modalign add-annotator)")
     for name, least in (("rounds", 1), ("prompts_per_round", 1), ("samples_per_prompt", 2), ("eval_samples", 1)):
@@ -239,16 +254,25 @@ def round_policy(cfg: LoopConfig, r: int) -> str:
     return cfg.policy if r == 1 else json.loads((round_dir(cfg, r - 1) / "rl" / "summary.json").read_text())["model"]
 
 
-def cached_json(path: Path, compute) -> dict:
-    """Read a finished stage's JSON; else compute it and (for stages that do not write their own) save it."""
+def cached_json(path: Path, compute, everyone: bool = False) -> dict:
+    """Read a finished stage's JSON; else compute it and (for stages that do not write their own) save it.
+
+    With many processes the main process's view decides for all whether the stage is done;
+    `everyone`: every process runs `compute` (a stage that runs on many processes: reward, RL,
+    a whole round), else the main process alone (sampling, judging, evaluation) while the others
+    wait. Either way every process gets the main process's result, and only it writes.
+    """
+    from modalign.dist import processes
     from modalign.runs import write_json_atomic
 
-    if path.is_file():
+    dist = processes()
+    if dist.broadcast(path.is_file()):
         return json.loads(path.read_text(encoding="utf-8"))
-    result = compute()
-    if not path.is_file():
+    result = dist.broadcast(compute() if everyone or dist.is_main else None)
+    if dist.is_main and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, result)
+    dist.wait()
     return result
 
 
@@ -256,7 +280,12 @@ def fresh(folder: Path) -> Path:
     """A stage folder without a summary is a killed run that cannot resume (reward): start it again."""
     import shutil
 
-    shutil.rmtree(folder, ignore_errors=True)
+    from modalign.dist import processes
+
+    dist = processes()
+    if dist.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+    dist.wait()
     return folder
 
 
