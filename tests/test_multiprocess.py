@@ -101,9 +101,8 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path, sft_model, store
 
 
 def test_single_process_commands_refuse_many(tmp_path, sft_model):
-    _, data = sft_model
     with pytest.raises(AssertionError, match="runs in one process"):
-        launch(cli("bon", tmp_path / "b", {"policy": sft_model[0]}))
+        launch(["-m", "modalign.cli", "eval", "--policy", str(sft_model[0]), "--out", str(tmp_path / "e")])
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
@@ -236,3 +235,35 @@ def test_loop_with_people_refuses_many_processes():
     check_loop_settings(cfg, world=1)
     with pytest.raises(ConfigError, match="judge=people runs in one process"):
         check_loop_settings(cfg, world=2)
+
+
+def test_iterative_dpo_two_processes_end_to_end(tmp_path, sft_model):
+    """The main process samples and judges each round, DPO runs on both; one writer."""
+    model, data = sft_model
+    settings = {"policy": model, "data": data, "rounds": 2, "prompts_per_round": 6, "samples_per_prompt": 2,
+                "batch_size": 2, "lr": 1e-3, "max_new_tokens": 10, "eval_examples": 2}
+    launch(cli("iterative-dpo", tmp_path / "run", settings))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2] and rows[1]["policy"] == rows[0]["model"]
+    for r in (1, 2):
+        dpo = json.loads((tmp_path / f"run/round-{r}/dpo/summary.json").read_text())
+        assert dpo["processes"] == 2 and logged_steps(tmp_path / f"run/round-{r}/dpo") == list(range(1, dpo["steps"] + 1))
+    assert "hallucination_rate" in json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+
+
+def test_bon_two_processes_gather_every_prompts_winner(tmp_path, sft_model):
+    """Each process samples and scores its share of the prompts; the winners come back in prompt order."""
+    from modalign.rl.rewards import RULES
+
+    model, data = sft_model
+    settings = {"policy": model, "data": data, "reward_model": "rule:shapes_gold", "prompts": 5, "n": 4,
+                "max_new_tokens": 12, "epochs": 1.0, "batch_size": 2, "eval_examples": 2}
+    launch(cli("bon", tmp_path / "bon", settings))
+    winners = [json.loads(line) for line in (tmp_path / "bon" / "winners.jsonl").read_text().splitlines()]
+    captions = [e for e in read_examples(data, "train") if e.meta.get("task") == "caption"][:5]
+    assert [row["example_id"] for row in winners] == [e.id for e in captions]
+    for example, row in zip(captions, winners):
+        assert RULES["shapes_gold"](example, row["answer"]) == pytest.approx(row["score"])  # scores are float32
+        assert row["score"] >= row["mean_score"]
+    sft = json.loads((tmp_path / "bon" / "sft" / "summary.json").read_text())
+    assert sft["processes"] == 2 and "vqa_accuracy" in sft["eval"]

@@ -83,10 +83,10 @@ def _one_process(command: str) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail(f"`modalign {command}` runs in one process; under accelerate launch run sft, reward, "
-              "dpo, ppo, grpo, rloo, reinforce, a2c or loop")
+              "dpo, ppo, grpo, rloo, reinforce, a2c, loop, iterative-dpo or bon")
 
 
-MULTI_PROCESS = ("sft", "reward", "dpo", "ppo", "online", "loop")
+MULTI_PROCESS = ("sft", "reward", "dpo", "ppo", "online", "loop", "iterative_dpo", "bon")
 
 
 def _recipe_command(config_class, runner, config: str | None, set_: list[str] | None, out: str | None,

@@ -36,33 +36,39 @@ class BoNConfig:
 
 
 def run_bon(cfg: BoNConfig) -> dict:
-    """Sample, select, fine-tune; `winners.jsonl` keeps every prompt's best answer and its score."""
+    """Sample, select, fine-tune; `winners.jsonl` keeps every prompt's best answer and its score.
+
+    With many processes each samples and scores its share of the prompts (prompts rank, rank + N,
+    ...; the same seed in each, so the answers differ from a one-process run's), the winners are
+    gathered in prompt order, and the SFT runs on all processes.
+    """
+    import torch
+
     from modalign.data.dataset import read_examples
-    from modalign.eval.generation import generate_answers
-    from modalign.models.inputs import MediaStore
-    from modalign.models.policy import load_policy
+    from modalign.dist import processes
     from modalign.recipes.sft import SFTConfig, run_sft
-    from modalign.rl.rewards import reward_source_from, score_texts
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console
 
     started = time.time()
-    run = RunDir.create(cfg.out or default_run_dir("bon"), cfg)
+    dist = processes()
+    run = RunDir.create(dist.broadcast(str(cfg.out or default_run_dir("bon"))), cfg, dist.is_main)
     examples = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
     examples = examples[: cfg.prompts] if cfg.prompts else examples
-    media = MediaStore(cfg.data)
-    completions = generate_answers(load_policy(cfg.policy), media, examples, max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, seed=cfg.seed, samples_per_example=cfg.n)
-    owners = [e for e in examples for _ in range(cfg.n)]
-    scores = score_texts(reward_source_from(cfg.reward_model), owners, [c.text for c in completions], media)
-    grouped = scores.view(len(examples), cfg.n)  # (prompts, N)
-    best = grouped.argmax(1)
-    winners = [with_answer(e, completions[i * cfg.n + int(best[i])].text) for i, e in enumerate(examples)]
-    with (run.path / "winners.jsonl").open("w", encoding="utf-8") as handle:
-        for example, index in zip(winners, range(len(examples))):
-            handle.write(json.dumps({"example_id": example.id, "answer": example.answer,
-                                     "score": float(grouped[index].max()), "mean_score": float(grouped[index].mean())})
-                         + "\n")
+    if len(examples) < dist.world:
+        from modalign.config import ConfigError
+
+        raise ConfigError(f"{len(examples)} prompts do not split over {dist.world} processes (prompts)")
+    shares = dist.gather_objects(_sample_and_score(cfg, examples[dist.rank :: dist.world]))
+    # back in prompt order: prompt i is item i // N of process i % N
+    grouped = torch.stack([shares[i % dist.world][1][i // dist.world] for i in range(len(examples))])  # (prompts, N)
+    winners = [shares[i % dist.world][0][i // dist.world] for i in range(len(examples))]
+    if dist.is_main:
+        with (run.path / "winners.jsonl").open("w", encoding="utf-8") as handle:
+            for example, index in zip(winners, range(len(examples))):
+                handle.write(json.dumps({"example_id": example.id, "answer": example.answer,
+                                         "score": float(grouped[index].max()),
+                                         "mean_score": float(grouped[index].mean())}) + "\n")
     console.print(f"[bold]bon[/] best of {cfg.n}: mean score {float(grouped.mean()):.3f} -> "
                   f"winners {float(grouped.max(1).values.mean()):.3f}")
     sft = run_sft(SFTConfig(out=str(run.path / "sft"), data=cfg.data, policy=cfg.policy, epochs=cfg.epochs,
@@ -74,6 +80,23 @@ def run_bon(cfg: BoNConfig) -> dict:
     run.write_summary(summary)
     run.close()
     return summary
+
+
+def _sample_and_score(cfg: BoNConfig, examples: list) -> tuple[list, "torch.Tensor"]:
+    """`examples` with their best answer, and the scores of their N answers (len(examples), N)."""
+    from modalign.eval.generation import generate_answers
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+    from modalign.rl.rewards import reward_source_from, score_texts
+
+    media = MediaStore(cfg.data)
+    completions = generate_answers(load_policy(cfg.policy), media, examples, max_new_tokens=cfg.max_new_tokens,
+                                   temperature=cfg.temperature, seed=cfg.seed, samples_per_example=cfg.n)
+    owners = [e for e in examples for _ in range(cfg.n)]
+    scores = score_texts(reward_source_from(cfg.reward_model), owners, [c.text for c in completions], media)
+    grouped = scores.view(len(examples), cfg.n)  # (prompts, N)
+    best = grouped.argmax(1)
+    return [with_answer(e, completions[i * cfg.n + int(best[i])].text) for i, e in enumerate(examples)], grouped
 
 
 def with_answer(example, answer: str):

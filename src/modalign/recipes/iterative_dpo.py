@@ -78,12 +78,15 @@ class IterativeDPOConfig:
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
     from modalign.data.dataset import read_examples
+    from modalign.dist import processes
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
     from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
-    out = Path(cfg.out or default_run_dir("iterative-dpo"))
+    # Many processes: the main one samples and judges each round; DPO runs on all (`docs/scale.md`).
+    dist = processes()
+    out = Path(dist.broadcast(str(cfg.out or default_run_dir("iterative-dpo"))))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_settings(cfg)
     judge = judge_from(cfg.judge)
@@ -91,8 +94,10 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
-    start_rounds_folder(cfg, out)
-    all_rounds = FeedbackStore.sqlite(out / "feedback.db")
+    if dist.is_main:
+        start_rounds_folder(cfg, out)
+    dist.wait()
+    all_rounds = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]iterative {cfg.loss}[/] {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x "
                   f"{cfg.samples_per_prompt} answers, judge {cfg.judge} -> {out}")
 
@@ -100,24 +105,28 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     for r in range(1, cfg.rounds + 1):
         folder = round_dir(out, r)
         policy = cfg.policy if r == 1 else str(round_dir(out, r - 1) / "dpo" / "model")
-        if (folder / "dpo" / "summary.json").is_file():
+        if dist.broadcast((folder / "dpo" / "summary.json").is_file()):
             row = round_row(_read_json(folder / "feedback.json"), _read_json(folder / "dpo" / "summary.json"))
             console.print(f"round {r}/{cfg.rounds}: done already ({folder / 'dpo' / 'summary.json'}), skipped")
         else:
-            stats = collect_round(cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed), judge,
-                                  all_rounds, prior_judgments=sum(row["judgments"] for row in rows))
+            stats = dist.broadcast(collect_round(
+                cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed), judge, all_rounds,
+                prior_judgments=sum(row["judgments"] for row in rows)) if dist.is_main else None)
             dpo_dir = folder / "dpo"
-            resume = str(dpo_dir) if (dpo_dir / "config.yaml").is_file() else None  # killed during DPO
-            row = round_row(stats, run_dpo(round_dpo_config(cfg, policy, folder), resume=resume))
+            # killed during DPO: resume it (one decision for all processes)
+            resume = dist.broadcast(str(dpo_dir) if (dpo_dir / "config.yaml").is_file() else None)
+            row = round_row(stats, dist.broadcast(run_dpo(round_dpo_config(cfg, policy, folder), resume=resume)))
             print_round(row, cfg.rounds)
         rows.append(row)
-        write_jsonl_atomic(out / "rounds.jsonl", rows)
+        if dist.is_main:
+            write_jsonl_atomic(out / "rounds.jsonl", rows)
 
     summary = {"stage": f"iterative_{cfg.loss}", "rounds": rows, "model": rows[-1]["model"], "policy": cfg.policy,
                "judge": cfg.judge, "feedback": str(out / "feedback.db"),
                "judgments": sum(row["judgments"] for row in rows), "eval": rows[-1]["eval"],
                "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
-    write_json_atomic(out / "summary.json", summary)
+    if dist.is_main:
+        write_json_atomic(out / "summary.json", summary)
     console.print(f"final policy: {summary['model']}")
     return summary
 
