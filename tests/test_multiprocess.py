@@ -267,3 +267,13 @@ def test_bon_two_processes_gather_every_prompts_winner(tmp_path, sft_model):
         assert row["score"] >= row["mean_score"]
     sft = json.loads((tmp_path / "bon" / "sft" / "summary.json").read_text())
     assert sft["processes"] == 2 and "vqa_accuracy" in sft["eval"]
+
+
+def test_quick_demo_two_processes(tmp_path):
+    """The whole demo under accelerate launch: SFT, reward models and PPO on both processes, one report."""
+    launch(["-m", "modalign.cli", "demo", "--quick", "--out", str(tmp_path / "demo")])
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert "hallucination_rate" in saved["rlhf"] and [row["round"] for row in saved["rounds"]] == [1, 2]
+    assert json.loads((tmp_path / "demo" / "sft" / "summary.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "demo" / "loop" / "round-2" / "rl" / "summary.json").read_text())["processes"] == 2
+    assert (tmp_path / "demo" / "report.html").is_file()

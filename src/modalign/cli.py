@@ -83,7 +83,7 @@ def _one_process(command: str) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail(f"`modalign {command}` runs in one process; under accelerate launch run sft, reward, "
-              "dpo, ppo, grpo, rloo, reinforce, a2c, loop, iterative-dpo or bon")
+              "dpo, ppo, grpo, rloo, reinforce, a2c, loop, iterative-dpo, bon or demo")
 
 
 MULTI_PROCESS = ("sft", "reward", "dpo", "ppo", "online", "loop", "iterative_dpo", "bon")
@@ -247,7 +247,6 @@ def demo(
     """The main job, no arguments needed."""
     from modalign.recipes.demo import run_demo
 
-    _one_process("demo")
     _run(lambda: run_demo(out=out, seed=seed, quick=quick, resume=resume))
 
 

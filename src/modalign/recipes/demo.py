@@ -15,14 +15,20 @@ from pathlib import Path
 
 
 def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume: str | None = None) -> dict:
-    """The main job; `resume` continues a killed demo in its folder (finished stages are read back)."""
+    """The main job; `resume` continues a killed demo in its folder (finished stages are read back).
+
+    Under `accelerate launch` its SFT, reward models and PPO run on every process; the main process
+    alone samples and judges feedback, evaluates and writes the report (`modalign loop`).
+    """
+    from modalign.dist import processes
     from modalign.recipes.loop import run_loop
     from modalign.runs import default_run_dir, write_json_atomic
     from modalign.ui import console
 
     started = time.time()
-    out_dir = Path(resume or out or default_run_dir("demo"))
-    seed, quick = demo_settings(out_dir, seed, quick, resume is not None)
+    dist = processes()
+    out_dir = Path(dist.broadcast(str(resume or out or default_run_dir("demo"))))
+    seed, quick = dist.broadcast(demo_settings(out_dir, seed, quick, resume is not None) if dist.is_main else None)
     console.print("[bold]modalign demo[/]: ShapesWorld -> SFT (noisy captions) -> 2 rounds of feedback -> reward model "
                   "-> PPO -> gold eval")
 
@@ -45,9 +51,10 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
                     "kl_to_ref": row["kl_to_ref"], **{k: row["eval"].get(k) for k in SHOWN}} for row in loop["rounds"]],
         "seed": seed, "quick": quick, "wall_seconds": round(time.time() - started, 1),
     }
-    write_json_atomic(out_dir / "summary.json", summary)
-    write_demo_report(out_dir, data_root, summary)
-    print_summary(summary, out_dir)
+    if dist.is_main:
+        write_json_atomic(out_dir / "summary.json", summary)
+        write_demo_report(out_dir, data_root, summary)
+        print_summary(summary, out_dir)
     return summary
 
 
@@ -75,19 +82,22 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     """SFT on ShapesWorld with caption noise; a finished SFT is read back, a killed one resumes."""
     import json
 
+    from modalign.dist import processes
     from modalign.recipes.sft import SFTConfig, run_sft
 
+    dist = processes()
     folder = out_dir / "sft"
-    if not (folder / "summary.json").is_file():
+    if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
         # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03).
         cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
-        run_sft(cfg, resume=str(folder) if (folder / "config.yaml").is_file() else None)
-    return {"model": str(folder / "model"), "data": str(folder / "data"),
-            **json.loads((folder / "summary.json").read_text())}
+        run_sft(cfg, resume=dist.broadcast(str(folder) if (folder / "config.yaml").is_file() else None))
+    # the main process's summary (it writes the file after the others have returned)
+    summary = dist.broadcast(json.loads((folder / "summary.json").read_text()) if dist.is_main else None)
+    return {"model": str(folder / "model"), "data": str(folder / "data"), **summary}
 
 
 def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, quick: bool):
