@@ -100,9 +100,15 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path, sft_model, store
         launch(cli("dpo", tmp_path / "odd", settings))
 
 
-def test_single_process_commands_refuse_many(tmp_path, sft_model):
-    with pytest.raises(AssertionError, match="runs in one process"):
-        launch(["-m", "modalign.cli", "eval", "--policy", str(sft_model[0]), "--out", str(tmp_path / "e")])
+def test_eval_two_processes_scores_every_example_in_order(tmp_path, sft_model):
+    """Each process generates for its share; the samples come back in the split's order, scored once."""
+    model, data = sft_model
+    launch(["-m", "modalign.cli", "eval", "--policy", str(model), "--data", str(data), "--out", str(tmp_path / "e"),
+            "--set", "max_examples=7", "--set", "max_new_tokens=8"])
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    samples = [json.loads(line) for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
+    assert summary["processes"] == 2 and summary["metrics"]["n_examples"] == 7
+    assert [row["example_id"] for row in samples] == [e.id for e in read_examples(data, "test")[:7]]
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])

@@ -73,20 +73,7 @@ def evaluate(
             cfg.out = out
         return run_eval(cfg)
 
-    _one_process("eval")
     _run(call)
-
-
-def _one_process(command: str) -> None:
-    """Commands not yet written for many processes refuse `accelerate launch` instead of racing on files."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _fail(f"`modalign {command}` runs in one process; under accelerate launch run sft, reward, "
-              "dpo, ppo, grpo, rloo, reinforce, a2c, loop, iterative-dpo, bon or demo")
-
-
-MULTI_PROCESS = ("sft", "reward", "dpo", "ppo", "online", "loop", "iterative_dpo", "bon")
 
 
 def _recipe_command(config_class, runner, config: str | None, set_: list[str] | None, out: str | None,
@@ -96,8 +83,6 @@ def _recipe_command(config_class, runner, config: str | None, set_: list[str] | 
     if help_config:
         typer.echo(describe_config(config_class))
         return
-    if runner.__name__.removeprefix("run_") not in MULTI_PROCESS:
-        _one_process(runner.__name__.removeprefix("run_"))
 
     def call():
         cfg = load_config(config_class, f"{resume}/config.yaml" if resume else config, set_ or [])

@@ -78,12 +78,15 @@ def write_samples(path, examples: Sequence[Example], completions: Sequence[Compl
 def evaluate_split(
     policy: Policy, data_root, split: str, max_examples: int = 0, max_new_tokens: int = 40,
     temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "", batch_size: int = 64,
-    samples_per_example: int = 1,
+    samples_per_example: int = 1, dist=None,
 ) -> dict[str, float]:
     """Generate on a held-out split (optionally one task) and score with gold and text metrics.
 
     With `samples_per_example` k > 1 every metric averages over k sampled answers per prompt:
     the expected rate under the policy, with a smaller sampling error than one draw gives.
+    `dist` (`modalign.dist.Processes`, many processes): each process generates for examples
+    rank, rank + N, ... (the same seed in each, so the answers differ from one process's), the
+    answers are gathered back in example order and every process scores them all.
     """
     from modalign.data.dataset import read_examples
     from modalign.eval.metrics import score_completions
@@ -94,10 +97,15 @@ def evaluate_split(
         examples = examples[:max_examples]
     extractor = getattr(policy.processor, "feature_extractor", None)
     media = MediaStore(data_root, sample_rate=int(getattr(extractor, "sampling_rate", 16000)))
-    with progress_bar("eval", total=len(examples)) as advance:
-        completions = generate_answers(policy, media, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+    many = dist is not None and dist.many
+    mine = examples[dist.rank :: dist.world] if many else examples
+    with progress_bar("eval", total=len(mine)) as advance:
+        completions = generate_answers(policy, media, mine, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        temperature=temperature, seed=seed, progress=advance,
                                        samples_per_example=samples_per_example)
+    if many:  # example i is item i // N of process i % N, its k answers in a row
+        parts, k = dist.gather_objects(completions), samples_per_example
+        completions = [parts[i % dist.world][(i // dist.world) * k + j] for i in range(len(examples)) for j in range(k)]
     repeated = [e for e in examples for _ in range(samples_per_example)]  # completions come in this order
     if samples_path is not None:
         write_samples(samples_path, repeated, completions)

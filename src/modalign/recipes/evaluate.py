@@ -26,7 +26,12 @@ class EvalConfig:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """Generate answers, score them, write `OUT/summary.json` and `OUT/samples.jsonl`."""
+    """Generate answers, score them, write `OUT/summary.json` and `OUT/samples.jsonl`.
+
+    Under `accelerate launch` each process generates for its share of the examples; the main
+    process writes (`eval.generation.evaluate_split`).
+    """
+    from modalign.dist import processes
     from modalign.eval.generation import evaluate_split
     from modalign.models.policy import load_policy
     from modalign.runs import default_run_dir, write_json_atomic
@@ -35,14 +40,17 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not cfg.policy:
         raise ValueError("eval: --policy is required (a saved policy folder or hub id)")
     started = time.time()
-    out = Path(cfg.out or default_run_dir("eval"))
+    dist = processes()
+    out = Path(dist.broadcast(str(cfg.out or default_run_dir("eval"))))
     out.mkdir(parents=True, exist_ok=True)
-    data_root = _data_root(cfg, out)
+    data_root = dist.main_first(lambda: _data_root(cfg, out))  # ShapesWorld is generated once
     metrics = evaluate_split(load_policy(cfg.policy), data_root, cfg.split, cfg.max_examples, cfg.max_new_tokens,
-                             cfg.temperature, cfg.seed, out / "samples.jsonl", batch_size=cfg.batch_size)
+                             cfg.temperature, cfg.seed, out / "samples.jsonl" if dist.is_main else None,
+                             batch_size=cfg.batch_size, dist=dist)
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split,
-               "metrics": metrics, "wall_seconds": round(time.time() - started, 1)}
-    write_json_atomic(out / "summary.json", summary)
+               "processes": dist.world, "metrics": metrics, "wall_seconds": round(time.time() - started, 1)}
+    if dist.is_main:
+        write_json_atomic(out / "summary.json", summary)
     for key, value in metrics.items():
         console.print(f"  {key:<28} {value:.4g}")
     return summary
