@@ -122,6 +122,14 @@ class Processes:
         self.share(len(items), what)
         return list(items[self.rank :: self.world])
 
+    def unshard(self, mine: Sequence[T], count: int) -> list[T]:
+        """All `count` items in order, each process holding `mine`: its items rank, rank + N, ...
+        (`items[rank::N]` of any length: sampling shared out, gathered back)."""
+        if not self.many:
+            return list(mine)
+        parts = self.gather_objects(list(mine))
+        return [parts[i % self.world][i // self.world] for i in range(count)]
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over processes (the value itself with one process)."""
         return self.accelerator.reduce(value.detach().clone(), "sum") if self.many else value

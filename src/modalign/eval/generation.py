@@ -103,9 +103,10 @@ def evaluate_split(
         completions = generate_answers(policy, media, mine, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        temperature=temperature, seed=seed, progress=advance,
                                        samples_per_example=samples_per_example)
-    if many:  # example i is item i // N of process i % N, its k answers in a row
-        parts, k = dist.gather_objects(completions), samples_per_example
-        completions = [parts[i % dist.world][(i // dist.world) * k + j] for i in range(len(examples)) for j in range(k)]
+    if many:  # gathered back in example order, each example's k answers in a row
+        k = samples_per_example
+        per_example = dist.unshard([completions[i * k : i * k + k] for i in range(len(mine))], len(examples))
+        completions = [completion for answers in per_example for completion in answers]
     repeated = [e for e in examples for _ in range(samples_per_example)]  # completions come in this order
     if samples_path is not None:
         write_samples(samples_path, repeated, completions)

@@ -59,10 +59,9 @@ def run_bon(cfg: BoNConfig) -> dict:
         from modalign.config import ConfigError
 
         raise ConfigError(f"{len(examples)} prompts do not split over {dist.world} processes (prompts)")
-    shares = dist.gather_objects(_sample_and_score(cfg, examples[dist.rank :: dist.world]))
-    # back in prompt order: prompt i is item i // N of process i % N
-    grouped = torch.stack([shares[i % dist.world][1][i // dist.world] for i in range(len(examples))])  # (prompts, N)
-    winners = [shares[i % dist.world][0][i // dist.world] for i in range(len(examples))]
+    results = dist.unshard(_sample_and_score(cfg, examples[dist.rank :: dist.world]), len(examples))
+    winners = [winner for winner, _ in results]
+    grouped = torch.stack([scores for _, scores in results])  # (prompts, N)
     if dist.is_main:
         with (run.path / "winners.jsonl").open("w", encoding="utf-8") as handle:
             for example, index in zip(winners, range(len(examples))):
@@ -82,8 +81,8 @@ def run_bon(cfg: BoNConfig) -> dict:
     return summary
 
 
-def _sample_and_score(cfg: BoNConfig, examples: list) -> tuple[list, "torch.Tensor"]:
-    """`examples` with their best answer, and the scores of their N answers (len(examples), N)."""
+def _sample_and_score(cfg: BoNConfig, examples: list) -> list[tuple]:
+    """Per example: a copy with its best answer, and the scores of its N answers (N,)."""
     from modalign.eval.generation import generate_answers
     from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
@@ -96,7 +95,7 @@ def _sample_and_score(cfg: BoNConfig, examples: list) -> tuple[list, "torch.Tens
     scores = score_texts(reward_source_from(cfg.reward_model), owners, [c.text for c in completions], media)
     grouped = scores.view(len(examples), cfg.n)  # (prompts, N)
     best = grouped.argmax(1)
-    return [with_answer(e, completions[i * cfg.n + int(best[i])].text) for i, e in enumerate(examples)], grouped
+    return [(with_answer(e, completions[i * cfg.n + int(best[i])].text), grouped[i]) for i, e in enumerate(examples)]
 
 
 def with_answer(example, answer: str):
