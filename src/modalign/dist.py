@@ -162,19 +162,9 @@ class Processes:
     def gather_rows(self, compute: Callable[[list[int]], torch.Tensor], count: int) -> torch.Tensor:
         """compute(rows) for rows 0..count-1, split over processes and gathered: every process gets all."""
         mine = list(range(self.rank, count, self.world))
-        part = compute(mine) if mine else None
         if not self.many:
-            return part
-        from accelerate.utils import gather_object
-
-        pieces = gather_object([(mine, part)])
-        out = None
-        for rows, values in pieces:
-            if values is None:
-                continue
-            out = out if out is not None else values.new_empty((count, *values.shape[1:]))
-            out[rows] = values
-        return out
+            return compute(mine)
+        return torch.stack(self.unshard(list(compute(mine)) if mine else [], count))
 
     def gather_objects(self, item: Any) -> list[Any]:
         """[item of process 0, item of process 1, ...] on every process."""
@@ -183,6 +173,14 @@ class Processes:
         from accelerate.utils import gather_object
 
         return gather_object([item])
+
+    def rng_states(self) -> Any:
+        """`runs.rng_state()` for a checkpoint: this process's, or with many processes a list of every one's
+        (`runs.set_rng_state(saved, rank)` takes either)."""
+        from modalign.runs import rng_state
+
+        states = self.gather_objects(rng_state())
+        return states if self.many else states[0]
 
     def broadcast(self, item: T) -> T:
         """The main process's `item`, on every process."""

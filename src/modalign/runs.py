@@ -18,7 +18,11 @@ from modalign.config import save_config
 
 
 def default_run_dir(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<kind>-<time>; under `accelerate launch` the main process's name in every process (their clocks
+    may straddle a second), so every process calls it at the same point of a recipe."""
+    from modalign.dist import processes
+
+    return Path(processes().broadcast(str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")))
 
 
 class RunDir:

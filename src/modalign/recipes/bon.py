@@ -52,7 +52,7 @@ def run_bon(cfg: BoNConfig) -> dict:
 
     started = time.time()
     dist = processes()
-    run = RunDir.create(dist.broadcast(str(cfg.out or default_run_dir("bon"))), cfg, dist.is_main)
+    run = RunDir.create(cfg.out or default_run_dir("bon"), cfg, dist.is_main)
     examples = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
     examples = examples[: cfg.prompts] if cfg.prompts else examples
     if len(examples) < dist.world:

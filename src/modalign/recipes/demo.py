@@ -27,7 +27,7 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
 
     started = time.time()
     dist = processes()
-    out_dir = Path(dist.broadcast(str(resume or out or default_run_dir("demo"))))
+    out_dir = Path(resume or out or default_run_dir("demo"))
     seed, quick = dist.broadcast(demo_settings(out_dir, seed, quick, resume is not None) if dist.is_main else None)
     console.print("[bold]modalign demo[/]: ShapesWorld -> SFT (noisy captions) -> 2 rounds of feedback -> reward model "
                   "-> PPO -> gold eval")

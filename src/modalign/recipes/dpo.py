@@ -51,15 +51,15 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     from modalign.recipes.reward import encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
     from modalign.rl.objectives import get_preference_loss
-    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     started = time.time()
     dist = processes()
     loss_fn = get_preference_loss(cfg.loss)
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
-    path = resume or dist.broadcast(str(cfg.out or default_run_dir("dpo")))
-    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
+    run = (RunDir.open(resume, dist.is_main) if resume
+           else RunDir.create(cfg.out or default_run_dir("dpo"), cfg, dist.is_main))
     policy = load_policy(cfg.policy)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
@@ -104,9 +104,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
                            f"{cfg.loss}/reward_accuracy": dist.mean((margins > 0).float().mean())})
             advance(1, loss=loss)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
-                rng = dist.gather_objects(rng_state())
                 run.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "rng": rng if dist.many else rng[0], "step": step}, step)
+                                     "rng": dist.rng_states(), "step": step}, step)
     summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model")}
     if not dist.is_main:
         return summary

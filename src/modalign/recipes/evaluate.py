@@ -41,7 +41,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError("eval: --policy is required (a saved policy folder or hub id)")
     started = time.time()
     dist = processes()
-    out = Path(dist.broadcast(str(cfg.out or default_run_dir("eval"))))
+    out = Path(cfg.out or default_run_dir("eval"))
     out.mkdir(parents=True, exist_ok=True)
     data_root = dist.main_first(lambda: _data_root(cfg, out))  # ShapesWorld is generated once
     metrics = evaluate_split(load_policy(cfg.policy), data_root, cfg.split, cfg.max_examples, cfg.max_new_tokens,

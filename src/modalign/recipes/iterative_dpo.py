@@ -86,7 +86,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
 
     # Many processes: the main one samples and judges each round; DPO runs on all (`docs/scale.md`).
     dist = processes()
-    out = Path(dist.broadcast(str(cfg.out or default_run_dir("iterative-dpo"))))
+    out = Path(cfg.out or default_run_dir("iterative-dpo"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_settings(cfg)
     judge = judge_from(cfg.judge)

@@ -84,7 +84,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     from modalign.ui import console
 
     dist = processes()
-    out = Path(dist.broadcast(str(cfg.out or default_run_dir("loop"))))
+    out = Path(cfg.out or default_run_dir("loop"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_loop_settings(cfg, dist.world)
     if dist.is_main:

@@ -69,15 +69,15 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import decode_answers, sample_answers
-    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     started = time.time()
     dist = processes()
-    path = resume or dist.broadcast(str(cfg.out or default_run_dir(cfg.algorithm)))
-    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
+    run = (RunDir.open(resume, dist.is_main) if resume
+           else RunDir.create(cfg.out or default_run_dir(cfg.algorithm), cfg, dist.is_main))
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
     raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
@@ -135,11 +135,10 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
-                rng = dist.gather_objects(rng_state())
                 run.save_checkpoint({"policy": raw.state_dict(),
                                      "critic": raw_critic.state_dict() if raw_critic else None,
                                      "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                                     "rng": rng if dist.many else rng[0], "state": dict(state)}, state["step"])
+                                     "rng": dist.rng_states(), "state": dict(state)}, state["step"])
 
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()

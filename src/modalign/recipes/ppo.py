@@ -74,13 +74,13 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
     from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
-    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     started = time.time()
     dist = processes()
-    path = resume or dist.broadcast(str(cfg.out or default_run_dir("ppo")))
-    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
+    run = (RunDir.open(resume, dist.is_main) if resume
+           else RunDir.create(cfg.out or default_run_dir("ppo"), cfg, dist.is_main))
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.policy)
     raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
@@ -195,10 +195,9 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                               f"{cfg.kl_budget}: stopping at step {step}/{cfg.steps}")
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                rng = dist.gather_objects(rng_state())
                 run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
                                      "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
-                                     "kl": kl_ctl.state_dict(), "rng": rng if dist.many else rng[0], "step": step},
+                                     "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step},
                                     step)
 
     if not dist.is_main:  # the main process saves, evaluates and writes the summary

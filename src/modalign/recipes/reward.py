@@ -72,7 +72,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     if dist.many and cfg.backbone_lr:
         raise ConfigError("reward: backbone_lr > 0 trains in one process; with many processes only the frozen "
                           "backbone's features are split over them")
-    run = RunDir.create(dist.broadcast(str(cfg.out or default_run_dir("reward"))), cfg, dist.is_main)
+    run = RunDir.create(cfg.out or default_run_dir("reward"), cfg, dist.is_main)
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
@@ -93,8 +93,8 @@ def run_reward(cfg: RewardConfig) -> dict:
         fit = fit_end_to_end if cfg.backbone_lr else fit_on_features
         accuracy, train_accuracy = fit(model, train, heldout, pad, cfg, on_step, dist)
     summary = {"stage": "reward", "processes": dist.world, "model": str(run.path / "model"),
-               "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy": accuracy, "train_accuracy": train_accuracy,
-               "wall_seconds": round(time.time() - started, 1)}
+               "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy": accuracy,
+               "train_accuracy": train_accuracy, "wall_seconds": round(time.time() - started, 1)}
     if dist.is_main:  # every process holds the same head; the main one saves it
         model.save(run.path / "model", policy.processor)
     run.write_summary(summary)

@@ -62,15 +62,15 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
-    from modalign.runs import RunDir, default_run_dir, rng_state, set_rng_state
+    from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = processes()
-    path = resume or dist.broadcast(str(cfg.out or default_run_dir("sft")))
-    run = RunDir.open(path, dist.is_main) if resume else RunDir.create(path, cfg, dist.is_main)
+    run = (RunDir.open(resume, dist.is_main) if resume
+           else RunDir.create(cfg.out or default_run_dir("sft"), cfg, dist.is_main))
     data_root = dist.main_first(lambda: prepare_data(cfg, run.path))  # ShapesWorld is generated once
     train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split)
     policy = make_policy(cfg, [text for e in train for text in _texts(e)])
@@ -120,9 +120,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
                                "train/lr": scheduler.get_last_lr()[0],
                                "train/tokens_per_s": float(tokens) / (time.time() - tick)})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                rng = dist.gather_objects(rng_state())
                 run.save_checkpoint({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "rng": rng if dist.many else rng[0],
+                                     "scheduler": scheduler.state_dict(), "rng": dist.rng_states(),
                                      "step": step}, step)
 
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
