@@ -125,12 +125,15 @@ def packed_logprobs(
     index = torch.searchsorted(keep, packed.columns).clamp(max=keep.numel() - 1)  # (S, A) into the kept columns
     logits = output.logits[packed.rows, index]  # (S, A, V)
     suppressed = getattr(getattr(model, "generation_config", None), "suppress_tokens", None) if sampled else None
-    return _gather(logits, packed.targets, packed.valid, temperature, suppressed, with_logits)
+    return target_logprobs(logits, packed.targets, packed.valid, temperature, suppressed, with_logits)
 
 
-def _gather(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, temperature: float,
-            suppressed: list[int] | None, with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Temperature, suppressed tokens, log-softmax at the targets; zeros where `valid` is False."""
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, temperature: float,
+                    suppressed: list[int] | None, with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature, suppressed tokens, log-softmax at the targets; zeros where `valid` is False.
+
+    logits (S, A, V) predicting targets (S, A); the log-probs (S, A) and, with `with_logits`, the
+    tempered logits (S, A, V) fp32, both packed and unpacked (`rl.rollout.response_logprobs`)."""
     logits = logits.float() / temperature
     if suppressed:  # generate never samples these, so they carry no probability mass
         logits[..., suppressed] = float("-inf")

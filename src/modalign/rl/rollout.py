@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix
+from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix, target_logprobs
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
 
@@ -92,11 +92,10 @@ def response_logprobs(
     if supports_shared_prefix(model):
         return _packed_response_logprobs(model, samples, temperature, with_logits)
     output = model(input_ids=samples.sequences, attention_mask=samples.attention_mask, media=samples.media)
-    logits = output.logits[:, samples.prompt_length - 1 : -1].float() / temperature  # (N, T, V)
     suppressed = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
-    if suppressed:  # generate never samples these, so they carry no probability mass
-        logits[..., suppressed] = float("-inf")
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, samples.responses.unsqueeze(-1)).squeeze(-1)
+    every = torch.ones_like(samples.responses, dtype=torch.bool)  # one row per answer: nothing to mask
+    logprobs, logits = target_logprobs(output.logits[:, samples.prompt_length - 1 : -1], samples.responses, every,
+                                       temperature, suppressed, with_logits)  # (N, T), (N, T, V)
     return (logprobs, logits) if with_logits else logprobs
 
 
