@@ -142,22 +142,19 @@ def rl_job(spec: dict) -> dict:
     from modalign.recipes.online import OnlineConfig, run_online
     from modalign.recipes.ppo import PPOConfig, run_ppo
 
-    s, algorithm = spec["settings"], spec["algorithm"]
+    from trl_compare_jobs import generated_tokens, modalign_rl_fields
+
+    algorithm = spec["algorithm"]
     install_clock(CLOCK, algorithm)
     ends, snapshots = step_clock()
-    common = dict(out=spec["out"], policy=spec["model"], reward_model="rule:shapes_gold", data=spec["data"],
-                  steps=s["steps"], prompts_per_step=s["prompts"], samples_per_prompt=s["samples"],
-                  max_new_tokens=s["new_tokens"], lr=s["lr"], kl_coef=s["beta"], clip=s["clip"],
-                  minibatch_size=s["prompts"] * s["samples"], checkpoint_every=0, eval_examples=1, seed=s["seed"])
+    common = modalign_rl_fields(spec)
     t0 = time.time()
     if algorithm == "ppo":
         run_ppo(PPOConfig(ppo_epochs=1, **common), reward_source=clocked_reward(CLOCK))
     else:
         run_online(OnlineConfig(algorithm="grpo", **common), reward_source=clocked_reward(CLOCK))
-    logged = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
-    answers = s["prompts"] * s["samples"]
-    lengths = [row[f"{algorithm}/answer_length"] * answers for row in logged if f"{algorithm}/answer_length" in row]
-    return {"t0": t0, "step_ends": ends, "stage_snapshots": snapshots, "generated_tokens": lengths}
+    return {"t0": t0, "step_ends": ends, "stage_snapshots": snapshots,
+            "generated_tokens": generated_tokens(spec, algorithm)}
 
 
 def cache_job(spec: dict) -> dict:

@@ -106,23 +106,33 @@ def modalign_dpo(spec: dict) -> dict:
     return {"t0": t0, "step_ends": ends}
 
 
+def modalign_rl_fields(spec: dict) -> dict:
+    """The fields of a modalign RL config (GRPO's, PPO's) from a job's GRPO settings: `rule:shapes_gold`
+    on the caption prompts, one minibatch per rollout, no checkpoints, one evaluation example."""
+    s = spec["settings"]
+    return dict(out=spec["out"], policy=spec["model"], reward_model="rule:shapes_gold", data=spec["data"],
+                steps=s["steps"], prompts_per_step=s["prompts"], samples_per_prompt=s["samples"],
+                max_new_tokens=s["new_tokens"], lr=s["lr"], kl_coef=s["beta"], clip=s["clip"],
+                minibatch_size=s["prompts"] * s["samples"], checkpoint_every=0, eval_examples=1, seed=s["seed"])
+
+
+def generated_tokens(spec: dict, algorithm: str) -> list[float]:
+    """Tokens sampled in each logged step of a modalign RL run (mean answer length x answers)."""
+    s, key = spec["settings"], f"{algorithm}/answer_length"
+    logged = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
+    return [row[key] * s["prompts"] * s["samples"] for row in logged if key in row]
+
+
 def modalign_grpo(spec: dict) -> dict:
     """modalign's GRPO recipe with the `rule:shapes_gold` reward on the caption prompts."""
     import_all(MODALIGN_MODULES)
     set_threads(spec)
     from modalign.recipes.online import OnlineConfig, run_online
 
-    s = spec["settings"]
     ends = clock_modalign_steps()
     t0 = time.time()
-    run_online(OnlineConfig(out=spec["out"], algorithm="grpo", policy=spec["model"], reward_model="rule:shapes_gold",
-                            data=spec["data"], steps=s["steps"], prompts_per_step=s["prompts"],
-                            samples_per_prompt=s["samples"], max_new_tokens=s["new_tokens"], lr=s["lr"],
-                            kl_coef=s["beta"], clip=s["clip"], minibatch_size=s["prompts"] * s["samples"],
-                            checkpoint_every=0, eval_examples=1, seed=s["seed"], precision=s["precision"]))
-    logged = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
-    answers = s["prompts"] * s["samples"]
-    return {"t0": t0, "step_ends": ends, "generated_tokens": [row["grpo/answer_length"] * answers for row in logged]}
+    run_online(OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"], **modalign_rl_fields(spec)))
+    return {"t0": t0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo")}
 
 
 # ---- TRL --------------------------------------------------------------------------------------------
