@@ -84,6 +84,23 @@ def test_ppo_stops_at_the_kl_budget(tmp_path, sft_model):
     assert (tmp_path / "run" / "model" / "config.json").is_file() and "hallucination_rate" in summary["eval"]
 
 
+def test_ppo_critic_warmup_moves_only_the_critic(tmp_path, sft_model):
+    # two warm-up iterations of two: the policy is the start policy bit for bit, the critic learned
+    from safetensors.torch import load_file
+
+    for name, critic_lr in (("warm", 1e-3), ("still", 0.0)):  # same seed: same fresh head, trained or not
+        run_ppo(ppo_config(tmp_path / name, sft_model, steps=2, critic_warmup=2, lr=3e-3, critic_lr=critic_lr,
+                           ptx_coef=1.0, checkpoint_every=0), reward_source=GOLD)
+    start = load_policy(sft_model[0]).model.state_dict()
+    after = load_policy(tmp_path / "warm" / "model").model.state_dict()
+    assert all(torch.equal(start[name], after[name]) for name in start)
+    trained, fresh = (load_file(tmp_path / name / "critic" / "scalar_head.safetensors") for name in ("warm", "still"))
+    assert any(not torch.equal(trained[name], fresh[name]) for name in trained)
+    lines = [json.loads(l) for l in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["ppo/policy_loss"] == 0.0 and line["ppo/value_loss"] > 0 for line in lines)
+    assert not any("ppo/ptx_loss" in line for line in lines)  # PPO-ptx trains the policy: not during warm-up
+
+
 def test_ppo_reference_other_than_the_start_policy(tmp_path, sft_model):
     # a later round starts from its last policy but keeps the SFT reference: KL > 0 from step 1
     policy = load_policy(sft_model[0])

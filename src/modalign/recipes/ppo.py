@@ -37,6 +37,8 @@ class PPOConfig:
     temperature: float = field_doc(1.0, "Sampling temperature of rollouts.")
     lr: float = field_doc(2e-5, "Policy learning rate.")
     critic_lr: float = field_doc(1e-4, "Critic learning rate.")
+    critic_warmup: int = field_doc(0, "First iterations that train only the critic: the policy waits for advantages "
+                                      "from values better than a fresh head's noise.")
     ppo_epochs: int = field_doc(2, "Passes over each rollout.")
     minibatch_size: int = field_doc(16, "Answers per gradient step.")
     clip: float = field_doc(0.2, "PPO ratio clip epsilon.")
@@ -164,7 +166,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                     model, processor, media_store, ptx_examples, (step * count + i) * dist.world + dist.rank, cfg,
                     dist.share(cfg.minibatch_size, "minibatch_size"))
             stats, ptx_losses, skipped = ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs,
-                                                    old_values, advantages, returns, cfg, dist, ptx)
+                                                    old_values, advantages, returns, cfg, dist, ptx,
+                                                    train_policy=step >= cfg.critic_warmup)
             if skipped:
                 bad_steps = _skip(run, step, [e.id for e in examples], bad_steps, cfg.max_bad_steps)
                 step += 1
@@ -220,7 +223,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
 
 
 def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: torch.Tensor, old_values: torch.Tensor,
-               advantages: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig, dist, ptx=None) -> tuple[list, list, bool]:
+               advantages: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig, dist, ptx=None,
+               train_policy: bool = True) -> tuple[list, list, bool]:
     """`ppo_epochs` passes over shuffled minibatches of this process's rollout rows.
 
     Returns (PPOStats per minibatch, PPO-ptx losses, skipped). A global minibatch of
@@ -228,9 +232,10 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
     loss is scaled by `token_share`, so the gradient DDP averages is that of the mean over every
     token of the global minibatch. A non-finite loss in any process skips the step in all.
     `ptx(index, count)`: the PPO-ptx loss mixed into minibatch `index` of the `count` this step.
+    `train_policy=False` (critic warm-up): only the value loss, and the policy does not move.
     """
     from modalign.precision import autocast
-    from modalign.rl.ppo import ppo_minibatch_loss, subset
+    from modalign.rl.ppo import critic_minibatch_loss, ppo_minibatch_loss, subset
 
     per_process = dist.share(cfg.minibatch_size, "minibatch_size")
     stats, ptx_losses = [], []
@@ -238,10 +243,14 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
                    for rows in torch.randperm(samples.sequences.shape[0]).split(per_process)]
     for index, rows in enumerate(minibatches):
         with autocast(cfg.precision, model):  # forward only: backward and the step run outside
-            out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
-                                     advantages[rows], returns[rows], cfg.temperature, cfg.clip,
-                                     cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
-            ptx_loss = ptx(index, len(minibatches)) if ptx is not None else None
+            if train_policy:
+                out = ppo_minibatch_loss(model, critic, subset(samples, rows), old_logprobs[rows], old_values[rows],
+                                         advantages[rows], returns[rows], cfg.temperature, cfg.clip,
+                                         cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+            else:
+                out = critic_minibatch_loss(critic, subset(samples, rows), old_values[rows], returns[rows],
+                                            cfg.value_clip, cfg.value_coef)
+            ptx_loss = ptx(index, len(minibatches)) if ptx is not None and train_policy else None
         loss = out.loss * dist.token_share(samples.response_mask[rows])
         if ptx_loss is not None:
             ptx_losses.append(ptx_loss.detach())

@@ -64,6 +64,15 @@ def ppo_minibatch_loss(
                     policy_terms.approx_kl, policy_terms.clip_fraction)
 
 
+def critic_minibatch_loss(critic: ScalarHeadModel, samples: Samples, old_values: torch.Tensor,
+                          returns: torch.Tensor, value_clip: float, value_coef: float) -> PPOStats:
+    """c_v * L_V alone, for critic warm-up iterations: the policy terms are zero and get no gradient."""
+    value_loss = clipped_value_loss(critic_values(critic, samples), old_values, returns, samples.response_mask,
+                                    value_clip)
+    zero = value_loss.new_zeros(())
+    return PPOStats(value_coef * value_loss, zero, value_loss.detach(), zero, zero, zero)
+
+
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var[target - predicted] / Var[target] over real tokens (1 is perfect, <= 0 is useless)."""
     target_var = masked_mean((target - masked_mean(target, mask)) ** 2, mask)
