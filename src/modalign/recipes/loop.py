@@ -68,6 +68,7 @@ class LoopConfig:
     kl_coef: float = field_doc(0.1, "KL penalty to the start policy (online methods: to the round's start).")
     kl_budget: float = field_doc(0.0, "ppo: stop a round's RL once the mean KL to the start policy passes it (0: off).")
     ptx_coef: float = field_doc(1.0, "ppo: PPO-ptx weight of the SFT loss on the tasks the prompts leave out.")
+    critic_warmup: int = field_doc(0, "ppo: first RL iterations of a round that train only the (fresh) critic.")
     precision: Precision = field_doc("fp32", "RL stage: " + PRECISION_HELP)
     max_new_tokens: int = field_doc(40, "Longest answer, sampled and evaluated.")
     eval_split: str = field_doc("test", "Held-out split evaluated at the start and after every round.")
@@ -201,7 +202,8 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 
         return run_ppo(PPOConfig(**common, reference=cfg.policy, reward_model=reward_model, steps=cfg.rl_steps,
                                  prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
-                                 lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget, ptx_coef=cfg.ptx_coef),
+                                 lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget, ptx_coef=cfg.ptx_coef,
+                                 critic_warmup=cfg.critic_warmup),
                        resume=resume)
     if cfg.method == "dpo":
         from modalign.recipes.dpo import DPOConfig, run_dpo
