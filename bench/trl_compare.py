@@ -256,7 +256,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one repetition")
     parser.add_argument("--sizes", default="small,compute", help=f"comma-separated subset of {','.join(SIZES)}")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--bf16-sizes", default="compute",
+    parser.add_argument("--bf16-sizes", default="small,compute",
                         help="sizes also run with bf16 autocast (both frameworks); '' for none")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every timed run")
     parser.add_argument("--work", default="", help="folder for fixtures and run logs (default: a temp folder)")
