@@ -34,6 +34,14 @@ def test_each_algorithm_trains_and_logs(tmp_path, sft_model, algorithm):
     assert changed and not any(k.startswith(("vision.", "audio.", "image_projector", "audio_projector")) for k in changed)
 
 
+def test_online_stops_at_the_kl_budget(tmp_path, sft_model):
+    summary = run_online(online_config(tmp_path / "run", sft_model, "grpo", steps=6, lr=3e-3, kl_budget=1e-6))
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["stopped_at_kl_budget"] and summary["steps"] == len(lines) < 6
+    assert sum(line["grpo/kl_to_ref"] for line in lines[-5:]) / len(lines[-5:]) > 1e-6  # why it stopped
+    assert (tmp_path / "run" / "model" / "config.json").is_file() and "hallucination_rate" in summary["eval"]
+
+
 def test_unknown_algorithm_is_a_clear_error(tmp_path, sft_model):
     with pytest.raises(ValueError, match="choose one of grpo, rloo, reinforce, a2c"):
         run_online(online_config(tmp_path / "x", sft_model, "sarsa"))

@@ -66,7 +66,8 @@ class LoopConfig:
     rl_samples_per_prompt: int = field_doc(4, "RL answers per prompt.")
     lr: float = field_doc(1e-4, "Policy learning rate.")
     kl_coef: float = field_doc(0.1, "KL penalty to the start policy (online methods: to the round's start).")
-    kl_budget: float = field_doc(0.0, "ppo: stop a round's RL once the mean KL to the start policy passes it (0: off).")
+    kl_budget: float = field_doc(0.0, "ppo and online methods: stop a round's RL once the mean KL to its reference "
+                                      "passes it (0: off).")
     ptx_coef: float = field_doc(1.0, "ppo: PPO-ptx weight of the SFT loss on the tasks the prompts leave out.")
     critic_warmup: int = field_doc(0, "ppo: first RL iterations of a round that train only the (fresh) critic.")
     precision: Precision = field_doc("fp32", "RL stage: " + PRECISION_HELP)
@@ -213,7 +214,7 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 
     return run_online(OnlineConfig(**common, algorithm=cfg.method, reward_model=reward_model, steps=cfg.rl_steps,
                                    prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
-                                   lr=cfg.lr, kl_coef=cfg.kl_coef), resume=resume)
+                                   lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget), resume=resume)
 
 
 def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:

@@ -45,6 +45,8 @@ class OnlineConfig:
     minibatch_size: int = field_doc(32, "Answers per gradient step.")
     clip: float = field_doc(0.2, "Ratio clip epsilon (grpo, and rloo when update_epochs > 1).")
     kl_coef: float = field_doc(0.04, "KL-to-reference weight: k3 in the grpo loss, k1 reward penalty otherwise.")
+    kl_budget: float = field_doc(0.0, "Stop early once the KL to the reference, mean of the last 5 iterations, "
+                                      "exceeds this (0: never).")
     grpo_normalization: str = field_doc("sequence", "grpo: 'sequence' (paper) or 'token' (DAPO) averaging.")
     grpo_scale: bool = field_doc(True, "grpo: divide by the group std (False: Dr. GRPO).")
     baseline_decay: float = field_doc(0.9, "reinforce: decay of the moving-average baseline.")
@@ -65,7 +67,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
     from modalign.precision import autocast
-    from modalign.recipes.ppo import mean_kl_to_reference, prompts_at
+    from modalign.recipes.ppo import mean_kl_to_reference, over_kl_budget, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import decode_answers, sample_answers
@@ -134,6 +136,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             components = {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
+            if over_kl_budget(run, cfg.kl_budget, dist, state["step"], cfg.steps, f"{cfg.algorithm}/kl_to_ref"):
+                break
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
                 run.save_checkpoint({"policy": raw.state_dict(),
                                      "critic": raw_critic.state_dict() if raw_critic else None,
@@ -148,7 +152,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
     metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
-    summary = {"stage": cfg.algorithm, "steps": state["step"], "processes": dist.world,
+    summary = {"stage": cfg.algorithm, "steps": state["step"], "stopped_at_kl_budget": state["step"] < cfg.steps,
+               "processes": dist.world,
                "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)

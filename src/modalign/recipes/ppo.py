@@ -189,13 +189,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
-            # read from the main process's log, the same number for every process
-            recent_kl = dist.broadcast(mean_kl_to_reference(run) if cfg.kl_budget and dist.is_main else 0.0)
-            if recent_kl > cfg.kl_budget > 0:
-                # Past a KL budget the gold reward falls while the proxy still rises (Gao et al.
-                # 2023, "Scaling laws for reward model overoptimization"): stop with this policy.
-                console.print(f"[yellow]KL to the reference {recent_kl:.2f} > kl_budget "
-                              f"{cfg.kl_budget}: stopping at step {step}/{cfg.steps}")
+            if over_kl_budget(run, cfg.kl_budget, dist, step, cfg.steps):
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
@@ -266,6 +260,22 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
         critic_opt.step()
         stats.append(out)
     return stats, ptx_losses, False
+
+
+def over_kl_budget(run, budget: float, dist, step: int, steps: int, key: str = "ppo/kl_to_ref") -> bool:
+    """Whether the mean KL to the reference of the last 5 iterations passed `budget` (0: never).
+
+    Past a KL budget the gold reward falls while the proxy still rises (Gao et al. 2023, "Scaling
+    laws for reward model overoptimization"): the run stops with this policy. Read from the main
+    process's log and broadcast, so every process gets the same answer.
+    """
+    from modalign.ui import console
+
+    recent = dist.broadcast(mean_kl_to_reference(run, key=key) if budget and dist.is_main else 0.0)
+    if recent > budget > 0:
+        console.print(f"[yellow]KL to the reference {recent:.2f} > kl_budget {budget}: stopping at step {step}/{steps}")
+        return True
+    return False
 
 
 def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> float:
