@@ -172,17 +172,35 @@ def set_rng_state(state: Mapping[str, Any] | Sequence[Mapping[str, Any]], rank: 
 
 
 def start_rounds_folder(cfg: Any, out: Path, may_change: tuple[str, ...] = ("out", "rounds")) -> None:
-    """Write `out/config.yaml` for a run in rounds; a rerun must match the first run's settings but `may_change`."""
+    """Write `out/config.yaml` for a run in rounds; a rerun must match the first run's settings but `may_change`.
+
+    Under `accelerate launch` every process checks (so a mismatch stops them all, none left waiting)
+    before the main process writes.
+    """
     import dataclasses
 
     from modalign.config import ConfigError, load_config
+    from modalign.dist import processes
 
     saved = out / "config.yaml"
     if saved.is_file():
         before, now = dataclasses.asdict(load_config(type(cfg), saved)), dataclasses.asdict(cfg)
         changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if k not in may_change and before[k] != now[k]]
         if changed:
-            raise ConfigError(f"{saved}: this folder was run with other settings ({'; '.join(changed)}); rerun with "
-                              f"the same ones to resume (only {', '.join(may_change[1:])} may change) or pick another out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
+            raise ConfigError(f"{saved}: this folder was run with other settings ({'; '.join(changed)}); rerun "
+                              f"with the same ones to resume (only {', '.join(may_change[1:])} may change) or pick "
+                              "another out")
+    dist = processes()
+    dist.wait()  # every process has read the old config before the main one replaces it
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, saved)
+    dist.wait()
+
+
+def resumable(folder: Path) -> str | None:
+    """`folder` if a killed run left its `config.yaml` there (resume it), else None; under `accelerate
+    launch` the main process's view for all (it may create the folder while another still looks)."""
+    from modalign.dist import processes
+
+    return processes().broadcast(str(folder) if (folder / "config.yaml").is_file() else None)

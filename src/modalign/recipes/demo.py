@@ -84,6 +84,7 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
 
     from modalign.dist import processes
     from modalign.recipes.sft import SFTConfig, run_sft
+    from modalign.runs import resumable
 
     dist = processes()
     folder = out_dir / "sft"
@@ -94,7 +95,7 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
-        run_sft(cfg, resume=dist.broadcast(str(folder) if (folder / "config.yaml").is_file() else None))
+        run_sft(cfg, resume=resumable(folder))
     # the main process's summary (it writes the file after the others have returned)
     summary = dist.broadcast(json.loads((folder / "summary.json").read_text()) if dist.is_main else None)
     return {"model": str(folder / "model"), "data": str(folder / "data"), **summary}

@@ -81,7 +81,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     from modalign.dist import processes
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
-    from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
+    from modalign.runs import default_run_dir, resumable, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
     # Many processes: the main one samples and judges each round; DPO runs on all (`docs/scale.md`).
@@ -94,9 +94,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
-    if dist.is_main:
-        start_rounds_folder(cfg, out)
-    dist.wait()
+    start_rounds_folder(cfg, out)
     all_rounds = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]iterative {cfg.loss}[/] {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x "
                   f"{cfg.samples_per_prompt} answers, judge {cfg.judge} -> {out}")
@@ -113,9 +111,9 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
                 cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed), judge, all_rounds,
                 prior_judgments=sum(row["judgments"] for row in rows)) if dist.is_main else None)
             dpo_dir = folder / "dpo"
-            # killed during DPO: resume it (one decision for all processes)
-            resume = dist.broadcast(str(dpo_dir) if (dpo_dir / "config.yaml").is_file() else None)
-            row = round_row(stats, dist.broadcast(run_dpo(round_dpo_config(cfg, policy, folder), resume=resume)))
+            # killed during DPO: resume it
+            row = round_row(stats, dist.broadcast(run_dpo(round_dpo_config(cfg, policy, folder),
+                                                          resume=resumable(dpo_dir))))
             print_round(row, cfg.rounds)
         rows.append(row)
         if dist.is_main:

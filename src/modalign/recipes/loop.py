@@ -89,9 +89,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     out = Path(cfg.out or default_run_dir("loop"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_loop_settings(cfg, dist.world)
-    if dist.is_main:
-        start_rounds_folder(cfg, out)
-    dist.wait()
+    start_rounds_folder(cfg, out)
     store = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
                   f"{cfg.method} -> {out}")
@@ -192,10 +190,9 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
 
 def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dict:
     """The round's RL run from `policy`; a killed run resumes from its last checkpoint."""
-    from modalign.dist import processes
+    from modalign.runs import resumable
 
-    # one decision for every process (the main one may have made the folder before another looks)
-    resume = processes().broadcast(str(folder) if (folder / "config.yaml").is_file() else None)
+    resume = resumable(folder)
     common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
                   max_new_tokens=cfg.max_new_tokens, precision=cfg.precision)
     if cfg.method == "ppo":
