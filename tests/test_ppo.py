@@ -101,6 +101,24 @@ def test_ppo_critic_warmup_moves_only_the_critic(tmp_path, sft_model):
     assert not any("ppo/ptx_loss" in line for line in lines)  # PPO-ptx trains the policy: not during warm-up
 
 
+def test_kl_budget_counts_the_logged_iterations_of_a_resumed_run(tmp_path):
+    from types import SimpleNamespace
+
+    from modalign.dist import processes
+    from modalign.recipes.ppo import KLBudget
+
+    run = SimpleNamespace(path=tmp_path)
+    lines = [{"step": 1, "ppo/kl_to_ref": 9.0}] + [{"step": s, "ppo/kl_to_ref": 1.0} for s in range(2, 6)]
+    lines.insert(3, {"step": 3, "ppo/skipped_step": 1.0})  # a skipped step logs no KL
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    budget = KLBudget(run, 1.5, processes())
+    assert list(budget.recent) == [9.0, 1.0, 1.0, 1.0, 1.0]
+    assert not budget.passed(1.0, 6, 10)  # 9.0 drops out: mean 1.0 of the last 5
+    assert budget.passed(float("nan"), 7, 10) is False and len(budget.recent) == 5  # non-finite: not counted
+    assert budget.passed(4.0, 8, 10)  # (1 + 1 + 1 + 1 + 4) / 5 = 1.6 > 1.5
+    assert not KLBudget(run, 0.0, processes()).passed(100.0, 1, 10)  # 0: never
+
+
 def test_ppo_reference_other_than_the_start_policy(tmp_path, sft_model):
     # a later round starts from its last policy but keeps the SFT reference: KL > 0 from step 1
     policy = load_policy(sft_model[0])

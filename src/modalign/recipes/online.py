@@ -67,7 +67,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import frozen_reference, load_policy
     from modalign.precision import autocast
-    from modalign.recipes.ppo import mean_kl_to_reference, over_kl_budget, prompts_at
+    from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import reward_source_from
     from modalign.rl.rollout import decode_answers, sample_answers
@@ -114,6 +114,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
         console.print(f"resumed at step {state['step']}")
     if resume:
         run.rewind(state["step"])
+    kl_budget = KLBudget(run, cfg.kl_budget, dist, f"{cfg.algorithm}/kl_to_ref")
 
     with progress_bar(cfg.algorithm, total=cfg.steps, completed=state["step"]) as advance:
         while state["step"] < cfg.steps:
@@ -136,7 +137,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             components = {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
-            if over_kl_budget(run, cfg.kl_budget, dist, state["step"], cfg.steps, f"{cfg.algorithm}/kl_to_ref"):
+            if kl_budget.passed(stats["kl_to_ref"], state["step"], cfg.steps):
                 break
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
                 run.save_checkpoint({"policy": raw.state_dict(),

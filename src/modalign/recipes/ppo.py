@@ -119,6 +119,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         console.print(f"resumed at step {step}")
     if resume:
         run.rewind(step)  # steps logged after the last checkpoint are redone
+    kl_budget = KLBudget(run, cfg.kl_budget, dist)
 
     with progress_bar("ppo", total=cfg.steps, completed=step) as advance:
         while step < cfg.steps:
@@ -189,7 +190,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
-            if over_kl_budget(run, cfg.kl_budget, dist, step, cfg.steps):
+            if kl_budget.passed(kl_per_answer, step, cfg.steps):
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
@@ -262,28 +263,53 @@ def ppo_update(model, critic, policy_opt, critic_opt, samples, old_logprobs: tor
     return stats, ptx_losses, False
 
 
-def over_kl_budget(run, budget: float, dist, step: int, steps: int, key: str = "ppo/kl_to_ref") -> bool:
-    """Whether the mean KL to the reference of the last 5 iterations passed `budget` (0: never).
+class KLBudget:
+    """Stops a run once the mean KL to the reference of the last 5 iterations passes `budget` (0: never).
 
     Past a KL budget the gold reward falls while the proxy still rises (Gao et al. 2023, "Scaling
-    laws for reward model overoptimization"): the run stops with this policy. Read from the main
-    process's log and broadcast, so every process gets the same answer.
+    laws for reward model overoptimization"): the run stops with this policy. The log is read once,
+    for a resumed run's iterations before its checkpoint; each iteration then adds its own KL.
     """
-    from modalign.ui import console
 
-    recent = dist.broadcast(mean_kl_to_reference(run, key=key) if budget and dist.is_main else 0.0)
-    if recent > budget > 0:
-        console.print(f"[yellow]KL to the reference {recent:.2f} > kl_budget {budget}: stopping at step {step}/{steps}")
+    def __init__(self, run, budget: float, dist, key: str = "ppo/kl_to_ref", last: int = 5) -> None:
+        import collections
+
+        self.budget, self.dist = budget, dist
+        logged = recent_kl_values(run, last, key) if budget and dist.is_main else []
+        self.recent = collections.deque(dist.broadcast(logged), maxlen=last)
+
+    def passed(self, kl: float, step: int, steps: int) -> bool:
+        """Add this iteration's KL; True (on every process alike) once the recent mean passes the budget."""
+        if not self.budget:
+            return False
+        import math
+
+        from modalign.ui import console
+
+        if math.isfinite(float(kl)):  # the log keeps a non-finite value as null, which the seeding skips too
+            self.recent.append(float(kl))
+        mean = sum(self.recent) / max(1, len(self.recent))
+        if not self.dist.broadcast(mean > self.budget):  # the main process's decision, so none is left waiting
+            return False
+        console.print(f"[yellow]KL to the reference {mean:.2f} > kl_budget {self.budget}: "
+                      f"stopping at step {step}/{steps}")
         return True
-    return False
+
+
+def recent_kl_values(run, last: int = 5, key: str = "ppo/kl_to_ref") -> list[float]:
+    """The KL to the reference per answer of the last logged iterations."""
+    import json
+
+    log = run.path / "metrics.jsonl"
+    if not log.is_file():  # a new run has logged nothing yet
+        return []
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return [line[key] for line in lines if line.get(key) is not None][-last:]
 
 
 def mean_kl_to_reference(run, last: int = 5, key: str = "ppo/kl_to_ref") -> float:
     """Mean KL to the reference per answer over the last logged iterations."""
-    import json
-
-    lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
-    values = [line[key] for line in lines if line.get(key) is not None][-last:]
+    values = recent_kl_values(run, last, key)
     return sum(values) / max(1, len(values))
 
 
