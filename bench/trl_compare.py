@@ -52,9 +52,14 @@ GRPO = dict(steps=10, prompts=2, samples=4, lr=2e-5, beta=0.04, clip=0.2, seed=0
 NEW_TOKENS = {"small": 16, "compute": 64}
 
 
-def settings(algorithm: str, size: str, precision: str = "fp32") -> dict:
-    """The run settings of one algorithm at one model size and precision (identical for both frameworks)."""
-    return dict(DPO if algorithm == "dpo" else dict(GRPO, new_tokens=NEW_TOKENS[size]), precision=precision)
+def settings(algorithm: str, size: str, precision: str = "fp32", rep: int = 0) -> dict:
+    """The run settings of one algorithm at one model size and precision (identical for both frameworks).
+
+    Repetition `rep` runs with seed + rep: GRPO's answer lengths depend on which sampled answers end early
+    (the policy learns to stop), so the medians are over several seeds, not one seed replayed.
+    """
+    base = DPO if algorithm == "dpo" else dict(GRPO, new_tokens=NEW_TOKENS[size])
+    return dict(base, seed=base["seed"] + rep, precision=precision)
 
 
 def case_label(size: str, precision: str) -> str:
@@ -77,11 +82,12 @@ def run_job(spec: dict, threads: int, logs: Path, name: str) -> dict:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]), launched=launched)
 
 
-def training_spec(framework: str, algorithm: str, size: str, precision: str, fixtures: Fixtures, out: Path) -> dict:
+def training_spec(framework: str, algorithm: str, size: str, precision: str, rep: int, fixtures: Fixtures,
+                  out: Path) -> dict:
     """The job spec of one training run (the child reads only these paths and settings)."""
     return {"job": f"{framework}_{algorithm}", "model": str(fixtures.models[size]), "pairs": str(fixtures.pairs),
             "prompts": str(fixtures.prompts), "data": str(fixtures.data), "out": str(out),
-            "settings": settings(algorithm, size, precision)}
+            "settings": settings(algorithm, size, precision, rep)}
 
 
 def run_metrics(result: dict, algorithm: str, size: str, shape: ModelShape, lengths: dict, peak_flops: float) -> dict:
@@ -103,8 +109,10 @@ def run_metrics(result: dict, algorithm: str, size: str, shape: ModelShape, leng
     else:
         tokens = result["generated_tokens"]
         mean_answer = sum(tokens) / (steps * per_step)
+        sampling_s = sum(end - start for start, end in result["sampling"] if end <= ends[-1])  # not after the run
         row.update(generated_tokens=sum(tokens), mean_answer_tokens=mean_answer, tokens_per_s=sum(tokens) / run_s,
-                   steady_tokens_per_s=statistics.mean(tokens) / step_s)
+                   steady_tokens_per_s=statistics.mean(tokens) / step_s, sampling_s_per_step=sampling_s / steps,
+                   sampling_ms_per_token=1000 * sampling_s / sum(tokens), rest_s_per_step=(run_s - sampling_s) / steps)
         before, per_step_flops = 0.0, grpo_step_flops(shape, lengths["prompt_tokens"], mean_answer, per_step,
                                                       s["prompts"])
     flops = before + steps * per_step_flops
@@ -137,6 +145,9 @@ TABLE_METRICS = (  # (key, label, scale, format)
     ("mean_answer_tokens", "mean answer length (tokens)", 1, ".1f"),
     ("tokens_per_s", "generated tokens/s (run)", 1, ".1f"),
     ("steady_tokens_per_s", "generated tokens/s (steady)", 1, ".1f"),
+    ("sampling_s_per_step", "sampling s per step (generate calls)", 1, ".3f"),
+    ("sampling_ms_per_token", "sampling ms per generated token", 1, ".2f"),
+    ("rest_s_per_step", "rest of the run s per step (run minus sampling)", 1, ".3f"),
     ("peak_rss_mib", "peak RSS MiB", 1, ".0f"),
     ("first_step_s", "process start to first step s", 1, ".2f"),
     ("mfu", "MFU % (run)", 100, ".3f"),
@@ -218,7 +229,12 @@ NOTES = [
     "- DPO at max length 64: the prompt takes 55 tokens (16 of them image tokens; the tiny BPE has a 400-token vocabulary), so "
     "both frameworks cut every chosen and rejected answer to its first 9 tokens (keep the start, as both do).",
     "- GRPO answers are sampled from a policy that is learning (a never-ending answer scores -1, so policies learn to "
-    "stop): answer lengths differ between runs and frameworks, so compare GRPO by tokens/s and MFU, not samples/s.",
+    "stop): answer lengths differ between runs and frameworks, so compare GRPO by tokens/s and MFU, not samples/s. "
+    "Repetition r runs with seed r for both frameworks (DPO and GRPO), so the medians are over seeds: with one seed "
+    "replayed, one lucky early stop decided a whole row.",
+    "- GRPO sampling = the time inside `transformers`' `GenerationMixin.generate`, which both frameworks call "
+    "(modalign with the media features filled in, TRL with pixel values); the rest = run time minus sampling "
+    "(model loading, reference and training passes, reward, optimizer, logging), per step.",
 ]
 
 
@@ -275,7 +291,7 @@ def run_training(reps: int, cases: list[tuple[str, str]], algorithms: list[str],
                 for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
                     name = f"{size}-{precision}-{algorithm}-{framework}-{rep}"
                     folder = fixtures.work / "runs" / name
-                    spec = training_spec(framework, algorithm, size, precision, fixtures, folder)
+                    spec = training_spec(framework, algorithm, size, precision, rep, fixtures, folder)
                     result = run_job(spec, threads, logs, name)
                     shutil.rmtree(folder, ignore_errors=True)  # saved models of every run add up (GBs); logs stay
                     metrics = run_metrics(result, algorithm, size, context["shapes"][size], context["lengths"][size],

@@ -89,6 +89,25 @@ def clock_modalign_steps() -> list[float]:
     return ends
 
 
+def clock_sampling() -> list[tuple[float, float]]:
+    """Record the wall-clock interval of every `transformers` generate call (both frameworks sample through
+    `GenerationMixin.generate`: modalign from `HFPolicyModel.generate`, TRL from `GRPOTrainer`)."""
+    from transformers import GenerationMixin
+
+    intervals: list[tuple[float, float]] = []
+    generate = GenerationMixin.generate
+
+    def timed_generate(self, *args, **kwargs):
+        started = time.time()
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            intervals.append((started, time.time()))
+
+    GenerationMixin.generate = timed_generate
+    return intervals
+
+
 def modalign_dpo(spec: dict) -> dict:
     """modalign's DPO recipe on the TRL-format pairs file (imported into a feedback store by the recipe)."""
     import_all(MODALIGN_MODULES)
@@ -129,10 +148,10 @@ def modalign_grpo(spec: dict) -> dict:
     set_threads(spec)
     from modalign.recipes.online import OnlineConfig, run_online
 
-    ends = clock_modalign_steps()
+    ends, sampling = clock_modalign_steps(), clock_sampling()
     t0 = time.time()
     run_online(OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"], **modalign_rl_fields(spec)))
-    return {"t0": t0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo")}
+    return {"t0": t0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo"), "sampling": sampling}
 
 
 # ---- TRL --------------------------------------------------------------------------------------------
@@ -231,6 +250,7 @@ def trl_grpo(spec: dict) -> dict:
 
     s = spec["settings"]
     ends: list[float] = []
+    sampling = clock_sampling()
     t0 = time.time()
     dataset = datasets.Dataset.from_list(read_jsonl(spec["prompts"])).cast_column("image", datasets.Image())
     processor = load_processor(spec["model"])
@@ -243,7 +263,8 @@ def trl_grpo(spec: dict) -> dict:
     trainer.train()
     answers = s["prompts"] * s["samples"]
     lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {"t0": t0, "step_ends": ends, "generated_tokens": [length * answers for length in lengths]}
+    return {"t0": t0, "step_ends": ends, "generated_tokens": [length * answers for length in lengths],
+            "sampling": sampling}
 
 
 # ---- start-up and matmul throughput -----------------------------------------------------------------
