@@ -7,7 +7,8 @@ outside it. Each region is short on purpose: autocast keeps the bf16 copy of eve
 weight until the outermost region exits, so a region that spans an optimizer step would
 compute the next forward with the weights from before it. Inside one `generate` call the
 copies are made once and reused by every decoding step; that is where bf16 saves the most
-on a CPU with AVX512-BF16, where a decoding step is bound by reading the weights.
+on a CPU with AVX512-BF16, where a decoding step's few-row matmuls read every weight
+(`docs/scale.md`: in fp32 they run far below the matmul peak).
 
 Log-probs and losses are taken from logits cast to fp32 (`logits.float()` before every
 log-softmax), so only the matmuls run in bf16.
