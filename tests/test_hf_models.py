@@ -80,6 +80,29 @@ def test_adapter_matches_the_models_own_forward_and_generate(tiny, family):
         assert torch.equal(model.generate(**batch, **greedy), model.hf.generate(**native, **greedy))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answers_from_a_shared_prompt_cache_equal_those_of_repeated_prompts(tiny, family):
+    """G answers per prompt continue from one pass over the prompt (its media in the cache): the same tokens
+    and scores as G copies of the prompt, greedy and sampled, for every family."""
+    from test_rollout import prompt_rows_seen, sampled_twice
+
+    model_dir, data = tiny(family)
+    policy = load_policy(model_dir)
+    model, tokenizer = policy.model.eval(), policy.processor.tokenizer
+    batch = prompt_batch(policy.processor, MediaStore(data), two_prompts(data))
+    rows, prompt_length = batch["input_ids"].shape
+    seen = prompt_rows_seen(model, model.hf.get_input_embeddings())
+    common = dict(max_new_tokens=6, pad_token_id=tokenizer.pad_token_id,
+                  suppress_tokens=model.generation_config.suppress_tokens)
+    with torch.no_grad():
+        media = model.encode_media(batch["input_ids"], batch.get("pixel_values"), batch.get("input_values"))
+        for sampling in (dict(do_sample=False), dict(do_sample=True, temperature=0.7, top_k=None, top_p=None)):
+            shared, repeated = sampled_twice(model, batch, media, 3, **sampling, **common)
+            assert torch.equal(shared.sequences, repeated.sequences)
+            assert torch.allclose(torch.stack(shared.scores), torch.stack(repeated.scores), atol=1e-5)
+    assert seen[0] == (rows, prompt_length - 1) and seen[1] == (rows * 3, 1)
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
 def test_images_of_different_sizes_in_one_batch(tiny, family):
     """Dynamic resolution (Qwen grids, Idefics3 tiles): each image keeps its own grid through packing."""

@@ -48,21 +48,20 @@ def sample_answers(
     eos_token_id: int,
     pad_token_id: int,
 ) -> Samples:
-    """Batched sampling with the KV cache; media encoded once per prompt."""
+    """Batched sampling with the KV cache; media encoded once per prompt, and each prompt run through
+    the model once for its `samples_per_prompt` answers (`models.prompt_cache`)."""
     input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
     media = model.encode_media(input_ids, prompts.get("pixel_values"), prompts.get("input_values"))
     repeat = samples_per_prompt
-    media = media.repeat_interleave(repeat, input_ids.shape[0])
-    input_ids = input_ids.repeat_interleave(repeat, dim=0)
-    attention_mask = attention_mask.repeat_interleave(repeat, dim=0)
     sequences = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, media=media, max_new_tokens=max_new_tokens,
-        do_sample=True, temperature=temperature, top_k=None, top_p=None,
+        input_ids=input_ids, attention_mask=attention_mask, media=media, num_return_sequences=repeat,
+        max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=None, top_p=None,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
-    )
+    )  # (B * G, P + T), rows b*G .. b*G+G-1 answer prompt b
+    media = media.repeat_interleave(repeat, input_ids.shape[0])  # the N rows' features, for the scoring passes
     prompt_length = input_ids.shape[1]
     response_mask = answer_mask(sequences[:, prompt_length:], eos_token_id)
-    full_mask = torch.cat([attention_mask, response_mask], dim=1)
+    full_mask = torch.cat([attention_mask.repeat_interleave(repeat, dim=0), response_mask], dim=1)
     return Samples(sequences, full_mask, response_mask, prompt_length, media)
 
 

@@ -29,6 +29,7 @@ from modalign.models.hf.families import Family, family_of
 from modalign.models.hf.features import PlaceholderFeatures
 from modalign.models.hf.guards import debug_from_env, media_reach_decoder, reject_raw_media
 from modalign.models.hf.packing import unpack
+from modalign.models.prompt_cache import can_share_prompt, shared_prompt_cache
 
 
 class HFPolicyModel(nn.Module):
@@ -204,7 +205,8 @@ class HFPolicyModel(nn.Module):
         """`transformers` generation from the media-filled embeddings; returns prompt + answer ids (N, P + T).
 
         With `num_return_sequences=G` the prompts and their features are repeated here (rows
-        b*G .. b*G+G-1 belong to prompt b), so media are encoded once per prompt.
+        b*G .. b*G+G-1 belong to prompt b), so media are encoded once per prompt, and each prompt
+        runs through the model once (`models.prompt_cache`): generate continues from its cache.
         """
         reject_raw_media(kwargs, self.family.name)
         if media is None:
@@ -212,6 +214,8 @@ class HFPolicyModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         repeats = int(kwargs.pop("num_return_sequences", 1) or 1)
+        if can_share_prompt(input_ids, [self.placeholder_id], repeats):
+            return self._generate_from_shared_prompts(input_ids, attention_mask, media, repeats, kwargs)
         if repeats > 1:
             batch = input_ids.shape[0]
             input_ids = input_ids.repeat_interleave(repeats, dim=0)
@@ -221,6 +225,37 @@ class HFPolicyModel(nn.Module):
         with self._debug(input_ids, media, "generate"):
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
                                     **self._generation_media(input_ids, media), **extras, **kwargs)
+
+    def _generate_from_shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                      media: PlaceholderFeatures, repeats: int, kwargs: dict) -> torch.Tensor:
+        """`generate` of `repeats` answers per prompt, continuing from each prompt's cache (its media
+        are in the cache, so the continuation gets only the ids and what positions and masks read)."""
+        cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)
+        batch = input_ids.shape[0]
+        input_ids = input_ids.repeat_interleave(repeats, dim=0)  # (B*G, P)
+        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+        media = media.repeat_interleave(repeats, batch)
+        if self.family.positions == "mrope":
+            # The model keeps the last batch's rope offsets and would reuse them when continuing from a
+            # cache; cleared, generate computes them again from these rows' ids and image grids.
+            self.hf.model.rope_deltas = None
+        extras = generation_inputs(self.family, input_ids, media, self.placeholder_id)
+        return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **extras, **kwargs)
+
+    def _prompt_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: PlaceholderFeatures,
+                     use_cache: bool = True):
+        """The forward of prompts for their KV cache, at the positions generate gives them.
+
+        `forward` leaves positions to the model, which counts left padding in (0, 1, 2, ... from the
+        first column); generate counts real tokens only. A cache filled at the model's positions
+        would put a padded prompt's last token the wrong distance from the rest of it.
+        """
+        extras = forward_inputs(self.family, self.hf, input_ids, attention_mask, media, self.placeholder_id)
+        if "position_ids" not in extras:  # mrope families get theirs from the rope index, padding-aware
+            extras["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        with self._debug(input_ids, media, "forward"):
+            return self.model(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask,
+                              use_cache=use_cache, **extras)
 
     def _generation_media(self, input_ids: torch.Tensor, media: PlaceholderFeatures) -> dict:
         if self.family.generate_from == "inputs_embeds":

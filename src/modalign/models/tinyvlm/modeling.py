@@ -17,6 +17,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from modalign.models.prompt_cache import can_share_prompt, shared_prompt_cache
 from modalign.models.tinyvlm.configuration import TinyVLMConfig
 from modalign.models.tinyvlm.encoders import AudioEncoder, PatchImageEncoder
 from modalign.models.tinyvlm.fusion import (
@@ -302,15 +303,20 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate` with media encoded once, before the first step.
 
         With `num_return_sequences=G`, prompts and their media features are repeated
-        here (rows b*G .. b*G+G-1 belong to prompt b), so pixels are encoded once per prompt.
+        here (rows b*G .. b*G+G-1 belong to prompt b), so pixels are encoded once per prompt,
+        and each prompt runs through the model once (`models.prompt_cache`).
         """
         if media is None and (pixel_values is not None or input_values is not None):
             media = self.encode_media(input_ids, pixel_values, input_values)
         repeats = int(kwargs.pop("num_return_sequences", 1) or 1)
         if repeats > 1:
             batch = input_ids.shape[0]
+            if kwargs.get("attention_mask") is None:
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
+            media_tokens = [self.config.image_token_id, self.config.audio_token_id]
+            if can_share_prompt(input_ids, media_tokens, repeats):
+                kwargs["cache"] = shared_prompt_cache(self, input_ids, kwargs["attention_mask"], media, repeats)
             input_ids = input_ids.repeat_interleave(repeats, dim=0)
-            if kwargs.get("attention_mask") is not None:
-                kwargs["attention_mask"] = kwargs["attention_mask"].repeat_interleave(repeats, dim=0)
+            kwargs["attention_mask"] = kwargs["attention_mask"].repeat_interleave(repeats, dim=0)
             media = media.repeat_interleave(repeats, batch) if media is not None else None
         return super().generate(input_ids=input_ids, media=media, **kwargs)
