@@ -9,9 +9,9 @@ process (`--job`, so that peak RSS is the run's own):
              answer length, 10 steps, lr 2e-5, KL 0.04, clip 0.2, rule:shapes_gold), one epoch of one
              minibatch per rollout, as GRPO does: samples/s, generated tokens/s, peak RSS
     grpo     trl_compare's modalign GRPO run again, here for its stage shares
-    cache    rollout tokens/s with the media-feature cache (each prompt's image encoded once for its
-             4 answers: `rl.rollout.sample_answers`) and without it (every answer's prompt processed
-             and encoded on its own, as generate does with pixel values)
+    cache    rollout tokens/s with the media and prompt cache (each prompt's image encoded once and
+             the prompt run once for its 4 answers: `rl.rollout.sample_answers`) and without it (every
+             answer's prompt processed, encoded and run on its own, as generate does with pixel values)
 
 and, for ppo and grpo, the share of each stage in a step (wall clock, summed over the steps after
 the first): sampling, old-policy pass, reference pass, critic pass (PPO's old values), reward,
@@ -174,7 +174,7 @@ def cache_job(spec: dict) -> dict:
     captions = [e for e in read_examples(spec["data"], "train") if e.meta.get("task") == "caption"]
     group = s["samples"]
 
-    def cached(examples):  # modalign's rollout: one prompt batch, each image encoded once for its answers
+    def cached(examples):  # modalign's rollout: each image encoded once and each prompt run once for its answers
         samples = sample_answers(model, prompt_batch(processor, media, examples), group, s["new_tokens"], 1.0,
                                  tokenizer.eos_token_id, tokenizer.pad_token_id)
         return int(samples.response_mask.sum())
@@ -294,7 +294,7 @@ def markdown(report: dict) -> str:
         for job in ("ppo", "grpo"):
             share = cell[job]["stage_share"]
             lines.append(f"| {size} | {job} | " + " | ".join(f"{100 * share[k]:.1f} %" for k in STAGES) + " |")
-    lines += ["", "Rollout (prompt batch, media encoding, sampling) with and without the media-feature cache:", "",
+    lines += ["", "Rollout (prompt batch, media encoding, sampling) with and without the media and prompt cache:", "",
               "| size | tokens/s with cache | tokens/s without | speed-up |", "|---|---|---|---|"]
     for size, cell in report["summary"].items():
         c = cell["cache"]
@@ -306,9 +306,10 @@ def markdown(report: dict) -> str:
               "minibatch takes the old log-probs from its training forward, so it has none); critic = PPO's no-grad "
               "values; reward = the rule reward; update = the rest of `update_policy` / `ppo_update`; other = the rest "
               "of the step.",
-              "- Without the cache every answer's prompt goes through the processor and the vision tower on its own; "
-              "the vision towers here are small (0.16 M and 0.8 M parameters over 64 patches per image), so the "
-              "cache saves little time at these sizes."]
+              "- With the cache (`rl.rollout.sample_answers`) each prompt's image is encoded once and the prompt runs "
+              "through the decoder once for its 4 answers, which continue from its KV cache (`models.prompt_cache`). "
+              "Without it every answer's prompt goes through the processor, the vision tower and the decoder on its "
+              "own. The vision towers here are small (0.16 M and 0.8 M parameters over 64 patches per image)."]
     return "\n".join(lines) + "\n"
 
 
