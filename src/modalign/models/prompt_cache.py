@@ -33,8 +33,5 @@ def shared_prompt_cache(forward: Callable, input_ids: torch.Tensor, attention_ma
     times (B rows -> B * repeats rows)."""
     output = forward(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], media=media,
                      use_cache=True)
-    cache = getattr(output, "cache", None)
-    if cache is None:
-        cache = output.past_key_values
-    cache.batch_repeat_interleave(repeats)
-    return cache
+    output.cache.batch_repeat_interleave(repeats)
+    return output.cache

@@ -214,36 +214,28 @@ class HFPolicyModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         repeats = int(kwargs.pop("num_return_sequences", 1) or 1)
+        cache = None
         if can_share_prompt(input_ids, [self.placeholder_id], repeats):
-            return self._generate_from_shared_prompts(input_ids, attention_mask, media, repeats, kwargs)
+            cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)
         if repeats > 1:
             batch = input_ids.shape[0]
             input_ids = input_ids.repeat_interleave(repeats, dim=0)
             attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
             media = media.repeat_interleave(repeats, batch)
         extras = generation_inputs(self.family, input_ids, media, self.placeholder_id)
+        if cache is not None:  # the media are in the cache: the continuation reads only ids, positions, masks
+            if self.family.positions == "mrope":
+                # The model keeps the last batch's rope offsets and would reuse them when continuing from a
+                # cache; cleared, generate computes them again from these rows' ids and image grids.
+                self.hf.model.rope_deltas = None
+            return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **extras,
+                                    **kwargs)
         with self._debug(input_ids, media, "generate"):
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
                                     **self._generation_media(input_ids, media), **extras, **kwargs)
 
-    def _generate_from_shared_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                                      media: PlaceholderFeatures, repeats: int, kwargs: dict) -> torch.Tensor:
-        """`generate` of `repeats` answers per prompt, continuing from each prompt's cache (its media
-        are in the cache, so the continuation gets only the ids and what positions and masks read)."""
-        cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)
-        batch = input_ids.shape[0]
-        input_ids = input_ids.repeat_interleave(repeats, dim=0)  # (B*G, P)
-        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        media = media.repeat_interleave(repeats, batch)
-        if self.family.positions == "mrope":
-            # The model keeps the last batch's rope offsets and would reuse them when continuing from a
-            # cache; cleared, generate computes them again from these rows' ids and image grids.
-            self.hf.model.rope_deltas = None
-        extras = generation_inputs(self.family, input_ids, media, self.placeholder_id)
-        return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **extras, **kwargs)
-
     def _prompt_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: PlaceholderFeatures,
-                     use_cache: bool = True):
+                     use_cache: bool):
         """The forward of prompts for their KV cache, at the positions generate gives them.
 
         `forward` leaves positions to the model, which counts left padding in (0, 1, 2, ... from the
