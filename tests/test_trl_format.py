@@ -11,6 +11,7 @@ import soundfile
 from PIL import Image
 
 from modalign.data.media import load_audio, load_image, save_audio, save_image, sha256_file
+from modalign.data.media_items import content_path
 from modalign.data.records import Example, MediaRef, RecordError, assistant_turn, user_turn
 from modalign.data.trl_format import (
     example_from_trl,
@@ -88,7 +89,7 @@ def test_hf_dataset_with_pil_images_stores_png_by_content_hash(tmp_path):
     (example,) = from_hf_dataset(dataset, tmp_path)
     (ref,) = example.media
     assert example.id == "row-0" and example.answer == "a blue box"
-    assert ref.path == f"media/{ref.sha256[:32]}.png" and sha256_file(tmp_path / ref.path) == ref.sha256
+    assert ref.path == content_path(ref.sha256, ".png") and sha256_file(tmp_path / ref.path) == ref.sha256
     assert load_image(ref, tmp_path, example.id).getpixel((4, 2)) == (0, 0, 255)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from modalign.data.dataset import read_examples
 from modalign.data.media import load_image, sha256_file
+from modalign.data.media_items import content_path
 from modalign.data.records import Completion, RecordError, assistant_turn, user_turn
 from modalign.data.shapes import build_shapes_dataset
 from modalign.feedback.judgments import PairwiseJudgment
@@ -80,7 +81,7 @@ def test_export_then_import_round_trips(exported, tmp_path):
     imported = target.get_example(examples[0].id)
     assert imported.messages == examples[0].prompt_messages and imported.answer is None
     image, audio = imported.media
-    assert image.path == f"media/{image.sha256[:32]}.png" and audio.path == f"media/{audio.sha256[:32]}.wav"
+    assert image.path == content_path(image.sha256, ".png") and audio.path == content_path(audio.sha256, ".wav")
     assert image.sha256 == sha256_file(data / examples[0].media[0].path)
     assert sha256_file(tmp_path / "imported" / image.path) == image.sha256
     judgments = target.judgments()
@@ -119,11 +120,11 @@ def test_pil_images_are_copied_into_root_media(tmp_path):
     for pair, rgb in ((pairs[0], (255, 0, 0)), (pairs[2], (0, 0, 255))):
         example = store.get_example(pair.example_id)
         (ref,) = example.media
-        assert ref.path == f"media/{ref.sha256[:32]}.png"
+        assert ref.path == content_path(ref.sha256, ".png")
         assert sha256_file(tmp_path / "root" / ref.path) == ref.sha256
         assert load_image(ref, store.example_root(pair.example_id), example.id).getpixel((3, 2)) == rgb
     assert store.get_example(pairs[2].example_id).meta == {"answer": "blue"}
-    assert sorted(p.name for p in (tmp_path / "root" / "media").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "root" / "media").rglob("*.*")) == sorted(
         Path(store.get_example(p.example_id).media[0].path).name for p in (pairs[0], pairs[2]))
 
 
