@@ -207,6 +207,15 @@ def test_id_column_and_rows_without_ids(tmp_path):
     assert [e.id for e in read_examples(tmp_path / "data", "train")] == ["k7", "row-1"]
 
 
+def test_json_file_holding_json_lines(tmp_path):
+    rows = [{"id": f"r{i}", "messages": [user_turn("hi"), assistant_turn(f"hello {i}")]} for i in range(2)]
+    (tmp_path / "rows.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    import_source(str(tmp_path / "rows.json"), str(tmp_path / "data"))
+    assert [e.answer for e in read_examples(tmp_path / "data", "train")] == ["hello 0", "hello 1"]
+    result = cli("import", tmp_path / "rows.json", "--out", tmp_path / "rows.json")
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+
+
 def test_implicit_prompt_preference_rows(tmp_path):
     prompt = [user_turn("capital of france?")]
     rows = [{"chosen": prompt + [assistant_turn("paris")], "rejected": prompt + [assistant_turn("rome")]}]

@@ -89,9 +89,13 @@ def _local_file(path: Path, data_split: str | None) -> SourceSplit:
 
 
 def _json_rows(path: Path) -> list[Row]:
+    """A JSON list of rows, or JSON Lines in a .json file (as `datasets.load_dataset("json")` reads both)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # more than one value: JSON Lines
+            return [(i, f"{path}:{line}", _mapping(row, f"{path}:{line}"))
+                    for i, (line, row) in enumerate(read_jsonl_rows(path))]
         raise RecordError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}); a .json file holds a list of rows") from None
     if not isinstance(value, list):
         raise RecordError(f"{path}: a .json source must hold a list of rows (one object per example)")
@@ -104,8 +108,11 @@ def _saved_folder(path: Path, data_split: str | None) -> list[SourceSplit]:
                           "give the .jsonl / .parquet file itself")
     import datasets
 
-    with _quiet_datasets():
-        loaded = datasets.load_from_disk(str(path))
+    try:
+        with quiet_datasets():
+            loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - a damaged folder fails in arrow, json or fsspec
+        raise SourceError(f"{path}: the saved `datasets` folder cannot be read ({type(err).__name__}: {err})") from None
     return _splits_of(loaded, str(path), data_split, path)
 
 
@@ -116,7 +123,7 @@ def _hub(source: str, data_split: str | None, config: str | None) -> list[Source
         raise SourceError(f"{source}: not a local file or folder, and the Hugging Face hub cannot be reached "
                           "(offline?); download the dataset and import the saved folder or file")
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             loaded = datasets.load_dataset(source, name=config, split=data_split)
     except Exception as err:  # noqa: BLE001 - the hub client raises many types; the user needs one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -140,7 +147,7 @@ def _splits_of(loaded: Any, label: str, data_split: str | None, base: Path | Non
 
 def dataset_rows(dataset: Any, label: str) -> list[Row]:
     """Labelled rows of a `datasets.Dataset`, media undecoded (files keep their paths, images their bytes)."""
-    with _quiet_datasets():
+    with quiet_datasets():
         undecoded = undecoded_media(dataset)
     return [(i, f"{label} row {i}", row) for i, row in enumerate(undecoded)]
 
@@ -169,7 +176,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
+def quiet_datasets() -> Iterator[None]:
     """No `datasets` progress bars while importing (the command prints one summary line)."""
     import datasets
 
@@ -194,6 +201,8 @@ def staged(out: str | Path) -> Iterator[Path]:
     is already there is kept (media are content-addressed, so it holds the same bytes).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:

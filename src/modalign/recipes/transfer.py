@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modalign.data.dataset import list_splits, read_examples
-from modalign.data.importing import SourceError, import_sft, read_source, source_kind, staged
+from modalign.data.importing import SourceError, import_sft, quiet_datasets, read_source, source_kind, staged
 
 EXPORT_FORMATS = ("trl-jsonl", "hf")
 
@@ -85,7 +85,8 @@ def _export_dataset(root: Path, out: Path, fmt: str, split: str | None) -> dict[
     if fmt == "hf":
         import datasets
 
-        tables = {name: to_hf_dataset(rows, root) for name, rows in examples.items()}
+        with quiet_datasets():
+            tables = {name: to_hf_dataset(rows, root) for name, rows in examples.items()}
         _save_hf(datasets.DatasetDict(tables) if split is None else tables[split], out)
     elif out.suffix == ".jsonl":
         if len(splits) != 1:
@@ -108,7 +109,8 @@ def _export_store(location: str, out: Path, fmt: str) -> dict[str, Any]:
     if fmt == "hf":
         import datasets
 
-        table = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+        with quiet_datasets():
+            table = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
         _save_hf(table, out)
     else:
         _write_jsonl(out, rows)
@@ -126,16 +128,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _save_hf(table, out: Path) -> None:
     """`save_to_disk` into a staged folder (images embedded as bytes), renamed to `out`."""
-    import datasets
-
     with staged(out) as staging:
-        quiet = datasets.are_progress_bars_disabled()
-        datasets.disable_progress_bars()
-        try:
+        with quiet_datasets():
             table.save_to_disk(str(staging / "hf"))
-        finally:
-            if not quiet:
-                datasets.enable_progress_bars()
         for item in (staging / "hf").iterdir():
             os.replace(item, staging / item.name)
         (staging / "hf").rmdir()
