@@ -290,6 +290,17 @@ def _write(path: Path, text: str, extra: tuple[str, bytes] | None = None) -> Pat
     return path
 
 
+def test_a_bad_preference_row_leaves_no_store_and_no_staged_media(tmp_path):
+    rows = [{"id": "q1", "prompt": [user_turn("which?", n_images=1)], "chosen": "a", "rejected": "b", "images": [photo(11)]},
+            {"id": "q2", "prompt": [user_turn("which?", n_images=1)], "chosen": "a", "rejected": None, "images": [photo(12)]}]
+    dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+    dataset.to_parquet(str(tmp_path / "prefs.parquet"))
+    result = cli("import", tmp_path / "prefs.parquet", "--out", tmp_path / "store")
+    assert result.exit_code == 2
+    assert f"error: {tmp_path / 'prefs.parquet'} row 1 (record 'q2'): no 'rejected' column" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.parquet"]
+
+
 def test_existing_split_or_export_target_is_not_overwritten(tmp_path):
     (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "r", "messages": [user_turn("hi")]}) + "\n")
     assert cli("import", tmp_path / "rows.jsonl", "--out", tmp_path / "data").exit_code == 0

@@ -59,9 +59,9 @@ def read_source(source: str, data_split: str | None = None, config: str | None =
 
 
 def source_kind(splits: Sequence[SourceSplit]) -> str:
-    """'preference' when rows carry `chosen` and `rejected`, else 'sft'."""
+    """'preference' when rows carry `chosen` or `rejected` (a row missing the other is then an error), else 'sft'."""
     first = next((row for split in splits for _, _, row in split.rows), {})
-    return "preference" if "chosen" in first and "rejected" in first else "sft"
+    return "preference" if "chosen" in first or "rejected" in first else "sft"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,9 +101,12 @@ def _export_dataset(root: Path, out: Path, fmt: str, split: str | None) -> dict[
 
 
 def _export_store(location: str, out: Path, fmt: str) -> dict[str, Any]:
-    from modalign.recipes.reward import open_store
+    from modalign.feedback.store import FeedbackStore
 
-    rows = open_store(location).export_trl()
+    path = Path(location) / "feedback.db" if Path(location).is_dir() else Path(location)
+    if "://" not in location and not path.is_file():
+        raise FileNotFoundError(f"{location}: no such feedback store")
+    rows = (FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(path)).export_trl()
     if not rows:
         raise SourceError(f"{location}: the feedback store holds no decided preference pairs to export")
     if fmt == "hf":
