@@ -272,6 +272,8 @@ def test_store_round_trips_through_export_and_import(tmp_path):
         {"type": "image", "image": "https://example.com/a.png"}]}]}) + "\n"),
      "messages[0].content[0]: remote image https://example.com/a.png is not downloaded"),
     (lambda d: _write(d / "rows.jsonl", ""), "no rows to import"),
+    (lambda d: _write(d / "rows.jsonl", json.dumps({"prompt": "hi", "completion": "yo", "label": True}) + "\n"),
+     "TRL's KTO format"),
 ])
 def test_bad_sources_are_one_line_and_write_nothing(tmp_path, make_source, fragment):
     source = make_source(tmp_path)

@@ -109,6 +109,13 @@ def test_pil_images_and_audio_arrays_in_plain_rows(tmp_path):
     assert example_from_trl(row, 0, tmp_path).media == example.media  # same content, same file
 
 
+def test_standard_string_prompt_and_completion(tmp_path):
+    row = {"prompt": "what is shown?", "completion": "a dog", "images": ["a.png"], "audios": ["b.wav"]}
+    example = example_from_trl(row, 0, tmp_path)
+    assert example.messages == (user_turn("what is shown?", n_images=1, n_audio=1), assistant_turn("a dog"))
+    assert [ref.path for ref in example.media] == ["a.png", "b.wav"]
+
+
 def test_media_order_follows_placeholders(tmp_path):
     row = {
         "messages": [{"role": "user", "content": [{"type": "audio"}, {"type": "image"}, {"type": "text", "text": "?"}]}],

@@ -160,7 +160,7 @@ def test_row_without_rejected_names_file_and_line_and_stores_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"prompt": "hi"}, "'prompt' must be a list of messages"),
+    ({"prompt": 3}, "'prompt' must be a list of messages"),
     ({"chosen": [assistant_turn("a"), assistant_turn("b")]}, "'chosen' must be a string or a list with one assistant"),
     ({"rejected": [user_turn("no")]}, "'rejected' must be a string or a list with one assistant"),
     ({"prompt": [user_turn("hi"), assistant_turn("hello")]}, "'prompt' ends with an assistant message"),

@@ -61,6 +61,9 @@ def read_source(source: str, data_split: str | None = None, config: str | None =
 def source_kind(splits: Sequence[SourceSplit]) -> str:
     """'preference' when rows carry `chosen` or `rejected` (a row missing the other is then an error), else 'sft'."""
     first = next((row for split in splits for _, _, row in split.rows), {})
+    if "label" in first and "completion" in first and "chosen" not in first:
+        raise SourceError("unpaired preference rows (prompt / completion / label, TRL's KTO format) cannot be "
+                          "imported: pair a good and a bad answer as chosen / rejected")
     return "preference" if "chosen" in first or "rejected" in first else "sft"
 
 

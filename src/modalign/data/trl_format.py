@@ -10,7 +10,7 @@ A TRL row (one per example)::
      "meta": {...}}                                 # ours (a JSON string in an HF Dataset)
 
 On import, `messages` may instead be TRL's prompt-completion pair (`prompt` +
-`completion`, both lists of messages) or a prompt alone. Media items may be paths,
+`completion`, lists of messages or TRL's standard plain strings) or a prompt alone. Media items may be paths,
 PIL images, or the `{"bytes", "path"}` / `{"array", "sampling_rate"}` dicts of HF
 `datasets`, in the `images` / `audios` columns or inline in the messages
 (`{"type": "image", "image": <PIL or path>}`, `{"type": "audio", "audio": {...}}`), which
@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from modalign.data.media_items import MediaTarget, media_ref
-from modalign.data.records import Example, RecordError, fill_media_slots, split_inline_media
+from modalign.data.records import (
+    Example, RecordError, assistant_turn, fill_media_slots, split_inline_media, user_turn,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -114,8 +116,9 @@ def example_from_trl(
     where = where or f"row {row_index}"
     record_id = str(row[id_column]) if row.get(id_column) is not None else f"row-{row_index}"
     label = f"{where} (record {record_id!r})"
-    messages, slots = split_inline_media([_strip_none(m) for m in _row_messages(row, label)], label)
     listed = {kind: _media_items(row, kind, label) for kind in MEDIA_COLUMNS}
+    n_media = {kind: len(items) for kind, items in listed.items()}
+    messages, slots = split_inline_media([_strip_none(m) for m in _row_messages(row, label, n_media)], label)
     target = MediaTarget.of(root, base, staging)
     media = [media_ref(kind, item, target, f"{label}: {column}").to_dict()
              for kind, item, column in fill_media_slots(slots, listed, label, MEDIA_COLUMNS)]
@@ -179,12 +182,21 @@ def undecoded_media(dataset: "datasets.Dataset") -> "datasets.Dataset":
 # Row parts
 
 
-def _row_messages(row: Mapping[str, Any], label: str) -> list[Any]:
+def _row_messages(row: Mapping[str, Any], label: str, n_media: Mapping[str, int]) -> list[Any]:
+    """The row's conversation: `messages`, or `prompt` + `completion` (conversational or TRL's standard strings).
+
+    A string prompt becomes one user turn with a placeholder per listed media item before the text,
+    as TRL places them; a string completion one assistant turn.
+    """
     if row.get("messages") is not None:
         messages = row["messages"]
     elif row.get("prompt") is not None:
-        completion = row.get("completion") or []
-        messages = _message_list(row["prompt"], "prompt", label) + _message_list(completion, "completion", label)
+        prompt, completion = row["prompt"], row.get("completion") or []
+        if isinstance(prompt, str):
+            prompt = [user_turn(prompt, n_images=n_media["image"], n_audio=n_media["audio"])]
+        if isinstance(completion, str):
+            completion = [assistant_turn(completion)]
+        messages = _message_list(prompt, "prompt", label) + _message_list(completion, "completion", label)
     else:
         raise RecordError(f"{label}: no 'messages' (or 'prompt' + 'completion') column")
     return _message_list(messages, "messages", label)
@@ -193,7 +205,7 @@ def _row_messages(row: Mapping[str, Any], label: str) -> list[Any]:
 def _message_list(value: Any, column: str, label: str) -> list[Any]:
     """`value` as a list of message mappings whose list content holds part mappings."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise RecordError(f"{label}: '{column}' must be a list of messages (TRL's conversational format)")
+        raise RecordError(f"{label}: '{column}' must be a list of messages (TRL's conversational format) or a string")
     for i, message in enumerate(value):
         content = message.get("content") if isinstance(message, Mapping) else None
         if not isinstance(message, Mapping) or not isinstance(content, (str, list, tuple)):
