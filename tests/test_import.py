@@ -350,3 +350,39 @@ def test_content_path_is_the_sha256_of_the_bytes(tmp_path):
     (example,) = read_examples(tmp_path / "data", "train")
     digest = hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
     assert example.media[0].path == f"media/{digest[:2]}/{digest}.png"
+
+
+def test_reward_and_dpo_commands_train_from_a_preference_file_without_copying_media(tmp_path, sft_model):
+    """The CLI route a user takes: TRL rows with paths relative to the file, in a folder of their own."""
+    import shutil
+
+    model, data = sft_model
+    user = tmp_path / "user"
+    rows = []
+    for example in read_examples(data, "train")[:8]:
+        paths = []
+        for ref in example.media:
+            target = user / "files" / Path(ref.path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / ref.path, target)
+            paths.append((ref.kind, f"files/{target.name}"))
+        rows.append({"id": example.id, "prompt": [dict(m) for m in example.prompt_messages],
+                     "chosen": example.answer, "rejected": "no idea",
+                     "images": [p for kind, p in paths if kind == "image"],
+                     "audios": [p for kind, p in paths if kind == "audio"]})
+    (user / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    reward = cli("reward", "--set", f"policy={model}", "--set", f"store={user / 'pairs.jsonl'}", "--set", "steps=5",
+                 "--out", tmp_path / "reward")
+    assert reward.exit_code == 0, reward.output
+    summary = json.loads((tmp_path / "reward" / "summary.json").read_text())
+    assert summary["train_pairs"] + summary["heldout_pairs"] == 8
+    dpo = cli("dpo", "--set", f"policy={model}", "--set", f"store={user / 'pairs.jsonl'}", "--set", "batch_size=4",
+              "--out", tmp_path / "dpo")
+    assert dpo.exit_code == 0, dpo.output
+    assert json.loads((tmp_path / "dpo" / "summary.json").read_text())["pairs"] == 8
+    for run in ("reward", "dpo"):
+        copied = [p for p in (tmp_path / run).rglob("*") if p.suffix in (".png", ".wav")]
+        assert copied == [] and not (tmp_path / run / "pairs").exists()
+        store = FeedbackStore.sqlite(tmp_path / run / "feedback.db")
+        assert {store.example_root(row["id"]) for row in rows} == {os.path.realpath(user)}
