@@ -79,6 +79,21 @@ def test_dataset_with_pil_images_and_audio_arrays_imports_into_a_loadable_datase
     assert len(list((tmp_path / "data" / "media").rglob("*.*"))) == 2
 
 
+def test_dataset_dict_imports_each_split_or_the_one_asked_for(tmp_path):
+    table = datasets.Dataset.from_list(sft_rows()).cast_column("images", datasets.List(datasets.Image()))
+    datasets.DatasetDict({"train": table.select([0, 2]), "test": table.select([1])}).save_to_disk(str(tmp_path / "dd"))
+    assert import_source(str(tmp_path / "dd"), str(tmp_path / "data"))["examples"] == {"train": 2, "test": 1}
+    assert [e.id for e in read_examples(tmp_path / "data", "test")] == ["vqa-0"]
+    result = cli("import", tmp_path / "dd", "--out", tmp_path / "data", "--data-split", "test", "--split", "eval")
+    assert result.exit_code == 0, result.output
+    assert read_examples(tmp_path / "data", "eval") == read_examples(tmp_path / "data", "test")
+    missing = cli("import", tmp_path / "dd", "--out", tmp_path / "other", "--data-split", "validation")
+    assert missing.exit_code == 2 and "no split 'validation' (splits: train, test)" in missing.output
+    both = cli("import", tmp_path / "dd", "--out", tmp_path / "other", "--split", "all")
+    assert both.exit_code == 2 and "pick one with --data-split" in both.output
+    assert not (tmp_path / "other").exists()
+
+
 def test_parquet_keeps_encoded_bytes_and_resolves_relative_paths_against_its_folder(tmp_path, monkeypatch):
     (tmp_path / "src" / "pics").mkdir(parents=True)
     photo(1).save(tmp_path / "src" / "pics" / "a.jpg", quality=90)
