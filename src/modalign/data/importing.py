@@ -60,7 +60,7 @@ def read_source(source: str, data_split: str | None = None, config: str | None =
 
 def source_kind(splits: Sequence[SourceSplit]) -> str:
     """'preference' when rows carry `chosen` or `rejected` (a row missing the other is then an error), else 'sft'."""
-    first = next((row for split in splits for _, _, row in split.rows), {})
+    first = next((row for split in splits for _, _, row in split.rows), {})  # reads one row only
     if "label" in first and "completion" in first and "chosen" not in first:
         raise SourceError("unpaired preference rows (prompt / completion / label, TRL's KTO format) cannot be "
                           "imported: pair a good and a bad answer as chosen / rejected")
@@ -148,11 +148,29 @@ def _splits_of(loaded: Any, label: str, data_split: str | None, base: Path | Non
     return [SourceSplit(name, dataset_rows(loaded[name], f"{label}[{name}]"), base) for name in chosen]
 
 
-def dataset_rows(dataset: Any, label: str) -> list[Row]:
-    """Labelled rows of a `datasets.Dataset`, media undecoded (files keep their paths, images their bytes)."""
-    with quiet_datasets():
-        undecoded = undecoded_media(dataset)
-    return [(i, f"{label} row {i}", row) for i, row in enumerate(undecoded)]
+class DatasetRows(Sequence):
+    """Labelled rows of a `datasets.Dataset`, read one at a time (a hub dataset need not fit in memory).
+
+    Media are undecoded: files keep their paths and encoded images their bytes.
+    """
+
+    def __init__(self, dataset: Any, label: str) -> None:
+        with quiet_datasets():
+            self.dataset = undecoded_media(dataset)
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Row:  # type: ignore[override]
+        return index, f"{self.label} row {index}", self.dataset[index]
+
+    def __iter__(self) -> Iterator[Row]:
+        return ((i, f"{self.label} row {i}", row) for i, row in enumerate(self.dataset))
+
+
+def dataset_rows(dataset: Any, label: str) -> DatasetRows:
+    return DatasetRows(dataset, label)
 
 
 def _mapping(row: Any, where: str) -> Mapping[str, Any]:
@@ -241,11 +259,14 @@ def import_sft(
     counts = {}
     with staged(out) as staging:
         for name, source in zip(names, splits):
-            examples = [example_from_trl(row, index, out, where=where, base=source.base, staging=staging,
-                                         id_column=id_column) for index, where, row in source.rows]
+            examples, wheres = [], []
+            for index, where, row in source.rows:  # one pass: a hub dataset is read once
+                examples.append(example_from_trl(row, index, out, where=where, base=source.base, staging=staging,
+                                                 id_column=id_column))
+                wheres.append(where)
             if not examples:
                 raise RecordError(f"source split {source.name!r}: no rows to import")
-            check_unique_ids(examples, [where for _, where, _ in source.rows])
+            check_unique_ids(examples, wheres)
             write_examples(staging, name, examples)
             counts[name] = len(examples)
     return counts

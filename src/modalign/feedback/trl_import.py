@@ -69,7 +69,7 @@ def import_trl_preferences(
 
 
 def add_preference_rows(
-    store: FeedbackStore, rows: Sequence[tuple[int, str, Mapping[str, Any]]], root: str | Path | None,
+    store: FeedbackStore, rows: Iterable[tuple[int, str, Mapping[str, Any]]], root: str | Path | None,
     annotator: str, *, base: str | Path | None = None, staging: str | Path | None = None, id_column: str = "id",
 ) -> int:
     """`import_trl_preferences` over rows already read: (index, label for messages, row) each."""
@@ -92,7 +92,7 @@ def add_preference_rows(
 
 
 def _read_pairs(
-    rows: Sequence[tuple[int, str, Mapping[str, Any]]], root: str | Path | None, base: str | Path | None,
+    rows: Iterable[tuple[int, str, Mapping[str, Any]]], root: str | Path | None, base: str | Path | None,
     staging: str | Path | None, id_column: str,
 ) -> tuple[dict[str, tuple[Example, Path, str]], list[tuple[str, str, str]]]:
     """Every row checked: examples by id (with their root and where first seen), (example id, chosen, rejected) per row."""

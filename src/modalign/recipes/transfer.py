@@ -13,6 +13,7 @@ over annotators, ties left out); as JSONL (absolute media paths) or a `datasets`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -47,9 +48,7 @@ def import_preferences(splits, out: str | Path, annotator: str, id_column: str =
     from modalign.feedback.trl_import import add_preference_rows
 
     out = Path(out)
-    rows = [row for split in splits for row in split.rows]
-    if not rows:
-        raise RecordError(f"{out}: the source holds no preference rows")
+    rows = itertools.chain.from_iterable(split.rows for split in splits)  # read once, lazily
     existing = out / "feedback.db"
     with staged(out) as staging:
         store = FeedbackStore.sqlite(existing if existing.is_file() else staging / "feedback.db")
@@ -58,6 +57,8 @@ def import_preferences(splits, out: str | Path, annotator: str, id_column: str =
                                         id_column=id_column)
         finally:
             store.engine.dispose()  # no open connection while the folder is renamed
+        if not pairs:
+            raise RecordError(f"{out}: the source holds no preference rows")
     return pairs
 
 
