@@ -46,8 +46,11 @@ class MediaTarget:
     @classmethod
     def of(cls, root: str | Path | None, base: str | Path | None = None,
            staging: str | Path | None = None) -> "MediaTarget":
-        as_path = lambda value: None if value is None else Path(os.path.abspath(value))  # noqa: E731
-        return cls(as_path(root), as_path(base), as_path(staging))
+        return cls(_absolute(root), _absolute(base), _absolute(staging))
+
+
+def _absolute(folder: str | Path | None) -> Path | None:
+    return None if folder is None else Path(os.path.abspath(folder))
 
 
 def content_path(digest: str, suffix: str) -> str:
