@@ -126,8 +126,9 @@ def test_trl_preference_rows_with_relative_paths_become_a_store(tmp_path):
 
     result = cli("import", source / "pairs.jsonl", "--out", tmp_path / "store")
     assert result.exit_code == 0, result.output
-    assert "imported 3 preference pairs" in result.output
-    store = open_store(str(tmp_path / "store"))  # a store folder is what `--set store=` takes
+    assert f"imported 3 preference pairs into {tmp_path / 'store' / 'feedback.db'}" in result.output
+    store = open_store(str(tmp_path / "store" / "feedback.db"))  # what `--set store=` takes
+    assert open_store(str(tmp_path / "store")).url == store.url  # the folder works too
     pairs = store.preference_pairs()
     assert [(p.example_id, p.chosen.text, p.rejected.text) for p in pairs] == [
         ("q1", "left", "right"), ("q1", "left", "none"), ("q2", "right", "left")]
@@ -164,6 +165,21 @@ def test_dpo_and_reward_read_a_preference_file_in_place(tmp_path):
         assert np.array_equal(np.asarray(image), np.asarray(Image.open(original).convert("RGB")))
     assert store.example_root("q1") == os.path.realpath(source)
     assert open_store(str(source / "pairs.jsonl"), run).count_judgments() == 2  # a resumed run reuses the import
+
+
+def test_a_preference_file_is_checked_without_writing_anything(tmp_path):
+    from modalign.feedback.trl_import import check_preference_file
+
+    (tmp_path / "img").mkdir()
+    photo(13).save(tmp_path / "img" / "a.png")
+    good = {"id": "q1", "prompt": [user_turn("which?", n_images=1)], "chosen": "a", "rejected": "b", "images": ["img/a.png"]}
+    bad = {**good, "id": "q2", "images": ["img/gone.png"]}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    assert check_preference_file(tmp_path / "pairs.jsonl") == 2
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(RecordError, match=r"pairs.jsonl:2 \(record 'q2'\): images\[0\]: image file .*gone.png does not exist"):
+        check_preference_file(tmp_path / "pairs.jsonl")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "img", "pairs.jsonl"]
 
 
 def test_inline_media_parts_in_messages(tmp_path):

@@ -267,6 +267,8 @@ def import_data(
     Media (PIL images, paths, {"bytes", "path"}, {"array", "sampling_rate"}, inline in messages too)
     are stored once under OUT/media/ by content hash; relative paths resolve against SOURCE's folder.
     """
+    from pathlib import Path
+
     from modalign.recipes.transfer import import_source
 
     result = _run_transfer(lambda: import_source(source, out, kind, split, id_column, subset, data_split))
@@ -275,7 +277,8 @@ def import_data(
         typer.echo(f"imported {sum(result['examples'].values())} examples ({counts}) into {out}  "
                    f"(use --set data={out})")
     else:
-        typer.echo(f"imported {result['pairs']} preference pairs into {out}/feedback.db  (use --set store={out})")
+        store = Path(out) / "feedback.db"
+        typer.echo(f"imported {result['pairs']} preference pairs into {store}  (use --set store={store})")
 
 
 @app.command("export")

@@ -68,6 +68,15 @@ def import_trl_preferences(
                                id_column=id_column)
 
 
+def check_preference_file(path: str | Path) -> int:
+    """The number of pairs in a TRL preference JSONL, every row checked as `dpo` / `reward` will read it.
+
+    Nothing is written (an in-memory store, media referenced in place), so a recipe can call this
+    before it creates its run folder. A bad row raises `RecordError` naming the file, line and field.
+    """
+    return import_trl_preferences(FeedbackStore("sqlite://"), path, None)
+
+
 def add_preference_rows(
     store: FeedbackStore, rows: Iterable[tuple[int, str, Mapping[str, Any]]], root: str | Path | None,
     annotator: str, *, base: str | Path | None = None, staging: str | Path | None = None, id_column: str = "id",
