@@ -180,3 +180,28 @@ def test_one_id_with_two_prompts_is_an_error(tmp_path):
     rows = [{"id": "q1", "prompt": [user_turn(text)], "chosen": "yes", "rejected": "no"} for text in ("hi", "bye")]
     with pytest.raises(RecordError, match=r"row 1: example id 'q1' has another prompt or media than at row 0"):
         import_trl_preferences(FeedbackStore.sqlite(tmp_path / "a.db"), rows, tmp_path)
+
+
+def test_relative_paths_resolve_against_the_file_and_symlinked_folders_are_read_in_place(tmp_path):
+    photos = tmp_path / "photo_library"
+    photos.mkdir()
+    Image.new("RGB", (4, 3), (0, 255, 0)).save(photos / "green.png")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "pics").symlink_to(photos)  # the user's folder links to where the photos really are
+    row = {"id": "q1", "prompt": [user_turn("colour?", n_images=1)], "chosen": "green", "rejected": "red",
+           "images": ["pics/green.png"]}
+    (user / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+
+    copied = FeedbackStore.sqlite(tmp_path / "a.db")
+    assert import_trl_preferences(copied, user / "pairs.jsonl", tmp_path / "store") == 1
+    (ref,) = copied.get_example("q1").media
+    assert ref.sha256 == sha256_file(photos / "green.png")  # read from the file's folder, stored by content
+
+    in_place = FeedbackStore.sqlite(tmp_path / "b.db")
+    assert import_trl_preferences(in_place, user / "pairs.jsonl", None) == 1
+    example, root = in_place.get_example("q1"), in_place.example_root("q1")
+    # the nearest real folder holding the file's folder and the photo, so the loader's inside-root check holds
+    assert root == str(tmp_path.resolve()) and example.media[0].path == "photo_library/green.png"
+    assert load_image(example.media[0], root, "q1").getpixel((3, 2)) == (0, 255, 0)
+    assert not (tmp_path / "store" / "pairs").exists() and not any((user).glob("media*"))
