@@ -11,6 +11,7 @@ import soundfile
 from PIL import Image
 
 from modalign.data.media import load_audio, load_image, save_audio, save_image, sha256_file
+from modalign.data.media_items import content_path
 from modalign.data.records import Example, MediaRef, RecordError, assistant_turn, user_turn
 from modalign.data.trl_format import (
     example_from_trl,
@@ -88,7 +89,7 @@ def test_hf_dataset_with_pil_images_stores_png_by_content_hash(tmp_path):
     (example,) = from_hf_dataset(dataset, tmp_path)
     (ref,) = example.media
     assert example.id == "row-0" and example.answer == "a blue box"
-    assert ref.path == f"media/{ref.sha256[:32]}.png" and sha256_file(tmp_path / ref.path) == ref.sha256
+    assert ref.path == content_path(ref.sha256, ".png") and sha256_file(tmp_path / ref.path) == ref.sha256
     assert load_image(ref, tmp_path, example.id).getpixel((4, 2)) == (0, 0, 255)
 
 
@@ -106,6 +107,13 @@ def test_pil_images_and_audio_arrays_in_plain_rows(tmp_path):
     assert load_image(image_ref, tmp_path, example.id).getpixel((0, 0)) == (128, 128, 128)
     assert np.abs(load_audio(audio_ref, tmp_path, example.id) - wave).max() < 1e-4
     assert example_from_trl(row, 0, tmp_path).media == example.media  # same content, same file
+
+
+def test_standard_string_prompt_and_completion(tmp_path):
+    row = {"prompt": "what is shown?", "completion": "a dog", "images": ["a.png"], "audios": ["b.wav"]}
+    example = example_from_trl(row, 0, tmp_path)
+    assert example.messages == (user_turn("what is shown?", n_images=1, n_audio=1), assistant_turn("a dog"))
+    assert [ref.path for ref in example.media] == ["a.png", "b.wav"]
 
 
 def test_media_order_follows_placeholders(tmp_path):

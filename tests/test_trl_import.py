@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from modalign.data.dataset import read_examples
 from modalign.data.media import load_image, sha256_file
+from modalign.data.media_items import content_path
 from modalign.data.records import Completion, RecordError, assistant_turn, user_turn
 from modalign.data.shapes import build_shapes_dataset
 from modalign.feedback.judgments import PairwiseJudgment
@@ -80,7 +81,7 @@ def test_export_then_import_round_trips(exported, tmp_path):
     imported = target.get_example(examples[0].id)
     assert imported.messages == examples[0].prompt_messages and imported.answer is None
     image, audio = imported.media
-    assert image.path == f"media/{image.sha256[:32]}.png" and audio.path == f"media/{audio.sha256[:32]}.wav"
+    assert image.path == content_path(image.sha256, ".png") and audio.path == content_path(audio.sha256, ".wav")
     assert image.sha256 == sha256_file(data / examples[0].media[0].path)
     assert sha256_file(tmp_path / "imported" / image.path) == image.sha256
     judgments = target.judgments()
@@ -119,11 +120,11 @@ def test_pil_images_are_copied_into_root_media(tmp_path):
     for pair, rgb in ((pairs[0], (255, 0, 0)), (pairs[2], (0, 0, 255))):
         example = store.get_example(pair.example_id)
         (ref,) = example.media
-        assert ref.path == f"media/{ref.sha256[:32]}.png"
+        assert ref.path == content_path(ref.sha256, ".png")
         assert sha256_file(tmp_path / "root" / ref.path) == ref.sha256
         assert load_image(ref, store.example_root(pair.example_id), example.id).getpixel((3, 2)) == rgb
     assert store.get_example(pairs[2].example_id).meta == {"answer": "blue"}
-    assert sorted(p.name for p in (tmp_path / "root" / "media").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "root" / "media").rglob("*.*")) == sorted(
         Path(store.get_example(p.example_id).media[0].path).name for p in (pairs[0], pairs[2]))
 
 
@@ -159,7 +160,7 @@ def test_row_without_rejected_names_file_and_line_and_stores_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"prompt": "hi"}, "'prompt' must be a list of messages"),
+    ({"prompt": 3}, "'prompt' must be a list of messages"),
     ({"chosen": [assistant_turn("a"), assistant_turn("b")]}, "'chosen' must be a string or a list with one assistant"),
     ({"rejected": [user_turn("no")]}, "'rejected' must be a string or a list with one assistant"),
     ({"prompt": [user_turn("hi"), assistant_turn("hello")]}, "'prompt' ends with an assistant message"),
@@ -179,3 +180,28 @@ def test_one_id_with_two_prompts_is_an_error(tmp_path):
     rows = [{"id": "q1", "prompt": [user_turn(text)], "chosen": "yes", "rejected": "no"} for text in ("hi", "bye")]
     with pytest.raises(RecordError, match=r"row 1: example id 'q1' has another prompt or media than at row 0"):
         import_trl_preferences(FeedbackStore.sqlite(tmp_path / "a.db"), rows, tmp_path)
+
+
+def test_relative_paths_resolve_against_the_file_and_symlinked_folders_are_read_in_place(tmp_path):
+    photos = tmp_path / "photo_library"
+    photos.mkdir()
+    Image.new("RGB", (4, 3), (0, 255, 0)).save(photos / "green.png")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "pics").symlink_to(photos)  # the user's folder links to where the photos really are
+    row = {"id": "q1", "prompt": [user_turn("colour?", n_images=1)], "chosen": "green", "rejected": "red",
+           "images": ["pics/green.png"]}
+    (user / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+
+    copied = FeedbackStore.sqlite(tmp_path / "a.db")
+    assert import_trl_preferences(copied, user / "pairs.jsonl", tmp_path / "store") == 1
+    (ref,) = copied.get_example("q1").media
+    assert ref.sha256 == sha256_file(photos / "green.png")  # read from the file's folder, stored by content
+
+    in_place = FeedbackStore.sqlite(tmp_path / "b.db")
+    assert import_trl_preferences(in_place, user / "pairs.jsonl", None) == 1
+    example, root = in_place.get_example("q1"), in_place.example_root("q1")
+    # the nearest real folder holding the file's folder and the photo, so the loader's inside-root check holds
+    assert root == str(tmp_path.resolve()) and example.media[0].path == "photo_library/green.png"
+    assert load_image(example.media[0], root, "q1").getpixel((3, 2)) == (0, 255, 0)
+    assert not (tmp_path / "store" / "pairs").exists() and not any((user).glob("media*"))

@@ -250,6 +250,64 @@ def shapes(
     typer.echo(f"wrote {root}")
 
 
+@app.command("import")
+def import_data(
+    source: str = typer.Argument(..., help="A save_to_disk folder, a .parquet / .jsonl / .json file (HF or TRL rows) "
+                                           "or a hub dataset id (online only)."),
+    out: str = typer.Option(..., help="Dataset folder (SFT rows) or feedback-store folder (preference rows) to write."),
+    kind: str = typer.Option("auto", help="sft, preference, or auto: preference when rows have chosen + rejected."),
+    split: Optional[str] = typer.Option(None, help="Name of the written split (SFT; default: the source's split "
+                                                   "names, 'train' for a file)."),
+    id_column: str = typer.Option("id", help="Column holding example ids (rows without one get row-<index>)."),
+    subset: Optional[str] = typer.Option(None, help="Hub dataset configuration (subset) name."),
+    data_split: Optional[str] = typer.Option(None, help="Only this split of the source (default: all of them)."),
+) -> None:
+    """Import HF `datasets` / TRL rows: SFT rows -> a dataset folder, preference rows -> a feedback store.
+
+    Media (PIL images, paths, {"bytes", "path"}, {"array", "sampling_rate"}, inline in messages too)
+    are stored once under OUT/media/ by content hash; relative paths resolve against SOURCE's folder.
+    """
+    from pathlib import Path
+
+    from modalign.recipes.transfer import import_source
+
+    result = _run_transfer(lambda: import_source(source, out, kind, split, id_column, subset, data_split))
+    if result["kind"] == "sft":
+        counts = ", ".join(f"{name} {n}" for name, n in result["examples"].items())
+        typer.echo(f"imported {sum(result['examples'].values())} examples ({counts}) into {out}  "
+                   f"(use --set data={out})")
+    else:
+        store = Path(out) / "feedback.db"
+        typer.echo(f"imported {result['pairs']} preference pairs into {store}  (use --set store={store})")
+
+
+@app.command("export")
+def export_data(
+    location: str = typer.Argument(..., help="A dataset folder, or a feedback store (folder, .db file or URL)."),
+    out: str = typer.Option(..., help="File (.jsonl, one split) or folder to write; must not exist."),
+    format_: str = typer.Option("trl-jsonl", "--format", help="trl-jsonl (media as absolute paths) or hf "
+                                                             "(a save_to_disk folder, images embedded)."),
+    split: Optional[str] = typer.Option(None, help="Only this split of a dataset (default: all)."),
+) -> None:
+    """Export a dataset (TRL conversational rows) or a store (TRL preference rows) as JSONL or a `datasets` folder."""
+    from modalign.recipes.transfer import export_source
+
+    result = _run_transfer(lambda: export_source(location, out, format_, split))
+    what = (f"{result['pairs']} preference pairs" if result["kind"] == "preference"
+            else f"{sum(result['examples'].values())} examples")
+    typer.echo(f"exported {what} to {out}")
+
+
+def _run_transfer(call):
+    """`_run`, plus the import sources' own error (unknown format, missing split, hub unreachable)."""
+    from modalign.data.importing import SourceError
+
+    try:
+        return _run(call)
+    except SourceError as err:
+        _fail(str(err))
+
+
 def main() -> None:
     app(prog_name="modalign")
 

@@ -61,6 +61,68 @@ def message_text(message: Message) -> str:
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
+INLINE_MEDIA_KEYS = ("path", "url")  # besides the part's own kind: {"type": "image", "image": ...}
+
+
+def split_inline_media(messages: list[Any], label: str) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """Messages with inline media parts turned into bare placeholders, and one (kind, item) per placeholder.
+
+    HF datasets and chat templates put media inside the parts: `{"type": "image", "image": <PIL or
+    path>}`, `{"type": "audio", "audio": <array dict or path>}`, or `"path"` / `"url"` keys. The item
+    is that value, or None for a bare placeholder (its file then comes from the media list/column).
+    `messages` are not changed; a remote URL is a `RecordError` naming the part.
+    """
+    bare_messages, slots = [], []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(content, (list, tuple)):
+            bare_messages.append(message)
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind not in MEDIA_KINDS:
+                parts.append(part)
+                continue
+            item = next((part[key] for key in (kind, *INLINE_MEDIA_KEYS) if part.get(key) is not None), None)
+            if isinstance(item, str) and "://" in item:
+                if not item.startswith("file://"):
+                    raise RecordError(f"{label}: messages[{i}].content[{j}]: remote {kind} {item} is not "
+                                      "downloaded; save it and give its path")
+                item = item[len("file://"):]
+            slots.append((kind, item))
+            parts.append({key: value for key, value in part.items() if key not in (kind, *INLINE_MEDIA_KEYS)})
+        bare_messages.append({**message, "content": parts})
+    return bare_messages, slots
+
+
+def fill_media_slots(
+    slots: list[tuple[str, Any]], listed: Mapping[str, list[Any]], label: str, columns: Mapping[str, str]
+) -> list[tuple[str, Any, str]]:
+    """(kind, item, column label) per placeholder: inline items, else the next listed item of that kind.
+
+    `listed` holds the media list of each kind (a dataset's `media`, TRL's `images` / `audios`);
+    `columns` names them for errors. Counts that do not match are a `RecordError`.
+    """
+    filled, used = [], {kind: 0 for kind in MEDIA_KINDS}
+    for position, (kind, item) in enumerate(slots):
+        if item is not None:
+            filled.append((kind, item, f"placeholder {position} ({kind} part in messages)"))
+            continue
+        if used[kind] < len(listed.get(kind, [])):
+            filled.append((kind, listed[kind][used[kind]], f"{columns[kind]}[{used[kind]}]"))
+        used[kind] += 1
+    inline = any(item is not None for _, item in slots)
+    for kind in MEDIA_KINDS:
+        n_listed = len(listed.get(kind, []))
+        if used[kind] != n_listed:
+            raise RecordError(
+                f"{label}: {used[kind]} {{'type': '{kind}'}} placeholder(s) in messages "
+                f"but {n_listed} item(s) in '{columns[kind]}'" + (" (inline media parts not counted)" if inline else "")
+            )
+    return filled
+
+
 def count_placeholders(messages: tuple[Message, ...] | list[Message], kind: str) -> int:
     """Number of `{"type": kind}` parts across all messages."""
     total = 0
@@ -142,10 +204,35 @@ class Example:
             if not isinstance(message, Mapping) or message.get("role") not in ("system", "user", "assistant"):
                 raise RecordError(f"{prefix}record {record_id!r}: messages[{i}] needs a role of system/user/assistant")
         media = tuple(MediaRef.from_dict(m, record_id) for m in raw.get("media", []) or [])
+        messages, media = _with_inline_paths(messages, media, f"{prefix}record {record_id!r}")
         try:
             return cls(id=record_id, messages=tuple(messages), media=media, meta=dict(raw.get("meta", {}) or {}))
         except RecordError as err:
             raise RecordError(f"{prefix}{err}") from None
+
+
+def _with_inline_paths(
+    messages: list[Any], media: tuple[MediaRef, ...], label: str
+) -> tuple[list[Any], tuple[MediaRef, ...]]:
+    """Inline path parts (`{"type": "image", "image": "photos/a.jpg"}`) become placeholders + `MediaRef`s.
+
+    Paths are relative to the dataset root like `media[].path`; the listed `media` fill the bare
+    placeholders in order. In-memory media (PIL images, arrays) need `modalign import`.
+    """
+    bare, slots = split_inline_media(messages, label)
+    if all(item is None for _, item in slots):
+        return messages, media
+    listed = {kind: [ref for ref in media if ref.kind == kind] for kind in MEDIA_KINDS}
+    refs = []
+    for kind, item, column in fill_media_slots(slots, listed, label, {"image": "media", "audio": "media"}):
+        if isinstance(item, MediaRef):
+            refs.append(item)
+        elif isinstance(item, str) and item:
+            refs.append(MediaRef(kind, item))  # type: ignore[arg-type]
+        else:
+            raise RecordError(f"{label}: {column}: an inline {kind} in a dataset file must be a path string "
+                              f"(not {type(item).__name__}); in-memory media go through `modalign import`")
+    return bare, tuple(refs)
 
 
 @dataclass(frozen=True)

@@ -10,30 +10,35 @@ A TRL row (one per example)::
      "meta": {...}}                                 # ours (a JSON string in an HF Dataset)
 
 On import, `messages` may instead be TRL's prompt-completion pair (`prompt` +
-`completion`, both lists of messages) or a prompt alone. Media items may be paths,
+`completion`, lists of messages or TRL's standard plain strings) or a prompt alone. Media items may be paths,
 PIL images, or the `{"bytes", "path"}` / `{"array", "sampling_rate"}` dicts of HF
-`datasets`. Items that are not files inside `root` are written to `root/media/`
-under a content-hash name, so the imported dataset is self-contained.
+`datasets`, in the `images` / `audios` columns or inline in the messages
+(`{"type": "image", "image": <PIL or path>}`, `{"type": "audio", "audio": {...}}`), which
+become bare placeholders. Items that are not files inside `root` are written once to
+`root/media/<sha256[:2]>/<sha256>.<ext>` (see `modalign.data.media_items`), so the imported
+dataset is self-contained. Columns TRL does not define (`task`, `answer`, ...) go into `meta`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-import numpy as np
-
-from modalign.data.records import Example, MediaRef, RecordError, count_placeholders
+from modalign.data.media_items import MediaTarget, media_ref
+from modalign.data.records import (
+    Example, RecordError, assistant_turn, fill_media_slots, split_inline_media, user_turn,
+)
 
 if TYPE_CHECKING:
     import datasets
 
 MEDIA_COLUMNS = {"image": "images", "audio": "audios"}
+# columns with a meaning in TRL's formats (and ours); any other column goes into `meta`
+TRL_COLUMNS = frozenset({"id", "example_id", "messages", "prompt", "completion", "chosen", "rejected", "label",
+                         "images", "image", "audios", "audio", "meta"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,44 +99,47 @@ def to_hf_dataset(examples: Iterable[Example], root: str | Path) -> "datasets.Da
 
 
 def example_from_trl(
-    row: Mapping[str, Any], row_index: int, root: str | Path | None, *, where: str | None = None
+    row: Mapping[str, Any], row_index: int, root: str | Path | None, *, where: str | None = None,
+    base: str | Path | None = None, staging: str | Path | None = None, id_column: str = "id",
 ) -> Example:
-    """An `Example` from one TRL row; errors are `RecordError`s naming the row.
+    """An `Example` from one TRL row; errors are `RecordError`s naming the row and the column.
 
-    `root` is the dataset root: relative media paths are taken from it, absolute paths
-    inside it become relative, and everything else is stored under `root/media/`.
-    With `root=None` paths are kept as given and in-memory media are refused.
-    `where` overrides the row label in messages (e.g. "file.jsonl:3").
+    `root` is the dataset root: files inside it are referenced by their root-relative path, and
+    everything else (in-memory media, bytes, outside files) is written once under
+    `root/media/<sha256[:2]>/` (`modalign.data.media_items`). `base` is the folder relative
+    paths in the row resolve against (the source file's folder; default: they are root-relative);
+    `staging` is where new files are written before the caller moves them into `root`. With
+    `root=None` files are referenced in place (absolute paths when `base` is set, as given
+    otherwise) and in-memory media are refused. The id comes from `id_column` (else `row-<index>`);
+    columns other than TRL's go into `meta`. `where` overrides the row label (e.g. "file.jsonl:3").
     """
     where = where or f"row {row_index}"
-    record_id = str(row["id"]) if row.get("id") is not None else f"row-{row_index}"
+    record_id = str(row[id_column]) if row.get(id_column) is not None else f"row-{row_index}"
     label = f"{where} (record {record_id!r})"
-    messages = [_strip_none(m) for m in _row_messages(row, label)]
-    items = {kind: _media_items(row, kind, label) for kind in MEDIA_COLUMNS}
-    for kind, column in MEDIA_COLUMNS.items():
-        n_parts = count_placeholders(messages, kind)
-        if n_parts != len(items[kind]):
-            raise RecordError(
-                f"{label}: {n_parts} {{'type': '{kind}'}} placeholder(s) in messages "
-                f"but {len(items[kind])} item(s) in '{column}'"
-            )
-    refs = {
-        kind: [_media_ref(kind, item, root, f"{label}: {column}[{i}]") for i, item in enumerate(items[kind])]
-        for kind, column in MEDIA_COLUMNS.items()
-    }
-    media = [refs[kind].pop(0).to_dict() for kind in _placeholder_order(messages)]
-    raw = {"id": record_id, "messages": messages, "media": media, "meta": _row_meta(row, label)}
+    listed = {kind: _media_items(row, kind, label) for kind in MEDIA_COLUMNS}
+    n_media = {kind: len(items) for kind, items in listed.items()}
+    messages, slots = split_inline_media([_strip_none(m) for m in _row_messages(row, label, n_media)], label)
+    target = MediaTarget.of(root, base, staging)
+    media = [media_ref(kind, item, target, f"{label}: {column}").to_dict()
+             for kind, item, column in fill_media_slots(slots, listed, label, MEDIA_COLUMNS)]
+    meta = {**_extra_columns(row, id_column), **_row_meta(row, label)}
+    raw = {"id": record_id, "messages": messages, "media": media, "meta": meta}
     return Example.from_dict(raw, where=where)
 
 
-def import_trl_jsonl(path: str | Path, root: str | Path | None) -> list[Example]:
-    """Read a TRL JSONL file; a bad line raises `RecordError` naming the file and line."""
+def import_trl_jsonl(path: str | Path, root: str | Path | None, *, relative_to_file: bool = False) -> list[Example]:
+    """Read a TRL JSONL file; a bad line raises `RecordError` naming the file and line.
+
+    With `relative_to_file`, relative media paths resolve against the file's folder (as
+    `modalign import` reads them); otherwise they are taken as `root`-relative.
+    """
     path = Path(path)
+    base = path.parent if relative_to_file else None
     examples = []
     for line_no, row in read_jsonl_rows(path):
         if not isinstance(row, dict):
             raise RecordError(f"{path}:{line_no}: a row must be a JSON object")
-        examples.append(example_from_trl(row, len(examples), root, where=f"{path}:{line_no}"))
+        examples.append(example_from_trl(row, len(examples), root, where=f"{path}:{line_no}", base=base))
     return examples
 
 
@@ -159,12 +167,14 @@ def from_hf_dataset(dataset: "datasets.Dataset", root: str | Path | None) -> lis
 
 
 def undecoded_media(dataset: "datasets.Dataset") -> "datasets.Dataset":
-    """The dataset with its `Image` / `Audio` columns read as `{"bytes", "path"}` dicts (files keep their paths)."""
-    for column in ("images", "image", "audios", "audio"):
-        if column in dataset.column_names:
-            undecoded = _undecoded_feature(dataset.features[column])
-            if undecoded != dataset.features[column]:
-                dataset = dataset.cast_column(column, undecoded)
+    """The dataset with every `Image` / `Audio` feature (in any column, nested too) read as `{"bytes", "path"}`.
+
+    Files keep their paths and encoded images their bytes (no PNG re-encoding of a JPEG).
+    """
+    for column, feature in dataset.features.items():
+        undecoded = _undecoded_feature(feature)
+        if undecoded != feature:
+            dataset = dataset.cast_column(column, undecoded)
     return dataset
 
 
@@ -172,12 +182,21 @@ def undecoded_media(dataset: "datasets.Dataset") -> "datasets.Dataset":
 # Row parts
 
 
-def _row_messages(row: Mapping[str, Any], label: str) -> list[Any]:
+def _row_messages(row: Mapping[str, Any], label: str, n_media: Mapping[str, int]) -> list[Any]:
+    """The row's conversation: `messages`, or `prompt` + `completion` (conversational or TRL's standard strings).
+
+    A string prompt becomes one user turn with a placeholder per listed media item before the text,
+    as TRL places them; a string completion one assistant turn.
+    """
     if row.get("messages") is not None:
         messages = row["messages"]
     elif row.get("prompt") is not None:
-        completion = row.get("completion") or []
-        messages = _message_list(row["prompt"], "prompt", label) + _message_list(completion, "completion", label)
+        prompt, completion = row["prompt"], row.get("completion") or []
+        if isinstance(prompt, str):
+            prompt = [user_turn(prompt, n_images=n_media["image"], n_audio=n_media["audio"])]
+        if isinstance(completion, str):
+            completion = [assistant_turn(completion)]
+        messages = _message_list(prompt, "prompt", label) + _message_list(completion, "completion", label)
     else:
         raise RecordError(f"{label}: no 'messages' (or 'prompt' + 'completion') column")
     return _message_list(messages, "messages", label)
@@ -186,7 +205,7 @@ def _row_messages(row: Mapping[str, Any], label: str) -> list[Any]:
 def _message_list(value: Any, column: str, label: str) -> list[Any]:
     """`value` as a list of message mappings whose list content holds part mappings."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise RecordError(f"{label}: '{column}' must be a list of messages (TRL's conversational format)")
+        raise RecordError(f"{label}: '{column}' must be a list of messages (TRL's conversational format) or a string")
     for i, message in enumerate(value):
         content = message.get("content") if isinstance(message, Mapping) else None
         if not isinstance(message, Mapping) or not isinstance(content, (str, list, tuple)):
@@ -222,14 +241,18 @@ def _row_meta(row: Mapping[str, Any], label: str) -> dict[str, Any]:
     return dict(meta)
 
 
-def _placeholder_order(messages: list[Any]) -> list[str]:
-    """Media kinds in the order their placeholders appear (defines `Example.media` order)."""
-    order = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            order += [part["type"] for part in content if part.get("type") in MEDIA_COLUMNS]
-    return order
+def _extra_columns(row: Mapping[str, Any], id_column: str) -> dict[str, Any]:
+    """Columns TRL does not define (`task`, `answer`, ...) with JSON values: they become `meta` keys."""
+    extra = {}
+    for key, value in row.items():
+        if key in TRL_COLUMNS or key == id_column or value is None:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue  # media, arrays, bytes: not meta
+        extra[key] = value
+    return extra
 
 
 def _plain(value: Any) -> Any:
@@ -258,100 +281,13 @@ def _content_as_parts(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _undecoded_feature(feature: Any) -> Any:
-    """The same feature with `decode=False` on any `Image` / `Audio` inside a list."""
+    """The same feature with `decode=False` on every `Image` / `Audio` inside (lists, dicts, nesting)."""
+    if isinstance(feature, dict):
+        return type(feature)({key: _undecoded_feature(value) for key, value in feature.items()})
+    if isinstance(feature, (list, tuple)):
+        return type(feature)(_undecoded_feature(value) for value in feature)
     if dataclasses.is_dataclass(feature) and any(f.name == "decode" for f in dataclasses.fields(feature)):
         return dataclasses.replace(feature, decode=False)
     if dataclasses.is_dataclass(feature) and any(f.name == "feature" for f in dataclasses.fields(feature)):
         return dataclasses.replace(feature, feature=_undecoded_feature(feature.feature))
     return feature
-
-
-# ---------------------------------------------------------------------------------------------
-# Media items
-
-
-def _media_ref(kind: str, item: Any, root: str | Path | None, label: str) -> MediaRef:
-    """A `MediaRef` for one media item: a path, a PIL image, or an HF `datasets` dict."""
-    if isinstance(item, (str, os.PathLike)):
-        return _path_ref(kind, Path(item), root, label)
-    if isinstance(item, Mapping):
-        return _dict_ref(kind, item, root, label)
-    if kind == "image" and _is_pil_image(item):
-        return _store(kind, _png_bytes(item), ".png", root, label)
-    raise RecordError(f"{label}: cannot read a {kind} from {type(item).__name__}")
-
-
-def _dict_ref(kind: str, item: Mapping[str, Any], root: str | Path | None, label: str) -> MediaRef:
-    """HF `datasets` storage: `{"bytes", "path"}` (undecoded) or `{"array", "sampling_rate"}`."""
-    path = str(item.get("path") or "")
-    if path and os.path.isabs(path) and os.path.isfile(path):  # a local file: keep its path
-        return _path_ref(kind, Path(path), root, label)
-    if item.get("bytes"):
-        suffix = Path(path).suffix.lower() or (".png" if kind == "image" else ".wav")
-        return _store(kind, bytes(item["bytes"]), suffix, root, label)
-    if path:
-        return _path_ref(kind, Path(path), root, label)
-    if kind == "audio" and item.get("array") is not None and item.get("sampling_rate"):
-        return _store(kind, _wav_bytes(item["array"], int(item["sampling_rate"])), ".wav", root, label)
-    raise RecordError(f"{label}: a {kind} entry needs 'path', 'bytes' or 'array' + 'sampling_rate'")
-
-
-def _path_ref(kind: str, path: Path, root: str | Path | None, label: str) -> MediaRef:
-    if root is None or not path.is_absolute():
-        return MediaRef(kind, path.as_posix())  # type: ignore[arg-type]
-    relative = _relative_inside(path, Path(root))
-    if relative is not None:
-        return MediaRef(kind, relative)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise RecordError(f"{label}: {kind} file {path} does not exist")
-    return _store(kind, path.read_bytes(), path.suffix.lower(), root, label)
-
-
-def _relative_inside(path: Path, root: Path) -> str | None:
-    """`path` relative to `root` (posix) if it lies inside, comparing plain then real paths."""
-    for resolve in (os.path.abspath, os.path.realpath):
-        full, base = resolve(path), resolve(root)
-        if full != base and os.path.commonpath([full, base]) == base:
-            return Path(os.path.relpath(full, base)).as_posix()
-    return None
-
-
-def _store(kind: str, data: bytes, suffix: str, root: str | Path | None, label: str) -> MediaRef:
-    """Write `data` once to `root/media/<sha256[:32]><suffix>`; the ref carries the digest."""
-    if root is None:
-        raise RecordError(f"{label}: an in-memory or outside {kind} needs a dataset root to be written into")
-    digest = hashlib.sha256(data).hexdigest()
-    relative = f"media/{digest[:32]}{suffix}"
-    target = Path(root) / relative
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return MediaRef(kind, relative, sha256=digest)  # type: ignore[arg-type]
-
-
-def _is_pil_image(item: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        return False
-    return isinstance(item, Image.Image)
-
-
-def _png_bytes(image: Any) -> bytes:
-    from modalign.data.media import to_rgb
-
-    if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
-        image = to_rgb(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _wav_bytes(array: Any, sample_rate: int) -> bytes:
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.asarray(array, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
-    return buffer.getvalue()

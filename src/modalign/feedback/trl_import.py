@@ -10,10 +10,15 @@ A TRL preference row::
      "meta": {...}}                                      # optional, kept on the example (first row wins)
 
 Each row becomes one pairwise judgment (choice "a" = chosen) between two new candidates.
-Rows with the same prompt and media share one stored example: rows with an `id` share it by
-id, rows without one by a content-derived id. The prompt and media go through
-`modalign.data.trl_format.example_from_trl`, so media outside `root` are copied into
-`root/media/` by content hash. All rows are checked before anything is written to the store.
+Rows with the same prompt and media share one stored example: rows with an id (the `id` column,
+or `example_id` as `export_trl` writes it) share it by id - the same id with another prompt or
+media is an error naming both rows - and rows without one by a content-derived id. Rows without
+`prompt` whose `chosen` / `rejected` are whole conversations (TRL's implicit prompt) take their
+shared first messages as the prompt. Other columns become the example's `meta`. The prompt and
+media go through `modalign.data.trl_format.example_from_trl`: relative paths resolve against the
+JSONL file's folder; media are either stored once by content hash under the store's root, or
+(root=None, how `dpo` / `reward` read a preference file) referenced where they are.
+All rows are checked before anything is written to the store.
 """
 
 from __future__ import annotations
@@ -33,27 +38,59 @@ from modalign.feedback.store import FeedbackStore
 if TYPE_CHECKING:
     import datasets
 
-PROMPT_COLUMNS = ("prompt", "images", "image", "audios", "audio", "meta")  # what example_from_trl reads
+ANSWER_COLUMNS = ("chosen", "rejected")
 
 
 def import_trl_preferences(
     store: FeedbackStore,
     source: str | Path | Sequence[Mapping[str, Any]] | datasets.Dataset,
-    root: str | Path,
+    root: str | Path | None,
     annotator: str = "import",
+    *,
+    base: str | Path | None = None,
+    staging: str | Path | None = None,
+    id_column: str = "id",
 ) -> int:
     """Add TRL preference rows to `store` as examples, candidates and pairwise judgments.
 
-    `source` is a JSONL file, a list of row dicts or a `datasets.Dataset`; `root` is the
-    dataset root the stored examples' media are relative to (relative media paths in rows
-    are read from it too). Returns the number of pairs. A bad row raises `RecordError`
-    naming the file and line (or the 0-based row index) and the field, and nothing is stored.
+    `source` is a JSONL file, a list of row dicts or a `datasets.Dataset`. `root` is the folder
+    the stored examples' media are relative to: files inside it are referenced, others written
+    once under `root/media/<sha256[:2]>/` (into `staging` first when given; the caller moves them).
+    `root=None` references every file in place: each example's root is the source's folder (or
+    the nearest folder holding it and the files the row names outside it), nothing is copied.
+    Relative media paths resolve against `base`: by default the JSONL file's folder, and `root`
+    for in-memory rows. Returns the number of pairs. A bad row raises `RecordError` naming the
+    file and line (or the 0-based row index) and the field, and nothing is stored.
     """
-    examples, pairs = _read_pairs(source, root)
-    new_examples = [example for example, where in examples.values() if not _already_stored(store, example, root, where)]
+    if base is None and isinstance(source, (str, os.PathLike)):
+        base = Path(source).parent
+    return add_preference_rows(store, _rows(source), root, annotator, base=base, staging=staging,
+                               id_column=id_column)
+
+
+def check_preference_file(path: str | Path) -> int:
+    """The number of pairs in a TRL preference JSONL, every row checked as `dpo` / `reward` will read it.
+
+    Nothing is written (an in-memory store, media referenced in place), so a recipe can call this
+    before it creates its run folder. A bad row raises `RecordError` naming the file, line and field.
+    """
+    return import_trl_preferences(FeedbackStore("sqlite://"), path, None)
+
+
+def add_preference_rows(
+    store: FeedbackStore, rows: Iterable[tuple[int, str, Mapping[str, Any]]], root: str | Path | None,
+    annotator: str, *, base: str | Path | None = None, staging: str | Path | None = None, id_column: str = "id",
+) -> int:
+    """`import_trl_preferences` over rows already read: (index, label for messages, row) each."""
+    if root is None and base is None:
+        raise ValueError("referencing media in place needs the folder relative paths start from (base)")
+    examples, pairs = _read_pairs(rows, root, base, staging, id_column)
+    new_examples = [(example, example_root) for example, example_root, where in examples.values()
+                    if not _already_stored(store, example, example_root, where)]
     if not pairs:
         return 0
-    store.add_examples(new_examples, root=root)
+    for example_root in {example_root for _, example_root in new_examples}:
+        store.add_examples([e for e, r in new_examples if r == example_root], root=example_root)
     ids = store.add_candidates([Completion(example_id, text) for example_id, *texts in pairs for text in texts])
     store.add_judgments([
         PairwiseJudgment(example_id=example_id, annotator=annotator,
@@ -63,20 +100,37 @@ def import_trl_preferences(
     return len(pairs)
 
 
-def _read_pairs(source: Any, root: str | Path) -> tuple[dict[str, tuple[Example, str]], list[tuple[str, str, str]]]:
-    """Every row checked: examples by id (with where first seen) and (example id, chosen, rejected) per row."""
-    examples: dict[str, tuple[Example, str]] = {}
+def _read_pairs(
+    rows: Iterable[tuple[int, str, Mapping[str, Any]]], root: str | Path | None, base: str | Path | None,
+    staging: str | Path | None, id_column: str,
+) -> tuple[dict[str, tuple[Example, Path, str]], list[tuple[str, str, str]]]:
+    """Every row checked: examples by id (with their root and where first seen), (example id, chosen, rejected) per row."""
+    examples: dict[str, tuple[Example, Path, str]] = {}
     pairs: list[tuple[str, str, str]] = []
-    for index, where, row in _rows(source):
-        row_id = _row_id(row)
+    for index, where, row in rows:
+        row_id = row.get(id_column) if row.get(id_column) is not None else row.get("example_id")
         label = where if row_id is None else f"{where} (record {str(row_id)!r})"
+        row = _with_explicit_prompt(row, label)
         chosen, rejected = _answer_text(row, "chosen", label), _answer_text(row, "rejected", label)
-        example = _row_example(row, row_id, index, where, root)  # may copy media into root/media
-        first, first_where = examples.setdefault(example.id, (example, where))
-        if (first.messages, first.media) != (example.messages, example.media):
+        example = _row_example(row, row_id, index, where, root, base, staging, id_column)  # may write media
+        example, example_root = (example, Path(root).resolve()) if root is not None else in_place(example, base)
+        first, first_root, first_where = examples.setdefault(example.id, (example, example_root, where))
+        if (first.messages, first.media, first_root) != (example.messages, example.media, example_root):
             raise RecordError(f"{where}: example id {example.id!r} has another prompt or media than at {first_where}")
         pairs.append((example.id, chosen, rejected))
     return examples, pairs
+
+
+def in_place(example: Example, base: str | Path) -> tuple[Example, Path]:
+    """The example with its (absolute) media paths made relative to the nearest folder holding them and `base`.
+
+    Real paths are used, so a symlinked folder of photos is read where it points and the media
+    loader's check that files lie inside the root holds.
+    """
+    files = [os.path.realpath(ref.path) for ref in example.media]
+    root = Path(os.path.commonpath([os.path.realpath(base)] + [os.path.dirname(f) for f in files]))
+    media = tuple(MediaRef(ref.kind, Path(os.path.relpath(f, root)).as_posix()) for ref, f in zip(example.media, files))
+    return Example(example.id, example.messages, media, example.meta), root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,19 +165,29 @@ def _mapping(row: Any, where: str) -> Mapping[str, Any]:
 # Row parts
 
 
-def _row_id(row: Mapping[str, Any]) -> Any:
-    """TRL's `id`, or `example_id` as `FeedbackStore.export_trl` writes it; None when neither is set."""
-    return row.get("id") if row.get("id") is not None else row.get("example_id")
+def _with_explicit_prompt(row: Mapping[str, Any], label: str) -> Mapping[str, Any]:
+    """TRL's implicit-prompt rows (whole conversations in `chosen` / `rejected`) with the shared start as `prompt`."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if row.get("prompt") is not None or not all(isinstance(v, (list, tuple)) for v in (chosen, rejected)):
+        return row
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise RecordError(f"{label}: no 'prompt' column, and 'chosen' and 'rejected' share no first message "
+                          "(TRL's implicit prompt)")
+    return {**row, "prompt": list(chosen[:shared]), "chosen": list(chosen[shared:]),
+            "rejected": list(rejected[shared:])}
 
 
-def _row_example(row: Mapping[str, Any], row_id: Any, index: int, where: str, root: str | Path) -> Example:
-    """The prompt + media of a row as an `Example`; without an id, the id derives from the content."""
+def _row_example(row: Mapping[str, Any], row_id: Any, index: int, where: str, root: str | Path | None,
+                 base: str | Path | None, staging: str | Path | None, id_column: str) -> Example:
+    """The prompt + media (+ other columns as meta) of a row as an `Example`; without an id, the id derives from the content."""
     if row.get("prompt") is None:
         raise RecordError(f"{where}: no 'prompt' column (a list of messages)")
-    prompt_row = {key: row[key] for key in PROMPT_COLUMNS if key in row}
-    if row_id is not None:
-        prompt_row["id"] = row_id
-    example = example_from_trl(prompt_row, index, root, where=where)
+    prompt_row = {key: value for key, value in row.items() if key not in (*ANSWER_COLUMNS, "example_id")}
+    prompt_row[id_column] = row_id
+    example = example_from_trl(prompt_row, index, root, where=where, base=base, staging=staging, id_column=id_column)
     if example.messages[-1].get("role") == "assistant":
         raise RecordError(f"{where} (record {example.id!r}): 'prompt' ends with an assistant message; "
                           "the answers belong in 'chosen' / 'rejected'")
@@ -163,7 +227,7 @@ def _is_text_part(part: Any) -> bool:
 # Examples already in the store
 
 
-def _already_stored(store: FeedbackStore, example: Example, root: str | Path, where: str) -> bool:
+def _already_stored(store: FeedbackStore, example: Example, root: Path, where: str) -> bool:
     """True if the store holds this example (then it is kept as is, reference answer and meta included).
 
     An example stored under the same id with another prompt or media is an error: storing the
@@ -176,7 +240,7 @@ def _already_stored(store: FeedbackStore, example: Example, root: str | Path, wh
     stored_root = Path(store.example_root(example.id) or ".")
     same_prompt = _as_json(stored.prompt_messages) == _as_json(example.messages)
     same_media = len(stored.media) == len(example.media) and all(
-        _same_file(stored_root, a, Path(root), b) for a, b in zip(stored.media, example.media)
+        _same_file(stored_root, a, root, b) for a, b in zip(stored.media, example.media)
     )
     if not (same_prompt and same_media):
         raise RecordError(f"{where}: example id {example.id!r} is already in the feedback store "

@@ -35,15 +35,20 @@ class RewardConfig:
 
 
 def open_store(location: str, run_path: Path | None = None):
-    """A feedback store by SQLAlchemy URL or SQLite path; a TRL preference JSONL is imported first.
+    """A feedback store by SQLAlchemy URL, SQLite path or a folder holding `feedback.db` (`modalign import`).
 
-    The import goes into `run_path/feedback.db` (its media copied under `run_path/pairs`), once:
-    a resumed run reuses it.
+    A TRL preference JSONL is imported into `run_path/feedback.db` once (a resumed run reuses it):
+    its rows only - the media stay where they are, relative paths read from the file's folder,
+    never copied into the run.
     """
     from modalign.feedback.store import FeedbackStore
 
     if "://" in location:
         return FeedbackStore(location)
+    if Path(location).is_dir():
+        if not (Path(location) / "feedback.db").is_file():
+            raise FileNotFoundError(f"feedback store folder {location} holds no feedback.db")
+        return FeedbackStore.sqlite(Path(location) / "feedback.db")
     if not location.endswith(".jsonl"):
         return FeedbackStore.sqlite(location)
     from modalign.feedback.trl_import import import_trl_preferences
@@ -54,7 +59,7 @@ def open_store(location: str, run_path: Path | None = None):
         raise FileNotFoundError(f"TRL preference file {location} does not exist")
     store = FeedbackStore.sqlite(run_path / "feedback.db")
     if not store.count_judgments():
-        import_trl_preferences(store, location, run_path / "pairs", annotator=f"import:{Path(location).name}")
+        import_trl_preferences(store, location, None, annotator=f"import:{Path(location).name}")
     return store
 
 
