@@ -74,7 +74,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
-    from modalign.rl.rewards import reward_source_from
+    from modalign.rl.rewards import check_reward, reward_source_from
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -96,6 +96,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     reward = reward_source or reward_source_from(cfg.reward_model)
     train_examples = read_examples(cfg.data, cfg.split)
     prompts_all = [e for e in train_examples if not cfg.task or e.meta.get("task") == cfg.task]
+    if reward_source is None:
+        check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
     ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer

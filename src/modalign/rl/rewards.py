@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
 
+from modalign.config import ConfigError
 from modalign.data.records import Example
 from modalign.reward.model import ScalarHeadModel
 from modalign.rl.rollout import Samples
@@ -55,6 +57,27 @@ class FunctionSource:
         return torch.tensor([float(self.fn(e, a)) for e, a in zip(examples, answers)])
 
 
+class PythonSource:
+    """A user function named `py:<module>:<fn>` or `py:<file.py>:<fn>` (`modalign.plugins`).
+
+    Signature, over batches as TRL's reward functions: `fn(examples: list[Example],
+    completions: list[str]) -> list[float]`, one finite score per completion. A per-example
+    `fn(example, completion)` is not accepted: one call per batch lets the function batch its
+    own work (a classifier, an API call). Its result is checked on every call.
+    """
+
+    def __init__(self, spec: str) -> None:
+        from modalign.plugins import load_callable
+
+        self.spec, self.fn = spec, load_callable(spec, positional=2)
+
+    def __call__(self, examples, answers, samples, prompts) -> torch.Tensor:
+        from modalign.plugins import check_scores
+
+        scores = self.fn(list(examples), list(answers))
+        return torch.tensor(check_scores(self.spec, scores, len(answers), f"{len(answers)} completions"))
+
+
 # Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
 RULES: dict = {}
 
@@ -74,6 +97,7 @@ def shapes_gold(example: Example, answer: str) -> float:
     """ShapesWorld ground truth: caption (facts right - 2 x facts wrong) / true facts; question 1 if right."""
     from modalign.feedback.simulated import gold_utility
 
+    _require_truth(example, "shapes_gold")
     return gold_utility(example, answer)
 
 
@@ -83,6 +107,7 @@ def shapes_accuracy(example: Example, answer: str) -> float:
     from modalign.data.shapes.scorers import caption_facts, normalize_answer, parse_caption
     from modalign.data.shapes.world import Scene
 
+    _require_truth(example, "shapes_accuracy")
     if example.meta.get("task") == "caption":
         facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
         return facts["covered"] / facts["true_facts"]
@@ -95,10 +120,20 @@ def shapes_hallucination(example: Example, answer: str) -> float:
     from modalign.data.shapes.scorers import caption_facts, parse_caption
     from modalign.data.shapes.world import Scene
 
+    _require_truth(example, "shapes_hallucination")
     if example.meta.get("task") != "caption":
         return 0.0
     facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
     return -facts["hallucinated"] / max(1, facts["mentions"])
+
+
+def _require_truth(example: Example, rule: str) -> None:
+    from modalign.data.shapes.scorers import require_shapes_truth
+
+    require_shapes_truth([example], f"rule:{rule}", RULE_ALTERNATIVE, need_world=False)
+
+
+RULE_ALTERNATIVE = "for your data use a reward model folder or py:<file.py>:<function>"
 
 
 @register_rule("length_penalty")
@@ -133,12 +168,15 @@ class CompositeSource:
 
 
 def reward_source_from(spec: str) -> RewardSource:
-    """A reward from a spec: a reward-model folder, `rule:<name>`, or a weighted sum of those.
+    """A reward from a spec: a reward-model folder, `rule:<name>`, `py:<module or file.py>:<fn>`
+    (see `PythonSource`), or a weighted sum of those.
 
-    Sum syntax: `0.5*runs/reward/model + 1.0*rule:shapes_hallucination + 0.1*rule:length_penalty`.
+    Sum syntax: `0.5*runs/reward/model + 1.0*rule:shapes_hallucination + 0.1*py:my_rewards.py:brevity`.
+    A bad spec is a ConfigError naming it (and the term of a sum).
     """
     if not spec.strip():
-        raise ValueError("no reward given: set reward_model to a reward-model folder, rule:<name> or a weighted sum")
+        raise ConfigError("no reward given: set reward_model to a reward-model folder, rule:<name>, "
+                          "py:<file.py>:<function> or a weighted sum")
     terms = [term.strip() for term in spec.split("+")]
     if len(terms) == 1 and "*" not in terms[0]:
         return _single_source(terms[0])
@@ -148,17 +186,57 @@ def reward_source_from(spec: str) -> RewardSource:
         try:
             parts.append((name.strip(), float(weight), _single_source(name.strip())))
         except ValueError as err:
-            raise ValueError(f"reward {spec!r}, term {term!r}: {err}") from None
+            raise ConfigError(f"reward {spec!r}, term {term!r}: {err}") from None
     return CompositeSource(parts)
 
 
+def reward_terms(spec: str) -> list[str]:
+    """The names in a reward spec, weights dropped: `0.5*rule:a + py:f.py:g` -> ['rule:a', 'py:f.py:g']."""
+    return [term.partition("*")[2].strip() if "*" in term else term.strip() for term in spec.split("+")]
+
+
 def _single_source(name: str) -> RewardSource:
+    from modalign.plugins import is_plugin
+
     if name.startswith("rule:"):
         rule = name[len("rule:"):]
         if rule not in RULES:
-            raise ValueError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))})")
+            raise ConfigError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))}; "
+                              f"your own function: py:<file.py>:<function>)")
         return FunctionSource(RULES[rule])
+    if is_plugin(name):
+        return PythonSource(name)
     return RewardModelSource(ScalarHeadModel.load(name))
+
+
+# Rules that read ShapesWorld ground truth (meta.scene / meta.answer of meta.world == "shapes").
+SHAPES_RULES = ("shapes_gold", "shapes_accuracy", "shapes_hallucination")
+
+
+def check_reward(spec: str, examples: Sequence[Example]) -> None:
+    """Fail before any work when a reward cannot score `examples` (the prompts it will see).
+
+    Checks every term of `spec`: rules exist and the ShapesWorld rules find ShapesWorld ground
+    truth; `py:` functions load and take two arguments; reward-model folders exist. Loads no model.
+    Raises ConfigError naming the term (and the first record without ground truth).
+    """
+    from modalign.data.shapes.scorers import require_shapes_truth
+    from modalign.plugins import is_plugin, load_callable
+
+    if not spec.strip():
+        reward_source_from(spec)  # the "no reward given" error
+    for name in reward_terms(spec):
+        where = f"reward_model term {name!r}" if "+" in spec or "*" in spec else f"reward_model {name!r}"
+        if name.startswith("rule:"):
+            rule = name[len("rule:"):]
+            if rule not in RULES:
+                _single_source(name)  # the unknown-rule error, with the known names
+            if rule in SHAPES_RULES:
+                require_shapes_truth(examples, f"rule:{rule}", RULE_ALTERNATIVE)
+        elif is_plugin(name):
+            load_callable(name, positional=2)
+        elif not Path(name).is_dir():
+            raise ConfigError(f"{where}: no reward-model folder {name} (or write rule:<name> or py:<file.py>:<fn>)")
 
 
 @torch.no_grad()
@@ -169,7 +247,7 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
     Used where answers come from elsewhere than `sample_answers` (best-of-N, candidate tables).
     A reward model needs `media` (a MediaStore over the examples' root) because it reads the media itself.
     """
-    if isinstance(source, FunctionSource):
+    if isinstance(source, (FunctionSource, PythonSource)):
         return source(examples, answers, None, None)
     if isinstance(source, CompositeSource):
         total = torch.zeros(len(answers))

@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from modalign.config import ConfigError
 from modalign.data.records import Example
 from modalign.data.shapes.world import COLOURS, NUMBER_WORDS, PITCHES, POSITIONS, SHAPES, SIZES, Obj, Scene
 
@@ -24,6 +25,39 @@ _OBJECT = re.compile(
 _SOUND = re.compile(
     rf"\b(?:({'|'.join(NUMBER_WORDS)}|\d+)\s+)?(?:({'|'.join(PITCHES)})\s+)?beeps?\b"
 )
+
+
+class ShapesTruthError(ConfigError):
+    """A ShapesWorld-only scorer, rule or judge was given data without ShapesWorld ground truth."""
+
+
+def truth_problem(example: Example, need_world: bool = True) -> str | None:
+    """What ground truth `example` lacks for the gold scorers, or None: ShapesWorld records carry
+    meta.world == "shapes", captions meta.scene, questions meta.answer.
+
+    `need_world=False` checks only the ground-truth fields (the per-answer scorers, which also
+    serve hand-made examples; up-front validation asks for meta.world too).
+    """
+    meta = example.meta
+    if need_world and meta.get("world") != "shapes":
+        return f"meta.world={meta['world']!r}" if "world" in meta else "no meta.world"
+    if meta.get("task") == "caption" and not isinstance(meta.get("scene"), dict):
+        return "a caption task without meta.scene"
+    if meta.get("task") != "caption" and "answer" not in meta:
+        return f"a {meta.get('task') or 'question'} task without meta.answer"
+    return None
+
+
+def require_shapes_truth(examples: Sequence[Example], who: str, alternative: str, need_world: bool = True) -> None:
+    """Raise ShapesTruthError naming `who` and the first record without ShapesWorld ground truth.
+
+    `alternative`: what the user should use instead, e.g. "for your data use judge=people|<reward>".
+    """
+    for example in examples:
+        problem = truth_problem(example, need_world)
+        if problem:
+            raise ShapesTruthError(f"{who} needs ShapesWorld ground truth (meta.world=shapes), but record "
+                                   f"{example.id!r} has {problem}; {alternative}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +133,8 @@ def normalize_answer(text: str) -> str:
 
 def score_shapes(examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
     """Gold metrics over ShapesWorld examples; a metric whose group is empty is left out."""
+    require_shapes_truth(examples, "the ShapesWorld gold metrics",
+                         "evaluate your data with BLEU/ROUGE, a reward model or a judge")
     totals = {"mentions": 0, "hallucinated": 0, "true_facts": 0, "covered": 0}
     captions_hallucinating = n_captions = 0
     correct: dict[str, list[bool]] = {"vqa_image": [], "vqa_audio": [], "vqa_both": []}
