@@ -159,7 +159,7 @@ def test_shapes_only_pieces_refuse_other_data_up_front(sft_model, tmp_path):
         check_judge("rule:shapes_gold", examples)  # a reward judge (iterative-dpo)
     with pytest.raises(ShapesTruthError, match="gold metrics needs ShapesWorld ground truth"):
         score_shapes(examples[:1], ["x"])
-    with pytest.raises(ConfigError, match="no reward-model folder runs/nothing"):
+    with pytest.raises(ConfigError, match="reward_model .runs/nothing.: no reward-model folder runs/nothing"):
         check_reward("runs/nothing", examples)
     check_reward("rule:format + rule:length_penalty", examples)  # rules that need no ground truth pass
     check_judge("simulated", read_examples(data, "train"))  # ShapesWorld itself passes

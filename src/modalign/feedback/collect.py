@@ -88,7 +88,7 @@ def check_judge(spec: str, examples: Sequence[Example]) -> None:
     elif spec != "people":
         from modalign.rl.rewards import check_reward
 
-        check_reward(spec, examples)
+        check_reward(spec, examples, key="judge")
 
 
 def python_judge(spec: str):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from modalign.config import ConfigError, field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
 
@@ -75,6 +76,7 @@ class IterativeDPOConfig:
     eval_split: str = field_doc("test", "Held-out split evaluated after every round.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated after every round (0: all).")
     seed: int = field_doc(0, "Seed of the prompt slices, sampling, the simulated raters and DPO.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
@@ -92,7 +94,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_settings(cfg)
-    prompts = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    prompts = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities) if not cfg.task or e.meta.get("task") == cfg.task]
     check_judge(cfg.judge, prompts)
     judge = judge_from(cfg.judge)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
@@ -236,7 +238,7 @@ def round_dpo_config(cfg: IterativeDPOConfig, policy_path: str, folder: Path) ->
                      batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                      checkpoint_every=cfg.checkpoint_every, data=cfg.data, eval_split=cfg.eval_split,
                      eval_examples=cfg.eval_examples, task=cfg.task, max_new_tokens=cfg.max_new_tokens,
-                     seed=cfg.seed)
+                     seed=cfg.seed, modalities=cfg.modalities)
 
 
 def round_row(stats: dict, dpo: dict) -> dict:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.feedback.collect import SIMULATED
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -79,6 +80,7 @@ class LoopConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
     eval_samples: int = field_doc(4, "Sampled answers per held-out prompt in evaluation.")
     seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_loop(cfg: LoopConfig) -> dict:
@@ -126,7 +128,7 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
                            lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
     reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
         out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
-        steps=cfg.reward_steps, seed=cfg.seed + r)), everyone=True)
+        steps=cfg.reward_steps, seed=cfg.seed + r, modalities=cfg.modalities)), everyone=True)
     rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"),
                      everyone=True)
     metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
@@ -174,7 +176,7 @@ def prompt_pool(cfg: LoopConfig) -> list:
     """The examples the rounds draw their prompts from (the split, filtered by task)."""
     from modalign.data.dataset import read_examples
 
-    return [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    return [e for e in read_examples(cfg.data, cfg.split, cfg.modalities) if not cfg.task or e.meta.get("task") == cfg.task]
 
 
 def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):
@@ -216,7 +218,7 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 
     resume = resumable(folder)
     common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
-                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision)
+                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision, modalities=cfg.modalities)
     if cfg.method == "ppo":
         from modalign.recipes.ppo import PPOConfig, run_ppo
 
@@ -243,7 +245,7 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
 
     return evaluate_split(load_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                           seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
-                          samples_per_example=cfg.eval_samples)
+                          samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 
 
 def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:

@@ -104,12 +104,11 @@ def shapes_gold(example: Example, answer: str) -> float:
 @register_rule("shapes_accuracy")
 def shapes_accuracy(example: Example, answer: str) -> float:
     """Grounding: caption share of the scene's true facts stated correctly; question 1 if right."""
-    from modalign.data.shapes.scorers import caption_facts, normalize_answer, parse_caption
-    from modalign.data.shapes.world import Scene
+    from modalign.data.shapes.scorers import answer_facts, normalize_answer
 
     _require_truth(example, "shapes_accuracy")
     if example.meta.get("task") == "caption":
-        facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+        facts = answer_facts(example, answer)
         return facts["covered"] / facts["true_facts"]
     return float(normalize_answer(answer) == normalize_answer(str(example.meta.get("answer", ""))))
 
@@ -117,13 +116,12 @@ def shapes_accuracy(example: Example, answer: str) -> float:
 @register_rule("shapes_hallucination")
 def shapes_hallucination(example: Example, answer: str) -> float:
     """Minus the share of the caption's stated facts that the scene contradicts (0 for questions)."""
-    from modalign.data.shapes.scorers import caption_facts, parse_caption
-    from modalign.data.shapes.world import Scene
+    from modalign.data.shapes.scorers import answer_facts
 
     _require_truth(example, "shapes_hallucination")
     if example.meta.get("task") != "caption":
         return 0.0
-    facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+    facts = answer_facts(example, answer)
     return -facts["hallucinated"] / max(1, facts["mentions"])
 
 
@@ -213,30 +211,33 @@ def _single_source(name: str) -> RewardSource:
 SHAPES_RULES = ("shapes_gold", "shapes_accuracy", "shapes_hallucination")
 
 
-def check_reward(spec: str, examples: Sequence[Example]) -> None:
+def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_model") -> None:
     """Fail before any work when a reward cannot score `examples` (the prompts it will see).
 
     Checks every term of `spec`: rules exist and the ShapesWorld rules find ShapesWorld ground
     truth; `py:` functions load and take two arguments; reward-model folders exist. Loads no model.
-    Raises ConfigError naming the term (and the first record without ground truth).
+    Raises a ConfigError naming `key` and the term (and the first record without ground truth).
     """
-    from modalign.data.shapes.scorers import require_shapes_truth
+    from modalign.data.shapes.scorers import ShapesTruthError, require_shapes_truth
     from modalign.plugins import is_plugin, load_callable
 
     if not spec.strip():
         reward_source_from(spec)  # the "no reward given" error
     for name in reward_terms(spec):
-        where = f"reward_model term {name!r}" if "+" in spec or "*" in spec else f"reward_model {name!r}"
-        if name.startswith("rule:"):
-            rule = name[len("rule:"):]
-            if rule not in RULES:
-                _single_source(name)  # the unknown-rule error, with the known names
-            if rule in SHAPES_RULES:
-                require_shapes_truth(examples, f"rule:{rule}", RULE_ALTERNATIVE)
-        elif is_plugin(name):
-            load_callable(name, positional=2)
-        elif not Path(name).is_dir():
-            raise ConfigError(f"{where}: no reward-model folder {name} (or write rule:<name> or py:<file.py>:<fn>)")
+        try:
+            if name.startswith("rule:"):
+                _single_source(name)  # an unknown rule's error lists the known ones
+                if name[len("rule:"):] in SHAPES_RULES:
+                    require_shapes_truth(examples, name, RULE_ALTERNATIVE)
+            elif is_plugin(name):
+                load_callable(name, positional=2)
+            elif not Path(name).is_dir():
+                raise ConfigError(f"no reward-model folder {name} (or write rule:<name> or py:<file.py>:<function>)")
+        except ShapesTruthError:
+            raise  # it names the rule and the record already
+        except ConfigError as err:
+            where = f"{key} {spec!r}" + (f", term {name!r}" if name != spec.strip() else "")
+            raise type(err)(f"{where}: {err}") from None
 
 
 @torch.no_grad()

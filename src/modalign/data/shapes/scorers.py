@@ -89,8 +89,14 @@ def parse_caption(text: str) -> Mentions:
     return mentions
 
 
-def caption_facts(scene: Scene, mentions: Mentions) -> dict[str, int]:
-    """Counts: `mentions`, `hallucinated`, `true_facts`, `covered`."""
+def caption_facts(scene: Scene, mentions: Mentions, kinds: Sequence[str] = ("image", "audio")) -> dict[str, int]:
+    """Counts: `mentions`, `hallucinated`, `true_facts`, `covered`.
+
+    `kinds`: the media the caption's example carried (ShapesWorld written with `modalities`);
+    the facts of a kind it did not carry are not true facts, and stating them is hallucinating.
+    """
+    if "image" not in kinds or "audio" not in kinds:
+        return _facts_of_kinds(scene, mentions, kinds)
     mentioned = hallucinated = covered = 0
     unmatched = list(scene.objects)
     for obj in mentions.objects:
@@ -113,6 +119,29 @@ def caption_facts(scene: Scene, mentions: Mentions) -> dict[str, int]:
         covered += int(pitch == scene.pitch)
     true_facts = 4 * len(scene.objects) + 2
     return {"mentions": mentioned, "hallucinated": hallucinated, "true_facts": true_facts, "covered": min(covered, true_facts)}
+
+
+def _facts_of_kinds(scene: Scene, mentions: Mentions, kinds: Sequence[str]) -> dict[str, int]:
+    """`caption_facts` of an example with one media kind: the other kind's mentions are all hallucinated."""
+    seen = caption_facts(scene, Mentions(mentions.objects if "image" in kinds else [],
+                                         mentions.beeps if "audio" in kinds else [],
+                                         mentions.pitches if "audio" in kinds else []))
+    unseen = (0 if "image" in kinds else sum(1 + sum(v is not None for v in (o.colour, o.size, o.position))
+                                             for o in mentions.objects)) + \
+             (0 if "audio" in kinds else len(set(mentions.beeps)) + len(set(mentions.pitches)))
+    true_facts = 4 * len(scene.objects) * ("image" in kinds) + 2 * ("audio" in kinds)
+    return {"mentions": seen["mentions"] + unseen, "hallucinated": seen["hallucinated"] + unseen,
+            "true_facts": true_facts, "covered": min(seen["covered"], true_facts)}
+
+
+def example_kinds(example: Example) -> tuple[str, ...]:
+    """The media kinds a ShapesWorld example was written with (`meta.modalities`, default both)."""
+    return tuple(example.meta.get("modalities") or ("image", "audio"))
+
+
+def answer_facts(example: Example, answer: str) -> dict[str, int]:
+    """`caption_facts` of an answer to a ShapesWorld caption example."""
+    return caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer), example_kinds(example))
 
 
 def _match(obj: MentionedObject, candidates: list[Obj]) -> Obj | None:
@@ -141,7 +170,7 @@ def score_shapes(examples: Sequence[Example], answers: Sequence[str]) -> dict[st
     for example, answer in zip(examples, answers):
         task = example.meta.get("task")
         if task == "caption":
-            facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+            facts = answer_facts(example, answer)
             for key in totals:
                 totals[key] += facts[key]
             n_captions += 1
