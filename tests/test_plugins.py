@@ -65,7 +65,8 @@ def plugin_files(tmp_path, monkeypatch):
 
 def test_py_reward_from_a_file_and_from_a_module(plugin_files):
     answers = ["one two three", "r1 is here"]
-    for spec in ("py:my_rewards.py:brevity", f"py:{plugin_files / 'my_rewards.py'}:brevity", "py:userpkg.rewards:brevity"):
+    absolute = f"py:{plugin_files / 'my_rewards.py'}:brevity"
+    for spec in ("py:my_rewards.py:brevity", absolute, "py:userpkg.rewards:brevity"):
         source = reward_source_from(spec)
         assert isinstance(source, PythonSource)
         assert source(PLAIN[:2], answers, None, None).tolist() == [-3.0, -3.0]
@@ -193,3 +194,13 @@ def test_iterative_dpo_with_a_py_judge_on_plain_data(sft_model, tmp_path, monkey
     samples = [json.loads(line) for line in (tmp_path / "run" / "round-1" / "samples.jsonl").read_text().splitlines()]
     assert all(s["score"] == -len(s["text"]) for s in samples)
     assert summary["rounds"][0]["score"] == spec and summary["rounds"][0]["pairs"] > 0
+
+
+def test_check_reward_names_the_key_and_term(plugin_files):
+    with pytest.raises(ConfigError, match=r"reward_model 'rule:format \+ 0.5\*rule:nope', term 'rule:nope': no rule"):
+        check_reward("rule:format + 0.5*rule:nope", PLAIN)
+    with pytest.raises(ConfigError, match=r"term 'x\*rule:format': the weight 'x' is not a number"):
+        check_reward("x*rule:format", PLAIN)
+    with pytest.raises(ConfigError, match=r"judge 'py:my_rewards.py:one_arg': .*must take 2 positional"):
+        check_reward("py:my_rewards.py:one_arg", PLAIN, key="judge")
+    check_reward("py:my_rewards.py:brevity + 2*py:userpkg.rewards:mentions_id", PLAIN)

@@ -52,7 +52,7 @@ def _import(spec: str, module_name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):  # not a dependency
             raise PluginError(f"{spec!r}: no module named {module_name!r} (install it, add its folder to "
                               f"PYTHONPATH, or name a file: py:path/to/file.py:<function>)") from None
         raise PluginError(f"{spec!r}: importing {module_name} failed: {type(err).__name__}: {err}") from None

@@ -204,6 +204,7 @@ def panel_agreement(feedback: JudgedGroups) -> dict:
                 better = "a" if utilities[i] > utilities[j] else "b"
                 agree_gold += sum(choice == better for choice in choices)
                 decided += len(choices)
-    return {"agreement": krippendorff_alpha(units), "gold_accuracy": agree_gold / max(1, decided) if has_truth else None,
+    gold_accuracy = agree_gold / max(1, decided) if has_truth else None
+    return {"agreement": krippendorff_alpha(units), "gold_accuracy": gold_accuracy,
             "n_raters": max((len(v) for v in feedback.verdicts), default=0), "rankings": feedback.judgments,
             "prompts": len(feedback.examples), "candidates": sum(map(len, feedback.groups))}

@@ -2,7 +2,8 @@
 
 Round r: its prompts (a seeded slice of the split, disjoint from the other rounds') -> answers
 sampled from the policy of round r-1 (round 1: the SFT policy) -> a judge (the simulated
-annotator panel, or a reward whose best and worst distinct answer per prompt make one pair)
+annotator panel on ShapesWorld, your Python judge `py:...` ranking each prompt's answers, or a
+reward whose best and worst distinct answer per prompt make one pair)
 -> the feedback stores -> `run_dpo` from that policy on that round's pairs only -> the policy
 of round r+1.
 
@@ -57,12 +58,12 @@ class IterativeDPOConfig:
     rounds: int = field_doc(3, "Rounds of sample -> judge -> DPO (the only field a rerun may change).")
     prompts_per_round: int = field_doc(64, "Prompts per round; rounds never share prompts.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
-    judge: str = field_doc(SIMULATED, "'simulated' (the simulated annotator panel ranks the answers from ShapesWorld "
-                                      "ground truth; other data is refused up front), py:<module or file.py>:<fn> (your "
-                                      "judge fn(example, completions) -> scores; its ranking of each prompt's answers is "
-                                      "stored, see docs/plugins.md), or a reward: rule:<name>, a reward-model folder or "
-                                      "a weighted sum (a py: reward: 1*py:...); its best and worst distinct answer per "
-                                      "prompt become one pair.")
+    judge: str = field_doc(SIMULATED, "'simulated' (the simulated annotator panel ranks the answers from "
+                                      "ShapesWorld ground truth; other data is refused up front), "
+                                      "py:<module or file.py>:<fn> (your judge fn(example, completions) -> scores; "
+                                      "its ranking of each prompt's answers is stored, see docs/plugins.md), or a "
+                                      "reward: rule:<name>, a reward-model folder or a weighted sum (a py: reward: "
+                                      "1*py:...); its best and worst distinct answer per prompt become one pair.")
     temperature: float = field_doc(1.0, "Sampling temperature of the answers judged.")
     max_new_tokens: int = field_doc(40, "Longest answer, sampled for feedback and in evaluation.")
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")
@@ -94,7 +95,8 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_settings(cfg)
-    prompts = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities) if not cfg.task or e.meta.get("task") == cfg.task]
+    prompts = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+               if not cfg.task or e.meta.get("task") == cfg.task]
     check_judge(cfg.judge, prompts)
     judge = judge_from(cfg.judge)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:

@@ -2,8 +2,9 @@
 
 Round r: answers sampled from the current policy (round 1: the start policy, usually SFT) ->
 the pairs or groups sent for feedback (all, random, or those the reward model is least sure
-of) -> judged by the simulated panel, or by people through `modalign annotate` (tasks pushed to
-the store's queue, the round waits for their judgments) -> a reward model trained again on every
+of) -> judged by the simulated panel (ShapesWorld), by your Python judge (`judge=py:...`,
+docs/plugins.md), or by people through `modalign annotate` (tasks pushed to the store's
+queue, the round waits for their judgments) -> a reward model trained again on every
 judgment so far -> the RL method from the current policy against it, KL to the start policy ->
 gold evaluation -> round r+1.
 
@@ -176,7 +177,8 @@ def prompt_pool(cfg: LoopConfig) -> list:
     """The examples the rounds draw their prompts from (the split, filtered by task)."""
     from modalign.data.dataset import read_examples
 
-    return [e for e in read_examples(cfg.data, cfg.split, cfg.modalities) if not cfg.task or e.meta.get("task") == cfg.task]
+    return [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+            if not cfg.task or e.meta.get("task") == cfg.task]
 
 
 def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):

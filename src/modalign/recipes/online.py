@@ -93,7 +93,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     reward = reward_source or reward_source_from(cfg.reward_model)
-    prompts_all = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities) if not cfg.task or e.meta.get("task") == cfg.task]
+    prompts_all = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+                   if not cfg.task or e.meta.get("task") == cfg.task]
     if reward_source is None:
         check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
     media_store = MediaStore(cfg.data)

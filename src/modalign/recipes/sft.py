@@ -267,7 +267,8 @@ def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
     from modalign.eval.generation import evaluate_split
 
     return evaluate_split(policy, data_root, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
-                          cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", modalities=cfg.modalities)
+                          cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl",
+                          modalities=cfg.modalities)
 
 
 def _texts(example) -> list[str]:

@@ -80,6 +80,10 @@ class PythonSource:
 
 # Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
 RULES: dict = {}
+# Rules that read ShapesWorld ground truth (meta.scene / meta.answer of meta.world == "shapes"), and
+# what their error tells users of other data to use.
+SHAPES_RULES = ("shapes_gold", "shapes_accuracy", "shapes_hallucination")
+RULE_ALTERNATIVE = "for your data use a reward model folder or py:<file.py>:<function>"
 
 
 def register_rule(name: str):
@@ -131,9 +135,6 @@ def _require_truth(example: Example, rule: str) -> None:
     require_shapes_truth([example], f"rule:{rule}", RULE_ALTERNATIVE, need_world=False)
 
 
-RULE_ALTERNATIVE = "for your data use a reward model folder or py:<file.py>:<function>"
-
-
 @register_rule("length_penalty")
 def length_penalty(example: Example, answer: str, limit: int = 30) -> float:
     """Minus the words beyond `limit`, relative to it (0 for answers within the limit)."""
@@ -179,18 +180,25 @@ def reward_source_from(spec: str) -> RewardSource:
     if len(terms) == 1 and "*" not in terms[0]:
         return _single_source(terms[0])
     parts = []
-    for term in terms:
-        weight, _, name = term.partition("*") if "*" in term else ("1", "", term)
+    for term, (name, weight) in zip(terms, reward_terms(spec)):
         try:
-            parts.append((name.strip(), float(weight), _single_source(name.strip())))
+            parts.append((name, weight, _single_source(name)))
         except ValueError as err:
             raise ConfigError(f"reward {spec!r}, term {term!r}: {err}") from None
     return CompositeSource(parts)
 
 
-def reward_terms(spec: str) -> list[str]:
-    """The names in a reward spec, weights dropped: `0.5*rule:a + py:f.py:g` -> ['rule:a', 'py:f.py:g']."""
-    return [term.partition("*")[2].strip() if "*" in term else term.strip() for term in spec.split("+")]
+def reward_terms(spec: str) -> list[tuple[str, float]]:
+    """(name, weight) of each term: `0.5*rule:a + py:f.py:g` -> [('rule:a', 0.5), ('py:f.py:g', 1.0)]."""
+    terms = []
+    for term in spec.split("+"):
+        weight, _, name = term.partition("*") if "*" in term else ("1", "", term)
+        try:
+            terms.append((name.strip(), float(weight)))
+        except ValueError:
+            raise ConfigError(f"reward {spec!r}, term {term.strip()!r}: the weight {weight.strip()!r} is not a "
+                              f"number (write <weight>*<reward>)") from None
+    return terms
 
 
 def _single_source(name: str) -> RewardSource:
@@ -207,9 +215,6 @@ def _single_source(name: str) -> RewardSource:
     return RewardModelSource(ScalarHeadModel.load(name))
 
 
-# Rules that read ShapesWorld ground truth (meta.scene / meta.answer of meta.world == "shapes").
-SHAPES_RULES = ("shapes_gold", "shapes_accuracy", "shapes_hallucination")
-
 
 def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_model") -> None:
     """Fail before any work when a reward cannot score `examples` (the prompts it will see).
@@ -223,7 +228,7 @@ def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_mode
 
     if not spec.strip():
         reward_source_from(spec)  # the "no reward given" error
-    for name in reward_terms(spec):
+    for name, _ in reward_terms(spec):
         try:
             if name.startswith("rule:"):
                 _single_source(name)  # an unknown rule's error lists the known ones
