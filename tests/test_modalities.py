@@ -116,6 +116,7 @@ def test_builtin_sizes_from_the_sft_config(tmp_path):
     config = policy.model.config
     assert (config.image_size, config.audio_seconds, config.num_patches) == (32, 2.0, 4)
     assert policy.processor.feature_extractor.num_samples == 32000  # the 1.5 s clips fit the 2 s window
+    assert policy.processor.feature_extractor.max_seconds == 2.0  # what later stages check their data against
     assert policy.processor.image_processor.image_size == 32
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
 
@@ -134,7 +135,8 @@ def test_a_too_long_clip_names_the_record_before_training(tmp_path):
     assert cut["steps"] == 2
     from modalign.models.policy import load_policy
 
-    assert load_policy(cut["model"]).processor.feature_extractor.truncate  # later stages cut the clip too
+    extractor = load_policy(cut["model"]).processor.feature_extractor
+    assert extractor.truncate and extractor.max_seconds is None  # later stages cut the clip too
     image_only = run_sft(sft_config(tmp_path, data, out=str(tmp_path / "img"), modalities="image"))
     assert image_only["steps"] == 2
 

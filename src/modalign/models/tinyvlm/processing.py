@@ -52,6 +52,11 @@ class TinyVLMFeatureExtractor(FeatureExtractionMixin):
         super().__init__(**kwargs)
         self.sampling_rate, self.num_samples, self.truncate = sampling_rate, num_samples, truncate
 
+    @property
+    def max_seconds(self) -> float | None:
+        """The longest clip accepted, for an up-front check (`data.media.check_audio_lengths`); None: any (cut)."""
+        return None if self.truncate else self.num_samples / self.sampling_rate
+
     def __call__(self, audios: Sequence[np.ndarray], return_tensors: str = "pt", **kwargs) -> BatchFeature:
         batch = np.zeros((len(audios), self.num_samples), dtype=np.float32)
         for index, wave in enumerate(audios):
