@@ -204,3 +204,35 @@ def test_check_reward_names_the_key_and_term(plugin_files):
     with pytest.raises(ConfigError, match=r"judge 'py:my_rewards.py:one_arg': .*must take 2 positional"):
         check_reward("py:my_rewards.py:one_arg", PLAIN, key="judge")
     check_reward("py:my_rewards.py:brevity + 2*py:userpkg.rewards:mentions_id", PLAIN)
+
+
+def test_py_judge_on_selected_pairs(plugin_files):
+    from modalign.feedback.collect import judge_pairs_with_function, python_judge
+    from modalign.feedback.select import CandidatePair
+
+    spec = "py:my_judge.py:shortest_first"
+    pairs = [CandidatePair(PLAIN[0], Completion("r0", "a long answer"), Completion("r0", "short")),
+             CandidatePair(PLAIN[1], Completion("r1", "same"), Completion("r1", "four"))]  # equal lengths: a tie
+    feedback = judge_pairs_with_function(spec, python_judge(spec), pairs)
+    assert [e.id for e in feedback.examples] == ["r0"] and feedback.pairwise
+    assert feedback.verdicts == [[(spec, (1, 0))]]  # b ("short") wins
+
+
+def test_cli_route_for_a_py_reward(sft_model, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from modalign.cli import app
+
+    model, data = sft_model
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.chdir(tmp_path)
+    common = ["grpo", "--set", f"policy={model}", "--set", f"data={data}", "--set", "steps=1",
+              "--set", "prompts_per_step=2", "--set", "samples_per_prompt=2", "--set", "max_new_tokens=4",
+              "--set", "eval_examples=1"]
+    bad = CliRunner().invoke(app, [*common, "--set", "reward_model=py:my_rewards.py:nope", "--out", "bad"])
+    assert bad.exit_code == 2 and "has no function 'nope'" in bad.output and "Traceback" not in bad.output
+    good = CliRunner().invoke(app, [*common, "--set", "reward_model=py:my_rewards.py:brevity + 0.5*rule:format",
+                                    "--out", "good"])
+    assert good.exit_code == 0, good.output
+    line = json.loads((tmp_path / "good" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "reward/py:my_rewards.py:brevity" in line and "reward/rule:format" in line
