@@ -157,3 +157,26 @@ def test_bad_size_settings_name_the_key(tmp_path):
     assert len(both) == len(tokenizer_corpus(sft_config(tmp_path, data), data, train)) + 2 * 2
     with pytest.raises(ConfigError, match="tokenizer_corpus='nope.txt': write train, train\\+test or the path"):
         tokenizer_corpus(sft_config(tmp_path, data, tokenizer_corpus="nope.txt"), data, train)
+
+
+def test_recipes_read_only_the_kept_kind(sft_model, tmp_path, monkeypatch):
+    """GRPO and eval with modalities=image on ShapesWorld never open an audio file."""
+    from modalign.models.inputs import MediaStore
+    from modalign.recipes.evaluate import EvalConfig, run_eval
+    from modalign.recipes.online import OnlineConfig, run_online
+
+    model, data = sft_model
+    monkeypatch.setattr("modalign.data.media.load_audio", _no_audio)
+    with pytest.raises(MediaError, match="audio opened"):  # the trap works: without modalities audio is read
+        MediaStore(data).audio(read_examples(data, "train")[0])
+    summary = run_online(OnlineConfig(out=str(tmp_path / "grpo"), policy=str(model), data=str(data),
+                                      reward_model="rule:shapes_hallucination", steps=1, prompts_per_step=2,
+                                      samples_per_prompt=2, max_new_tokens=6, eval_examples=2, modalities="image"))
+    assert summary["steps"] == 1 and summary["eval"]["n_examples"] == 2
+    summary = run_eval(EvalConfig(policy=str(model), data=str(data), out=str(tmp_path / "eval"), max_examples=3,
+                                  max_new_tokens=6, modalities="image"))
+    assert summary["metrics"]["n_examples"] == 3
+
+
+def _no_audio(*args, **kwargs):
+    raise MediaError("audio opened")
