@@ -236,3 +236,23 @@ def test_cli_route_for_a_py_reward(sft_model, tmp_path, monkeypatch):
     assert good.exit_code == 0, good.output
     line = json.loads((tmp_path / "good" / "metrics.jsonl").read_text().splitlines()[0])
     assert "reward/py:my_rewards.py:brevity" in line and "reward/rule:format" in line
+
+
+def test_loop_with_a_py_judge_on_plain_data(sft_model, tmp_path, monkeypatch):
+    from modalign.feedback.store import FeedbackStore
+    from modalign.recipes.loop import LoopConfig, run_loop
+
+    model, data = sft_model
+    plain = plain_copy(data, tmp_path / "plain")
+    (tmp_path / "my_judge.py").write_text(JUDGE)
+    monkeypatch.chdir(tmp_path)
+    spec = "py:my_judge.py:shortest_first"
+    summary = run_loop(LoopConfig(out=str(tmp_path / "loop"), policy=str(model), data=str(plain), judge=spec,
+                                  rounds=1, prompts_per_round=6, samples_per_prompt=3, reward_steps=4, method="grpo",
+                                  rl_steps=1, prompts_per_step=2, rl_samples_per_prompt=2, max_new_tokens=8,
+                                  eval_examples=2, eval_samples=1))
+    judgments = FeedbackStore.sqlite(tmp_path / "loop" / "feedback.db").judgments()
+    assert judgments and {j.annotator for j in judgments} == {spec} and summary["judgments"] == len(judgments)
+    feedback = summary["rounds"][0]["feedback"]
+    assert feedback["gold_accuracy"] is None  # no ground truth to compare the judge with
+    assert "bleu" in summary["eval"] and "hallucination_rate" not in summary["eval"]  # no gold metrics either
