@@ -242,12 +242,17 @@ def shapes(
     test: int = typer.Option(100, help="Test scenes."),
     seed: int = typer.Option(0, help="Seed."),
     caption_noise: float = typer.Option(0.0, help="Share of train captions that hallucinate."),
+    modalities: str = typer.Option("", help="'' (image and audio), image or audio: write only those media; captions "
+                                            "state and questions ask only what they can perceive."),
 ) -> None:
     """Generate a ShapesWorld dataset (JSONL + media folder)."""
     from modalign.data.shapes import build_shapes_dataset
 
-    root = build_shapes_dataset(out, n_train=train, n_test=test, seed=seed, caption_noise=caption_noise)
-    typer.echo(f"wrote {root}")
+    def call():
+        return build_shapes_dataset(out, n_train=train, n_test=test, seed=seed, caption_noise=caption_noise,
+                                    modalities=modalities)
+
+    typer.echo(f"wrote {_run(call)}")
 
 
 @app.command("import")

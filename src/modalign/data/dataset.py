@@ -59,5 +59,10 @@ def iter_examples(root: str | Path, split: str) -> Iterator[Example]:
             yield Example.from_dict(raw, where=where)
 
 
-def read_examples(root: str | Path, split: str) -> list[Example]:
-    return list(iter_examples(root, split))
+def read_examples(root: str | Path, split: str, modalities: str = "") -> list[Example]:
+    """A split's examples; `modalities` ('image', 'audio', ...): keep only those media kinds (`data.modalities`)."""
+    if not modalities:
+        return list(iter_examples(root, split))
+    from modalign.data.modalities import apply_modalities
+
+    return apply_modalities(iter_examples(root, split), modalities, where=f"{root}/{split}")

@@ -78,7 +78,7 @@ def write_samples(path, examples: Sequence[Example], completions: Sequence[Compl
 def evaluate_split(
     policy: Policy, data_root, split: str, max_examples: int = 0, max_new_tokens: int = 40,
     temperature: float = 1.0, seed: int = 0, samples_path=None, task: str = "", batch_size: int = 64,
-    samples_per_example: int = 1, dist=None,
+    samples_per_example: int = 1, dist=None, modalities: str = "",
 ) -> dict[str, float]:
     """Generate on a held-out split (optionally one task) and score with gold and text metrics.
 
@@ -87,12 +87,13 @@ def evaluate_split(
     `dist` (`modalign.dist.Processes`, many processes): each process generates for examples
     rank, rank + N, ... (the same seed in each, so the answers differ from one process's), the
     answers are gathered back in example order and every process scores them all.
+    `modalities`: keep only those media kinds of every example (`data.modalities`).
     """
     from modalign.data.dataset import read_examples
     from modalign.eval.metrics import score_completions
     from modalign.ui import progress_bar
 
-    examples = [e for e in read_examples(data_root, split) if not task or e.meta.get("task") == task]
+    examples = [e for e in read_examples(data_root, split, modalities) if not task or e.meta.get("task") == task]
     if max_examples:
         examples = examples[:max_examples]
     extractor = getattr(policy.processor, "feature_extractor", None)

@@ -13,14 +13,24 @@ import random
 from dataclasses import dataclass
 
 from modalign.data.records import Example
-from modalign.data.shapes.scorers import caption_facts, normalize_answer, parse_caption
-from modalign.data.shapes.world import Scene
+from modalign.data.shapes.scorers import answer_facts, normalize_answer, require_shapes_truth
+
+
+# What the panel's users are told to use instead on data without ShapesWorld ground truth.
+PANEL_ALTERNATIVE = "for your data use judge=people|<reward>|<model judge> (e.g. judge=py:<file.py>:<function>)"
+
+
+def require_panel_data(examples) -> None:
+    """The simulated panel judges from ShapesWorld ground truth: fail up front on other data."""
+    require_shapes_truth(examples, "judge=simulated (the simulated annotator panel)", PANEL_ALTERNATIVE)
 
 
 def gold_utility(example: Example, text: str) -> float:
     """Caption: (facts stated correctly - 2 * facts hallucinated) / true facts. Question: 1 if right."""
+    require_shapes_truth([example], "the ShapesWorld gold utility (simulated panel, rule:shapes_gold)",
+                         PANEL_ALTERNATIVE, need_world=False)
     if example.meta.get("task") == "caption":
-        facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(text))
+        facts = answer_facts(example, text)
         return (facts["covered"] - 2 * facts["hallucinated"]) / facts["true_facts"]
     return float(normalize_answer(text) == normalize_answer(str(example.meta.get("answer", ""))))
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -41,6 +42,7 @@ class DPOConfig:
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
@@ -63,7 +65,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     policy = load_policy(cfg.policy)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
-    pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length) if not p.tie]
+    pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length,
+                                                    cfg.modalities) if not p.tie]
     if not pairs:
         raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
     console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")
@@ -142,4 +145,4 @@ def _evaluate(policy, cfg: DPOConfig, run) -> dict:
     from modalign.eval.generation import evaluate_split
 
     return evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens, 1.0, cfg.seed,
-                          run.path / "samples" / "eval.jsonl", cfg.task)
+                          run.path / "samples" / "eval.jsonl", cfg.task, modalities=cfg.modalities)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EvalConfig:
     max_new_tokens: int = field_doc(40, "Longest generated answer.")
     temperature: float = field_doc(1.0, "Sampling temperature (0: greedy).")
     seed: int = field_doc(0, "Seed of the generated data and of sampling.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -46,7 +48,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     data_root = dist.main_first(lambda: _data_root(cfg, out))  # ShapesWorld is generated once
     metrics = evaluate_split(load_policy(cfg.policy), data_root, cfg.split, cfg.max_examples, cfg.max_new_tokens,
                              cfg.temperature, cfg.seed, out / "samples.jsonl" if dist.is_main else None,
-                             batch_size=cfg.batch_size, dist=dist)
+                             batch_size=cfg.batch_size, dist=dist, modalities=cfg.modalities)
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split,
                "processes": dist.world, "metrics": metrics, "wall_seconds": round(time.time() - started, 1)}
     if dist.is_main:

@@ -2,7 +2,8 @@
 
 Round r: its prompts (a seeded slice of the split, disjoint from the other rounds') -> answers
 sampled from the policy of round r-1 (round 1: the SFT policy) -> a judge (the simulated
-annotator panel, or a reward whose best and worst distinct answer per prompt make one pair)
+annotator panel on ShapesWorld, your Python judge `py:...` ranking each prompt's answers, or a
+reward whose best and worst distinct answer per prompt make one pair)
 -> the feedback stores -> `run_dpo` from that policy on that round's pairs only -> the policy
 of round r+1.
 
@@ -32,17 +33,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from modalign.config import ConfigError, field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.data.records import Completion, Example
+from modalign.feedback.collect import SIMULATED
 
 if TYPE_CHECKING:
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import DPOConfig
     from modalign.rl.rewards import RewardSource
-
-SIMULATED = "simulated"
 
 
 @dataclass
@@ -57,9 +58,12 @@ class IterativeDPOConfig:
     rounds: int = field_doc(3, "Rounds of sample -> judge -> DPO (the only field a rerun may change).")
     prompts_per_round: int = field_doc(64, "Prompts per round; rounds never share prompts.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
-    judge: str = field_doc(SIMULATED, "'simulated' (the simulated annotator panel ranks the answers from ground "
-                                      "truth), or a reward: rule:<name>, a reward-model folder or a weighted sum; "
-                                      "its best and worst distinct answer per prompt become one pair.")
+    judge: str = field_doc(SIMULATED, "'simulated' (the simulated annotator panel ranks the answers from "
+                                      "ShapesWorld ground truth; other data is refused up front), "
+                                      "py:<module or file.py>:<fn> (your judge fn(example, completions) -> scores; "
+                                      "its ranking of each prompt's answers is stored, see docs/plugins.md), or a "
+                                      "reward: rule:<name>, a reward-model folder or a weighted sum (a py: reward: "
+                                      "1*py:...); its best and worst distinct answer per prompt become one pair.")
     temperature: float = field_doc(1.0, "Sampling temperature of the answers judged.")
     max_new_tokens: int = field_doc(40, "Longest answer, sampled for feedback and in evaluation.")
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")
@@ -73,12 +77,14 @@ class IterativeDPOConfig:
     eval_split: str = field_doc("test", "Held-out split evaluated after every round.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated after every round (0: all).")
     seed: int = field_doc(0, "Seed of the prompt slices, sampling, the simulated raters and DPO.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
     from modalign.data.dataset import read_examples
     from modalign.dist import processes
+    from modalign.feedback.collect import check_judge
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
     from modalign.runs import default_run_dir, resumable, start_rounds_folder, write_json_atomic, write_jsonl_atomic
@@ -89,8 +95,10 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_settings(cfg)
+    prompts = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+               if not cfg.task or e.meta.get("task") == cfg.task]
+    check_judge(cfg.judge, prompts)
     judge = judge_from(cfg.judge)
-    prompts = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
@@ -139,17 +147,25 @@ def check_settings(cfg: IterativeDPOConfig) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)}: it must be at least {least}")
 
 
-def judge_from(spec: str) -> "RewardSource | None":
-    """None for the simulated panel, else the reward source of `spec`; a bad spec is a ConfigError naming it."""
+def judge_from(spec: str) -> "RewardSource | Callable | None":
+    """None for the simulated panel, a `py:` judge's function, else the reward source of `spec`;
+    a bad spec is a ConfigError naming it."""
+    from modalign.feedback.collect import python_judge
+    from modalign.plugins import PluginError, is_plugin
     from modalign.rl.rewards import reward_source_from
 
     if spec == SIMULATED:
         return None
+    if is_plugin(spec):
+        try:
+            return python_judge(spec)
+        except PluginError as err:
+            raise PluginError(f"judge {err}") from None
     try:
         return reward_source_from(spec)
     except (ValueError, OSError) as err:
-        raise ConfigError(f"judge {spec!r}: {err} (use '{SIMULATED}', rule:<name>, a reward-model folder "
-                          f"or a weighted sum)") from None
+        raise ConfigError(f"judge {spec!r}: {err} (use '{SIMULATED}', py:<file.py>:<function>, rule:<name>, "
+                          f"a reward-model folder or a weighted sum)") from None
 
 
 def round_dir(out: Path, r: int) -> Path:
@@ -164,17 +180,18 @@ def round_prompts(prompts: list[Example], r: int, count: int, seed: int) -> list
 
 
 def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: list[Example],
-                  judge: "RewardSource | None", all_rounds: "FeedbackStore", prior_judgments: int) -> dict:
+                  judge: "RewardSource | Callable | None", all_rounds: "FeedbackStore", prior_judgments: int) -> dict:
     """Sample, judge, store in `round-r/feedback.db` and `out/feedback.db`; returns (and saves) the round's stats.
 
     `prior_judgments`: what `out/feedback.db` holds from the earlier rounds. Judgments are added
     all or nothing, so holding that plus this round's means a killed run stored them already.
     """
     from modalign.eval.generation import generate_answers
-    from modalign.feedback.collect import judge_with_panel, judge_with_reward, write_feedback
+    from modalign.feedback.collect import judge_with_function, judge_with_panel, judge_with_reward, write_feedback
     from modalign.feedback.store import FeedbackStore
     from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
+    from modalign.plugins import is_plugin
     from modalign.runs import write_json_atomic
 
     folder = round_dir(Path(cfg.out), r)
@@ -189,6 +206,8 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    elif is_plugin(cfg.judge):
+        feedback, scores = judge_with_function(cfg.judge, judge, prompts, completions, k)
     else:
         feedback, scores = judge_with_reward(judge, cfg.judge, prompts, completions, k, media)
     write_scored_samples(folder / "samples.jsonl", completions, scores)
@@ -221,7 +240,7 @@ def round_dpo_config(cfg: IterativeDPOConfig, policy_path: str, folder: Path) ->
                      batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                      checkpoint_every=cfg.checkpoint_every, data=cfg.data, eval_split=cfg.eval_split,
                      eval_examples=cfg.eval_examples, task=cfg.task, max_new_tokens=cfg.max_new_tokens,
-                     seed=cfg.seed)
+                     seed=cfg.seed, modalities=cfg.modalities)
 
 
 def round_row(stats: dict, dpo: dict) -> dict:

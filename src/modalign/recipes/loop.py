@@ -2,8 +2,9 @@
 
 Round r: answers sampled from the current policy (round 1: the start policy, usually SFT) ->
 the pairs or groups sent for feedback (all, random, or those the reward model is least sure
-of) -> judged by the simulated panel, or by people through `modalign annotate` (tasks pushed to
-the store's queue, the round waits for their judgments) -> a reward model trained again on every
+of) -> judged by the simulated panel (ShapesWorld), by your Python judge (`judge=py:...`,
+docs/plugins.md), or by people through `modalign annotate` (tasks pushed to the store's
+queue, the round waits for their judgments) -> a reward model trained again on every
 judgment so far -> the RL method from the current policy against it, KL to the start policy ->
 gold evaluation -> round r+1.
 
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
+from modalign.data.modalities import MODALITIES_HELP
+from modalign.feedback.collect import SIMULATED
 from modalign.precision import PRECISION_HELP, Precision
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
@@ -54,8 +57,10 @@ class LoopConfig:
                                       "bootstrap reward heads disagree most).")
     pairs_per_round: int = field_doc(0, "random/margin/ensemble/top: pairs sent for judgment per round.")
     ensemble_members: int = field_doc(5, "ensemble/top: bootstrap reward heads whose disagreement picks the pairs.")
-    judge: str = field_doc("simulated", "simulated (the simulated panel) or people (tasks for `annotators` in the "
-                                        "store's queue; the round waits for their judgments).")
+    judge: str = field_doc("simulated", "simulated (the simulated panel; ShapesWorld data only, other data is refused "
+                                        "up front), people (tasks for `annotators` in the store's queue; the round "
+                                        "waits for their judgments) or py:<module or file.py>:<fn> (your judge "
+                                        "fn(example, completions) -> scores, see docs/plugins.md).")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
     overlap: int = field_doc(1, "people: annotators per task.")
     wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
@@ -76,11 +81,13 @@ class LoopConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
     eval_samples: int = field_doc(4, "Sampled answers per held-out prompt in evaluation.")
     seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_loop(cfg: LoopConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
     from modalign.dist import processes
+    from modalign.feedback.collect import check_judge
     from modalign.feedback.store import FeedbackStore
     from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
@@ -89,6 +96,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     out = Path(cfg.out or default_run_dir("loop"))
     cfg = dataclasses.replace(cfg, out=str(out))
     check_loop_settings(cfg, dist.world)
+    check_judge(cfg.judge, prompt_pool(cfg))
     start_rounds_folder(cfg, out)
     store = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
@@ -121,7 +129,7 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
                            lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
     reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
         out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
-        steps=cfg.reward_steps, seed=cfg.seed + r)), everyone=True)
+        steps=cfg.reward_steps, seed=cfg.seed + r, modalities=cfg.modalities)), everyone=True)
     rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"),
                      everyone=True)
     metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
@@ -133,36 +141,50 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
 
 def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_judgments: int) -> dict:
     """Sample from the round's policy, select what to judge, judge it, store it; returns the round's stats."""
-    from modalign.data.dataset import read_examples
     from modalign.eval.generation import generate_answers
-    from modalign.feedback.collect import judge_with_panel, panel_agreement, write_feedback
+    from modalign.feedback.collect import (
+        judge_with_function, judge_with_panel, panel_agreement, python_judge, write_feedback,
+    )
     from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
+    from modalign.plugins import is_plugin
     from modalign.recipes.ppo import prompts_at
     from modalign.runs import write_jsonl_atomic
 
     started, folder, k = time.time(), round_dir(cfg, r), cfg.samples_per_prompt
     folder.mkdir(parents=True, exist_ok=True)
-    pool = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    pool = prompt_pool(cfg)
     count = cfg.first_round_prompts if r == 1 and cfg.first_round_prompts else cfg.prompts_per_round
     prompts = prompts_at(pool, r - 1, min(count, len(pool)), cfg.seed)
     media = MediaStore(cfg.data)
     completions = generate_answers(load_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
     write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
-    if cfg.selection == "all" and cfg.judge == "simulated":
+    if cfg.selection == "all" and cfg.judge == SIMULATED:
         feedback, _ = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    elif cfg.selection == "all" and is_plugin(cfg.judge):
+        feedback, _ = judge_with_function(cfg.judge, python_judge(cfg.judge), prompts, completions, k)
     else:
         feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store)
-    if store.count_judgments() == prior_judgments and cfg.judge == "simulated":  # a killed run may have stored them
+    # people's judgments are stored as they arrive; a killed run may have stored the others already
+    if store.count_judgments() == prior_judgments and cfg.judge != "people":
         write_feedback(store, feedback, cfg.data)
     return {"round": r, "prompts": len(prompts), "judgments": store.count_judgments() - prior_judgments,
             **panel_agreement(feedback), "seconds": round(time.time() - started, 1)}
 
 
+def prompt_pool(cfg: LoopConfig) -> list:
+    """The examples the rounds draw their prompts from (the split, filtered by task)."""
+    from modalign.data.dataset import read_examples
+
+    return [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+            if not cfg.task or e.meta.get("task") == cfg.task]
+
+
 def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):
     """Pairs chosen by the selection strategy, judged by the simulated panel or by people (waits)."""
     from modalign.feedback.select import candidate_pairs, judge_pairs_with_panel, select_pairs
+    from modalign.plugins import is_plugin
 
     scores = None
     owners = [e for e in prompts for _ in range(cfg.samples_per_prompt)]
@@ -181,8 +203,12 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     strategy = "random" if cfg.selection == "all" else cfg.selection
     count = cfg.pairs_per_round or sum(1 for pairs in grouped if pairs)
     chosen = select_pairs(grouped, count, strategy, cfg.seed + r)
-    if cfg.judge == "simulated":
+    if cfg.judge == SIMULATED:
         return judge_pairs_with_panel(chosen, cfg.seed + r)
+    if is_plugin(cfg.judge):
+        from modalign.feedback.collect import judge_pairs_with_function, python_judge
+
+        return judge_pairs_with_function(cfg.judge, python_judge(cfg.judge), chosen)
     from modalign.feedback.queue import judgments_from_people
 
     return judgments_from_people(store, chosen, cfg, r)
@@ -194,7 +220,7 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 
     resume = resumable(folder)
     common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
-                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision)
+                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision, modalities=cfg.modalities)
     if cfg.method == "ppo":
         from modalign.recipes.ppo import PPOConfig, run_ppo
 
@@ -221,11 +247,13 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
 
     return evaluate_split(load_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                           seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
-                          samples_per_example=cfg.eval_samples)
+                          samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 
 
 def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:
     """Fail before any work on settings no round can run with (`world`: the number of processes)."""
+    from modalign.plugins import is_plugin
+
     for name in ("policy", "data"):
         if not getattr(cfg, name):
             raise ConfigError(f"{name} is empty: the loop needs the start policy folder and the dataset folder")
@@ -233,8 +261,8 @@ def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:
         raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"selection {cfg.selection!r}: choose one of {', '.join(SELECTIONS)}")
-    if cfg.judge not in ("simulated", "people"):
-        raise ConfigError(f"judge {cfg.judge!r}: choose simulated or people")
+    if cfg.judge not in (SIMULATED, "people") and not is_plugin(cfg.judge):
+        raise ConfigError(f"judge {cfg.judge!r}: choose simulated, people or py:<module or file.py>:<function>")
     if cfg.judge == "people" and world > 1:
         raise ConfigError("judge=people runs in one process: the other processes would wait for people past the "
                           "process group's timeout; launch `modalign loop` without accelerate for people")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
@@ -57,6 +58,7 @@ class OnlineConfig:
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -69,7 +71,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.precision import autocast
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
-    from modalign.rl.rewards import reward_source_from
+    from modalign.rl.rewards import check_reward, reward_source_from
     from modalign.rl.rollout import decode_answers, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -91,7 +93,10 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     reward = reward_source or reward_source_from(cfg.reward_model)
-    prompts_all = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    prompts_all = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
+                   if not cfg.task or e.meta.get("task") == cfg.task]
+    if reward_source is None:
+        check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
     media_store = MediaStore(cfg.data)
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too
@@ -151,7 +156,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     policy.name = str(run.path / "model")
     policy.save(run.path / "model")
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
-                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
+                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task,
+                             modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
     summary = {"stage": cfg.algorithm, "steps": state["step"], "stopped_at_kl_budget": state["step"] < cfg.steps,
                "processes": dist.world,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -61,6 +62,7 @@ class PPOConfig:
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -74,7 +76,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
-    from modalign.rl.rewards import reward_source_from
+    from modalign.rl.rewards import check_reward, reward_source_from
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -94,8 +96,10 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     reward = reward_source or reward_source_from(cfg.reward_model)
-    train_examples = read_examples(cfg.data, cfg.split)
+    train_examples = read_examples(cfg.data, cfg.split, cfg.modalities)
     prompts_all = [e for e in train_examples if not cfg.task or e.meta.get("task") == cfg.task]
+    if reward_source is None:
+        check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
     ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
@@ -207,7 +211,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.eval.generation import evaluate_split
 
     metrics = evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
-                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task)
+                             cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task,
+                             modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
     summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps, "processes": dist.world,
                "model": str(run.path / "model"), "eval": metrics,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RewardConfig:
     max_length: int = field_doc(128, "Longest sequence (media tokens included).")
     likelihood_feature: bool = field_doc(True, "Add w * mean log p(answer) under the backbone to the score.")
     seed: int = field_doc(0, "Seed of the pair order.")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def open_store(location: str, run_path: Path | None = None):
@@ -81,7 +83,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
-    encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length)
+    encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature)
@@ -134,8 +136,12 @@ def fit_on_features(model, train: list, heldout: list, pad: int, cfg: RewardConf
     return heldout_accuracy, feature_accuracy(model, train_features)
 
 
-def encode_store_pairs(store, processor, min_votes: int, max_length: int) -> list:
-    """The store's majority preference pairs, tokenized with their media (one MediaStore per dataset root)."""
+def encode_store_pairs(store, processor, min_votes: int, max_length: int, modalities: str = "") -> list:
+    """The store's majority preference pairs, tokenized with their media (one MediaStore per dataset root).
+
+    `modalities`: keep only those media kinds of every example (`data.modalities.keep_modalities`).
+    """
+    from modalign.data.modalities import keep_modalities, parse_modalities
     from modalign.models.inputs import MediaStore
     from modalign.reward.train import PreferencePair, encode_pairs
 
@@ -144,10 +150,12 @@ def encode_store_pairs(store, processor, min_votes: int, max_length: int) -> lis
         raise ValueError(f"feedback store {store.url} holds no pairwise or ranking judgments")
     media: dict[str, MediaStore] = {}
     examples: dict[str, tuple] = {}  # a ranking of k answers gives k(k-1)/2 pairs of one example: read it once
+    kinds = parse_modalities(modalities)
     encoded = []
     for pair in stored:
         if pair.example_id not in examples:
-            examples[pair.example_id] = (store.get_example(pair.example_id), store.example_root(pair.example_id) or ".")
+            example = keep_modalities(store.get_example(pair.example_id), kinds)
+            examples[pair.example_id] = (example, store.example_root(pair.example_id) or ".")
         example, root = examples[pair.example_id]
         media.setdefault(root, MediaStore(root))
         encoded += encode_pairs(processor, media[root],

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from modalign.config import field_doc
+from modalign.data.modalities import MODALITIES_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -54,6 +55,18 @@ class SFTConfig:
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
+    image_size: int = field_doc(48, "Built-in model: image side in pixels (a multiple of its 16-pixel patches). Images "
+                                    "of any size are resized to it by the processor (more pixels: more image tokens).")
+    audio_seconds: float = field_doc(1.0, "Built-in model: audio window in seconds; shorter clips are padded with "
+                                          "silence, longer ones see audio_overflow (checked over both splits before "
+                                          "training). More seconds: more audio tokens.")
+    audio_overflow: str = field_doc("error", "Built-in model, clips longer than audio_seconds: error (named record and "
+                                             "file, before training) or truncate (the clip's end is dropped, here and "
+                                             "in every later stage that uses the model).")
+    tokenizer_corpus: str = field_doc("train", "Built-in model: text the BPE vocabulary is trained on: 'train' (the "
+                                               "train split), 'train+test' (both splits; the test answers' words get "
+                                               "tokens too) or a text file path (one document per line).")
+    modalities: str = field_doc("", MODALITIES_HELP)
 
 
 def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | None = None) -> dict:
@@ -72,8 +85,9 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     run = (RunDir.open(resume, dist.is_main) if resume
            else RunDir.create(cfg.out or default_run_dir("sft"), cfg, dist.is_main))
     data_root = dist.main_first(lambda: prepare_data(cfg, run.path))  # ShapesWorld is generated once
-    train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split)
-    policy = make_policy(cfg, [text for e in train for text in _texts(e)])
+    train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split, cfg.modalities)
+    check_builtin_media(cfg, data_root, train)
+    policy = make_policy(cfg, tokenizer_corpus(cfg, data_root, train))
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
     console.print(f"[bold]sft[/] {len(train)} examples, {policy.num_parameters / 1e6:.2f} M parameters -> {run.path}")
 
@@ -154,16 +168,74 @@ def prepare_data(cfg: SFTConfig, run_path: Path) -> Path:
 
 
 def make_policy(cfg: SFTConfig, corpus: list[str]):
+    """The policy to train: a saved one, or a new built-in model sized by the config."""
     from modalign.models.policy import create_tinyvlm, load_policy
 
     if cfg.policy != "tinyvlm":
         return load_policy(cfg.policy)
+    check_builtin_sizes(cfg)
     return create_tinyvlm(
         corpus, vocab_size=cfg.vocab_size, seed=cfg.seed, fusion=cfg.fusion, hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
         vision_layers=cfg.encoder_layers, audio_layers=cfg.encoder_layers,
         vision_hidden_size=cfg.hidden_size, audio_hidden_size=cfg.hidden_size,
+        image_size=cfg.image_size, audio_seconds=cfg.audio_seconds, audio_overflow=cfg.audio_overflow,
     )
+
+
+def check_builtin_sizes(cfg: SFTConfig) -> None:
+    """The built-in model's size fields, checked before it is built (ConfigError naming the key)."""
+    from modalign.config import ConfigError
+    from modalign.models.tinyvlm.configuration import AUDIO_OVERFLOWS
+
+    patch = 16  # TinyVLMConfig's patch_size
+    if cfg.image_size < patch or cfg.image_size % patch:
+        raise ConfigError(f"image_size={cfg.image_size}: the built-in model needs a multiple of its {patch}-pixel "
+                          f"patches (e.g. 32, 48, 64)")
+    if not cfg.audio_seconds > 0:
+        raise ConfigError(f"audio_seconds={cfg.audio_seconds}: it must be positive")
+    if cfg.audio_overflow not in AUDIO_OVERFLOWS:
+        raise ConfigError(f"audio_overflow={cfg.audio_overflow!r}: choose one of {', '.join(AUDIO_OVERFLOWS)}")
+
+
+def check_builtin_media(cfg: SFTConfig, data_root: str | Path, train: list | None = None) -> None:
+    """Before any training: every audio file of the train and eval splits fits the new built-in model's window.
+
+    Images need no check (the processor resizes any size). A saved or Hugging Face policy is
+    left alone (its processor has its own limits). Raises MediaError naming the record and the file.
+    """
+    from modalign.data.dataset import read_examples, split_path
+    from modalign.data.media import check_audio_lengths
+
+    if cfg.policy != "tinyvlm" or cfg.audio_overflow == "truncate":
+        return
+    check_builtin_sizes(cfg)
+    splits = [train if train is not None else read_examples(data_root, cfg.train_split, cfg.modalities)]
+    if split_path(data_root, cfg.eval_split).is_file():
+        splits.append(read_examples(data_root, cfg.eval_split, cfg.modalities))
+    for examples in splits:
+        check_audio_lengths(examples, data_root, cfg.audio_seconds)
+
+
+def tokenizer_corpus(cfg: SFTConfig, data_root: str | Path, train: list) -> list[str]:
+    """The texts the built-in model's BPE is trained on (`tokenizer_corpus`); unused for a saved policy."""
+    from modalign.config import ConfigError
+    from modalign.data.dataset import read_examples
+
+    if cfg.policy != "tinyvlm":
+        return []
+    if cfg.tokenizer_corpus == "train":
+        return [text for e in train for text in _texts(e)]
+    if cfg.tokenizer_corpus == "train+test":
+        return [text for e in [*train, *read_examples(data_root, cfg.eval_split, cfg.modalities)] for text in _texts(e)]
+    path = Path(cfg.tokenizer_corpus)
+    if not path.is_file():
+        raise ConfigError(f"tokenizer_corpus={cfg.tokenizer_corpus!r}: write train, train+test or the path of a "
+                          f"text file (no file {path})")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"tokenizer_corpus={cfg.tokenizer_corpus!r}: the file holds no text")
+    return lines
 
 
 def make_optimizer(model: torch.nn.Module, cfg: SFTConfig, total_steps: int):
@@ -195,7 +267,8 @@ def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:
     from modalign.eval.generation import evaluate_split
 
     return evaluate_split(policy, data_root, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
-                          cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl")
+                          cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl",
+                          modalities=cfg.modalities)
 
 
 def _texts(example) -> list[str]:

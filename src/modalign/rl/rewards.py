@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
 
+from modalign.config import ConfigError
 from modalign.data.records import Example
 from modalign.reward.model import ScalarHeadModel
 from modalign.rl.rollout import Samples
@@ -55,8 +57,33 @@ class FunctionSource:
         return torch.tensor([float(self.fn(e, a)) for e, a in zip(examples, answers)])
 
 
+class PythonSource:
+    """A user function named `py:<module>:<fn>` or `py:<file.py>:<fn>` (`modalign.plugins`).
+
+    Signature, over batches as TRL's reward functions: `fn(examples: list[Example],
+    completions: list[str]) -> list[float]`, one finite score per completion. A per-example
+    `fn(example, completion)` is not accepted: one call per batch lets the function batch its
+    own work (a classifier, an API call). Its result is checked on every call.
+    """
+
+    def __init__(self, spec: str) -> None:
+        from modalign.plugins import load_callable
+
+        self.spec, self.fn = spec, load_callable(spec, positional=2)
+
+    def __call__(self, examples, answers, samples, prompts) -> torch.Tensor:
+        from modalign.plugins import check_scores
+
+        scores = self.fn(list(examples), list(answers))
+        return torch.tensor(check_scores(self.spec, scores, len(answers), f"{len(answers)} completions"))
+
+
 # Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
 RULES: dict = {}
+# Rules that read ShapesWorld ground truth (meta.scene / meta.answer of meta.world == "shapes"), and
+# what their error tells users of other data to use.
+SHAPES_RULES = ("shapes_gold", "shapes_accuracy", "shapes_hallucination")
+RULE_ALTERNATIVE = "for your data use a reward model folder or py:<file.py>:<function>"
 
 
 def register_rule(name: str):
@@ -74,17 +101,18 @@ def shapes_gold(example: Example, answer: str) -> float:
     """ShapesWorld ground truth: caption (facts right - 2 x facts wrong) / true facts; question 1 if right."""
     from modalign.feedback.simulated import gold_utility
 
+    _require_truth(example, "shapes_gold")
     return gold_utility(example, answer)
 
 
 @register_rule("shapes_accuracy")
 def shapes_accuracy(example: Example, answer: str) -> float:
     """Grounding: caption share of the scene's true facts stated correctly; question 1 if right."""
-    from modalign.data.shapes.scorers import caption_facts, normalize_answer, parse_caption
-    from modalign.data.shapes.world import Scene
+    from modalign.data.shapes.scorers import answer_facts, normalize_answer
 
+    _require_truth(example, "shapes_accuracy")
     if example.meta.get("task") == "caption":
-        facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+        facts = answer_facts(example, answer)
         return facts["covered"] / facts["true_facts"]
     return float(normalize_answer(answer) == normalize_answer(str(example.meta.get("answer", ""))))
 
@@ -92,13 +120,19 @@ def shapes_accuracy(example: Example, answer: str) -> float:
 @register_rule("shapes_hallucination")
 def shapes_hallucination(example: Example, answer: str) -> float:
     """Minus the share of the caption's stated facts that the scene contradicts (0 for questions)."""
-    from modalign.data.shapes.scorers import caption_facts, parse_caption
-    from modalign.data.shapes.world import Scene
+    from modalign.data.shapes.scorers import answer_facts
 
+    _require_truth(example, "shapes_hallucination")
     if example.meta.get("task") != "caption":
         return 0.0
-    facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+    facts = answer_facts(example, answer)
     return -facts["hallucinated"] / max(1, facts["mentions"])
+
+
+def _require_truth(example: Example, rule: str) -> None:
+    from modalign.data.shapes.scorers import require_shapes_truth
+
+    require_shapes_truth([example], f"rule:{rule}", RULE_ALTERNATIVE, need_world=False)
 
 
 @register_rule("length_penalty")
@@ -133,32 +167,82 @@ class CompositeSource:
 
 
 def reward_source_from(spec: str) -> RewardSource:
-    """A reward from a spec: a reward-model folder, `rule:<name>`, or a weighted sum of those.
+    """A reward from a spec: a reward-model folder, `rule:<name>`, `py:<module or file.py>:<fn>`
+    (see `PythonSource`), or a weighted sum of those.
 
-    Sum syntax: `0.5*runs/reward/model + 1.0*rule:shapes_hallucination + 0.1*rule:length_penalty`.
+    Sum syntax: `0.5*runs/reward/model + 1.0*rule:shapes_hallucination + 0.1*py:my_rewards.py:brevity`.
+    A bad spec is a ConfigError naming it (and the term of a sum).
     """
     if not spec.strip():
-        raise ValueError("no reward given: set reward_model to a reward-model folder, rule:<name> or a weighted sum")
+        raise ConfigError("no reward given: set reward_model to a reward-model folder, rule:<name>, "
+                          "py:<file.py>:<function> or a weighted sum")
     terms = [term.strip() for term in spec.split("+")]
     if len(terms) == 1 and "*" not in terms[0]:
         return _single_source(terms[0])
     parts = []
-    for term in terms:
-        weight, _, name = term.partition("*") if "*" in term else ("1", "", term)
+    for term, (name, weight) in zip(terms, reward_terms(spec)):
         try:
-            parts.append((name.strip(), float(weight), _single_source(name.strip())))
+            parts.append((name, weight, _single_source(name)))
         except ValueError as err:
-            raise ValueError(f"reward {spec!r}, term {term!r}: {err}") from None
+            raise ConfigError(f"reward {spec!r}, term {term!r}: {err}") from None
     return CompositeSource(parts)
 
 
+def reward_terms(spec: str) -> list[tuple[str, float]]:
+    """(name, weight) of each term: `0.5*rule:a + py:f.py:g` -> [('rule:a', 0.5), ('py:f.py:g', 1.0)]."""
+    terms = []
+    for term in spec.split("+"):
+        weight, _, name = term.partition("*") if "*" in term else ("1", "", term)
+        try:
+            terms.append((name.strip(), float(weight)))
+        except ValueError:
+            raise ConfigError(f"reward {spec!r}, term {term.strip()!r}: the weight {weight.strip()!r} is not a "
+                              f"number (write <weight>*<reward>)") from None
+    return terms
+
+
 def _single_source(name: str) -> RewardSource:
+    from modalign.plugins import is_plugin
+
     if name.startswith("rule:"):
         rule = name[len("rule:"):]
         if rule not in RULES:
-            raise ValueError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))})")
+            raise ConfigError(f"no rule named {rule!r} (known: {', '.join(sorted(RULES))}; "
+                              f"your own function: py:<file.py>:<function>)")
         return FunctionSource(RULES[rule])
+    if is_plugin(name):
+        return PythonSource(name)
     return RewardModelSource(ScalarHeadModel.load(name))
+
+
+
+def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_model") -> None:
+    """Fail before any work when a reward cannot score `examples` (the prompts it will see).
+
+    Checks every term of `spec`: rules exist and the ShapesWorld rules find ShapesWorld ground
+    truth; `py:` functions load and take two arguments; reward-model folders exist. Loads no model.
+    Raises a ConfigError naming `key` and the term (and the first record without ground truth).
+    """
+    from modalign.data.shapes.scorers import ShapesTruthError, require_shapes_truth
+    from modalign.plugins import is_plugin, load_callable
+
+    if not spec.strip():
+        reward_source_from(spec)  # the "no reward given" error
+    for name, _ in reward_terms(spec):
+        try:
+            if name.startswith("rule:"):
+                _single_source(name)  # an unknown rule's error lists the known ones
+                if name[len("rule:"):] in SHAPES_RULES:
+                    require_shapes_truth(examples, name, RULE_ALTERNATIVE)
+            elif is_plugin(name):
+                load_callable(name, positional=2)
+            elif not Path(name).is_dir():
+                raise ConfigError(f"no reward-model folder {name} (or write rule:<name> or py:<file.py>:<function>)")
+        except ShapesTruthError:
+            raise  # it names the rule and the record already
+        except ConfigError as err:
+            where = f"{key} {spec!r}" + (f", term {name!r}" if name != spec.strip() else "")
+            raise type(err)(f"{where}: {err}") from None
 
 
 @torch.no_grad()
@@ -169,7 +253,7 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
     Used where answers come from elsewhere than `sample_answers` (best-of-N, candidate tables).
     A reward model needs `media` (a MediaStore over the examples' root) because it reads the media itself.
     """
-    if isinstance(source, FunctionSource):
+    if isinstance(source, (FunctionSource, PythonSource)):
         return source(examples, answers, None, None)
     if isinstance(source, CompositeSource):
         total = torch.zeros(len(answers))

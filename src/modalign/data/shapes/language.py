@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import random
 
+from typing import Sequence
+
 from modalign.data.shapes.world import COLOURS, MAX_BEEPS, NUMBER_WORDS, PITCHES, POSITIONS, SHAPES, SIZES, Obj, Scene
+
+ALL_KINDS = ("image", "audio")
+# The media kinds each task needs (a dataset written with fewer kinds leaves the others out).
+TASK_KINDS = {"caption": (), "vqa_image": ("image",), "vqa_audio": ("audio",), "vqa_both": ("image", "audio")}
 
 CAPTION_PROMPT = "describe the scene."
 NOISE_KINDS = ("extra_object", "wrong_colour", "wrong_beeps", "wrong_pitch")
@@ -23,23 +29,36 @@ def sound_phrase(beeps: int, pitch: str) -> str:
     return f"{NUMBER_WORDS[beeps]} {pitch} beep{'s' if beeps != 1 else ''}."
 
 
-def caption(scene: Scene) -> str:
-    """Canonical caption: objects left to right, then the sound."""
-    objects = ", ".join(object_phrase(o) for o in scene.objects)
-    return f"{objects}. {sound_phrase(scene.beeps, scene.pitch)}"
+def caption(scene: Scene, kinds: Sequence[str] = ALL_KINDS) -> str:
+    """Canonical caption: objects left to right, then the sound (only what `kinds` can perceive)."""
+    return _render(scene.objects, scene.beeps, scene.pitch, kinds)
 
 
-def references(scene: Scene) -> list[str]:
+def _render(objects: Sequence[Obj], beeps: int, pitch: str, kinds: Sequence[str]) -> str:
+    parts = [", ".join(object_phrase(o) for o in objects) + "."] if "image" in kinds else []
+    parts += [sound_phrase(beeps, pitch)] if "audio" in kinds else []
+    return " ".join(parts)
+
+
+def references(scene: Scene, kinds: Sequence[str] = ALL_KINDS) -> list[str]:
     """Valid captions for BLEU / ROUGE: canonical, sound first, and objects right to left."""
+    if "image" not in kinds or "audio" not in kinds:  # one part: the two orders are one caption
+        reverse = _render(tuple(reversed(scene.objects)), scene.beeps, scene.pitch, kinds)
+        return list(dict.fromkeys([caption(scene, kinds), reverse]))
     objects = ", ".join(object_phrase(o) for o in scene.objects)
     reverse = ", ".join(object_phrase(o) for o in reversed(scene.objects))
     sound = sound_phrase(scene.beeps, scene.pitch)
     return [caption(scene), f"{sound} {objects}.", f"{reverse}. {sound}"]
 
 
-def noisy_caption(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A caption with exactly one hallucination, as noisy web captions have; returns (text, kind)."""
-    kind = rng.choice(NOISE_KINDS)
+def noisy_caption(scene: Scene, rng: random.Random, kinds: Sequence[str] = ALL_KINDS) -> tuple[str, str]:
+    """A caption with exactly one hallucination, as noisy web captions have; returns (text, kind).
+
+    With fewer `kinds` the hallucination is one the caption can state (no wrong beeps in an image-only caption).
+    """
+    noise = NOISE_KINDS if tuple(kinds) == ALL_KINDS else [
+        k for k in NOISE_KINDS if ("image" in kinds) == (k in ("extra_object", "wrong_colour"))]
+    kind = rng.choice(noise)
     objects, beeps, pitch = list(scene.objects), scene.beeps, scene.pitch
     if kind == "extra_object":
         free = [p for p in POSITIONS if scene.at(p) is None]
@@ -56,13 +75,16 @@ def noisy_caption(scene: Scene, rng: random.Random) -> tuple[str, str]:
         beeps = rng.choice([n for n in range(1, MAX_BEEPS + 1) if n != beeps])
     else:
         pitch = next(p for p in PITCHES if p != pitch)
-    text = ", ".join(object_phrase(o) for o in objects) + ". " + sound_phrase(beeps, pitch)
-    return text, kind
+    return _render(objects, beeps, pitch, kinds), kind
 
 
-def questions(scene: Scene, rng: random.Random, count: int) -> list[tuple[str, str, str]]:
-    """`count` (task, question, answer) triples: ~50% image, ~30% audio, ~20% both."""
+def questions(scene: Scene, rng: random.Random, count: int,
+              kinds: Sequence[str] = ALL_KINDS) -> list[tuple[str, str, str]]:
+    """`count` (task, question, answer) triples: ~50% image, ~30% audio, ~20% both (of those `kinds` can answer)."""
     makers = [(_image_question, 0.5), (_audio_question, 0.3), (_both_question, 0.2)]
+    if tuple(kinds) != ALL_KINDS:
+        needs = {_image_question: "vqa_image", _audio_question: "vqa_audio", _both_question: "vqa_both"}
+        makers = [(m, w) for m, w in makers if set(TASK_KINDS[needs[m]]) <= set(kinds)]
     out = []
     for _ in range(count):
         maker = rng.choices([m for m, _ in makers], weights=[w for _, w in makers])[0]

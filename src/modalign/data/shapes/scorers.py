@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from modalign.config import ConfigError
 from modalign.data.records import Example
 from modalign.data.shapes.world import COLOURS, NUMBER_WORDS, PITCHES, POSITIONS, SHAPES, SIZES, Obj, Scene
 
@@ -24,6 +25,39 @@ _OBJECT = re.compile(
 _SOUND = re.compile(
     rf"\b(?:({'|'.join(NUMBER_WORDS)}|\d+)\s+)?(?:({'|'.join(PITCHES)})\s+)?beeps?\b"
 )
+
+
+class ShapesTruthError(ConfigError):
+    """A ShapesWorld-only scorer, rule or judge was given data without ShapesWorld ground truth."""
+
+
+def truth_problem(example: Example, need_world: bool = True) -> str | None:
+    """What ground truth `example` lacks for the gold scorers, or None: ShapesWorld records carry
+    meta.world == "shapes", captions meta.scene, questions meta.answer.
+
+    `need_world=False` checks only the ground-truth fields (the per-answer scorers, which also
+    serve hand-made examples; up-front validation asks for meta.world too).
+    """
+    meta = example.meta
+    if need_world and meta.get("world") != "shapes":
+        return f"meta.world={meta['world']!r}" if "world" in meta else "no meta.world"
+    if meta.get("task") == "caption" and not isinstance(meta.get("scene"), dict):
+        return "a caption task without meta.scene"
+    if meta.get("task") != "caption" and "answer" not in meta:
+        return f"a {meta.get('task') or 'question'} task without meta.answer"
+    return None
+
+
+def require_shapes_truth(examples: Sequence[Example], who: str, alternative: str, need_world: bool = True) -> None:
+    """Raise ShapesTruthError naming `who` and the first record without ShapesWorld ground truth.
+
+    `alternative`: what the user should use instead, e.g. "for your data use judge=people|<reward>".
+    """
+    for example in examples:
+        problem = truth_problem(example, need_world)
+        if problem:
+            raise ShapesTruthError(f"{who} needs ShapesWorld ground truth (meta.world=shapes), but record "
+                                   f"{example.id!r} has {problem}; {alternative}")
 
 
 @dataclass(frozen=True)
@@ -55,8 +89,14 @@ def parse_caption(text: str) -> Mentions:
     return mentions
 
 
-def caption_facts(scene: Scene, mentions: Mentions) -> dict[str, int]:
-    """Counts: `mentions`, `hallucinated`, `true_facts`, `covered`."""
+def caption_facts(scene: Scene, mentions: Mentions, kinds: Sequence[str] = ("image", "audio")) -> dict[str, int]:
+    """Counts: `mentions`, `hallucinated`, `true_facts`, `covered`.
+
+    `kinds`: the media the caption's example carried (ShapesWorld written with `modalities`);
+    the facts of a kind it did not carry are not true facts, and stating them is hallucinating.
+    """
+    if "image" not in kinds or "audio" not in kinds:
+        return _facts_of_kinds(scene, mentions, kinds)
     mentioned = hallucinated = covered = 0
     unmatched = list(scene.objects)
     for obj in mentions.objects:
@@ -81,6 +121,29 @@ def caption_facts(scene: Scene, mentions: Mentions) -> dict[str, int]:
     return {"mentions": mentioned, "hallucinated": hallucinated, "true_facts": true_facts, "covered": min(covered, true_facts)}
 
 
+def _facts_of_kinds(scene: Scene, mentions: Mentions, kinds: Sequence[str]) -> dict[str, int]:
+    """`caption_facts` of an example with one media kind: the other kind's mentions are all hallucinated."""
+    seen = caption_facts(scene, Mentions(mentions.objects if "image" in kinds else [],
+                                         mentions.beeps if "audio" in kinds else [],
+                                         mentions.pitches if "audio" in kinds else []))
+    unseen = (0 if "image" in kinds else sum(1 + sum(v is not None for v in (o.colour, o.size, o.position))
+                                             for o in mentions.objects)) + \
+             (0 if "audio" in kinds else len(set(mentions.beeps)) + len(set(mentions.pitches)))
+    true_facts = 4 * len(scene.objects) * ("image" in kinds) + 2 * ("audio" in kinds)
+    return {"mentions": seen["mentions"] + unseen, "hallucinated": seen["hallucinated"] + unseen,
+            "true_facts": true_facts, "covered": min(seen["covered"], true_facts)}
+
+
+def example_kinds(example: Example) -> tuple[str, ...]:
+    """The media kinds a ShapesWorld example was written with (`meta.modalities`, default both)."""
+    return tuple(example.meta.get("modalities") or ("image", "audio"))
+
+
+def answer_facts(example: Example, answer: str) -> dict[str, int]:
+    """`caption_facts` of an answer to a ShapesWorld caption example."""
+    return caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer), example_kinds(example))
+
+
 def _match(obj: MentionedObject, candidates: list[Obj]) -> Obj | None:
     same_shape = [c for c in candidates if c.shape == obj.shape]
     for key in ("position", "colour"):
@@ -99,13 +162,15 @@ def normalize_answer(text: str) -> str:
 
 def score_shapes(examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
     """Gold metrics over ShapesWorld examples; a metric whose group is empty is left out."""
+    require_shapes_truth(examples, "the ShapesWorld gold metrics",
+                         "evaluate your data with BLEU/ROUGE, a reward model or a judge")
     totals = {"mentions": 0, "hallucinated": 0, "true_facts": 0, "covered": 0}
     captions_hallucinating = n_captions = 0
     correct: dict[str, list[bool]] = {"vqa_image": [], "vqa_audio": [], "vqa_both": []}
     for example, answer in zip(examples, answers):
         task = example.meta.get("task")
         if task == "caption":
-            facts = caption_facts(Scene.from_dict(example.meta["scene"]), parse_caption(answer))
+            facts = answer_facts(example, answer)
             for key in totals:
                 totals[key] += facts[key]
             n_captions += 1

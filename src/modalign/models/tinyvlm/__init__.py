@@ -36,7 +36,8 @@ def build_processor(tokenizer, config: TinyVLMConfig) -> TinyVLMProcessor:
     """The processor that matches a config (image size, audio window, tokens per item)."""
     return TinyVLMProcessor(
         TinyVLMImageProcessor(image_size=config.image_size),
-        TinyVLMFeatureExtractor(sampling_rate=config.sample_rate, num_samples=config.audio_samples),
+        TinyVLMFeatureExtractor(sampling_rate=config.sample_rate, num_samples=config.audio_samples,
+                                truncate=getattr(config, "audio_overflow", "error") == "truncate"),
         tokenizer,
         chat_template=tokenizer.chat_template,
         image_seq_length=config.image_seq_length,

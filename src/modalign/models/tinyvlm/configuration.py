@@ -5,6 +5,8 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 FUSIONS = ("concat", "cross_attention", "weighted_sum")
+# Clips longer than `audio_seconds`: refused (the default, so no sound is silently lost) or cut to the window.
+AUDIO_OVERFLOWS = ("error", "truncate")
 
 
 class TinyVLMConfig(PretrainedConfig):
@@ -18,6 +20,10 @@ class TinyVLMConfig(PretrainedConfig):
       - `weighted_sum`: each media item is one marker token; per modality the tokens are
         pooled by `fused_queries` learned queries, the modalities are summed with learned
         softmax gates, and the fused vector is added to every token of the sequence.
+
+    Media sizes: images of any size are resized to `image_size` x `image_size` by the
+    processor; audio is read in a window of `audio_seconds` (shorter clips are padded with
+    silence; longer ones are an error, or cut to the window with `audio_overflow="truncate"`).
     """
 
     model_type = "tinyvlm"
@@ -38,6 +44,7 @@ class TinyVLMConfig(PretrainedConfig):
         vision_layers: int = 2,
         sample_rate: int = 16000,
         audio_seconds: float = 1.0,
+        audio_overflow: str = "error",
         n_fft: int = 400,
         hop_length: int = 160,
         n_mels: int = 40,
@@ -61,7 +68,12 @@ class TinyVLMConfig(PretrainedConfig):
         if hidden_size % num_attention_heads:
             raise ValueError("TinyVLMConfig: hidden_size must be divisible by num_attention_heads")
         if image_size % patch_size or patch_size % 2:
-            raise ValueError("TinyVLMConfig: patch_size must be even and divide image_size")
+            raise ValueError(f"TinyVLMConfig: patch_size must be even and divide image_size (image_size={image_size}, "
+                             f"patch_size={patch_size})")
+        if audio_overflow not in AUDIO_OVERFLOWS:
+            raise ValueError(f"TinyVLMConfig.audio_overflow must be one of {AUDIO_OVERFLOWS}, got {audio_overflow!r}")
+        if audio_seconds <= 0:
+            raise ValueError(f"TinyVLMConfig.audio_seconds must be positive, got {audio_seconds}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -78,6 +90,7 @@ class TinyVLMConfig(PretrainedConfig):
         self.vision_layers = vision_layers
         self.sample_rate = sample_rate
         self.audio_seconds = audio_seconds
+        self.audio_overflow = audio_overflow
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels

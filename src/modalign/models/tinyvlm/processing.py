@@ -41,13 +41,21 @@ class TinyVLMImageProcessor(BaseImageProcessor):
 
 
 class TinyVLMFeatureExtractor(FeatureExtractionMixin):
-    """Mono waveforms at `sampling_rate`, right-padded with silence to the model's window."""
+    """Mono waveforms at `sampling_rate`, right-padded with silence to the model's window.
+
+    A longer clip is an error, or with `truncate` cut to the window (its end is dropped).
+    """
 
     model_input_names = ["input_values"]
 
-    def __init__(self, sampling_rate: int = 16000, num_samples: int = 16000, **kwargs) -> None:
+    def __init__(self, sampling_rate: int = 16000, num_samples: int = 16000, truncate: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.sampling_rate, self.num_samples = sampling_rate, num_samples
+        self.sampling_rate, self.num_samples, self.truncate = sampling_rate, num_samples, truncate
+
+    @property
+    def max_seconds(self) -> float | None:
+        """The longest clip accepted, for an up-front check (`data.media.check_audio_lengths`); None: any (cut)."""
+        return None if self.truncate else self.num_samples / self.sampling_rate
 
     def __call__(self, audios: Sequence[np.ndarray], return_tensors: str = "pt", **kwargs) -> BatchFeature:
         batch = np.zeros((len(audios), self.num_samples), dtype=np.float32)
@@ -55,10 +63,13 @@ class TinyVLMFeatureExtractor(FeatureExtractionMixin):
             wave = np.asarray(wave, dtype=np.float32)
             if wave.ndim != 1:
                 raise ValueError(f"audio clip {index}: expected a mono waveform (1-D), got shape {wave.shape}")
+            if wave.shape[0] > self.num_samples and self.truncate:
+                wave = wave[: self.num_samples]
             if wave.shape[0] > self.num_samples:
                 raise ValueError(
                     f"audio clip {index} lasts {wave.shape[0] / self.sampling_rate:.2f} s, longer than the model's "
-                    f"{self.num_samples / self.sampling_rate:.2f} s window"
+                    f"{self.num_samples / self.sampling_rate:.2f} s window (the built-in model's audio_seconds; "
+                    f"or audio_overflow=truncate)"
                 )
             batch[index, : wave.shape[0]] = wave
         return BatchFeature({"input_values": torch.from_numpy(batch)})
