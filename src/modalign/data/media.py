@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from modalign.data.records import MediaRef
+from modalign.errors import UserError
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """A media file is missing, unsafe or unreadable; the message names the file and the record."""
 
 
