@@ -31,8 +31,8 @@ def check_new_run(out: str | Path, main: bool = True) -> Path:
     have created it already.
     """
     path = Path(out)
-    if main and (path / "config.yaml").is_file():
-        raise UserError(f"{path} already holds a run: continue it with --resume {path} or pick another --out")
+    if main and (path / "config.yaml").is_file():  # FileExistsError, as `RunDir.create` raises it
+        raise FileExistsError(f"{path} already holds a run: continue it with --resume {path} or pick another --out")
     return path
 
 
@@ -237,7 +237,7 @@ def check_store(location: str, min_votes: int = 1, decided: bool = False, key: s
         raise ConfigError(f"{key} is empty: set it to a feedback store (a feedback.db path or an SQLAlchemy URL) "
                           f"or a TRL preference .jsonl")
     if "://" not in location and not Path(location).is_file():
-        raise UserError(f"{key} {location!r}: no such file (a feedback.db or a TRL preference .jsonl)")
+        raise FileNotFoundError(f"{key} {location!r}: no such file (a feedback.db or a TRL preference .jsonl)")
     if location.endswith(".jsonl"):
         count = sum(1 for line in Path(location).read_text(encoding="utf-8").splitlines() if line.strip())
         if not count:
@@ -260,3 +260,11 @@ def check_fusion(fusion: str, key: str = "fusion") -> None:
 
     if fusion not in FUSIONS:
         raise ConfigError(f"{key}={fusion!r}: choose one of {', '.join(FUSIONS)}")
+
+
+def registered(get: Any, name: str, key: str) -> Any:
+    """`get(name)` from a registry (losses, objectives); an unknown name is an error naming `key`."""
+    try:
+        return get(name)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{key}={name!r}: {first_line(err)}") from None
