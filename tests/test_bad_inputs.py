@@ -23,14 +23,14 @@ runner = CliRunner()
 
 
 # ---- a tiny user dataset, store and policy -----------------------------------------------------
-def _record(rid: str, text: str, answer: str | None = "a plain answer.", image: str | None = "media/a.png",
-            audio: str | None = None) -> dict:
+def _record(rid: str, text: str, answer: str | None = "a plain answer.",
+            image: str | None = "media/a.png", audio: str | None = None) -> dict:
     content = ([{"type": "image"}] if image else []) + ([{"type": "audio"}] if audio else [])
     content.append({"type": "text", "text": text})
     messages = [{"role": "user", "content": content}]
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    media = ([{"kind": "image", "path": image}] if image else []) + ([{"kind": "audio", "path": audio}] if audio else [])
+    media = [{"kind": kind, "path": path} for kind, path in (("image", image), ("audio", audio)) if path]
     return {"id": rid, "messages": messages, "media": media}
 
 
@@ -74,7 +74,8 @@ def world(tmp_path_factory):
     (w["no_test"] / "test.jsonl").unlink()
     w["marker"] = _make_dataset(base / "marker", train=[_record("t0", "ok"), _record("typed", "look at <image> here")])
     w["no_answer"] = _make_dataset(base / "no_answer", train=[_record("t0", "ok"), _record("open", "ok", answer=None)])
-    w["broken_test"] = _make_dataset(base / "broken_test", test=[_record("e0", "ok"), _record("bad", "ok", image="media/broken.png")])
+    w["broken_test"] = _make_dataset(base / "broken_test",
+                                     test=[_record("e0", "ok"), _record("bad", "ok", image="media/broken.png")])
     w["long_audio"] = _make_dataset(base / "long_audio", train=[_record("t0", "ok", audio="media/short.wav"),
                                                               _record("longclip", "ok", audio="media/long.wav")])
     corpus = ["what is shown?", "a plain answer.", "ok"] * 10
@@ -93,6 +94,8 @@ def world(tmp_path_factory):
     ids = store.add_candidates([Completion("t0", "one."), Completion("t0", "two.")])
     store.add_judgments([PairwiseJudgment(example_id="t0", annotator="ann", candidate_a=ids[0], candidate_b=ids[1],
                                           choice="tie")])
+    w["not_a_db"] = base / "pairs.db"
+    w["not_a_db"].write_text("not a database\n")
     w["run"] = base / "finished"  # a finished run: its files must stay byte-identical
     w["run"].mkdir()
     for name, text in (("config.yaml", "lr: 0.001\n"), ("metrics.jsonl", '{"step": 1}\n'),
@@ -108,10 +111,12 @@ TINY_SFT = ["hidden_size=16", "num_layers=1", "num_heads=2", "encoder_layers=1",
 
 # id, command builder (world -> (args, the folder that must not be created or changed)), words the line must hold
 CASES = [
-    ("empty train split", lambda w: (["sft", "--set", f"data={w['empty_train']}"], None), ["train.jsonl", "no examples"]),
+    ("empty train split", lambda w: (["sft", "--set", f"data={w['empty_train']}"], None),
+     ["train.jsonl", "no examples"]),
     ("empty eval split", lambda w: (["grpo", "--set", f"data={w['empty_test']}", "--set", "reward_model=rule:format",
                                      "--set", f"policy={w['policy']}"], None), ["test.jsonl", "no examples"]),
-    ("missing eval split", lambda w: (["sft", "--set", f"data={w['no_test']}"], None), ["test.jsonl", "splits found: train"]),
+    ("missing eval split", lambda w: (["sft", "--set", f"data={w['no_test']}"], None),
+     ["test.jsonl", "splits found: train"]),
     ("literal <image> in user text", lambda w: (["sft", "--set", f"data={w['marker']}"], None),
      ["train.jsonl", "'typed'", "messages[0]", "<image>"]),
     ("record with no answer (sft)", lambda w: (["sft", "--set", f"data={w['no_answer']}"], None),
@@ -146,6 +151,16 @@ CASES = [
                                           f"store={w['tied_store']}"], None), ["tied.db", "no decided"]),
     ("zero pairs (reward)", lambda w: (["reward", "--set", f"policy={w['policy']}", "--set",
                                         f"store={w['empty_store']}"], None), ["empty.db", "no pairwise or ranking"]),
+    ("store that is no database", lambda w: (["reward", "--set", f"policy={w['policy']}", "--set",
+                                              f"store={w['not_a_db']}"], None),
+     ["pairs.db", "not a readable feedback store"]),
+    ("iterative-dpo: task no example has", lambda w: (["iterative-dpo", "--set", f"policy={w['policy']}", "--set",
+                                                       f"data={w['good']}", "--set", "task=caption"], None),
+     ["task='caption'", "no record has meta.task"]),
+    ("loop: empty train split", lambda w: (["loop", "--set", f"policy={w['policy']}", "--set",
+                                            f"data={w['empty_train']}"], None), ["train.jsonl", "no examples"]),
+    ("bon: unknown rule", lambda w: (["bon", "--set", f"policy={w['policy']}", "--set", f"data={w['good']}",
+                                      "--set", "reward_model=rule:nope"], None), ["reward_model='rule:nope'"]),
     ("unknown dpo loss", lambda w: (["dpo", "--set", f"policy={w['policy']}", "--set", f"store={w['tied_store']}",
                                      "--set", "loss=nope"], None), ["loss='nope'"]),
     ("dataset folder that does not exist", lambda w: (["grpo", *_sets(_rl(w)), "--set", f"data={w['base']}/nodata"],

@@ -245,8 +245,13 @@ def check_store(location: str, min_votes: int = 1, decided: bool = False, key: s
         return count
     from modalign.feedback.store import FeedbackStore
 
-    store = FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
-    pairs = [p for p in store.preference_pairs(min_votes) if not (decided and p.tie)]
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
+        pairs = [p for p in store.preference_pairs(min_votes) if not (decided and p.tie)]
+    except SQLAlchemyError as err:
+        raise UserError(f"{key} {location!r}: not a readable feedback store ({first_line(err)})") from None
     if not pairs:
         kind = "decided (not tied) preference pairs" if decided else "pairwise or ranking judgments"
         raise UserError(f"{key} {location!r}: the feedback store holds no {kind} with at least {min_votes} vote(s) "

@@ -56,7 +56,8 @@ class PPOConfig:
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
     dense_reward: bool = field_doc(True, "Spread a reward model's score over the tokens that earned it, when it can.")
     ptx_coef: float = field_doc(0.0, "Weight of the SFT loss on reference answers mixed into every policy update (PPO-ptx).")
-    ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but `task`).")
+    ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but "
+                                   "`task`, or every example when `task` is '').")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
