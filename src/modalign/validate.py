@@ -96,12 +96,12 @@ def check_text(examples: Sequence[Example], where: str | Path) -> None:
                                       f"'media') instead of typing the marker")
 
 
-def check_answers(examples: Sequence[Example], where: str | Path) -> None:
-    """Every example ends with the assistant's answer (what SFT trains on)."""
+def check_answers(examples: Sequence[Example], where: str | Path, needed_by: str = "SFT") -> None:
+    """Every example ends with the assistant's answer (what SFT, or `needed_by`, trains on)."""
     for example in examples:
         if example.answer is None:
-            raise RecordError(f"{where}: record {example.id!r} has no answer: SFT needs its last message to be "
-                              f"the assistant's")
+            raise RecordError(f"{where}: record {example.id!r} has no answer: {needed_by} needs its last message "
+                              f"to be the assistant's")
 
 
 def check_media(root: str | Path, examples: Sequence[Example], where: str | Path) -> dict[tuple[str, str], float]:

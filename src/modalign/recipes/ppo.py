@@ -89,6 +89,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
     ptx_examples = ptx_pool(splits[cfg.split], cfg) if cfg.ptx_coef else []
+    validate.check_answers(ptx_examples, split_path(cfg.data, cfg.split), needed_by="PPO-ptx (ptx_coef > 0)")
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model)
     if cfg.reference:
