@@ -134,6 +134,11 @@ CASES = [
     ("unknown rule in a weighted sum", lambda w: (["rloo", *_sets(_rl(w)), "--set",
                                                    "reward_model=0.5*rule:format + 1.0*rule:nope"], None),
      ["reward_model=", "rule:nope"]),
+    ("mistyped reward-model folder", lambda w: (["grpo", *_sets(_rl(w)), "--set",
+                                                 f"reward_model={w['base']}/rewrd/model"], None),
+     ["reward_model=", "rewrd/model"]),
+    ("mistyped reference policy", lambda w: (["ppo", *_sets(_rl(w)), "--set", f"reference={w['base']}/sft/modle"],
+                                             None), ["reference", "sft/modle", "no such folder"]),
     ("no reward given", lambda w: (["ppo", *_sets(_rl(w)[:-1])], None), ["reward_model is empty"]),
     ("task no example has", lambda w: (["grpo", *_sets(_rl(w)), "--set", "task=caption"], None),
      ["task='caption'", "train.jsonl", "no record has meta.task"]),
@@ -246,3 +251,15 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(sft, "run_sft", broken)
     result = runner.invoke(app, ["sft", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_defaults_work_on_data_without_tasks(world, tmp_path):
+    """The user's data has no meta.task: GRPO's default (all tasks) trains on it and evaluates every test example."""
+    out = tmp_path / "grpo"
+    result = runner.invoke(app, ["grpo", *_sets(_rl(world) + ["prompts_per_step=2", "samples_per_prompt=2",
+                                                              "max_new_tokens=4"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1
+    samples = (out / "samples" / "eval.jsonl").read_text().splitlines()
+    assert {json.loads(line)["example_id"] for line in samples} == {"e0", "e1"}
