@@ -194,7 +194,7 @@ def _hub_id_loadable(name: str) -> bool:
         validate_repo_id(name)
     except HFValidationError:
         return False
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+    if any(isinstance(try_to_load_from_cache(name, file), str) for file in POLICY_FILES):
         return True
     return not constants.HF_HUB_OFFLINE
 
