@@ -78,7 +78,6 @@ class IterativeDPOConfig:
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
     from modalign import validate
-    from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
@@ -92,9 +91,8 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     # validated before the folder exists: settings, judge, prompts, both splits' media, the policy
     check_settings(cfg)
     judge = judge_from(cfg.judge)
-    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split])
-    prompts = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
-    validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task)  # each of cfg.task
+    prompts = splits[cfg.split]
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:

@@ -64,7 +64,6 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     """Train; save `model/`; evaluate with the gold scorers; write `summary.json`."""
     from modalign import validate
     from modalign.config import ConfigError
-    from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
@@ -85,9 +84,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist.is_main)
     if cfg.objective:
         validate.registered(get_objective, cfg.objective, "objective")
-    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split])
-    prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
-    validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task)  # each of cfg.task
+    prompts_all = splits[cfg.split]
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model)
     torch.manual_seed(cfg.seed)
