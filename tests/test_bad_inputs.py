@@ -263,3 +263,17 @@ def test_defaults_work_on_data_without_tasks(world, tmp_path):
     assert summary["steps"] == 1
     samples = (out / "samples" / "eval.jsonl").read_text().splitlines()
     assert {json.loads(line)["example_id"] for line in samples} == {"e0", "e1"}
+
+
+def test_in_a_real_process_the_error_is_the_only_output(world, tmp_path):
+    """Outside CliRunner too (library warnings, logging): an unsupported architecture prints one line, exit 2."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "modalign.cli", "grpo", *_sets(_rl(world)), "--set", f"policy={world['alien']}",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: policy '{world['alien']}': cannot be loaded") and not out.exists()
