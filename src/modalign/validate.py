@@ -24,14 +24,15 @@ POLICY_FILES = ("config.json", "adapter_config.json")  # a saved model, or a `pe
 
 
 # ---- run folders -----------------------------------------------------------------------------
-def check_new_run(out: str | Path, main: bool = True) -> Path:
+def check_new_run(out: str | Path, dist: Any = None) -> Path:
     """`out` as a Path, unless it already holds a run (starting over there would mix two runs).
 
-    `main=False` (the other processes under `accelerate launch`): not checked, the main process may
-    have created it already.
+    `dist` (`modalign.dist.Processes`): the main process's view for all, so that every process stops
+    alike (none left waiting for the main one), before the main process creates the folder.
     """
     path = Path(out)
-    if main and (path / "config.yaml").is_file():  # FileExistsError, as `RunDir.create` raises it
+    held = (path / "config.yaml").is_file()
+    if dist.broadcast(held) if dist is not None else held:  # FileExistsError, as `RunDir.create` raises it
         raise FileExistsError(f"{path} already holds a run: continue it with --resume {path} or pick another --out")
     return path
 

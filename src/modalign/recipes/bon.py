@@ -56,7 +56,7 @@ def run_bon(cfg: BoNConfig) -> dict:
     dist = processes()
     # validated before the run folder exists: the folder, the prompts and their media, the reward, the policy
     # (the SFT on the winners checks its own data, the test split with its media, before it starts)
-    out = validate.check_new_run(cfg.out or default_run_dir("bon"), dist.is_main)
+    out = validate.check_new_run(cfg.out or default_run_dir("bon"), dist)
     examples = validate.select_task(validate.read_split(cfg.data, cfg.split), cfg.task, split_path(cfg.data, cfg.split))
     examples = examples[: cfg.prompts] if cfg.prompts else examples
     if len(examples) < dist.world:

@@ -61,7 +61,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     loss_fn = validate.registered(get_preference_loss, cfg.loss, "loss")
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
     # validated before the run folder exists: the folder, the store's pairs, the evaluation data, the policy
-    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist.is_main)
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist)
     validate.check_store(cfg.store, cfg.min_votes, decided=True)
     splits = validate.check_dataset(cfg.data, [cfg.eval_split], cfg.task) if cfg.data else {}
     audio_seconds = validate.check_dataset_media(cfg.data, splits)

@@ -81,7 +81,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     started = time.time()
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
-    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist.is_main)
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist)
     if cfg.objective:
         validate.registered(get_objective, cfg.objective, "objective")
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task)  # each of cfg.task

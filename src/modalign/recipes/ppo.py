@@ -84,7 +84,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     started = time.time()
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
-    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("ppo"), dist.is_main)
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("ppo"), dist)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split])
     prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))

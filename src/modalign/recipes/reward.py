@@ -73,7 +73,7 @@ def run_reward(cfg: RewardConfig) -> dict:
         raise ConfigError("reward: backbone_lr > 0 trains in one process; with many processes only the frozen "
                           "backbone's features are split over them")
     # validated before the run folder exists: the folder, the store's pairs, the backbone
-    out = validate.check_new_run(cfg.out or default_run_dir("reward"), dist.is_main)
+    out = validate.check_new_run(cfg.out or default_run_dir("reward"), dist)
     validate.check_store(cfg.store, cfg.min_votes)
     policy = validate.load_checked_policy(cfg.policy)
     run = RunDir.create(out, cfg, dist.is_main)

@@ -70,7 +70,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
         torch.set_num_threads(cfg.threads)
     dist = processes()
     # validated before the run folder exists: the folder, the policy, both splits and their media
-    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist.is_main)
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
     if cfg.policy == "tinyvlm":
         validate.check_fusion(cfg.fusion)
     else:
