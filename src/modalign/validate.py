@@ -230,13 +230,18 @@ def check_reward(spec: str, key: str = "reward_model"):
 
 
 def check_store(location: str, min_votes: int = 1, decided: bool = False, key: str = "store") -> int:
-    """The number of preference pairs in a feedback store (or rows of a TRL preference .jsonl); none is an error.
+    """The number of preference pairs in a feedback store (an SQLAlchemy URL, a feedback.db, or a folder holding
+    one) or of rows in a TRL preference .jsonl; none is an error.
 
     `decided`: count only pairs with a winner (DPO leaves ties out).
     """
     if not location:
         raise ConfigError(f"{key} is empty: set it to a feedback store (a feedback.db path or an SQLAlchemy URL) "
                           f"or a TRL preference .jsonl")
+    if Path(location).is_dir():  # a folder `modalign import` wrote
+        if not (Path(location) / "feedback.db").is_file():
+            raise FileNotFoundError(f"{key} {location!r}: the folder holds no feedback.db")
+        location = str(Path(location) / "feedback.db")
     if "://" not in location and not Path(location).is_file():
         raise FileNotFoundError(f"{key} {location!r}: no such file (a feedback.db or a TRL preference .jsonl)")
     if location.endswith(".jsonl"):
