@@ -130,7 +130,7 @@ def modalign_rl_fields(spec: dict) -> dict:
     on the caption prompts, one minibatch per rollout, no checkpoints, one evaluation example."""
     s = spec["settings"]
     return dict(out=spec["out"], policy=spec["model"], reward_model="rule:shapes_gold", data=spec["data"],
-                steps=s["steps"], prompts_per_step=s["prompts"], samples_per_prompt=s["samples"],
+                task="caption", steps=s["steps"], prompts_per_step=s["prompts"], samples_per_prompt=s["samples"],
                 max_new_tokens=s["new_tokens"], lr=s["lr"], kl_coef=s["beta"], clip=s["clip"],
                 minibatch_size=s["prompts"] * s["samples"], checkpoint_every=0, eval_examples=1, seed=s["seed"])
 

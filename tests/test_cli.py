@@ -48,3 +48,18 @@ def test_shapes_command_writes_a_dataset(tmp_path):
     result = runner.invoke(app, ["shapes", "--out", str(tmp_path / "d"), "--train", "3", "--test", "1"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "train.jsonl").is_file()
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"modalign {version('modalign')}"
+
+
+def test_a_long_error_stays_on_one_line(tmp_path):
+    deep = tmp_path / ("a-very-long-folder-name-" * 6) / "data"
+    result = runner.invoke(app, ["sft", "--set", f"data={deep}", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and str(deep) in result.output  # not wrapped at the terminal's width

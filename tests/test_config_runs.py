@@ -98,3 +98,38 @@ def test_a_used_run_folder_is_not_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         RunDir.create(tmp_path / "run", SFTConfig(lr=3.0))
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_user_errors_are_one_family():
+    from modalign.data.media import MediaError
+    from modalign.data.records import RecordError
+    from modalign.errors import UserError
+
+    assert all(issubclass(cls, UserError) for cls in (ConfigError, RecordError, MediaError))
+
+
+def test_task_filter_keeps_all_by_default_and_names_the_tasks_the_data_has():
+    from modalign.data.records import Example, user_turn
+    from modalign.validate import select_task
+
+    examples = [Example(id=str(i), messages=(user_turn("q"),), meta=meta)
+                for i, meta in enumerate([{"task": "vqa"}, {"task": "caption"}, {}])]
+    assert select_task(examples, "", "d/train.jsonl") == examples
+    assert [e.id for e in select_task(examples, "vqa", "d/train.jsonl")] == ["0"]
+    with pytest.raises(ConfigError, match=r"task='captions': no example of d/train.jsonl .*tasks it has: caption, vqa"):
+        select_task(examples, "captions", "d/train.jsonl")
+
+
+def test_resume_status_of_a_run_folder(tmp_path):
+    from modalign.errors import UserError
+    from modalign.validate import resume_status
+
+    with pytest.raises(UserError, match="not a run folder"):
+        resume_status(tmp_path / "nothing")
+    run = RunDir.create(tmp_path / "run", Demo())
+    with pytest.raises(UserError, match="no checkpoint to continue from"):
+        resume_status(run.path)
+    run.save_checkpoint({"step": 1}, 1)
+    assert resume_status(run.path) == "resumable"
+    run.write_summary({"ok": 1})
+    assert resume_status(run.path) == "finished"

@@ -21,7 +21,7 @@ from modalign.rl.rewards import RULES
 
 def config(out, sft_model, **overrides) -> IterativeDPOConfig:
     model, data = sft_model
-    fields = dict(out=str(out), policy=str(model), data=str(data), rounds=2, prompts_per_round=6,
+    fields = dict(out=str(out), policy=str(model), data=str(data), task="caption", rounds=2, prompts_per_round=6,
                   samples_per_prompt=2, batch_size=2, lr=1e-3, max_new_tokens=10, eval_examples=2)
     return IterativeDPOConfig(**{**fields, **overrides})
 

@@ -262,8 +262,8 @@ def test_bon_two_processes_gather_every_prompts_winner(tmp_path, sft_model):
     from modalign.rl.rewards import RULES
 
     model, data = sft_model
-    settings = {"policy": model, "data": data, "reward_model": "rule:shapes_gold", "prompts": 5, "n": 4,
-                "max_new_tokens": 12, "epochs": 1.0, "batch_size": 2, "eval_examples": 2}
+    settings = {"policy": model, "data": data, "task": "caption", "reward_model": "rule:shapes_gold", "prompts": 5,
+                "n": 4, "max_new_tokens": 12, "epochs": 1.0, "batch_size": 2, "eval_examples": 2}
     launch(cli("bon", tmp_path / "bon", settings))
     winners = [json.loads(line) for line in (tmp_path / "bon" / "winners.jsonl").read_text().splitlines()]
     captions = [e for e in read_examples(data, "train") if e.meta.get("task") == "caption"][:5]

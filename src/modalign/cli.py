@@ -24,21 +24,45 @@ ConfigOption = typer.Option(None, "--config", help="YAML file of the recipe's co
 
 def _fail(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line however long (paths), never cut at the terminal's width
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
 
 
 def _run(call):
-    """Run a recipe; user errors (config, records, media) print one line instead of a traceback."""
-    from modalign.config import ConfigError
-    from modalign.data.media import MediaError
-    from modalign.data.records import RecordError
+    """Run a command; a user error (the `UserError` family: config, records, media, policy, reward, store)
+    prints one line instead of a traceback. Anything else is a bug and keeps its traceback."""
+    from modalign.errors import UserError
+    from modalign.ui import quiet_library_bars
 
+    quiet_library_bars()
     try:
         return call()
-    except (ConfigError, RecordError, MediaError, FileNotFoundError, FileExistsError) as err:
+    except (UserError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"modalign {version('modalign')}")
+        except PackageNotFoundError:  # a source tree on PYTHONPATH without an install
+            from modalign import __version__
+
+            typer.echo(f"modalign {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    """modalign: RLHF for multimodal (image, audio, text) models."""
 
 
 @app.command()
@@ -85,6 +109,12 @@ def _recipe_command(config_class, runner, config: str | None, set_: list[str] | 
         return
 
     def call():
+        if resume:
+            from modalign.validate import resume_status
+
+            if resume_status(resume) == "finished":  # a rerun would retrain and overwrite its model
+                typer.echo(f"run {resume} is finished (summary.json); nothing to resume")
+                return None
         cfg = load_config(config_class, f"{resume}/config.yaml" if resume else config, set_ or [])
         if resume or out:
             cfg.out = resume or out

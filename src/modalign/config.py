@@ -14,10 +14,12 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from modalign.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is wrong; the message names the key."""
 
 

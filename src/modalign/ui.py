@@ -33,3 +33,19 @@ def progress_bar(label: str, total: int, completed: int = 0) -> Iterator[Callabl
             progress.update(task, advance=n, info=info)
 
         yield advance
+
+
+def quiet_library_bars() -> None:
+    """Silence transformers' and the hub's own tqdm bars ("Loading weights", "Writing model shards"):
+    a modalign command shows one progress display, rich's."""
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by both libraries when they are imported
+    if "transformers" in sys.modules:  # imported already (e.g. a test or a notebook): tell it now
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from modalign.data.records import MediaRef
+from modalign.errors import UserError
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """A media file is missing, unsafe or unreadable; the message names the file and the record."""
 
 
@@ -115,31 +116,6 @@ def load_audio(
     if rate != sample_rate:
         mono = resample(mono, rate, sample_rate)
     return np.clip(mono, -1.0, 1.0).astype(np.float32)
-
-
-def check_audio_lengths(examples, root: str | Path, max_seconds: float, setting: str = "audio_seconds") -> None:
-    """Fail on the first audio file longer than a model reads, naming the record and the file.
-
-    Reads only the files' headers, so it runs over a whole dataset before any training.
-    `setting`: the config key that raises the limit, for the message.
-    """
-    import soundfile
-
-    seen: set[str] = set()
-    for example in examples:
-        for ref in example.media_of("audio"):
-            if ref.path in seen:
-                continue
-            seen.add(ref.path)
-            path = resolve_media_path(ref, root, example.id)
-            try:
-                info = soundfile.info(str(path))
-            except (RuntimeError, OSError, ValueError, TypeError) as err:
-                raise MediaError(f"record {example.id!r}: audio {ref.path} is truncated or corrupt ({err})") from None
-            seconds = info.frames / max(1, info.samplerate)
-            if seconds > max_seconds + 1e-6:
-                raise MediaError(f"record {example.id!r}: audio {ref.path} is {seconds:.2f} s, the built-in model "
-                                 f"reads at most {max_seconds:g} s (set {setting}, or audio_overflow=truncate)")
 
 
 def _check_duration(seconds: float, min_seconds: float, max_seconds: float, where: str) -> None:

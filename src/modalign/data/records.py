@@ -15,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from modalign.errors import UserError
+
 MediaKind = Literal["image", "audio"]
 MEDIA_KINDS: tuple[str, ...] = ("image", "audio")
 Message = Mapping[str, Any]
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record is malformed; the message names the record and the field."""
 
 

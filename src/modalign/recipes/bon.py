@@ -23,7 +23,7 @@ class BoNConfig:
     reward_model: str = field_doc("", "Reward model folder, rule:<name>, or a weighted sum of those.")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
-    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
+    task: str = field_doc("", "Only examples whose meta.task is this ('': all).")
     prompts: int = field_doc(0, "Prompts used (0: all).")
     n: int = field_doc(8, "Answers sampled per prompt.")
     temperature: float = field_doc(1.0, "Sampling temperature.")
@@ -44,7 +44,9 @@ def run_bon(cfg: BoNConfig) -> dict:
     """
     import torch
 
-    from modalign.data.dataset import read_examples
+    from modalign import validate
+    from modalign.config import ConfigError
+    from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.recipes.sft import SFTConfig, run_sft
     from modalign.runs import RunDir, default_run_dir
@@ -52,14 +54,18 @@ def run_bon(cfg: BoNConfig) -> dict:
 
     started = time.time()
     dist = processes()
-    run = RunDir.create(cfg.out or default_run_dir("bon"), cfg, dist.is_main)
-    examples = [e for e in read_examples(cfg.data, cfg.split) if not cfg.task or e.meta.get("task") == cfg.task]
+    # validated before the run folder exists: the folder, the prompts and their media, the reward, the policy
+    # (the SFT on the winners checks its own data, the test split with its media, before it starts)
+    out = validate.check_new_run(cfg.out or default_run_dir("bon"), dist)
+    examples = validate.select_task(validate.read_split(cfg.data, cfg.split), cfg.task, split_path(cfg.data, cfg.split))
     examples = examples[: cfg.prompts] if cfg.prompts else examples
     if len(examples) < dist.world:
-        from modalign.config import ConfigError
-
         raise ConfigError(f"{len(examples)} prompts do not split over {dist.world} processes (prompts)")
-    results = dist.unshard(_sample_and_score(cfg, examples[dist.rank :: dist.world]), len(examples))
+    validate.check_media(cfg.data, examples, split_path(cfg.data, cfg.split))
+    reward = validate.check_reward(cfg.reward_model)
+    validate.check_policy(cfg.policy)
+    run = RunDir.create(out, cfg, dist.is_main)
+    results = dist.unshard(_sample_and_score(cfg, examples[dist.rank :: dist.world], reward), len(examples))
     winners = [winner for winner, _ in results]
     grouped = torch.stack([scores for _, scores in results])  # (prompts, N)
     if dist.is_main:
@@ -81,18 +87,18 @@ def run_bon(cfg: BoNConfig) -> dict:
     return summary
 
 
-def _sample_and_score(cfg: BoNConfig, examples: list) -> list[tuple]:
+def _sample_and_score(cfg: BoNConfig, examples: list, reward) -> list[tuple]:
     """Per example: a copy with its best answer, and the scores of its N answers (N,)."""
     from modalign.eval.generation import generate_answers
     from modalign.models.inputs import MediaStore
-    from modalign.models.policy import load_policy
-    from modalign.rl.rewards import reward_source_from, score_texts
+    from modalign.rl.rewards import score_texts
+    from modalign.validate import load_checked_policy
 
     media = MediaStore(cfg.data)
-    completions = generate_answers(load_policy(cfg.policy), media, examples, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(load_checked_policy(cfg.policy), media, examples, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed, samples_per_example=cfg.n)
     owners = [e for e in examples for _ in range(cfg.n)]
-    scores = score_texts(reward_source_from(cfg.reward_model), owners, [c.text for c in completions], media)
+    scores = score_texts(reward, owners, [c.text for c in completions], media)
     grouped = scores.view(len(examples), cfg.n)  # (prompts, N)
     best = grouped.argmax(1)
     return [(with_answer(e, completions[i * cfg.n + int(best[i])].text), grouped[i]) for i, e in enumerate(examples)]

@@ -111,11 +111,12 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
     0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
     and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
-    PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise.
+    PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
+    are the caption ones (task="caption"): the loop's default, all tasks, would change these results.
     """
     from modalign.recipes.loop import LoopConfig
 
-    cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), rounds=2,
+    cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), task="caption", rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
                      reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
                      lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -38,7 +39,7 @@ class DPOConfig:
     data: str = field_doc("", "Dataset folder for the final gold evaluation ('' to skip it).")
     eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
-    task: str = field_doc("caption", "Evaluate only examples whose meta.task is this ('' for all).")
+    task: str = field_doc("", "Evaluate only examples whose meta.task is this ('': all).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
@@ -47,8 +48,9 @@ class DPOConfig:
 
 def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
+    from modalign import validate
     from modalign.dist import processes
-    from modalign.models.policy import load_policy
+    from modalign.errors import UserError
     from modalign.precision import autocast
     from modalign.recipes.reward import encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
@@ -58,17 +60,22 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
 
     started = time.time()
     dist = processes()
-    loss_fn = get_preference_loss(cfg.loss)
+    loss_fn = validate.registered(get_preference_loss, cfg.loss, "loss")
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
-    run = (RunDir.open(resume, dist.is_main) if resume
-           else RunDir.create(cfg.out or default_run_dir("dpo"), cfg, dist.is_main))
-    policy = load_policy(cfg.policy)
+    # validated before the run folder exists: the folder, the store's pairs, the evaluation data, the policy
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist)
+    validate.check_store(cfg.store, cfg.min_votes, decided=True)
+    splits = validate.check_dataset(cfg.data, [cfg.eval_split], cfg.task, modalities=cfg.modalities) if cfg.data else {}
+    audio_seconds = validate.check_dataset_media(cfg.data, splits)
+    policy = validate.load_checked_policy(cfg.policy)
+    validate.check_audio_window(audio_seconds, policy.processor)
+    run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length,
                                                     cfg.modalities) if not p.tie]
     if not pairs:
-        raise ValueError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
+        raise UserError(f"feedback store {cfg.store} holds no decided preference pairs for {cfg.loss}")
     console.print(f"[bold]{cfg.loss}[/] {len(pairs)} pairs -> {run.path}")
     # (P, 2): the SFT policy is the reference; each process scores its share of the pairs
     with autocast(cfg.precision, raw):

@@ -54,7 +54,7 @@ class IterativeDPOConfig:
     policy: str = field_doc("", "The SFT policy folder: round 1 samples from it and starts from it.")
     data: str = field_doc("", "Dataset folder with the prompts (and the held-out split evaluated each round).")
     split: str = field_doc("train", "Split the prompts come from.")
-    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all), in sampling and evaluation.")
+    task: str = field_doc("", "Only examples whose meta.task is this ('': all), in sampling and evaluation.")
     rounds: int = field_doc(3, "Rounds of sample -> judge -> DPO (the only field a rerun may change).")
     prompts_per_round: int = field_doc(64, "Prompts per round; rounds never share prompts.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
@@ -82,7 +82,7 @@ class IterativeDPOConfig:
 
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
-    from modalign.data.dataset import read_examples
+    from modalign import validate
     from modalign.dist import processes
     from modalign.feedback.collect import check_judge
     from modalign.feedback.store import FeedbackStore
@@ -94,11 +94,15 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     dist = processes()
     out = Path(cfg.out or default_run_dir("iterative-dpo"))
     cfg = dataclasses.replace(cfg, out=str(out))
+    # validated before the folder exists: settings, judge, prompts, both splits' media, the policy
     check_settings(cfg)
-    prompts = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
-               if not cfg.task or e.meta.get("task") == cfg.task]
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
+                                    modalities=cfg.modalities)
+    prompts = splits[cfg.split]
     check_judge(cfg.judge, prompts)
     judge = judge_from(cfg.judge)
+    validate.check_dataset_media(cfg.data, splits)
+    validate.check_policy(cfg.policy)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
@@ -190,9 +194,9 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     from modalign.feedback.collect import judge_with_function, judge_with_panel, judge_with_reward, write_feedback
     from modalign.feedback.store import FeedbackStore
     from modalign.models.inputs import MediaStore
-    from modalign.models.policy import load_policy
     from modalign.plugins import is_plugin
     from modalign.runs import write_json_atomic
+    from modalign.validate import load_checked_policy
 
     folder = round_dir(Path(cfg.out), r)
     if (folder / "feedback.json").is_file():
@@ -202,7 +206,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     for suffix in ("", "-wal", "-shm"):  # a killed run's partial store: build it again
         Path(f"{folder / 'feedback.db'}{suffix}").unlink(missing_ok=True)
     media, k = MediaStore(cfg.data), cfg.samples_per_prompt
-    completions = generate_answers(load_policy(policy_path), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(load_checked_policy(policy_path), media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)

@@ -46,7 +46,7 @@ class LoopConfig:
     policy: str = field_doc("", "Start policy folder (usually SFT): round 1 samples from it; the KL reference.")
     data: str = field_doc("", "Dataset folder with the prompts and the held-out split.")
     split: str = field_doc("train", "Split the prompts come from.")
-    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all) are sampled for feedback.")
+    task: str = field_doc("", "Only examples whose meta.task is this ('': all) are sampled for feedback and RL.")
     rounds: int = field_doc(3, "Rounds (the only field a rerun may change).")
     first_round_prompts: int = field_doc(0, "Prompts sampled in round 1 (0: prompts_per_round).")
     prompts_per_round: int = field_doc(300, "Prompts sampled per later round.")
@@ -86,6 +86,8 @@ class LoopConfig:
 
 def run_loop(cfg: LoopConfig) -> dict:
     """Run the rounds not done yet in `cfg.out`; returns the summary (also `summary.json`)."""
+    from modalign import validate
+    from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.feedback.collect import check_judge
     from modalign.feedback.store import FeedbackStore
@@ -95,8 +97,13 @@ def run_loop(cfg: LoopConfig) -> dict:
     dist = processes()
     out = Path(cfg.out or default_run_dir("loop"))
     cfg = dataclasses.replace(cfg, out=str(out))
+    # validated before the folder exists: settings, prompts, both splits' media, the policy
     check_loop_settings(cfg, dist.world)
-    check_judge(cfg.judge, prompt_pool(cfg))
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
+    pool = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
+    check_judge(cfg.judge, pool)
+    validate.check_dataset_media(cfg.data, splits)
+    validate.check_policy(cfg.policy)
     start_rounds_folder(cfg, out)
     store = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
     console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
@@ -146,10 +153,10 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
         judge_with_function, judge_with_panel, panel_agreement, python_judge, write_feedback,
     )
     from modalign.models.inputs import MediaStore
-    from modalign.models.policy import load_policy
     from modalign.plugins import is_plugin
     from modalign.recipes.ppo import prompts_at
     from modalign.runs import write_jsonl_atomic
+    from modalign.validate import load_checked_policy
 
     started, folder, k = time.time(), round_dir(cfg, r), cfg.samples_per_prompt
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,7 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
     count = cfg.first_round_prompts if r == 1 and cfg.first_round_prompts else cfg.prompts_per_round
     prompts = prompts_at(pool, r - 1, min(count, len(pool)), cfg.seed)
     media = MediaStore(cfg.data)
-    completions = generate_answers(load_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(load_checked_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
     write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
     if cfg.selection == "all" and cfg.judge == SIMULATED:
@@ -243,9 +250,9 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
     """Gold metrics of `policy` on the held-out split, `eval_samples` answers per prompt."""
     from modalign.eval.generation import evaluate_split
-    from modalign.models.policy import load_policy
+    from modalign.validate import load_checked_policy
 
-    return evaluate_split(load_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+    return evaluate_split(load_checked_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
                           seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
                           samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,7 @@ class OnlineConfig:
     reward_model: str = field_doc("", "Reward model folder, or rule:<name> (e.g. rule:shapes_gold).")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
-    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
+    task: str = field_doc("", "Only examples whose meta.task is this ('': all), in training and evaluation.")
     eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
     steps: int = field_doc(40, "Iterations (rollout + update).")
@@ -63,27 +64,37 @@ class OnlineConfig:
 
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
     """Train; save `model/`; evaluate with the gold scorers; write `summary.json`."""
-    from modalign.data.dataset import read_examples
+    from modalign import validate
+    from modalign.config import ConfigError
     from modalign.dist import processes
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import frozen_reference, load_policy
+    from modalign.models.policy import frozen_reference
     from modalign.precision import autocast
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
-    from modalign.rl.rewards import check_reward, reward_source_from
+    from modalign.rl.objectives import get_objective
     from modalign.rl.rollout import decode_answers, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     started = time.time()
     dist = processes()
-    run = (RunDir.open(resume, dist.is_main) if resume
-           else RunDir.create(cfg.out or default_run_dir(cfg.algorithm), cfg, dist.is_main))
+    # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist)
+    if cfg.objective:
+        validate.registered(get_objective, cfg.objective, "objective")
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
+                                    modalities=cfg.modalities)
+    prompts_all = splits[cfg.split]
+    audio_seconds = validate.check_dataset_media(cfg.data, splits)
+    reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
     torch.manual_seed(cfg.seed)
-    policy = load_policy(cfg.policy)
+    policy = validate.load_checked_policy(cfg.policy)
+    validate.check_audio_window(audio_seconds, policy.processor)
+    run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
@@ -92,11 +103,6 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
         module.requires_grad_(False)  # cached media features stay valid for the whole update
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
-    reward = reward_source or reward_source_from(cfg.reward_model)
-    prompts_all = [e for e in read_examples(cfg.data, cfg.split, cfg.modalities)
-                   if not cfg.task or e.meta.get("task") == cfg.task]
-    if reward_source is None:
-        check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
     media_store = MediaStore(cfg.data)
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -28,7 +29,7 @@ class PPOConfig:
     reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save), or rule:<name> (e.g. rule:shapes_gold).")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
-    task: str = field_doc("caption", "Only examples whose meta.task is this ('' for all).")
+    task: str = field_doc("", "Only examples whose meta.task is this ('': all), in training and evaluation.")
     eval_split: str = field_doc("test", "Held-out split evaluated at the end.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated (0: all).")
     steps: int = field_doc(40, "PPO iterations (rollout + update).")
@@ -56,7 +57,8 @@ class PPOConfig:
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end (no end-of-turn token).")
     dense_reward: bool = field_doc(True, "Spread a reward model's score over the tokens that earned it, when it can.")
     ptx_coef: float = field_doc(0.0, "Weight of the SFT loss on reference answers mixed into every policy update (PPO-ptx).")
-    ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but `task`).")
+    ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but "
+                                   "`task`, or every example when `task` is '').")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
@@ -67,40 +69,46 @@ class PPOConfig:
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
     """Train; save `model/` and `critic/`; evaluate; write `summary.json`. Returns the summary."""
-    from modalign.data.dataset import read_examples
+    from modalign import validate
+    from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import frozen_reference, load_policy
+    from modalign.models.policy import frozen_reference
     from modalign.precision import autocast
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
-    from modalign.rl.rewards import check_reward, reward_source_from
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
     started = time.time()
     dist = processes()
-    run = (RunDir.open(resume, dist.is_main) if resume
-           else RunDir.create(cfg.out or default_run_dir("ppo"), cfg, dist.is_main))
+    # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("ppo"), dist)
+    splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
+    prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
+    validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
+    ptx_examples = ptx_pool(splits[cfg.split], cfg) if cfg.ptx_coef else []
+    validate.check_answers(ptx_examples, split_path(cfg.data, cfg.split), needed_by="PPO-ptx (ptx_coef > 0)")
+    audio_seconds = validate.check_dataset_media(cfg.data, splits)
+    reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
+    if cfg.reference:
+        validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
-    policy = load_policy(cfg.policy)
+    policy = validate.load_checked_policy(cfg.policy)
+    validate.check_audio_window(audio_seconds, policy.processor)
+    run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
-    reference = load_policy(cfg.reference).model if cfg.reference else frozen_reference(raw)
+    reference = (validate.load_checked_policy(cfg.reference, "reference").model if cfg.reference
+                 else frozen_reference(raw))
     reference.eval().requires_grad_(False)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw))
     for module in raw.media_encoder_modules() + raw_critic.backbone.media_encoder_modules():
         module.requires_grad_(False)
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
-    reward = reward_source or reward_source_from(cfg.reward_model)
-    train_examples = read_examples(cfg.data, cfg.split, cfg.modalities)
-    prompts_all = [e for e in train_examples if not cfg.task or e.meta.get("task") == cfg.task]
-    if reward_source is None:
-        check_reward(cfg.reward_model, prompts_all)  # e.g. rule:shapes_* on data without ShapesWorld ground truth
-    ptx_examples = ptx_pool(train_examples, cfg) if cfg.ptx_coef else []
     media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)

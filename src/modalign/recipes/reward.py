@@ -67,9 +67,9 @@ def open_store(location: str, run_path: Path | None = None):
 
 def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
+    from modalign import validate
     from modalign.config import ConfigError
     from modalign.dist import processes
-    from modalign.models.policy import load_policy
     from modalign.reward.model import ScalarHeadModel
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console, progress_bar
@@ -79,9 +79,12 @@ def run_reward(cfg: RewardConfig) -> dict:
     if dist.many and cfg.backbone_lr:
         raise ConfigError("reward: backbone_lr > 0 trains in one process; with many processes only the frozen "
                           "backbone's features are split over them")
-    run = RunDir.create(cfg.out or default_run_dir("reward"), cfg, dist.is_main)
+    # validated before the run folder exists: the folder, the store's pairs, the backbone
+    out = validate.check_new_run(cfg.out or default_run_dir("reward"), dist)
+    validate.check_store(cfg.store, cfg.min_votes)
+    policy = validate.load_checked_policy(cfg.policy)
+    run = RunDir.create(out, cfg, dist.is_main)
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
-    policy = load_policy(cfg.policy)
     pad = policy.processor.tokenizer.pad_token_id
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
@@ -145,9 +148,11 @@ def encode_store_pairs(store, processor, min_votes: int, max_length: int, modali
     from modalign.models.inputs import MediaStore
     from modalign.reward.train import PreferencePair, encode_pairs
 
+    from modalign.errors import UserError
+
     stored = store.preference_pairs(min_votes)
     if not stored:
-        raise ValueError(f"feedback store {store.url} holds no pairwise or ranking judgments")
+        raise UserError(f"feedback store {store.url} holds no pairwise or ranking judgments")
     media: dict[str, MediaStore] = {}
     examples: dict[str, tuple] = {}  # a ranking of k answers gives k(k-1)/2 pairs of one example: read it once
     kinds = parse_modalities(modalities)

@@ -71,7 +71,7 @@ class SFTConfig:
 
 def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | None = None) -> dict:
     """Train, save `model/`, evaluate on the held-out split, write `summary.json`; returns the summary."""
-    from modalign.data.dataset import read_examples
+    from modalign import validate
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
@@ -82,16 +82,26 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = processes()
-    run = (RunDir.open(resume, dist.is_main) if resume
-           else RunDir.create(cfg.out or default_run_dir("sft"), cfg, dist.is_main))
-    data_root = dist.main_first(lambda: prepare_data(cfg, run.path))  # ShapesWorld is generated once
-    train = train_examples if train_examples is not None else read_examples(data_root, cfg.train_split, cfg.modalities)
-    check_builtin_media(cfg, data_root, train)
+    # validated before the run folder exists: the folder, the policy, both splits and their media
+    out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
+    if cfg.policy == "tinyvlm":
+        validate.check_fusion(cfg.fusion)
+        check_builtin_sizes(cfg)
+    else:
+        validate.check_policy(cfg.policy)
+    data_root = dist.main_first(lambda: prepare_data(cfg, out))  # ShapesWorld is generated once
+    splits = validate.check_dataset(data_root, [cfg.train_split, cfg.eval_split], modalities=cfg.modalities,
+                                    answers=[cfg.train_split] if train_examples is None else [])
+    train = train_examples if train_examples is not None else splits[cfg.train_split]
+    audio_seconds = validate.check_dataset_media(data_root, splits)
     policy = make_policy(cfg, tokenizer_corpus(cfg, data_root, train))
+    validate.check_audio_window(audio_seconds, policy.processor,
+                                "built-in model" if cfg.policy == "tinyvlm" else f"policy {cfg.policy}")
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
+    encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
+    run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     console.print(f"[bold]sft[/] {len(train)} examples, {policy.num_parameters / 1e6:.2f} M parameters -> {run.path}")
 
-    encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)  # the scheduler steps once per step
@@ -168,12 +178,12 @@ def prepare_data(cfg: SFTConfig, run_path: Path) -> Path:
 
 
 def make_policy(cfg: SFTConfig, corpus: list[str]):
-    """The policy to train: a saved one, or a new built-in model sized by the config."""
-    from modalign.models.policy import create_tinyvlm, load_policy
+    """The policy to train: a saved one, or a new built-in model sized by the config (`check_builtin_sizes`)."""
+    from modalign.models.policy import create_tinyvlm
+    from modalign.validate import load_checked_policy
 
     if cfg.policy != "tinyvlm":
-        return load_policy(cfg.policy)
-    check_builtin_sizes(cfg)
+        return load_checked_policy(cfg.policy)
     return create_tinyvlm(
         corpus, vocab_size=cfg.vocab_size, seed=cfg.seed, fusion=cfg.fusion, hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
@@ -196,25 +206,6 @@ def check_builtin_sizes(cfg: SFTConfig) -> None:
         raise ConfigError(f"audio_seconds={cfg.audio_seconds}: it must be positive")
     if cfg.audio_overflow not in AUDIO_OVERFLOWS:
         raise ConfigError(f"audio_overflow={cfg.audio_overflow!r}: choose one of {', '.join(AUDIO_OVERFLOWS)}")
-
-
-def check_builtin_media(cfg: SFTConfig, data_root: str | Path, train: list | None = None) -> None:
-    """Before any training: every audio file of the train and eval splits fits the new built-in model's window.
-
-    Images need no check (the processor resizes any size). A saved or Hugging Face policy is
-    left alone (its processor has its own limits). Raises MediaError naming the record and the file.
-    """
-    from modalign.data.dataset import read_examples, split_path
-    from modalign.data.media import check_audio_lengths
-
-    if cfg.policy != "tinyvlm" or cfg.audio_overflow == "truncate":
-        return
-    check_builtin_sizes(cfg)
-    splits = [train if train is not None else read_examples(data_root, cfg.train_split, cfg.modalities)]
-    if split_path(data_root, cfg.eval_split).is_file():
-        splits.append(read_examples(data_root, cfg.eval_split, cfg.modalities))
-    for examples in splits:
-        check_audio_lengths(examples, data_root, cfg.audio_seconds)
 
 
 def tokenizer_corpus(cfg: SFTConfig, data_root: str | Path, train: list) -> list[str]:

@@ -54,7 +54,7 @@ class TinyVLMFeatureExtractor(FeatureExtractionMixin):
 
     @property
     def max_seconds(self) -> float | None:
-        """The longest clip accepted, for an up-front check (`data.media.check_audio_lengths`); None: any (cut)."""
+        """The longest clip accepted, for an up-front check (`validate.check_audio_window`); None: any (cut)."""
         return None if self.truncate else self.num_samples / self.sampling_rate
 
     def __call__(self, audios: Sequence[np.ndarray], return_tensors: str = "pt", **kwargs) -> BatchFeature:
