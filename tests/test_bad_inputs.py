@@ -124,7 +124,7 @@ CASES = [
     ("corrupt test image", lambda w: (["sft", "--set", f"data={w['broken_test']}", *_sets(TINY_SFT)], None),
      ["test.jsonl", "'bad'", "media/broken.png", "corrupt"]),
     ("audio over the model's window", lambda w: (["sft", "--set", f"data={w['long_audio']}", *_sets(TINY_SFT)], None),
-     ["'longclip'", "media/long.wav", "1.50 s", "window"]),
+     ["'longclip'", "media/long.wav", "1.50 s", "reads at most 1 s"]),
     ("record with no answer (ppo-ptx)", lambda w: (["ppo", *_sets(_rl(w)), "--set", f"data={w['no_answer']}",
                                                     "--set", "ptx_coef=1.0"], None),
      ["train.jsonl", "'open'", "PPO-ptx"]),

@@ -118,10 +118,10 @@ def test_a_round_whose_answers_all_tie_is_a_clear_error(tmp_path, sft_model):
 
 
 def test_a_bad_judge_is_a_clear_error_before_any_work(tmp_path, sft_model):
-    with pytest.raises(ConfigError, match=r"judge 'rule:nope': no rule named 'nope'"):
+    with pytest.raises(ConfigError, match=r"judge='rule:nope': no rule named 'nope'"):
         run_iterative_dpo(config(tmp_path / "run", sft_model, judge="rule:nope"))
     missing = tmp_path / "no_reward_model"
-    with pytest.raises(ConfigError, match=f"judge '{missing}'"):
+    with pytest.raises(ConfigError, match=f"judge='{missing}'"):
         run_iterative_dpo(config(tmp_path / "run", sft_model, judge=str(missing)))
     with pytest.raises(ConfigError, match="prompts_per_round"):
         run_iterative_dpo(config(tmp_path / "run", sft_model, rounds=3, prompts_per_round=20))

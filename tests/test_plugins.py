@@ -160,7 +160,7 @@ def test_shapes_only_pieces_refuse_other_data_up_front(sft_model, tmp_path):
         check_judge("rule:shapes_gold", examples)  # a reward judge (iterative-dpo)
     with pytest.raises(ShapesTruthError, match="gold metrics needs ShapesWorld ground truth"):
         score_shapes(examples[:1], ["x"])
-    with pytest.raises(ConfigError, match="reward_model .runs/nothing.: no reward-model folder runs/nothing"):
+    with pytest.raises(ConfigError, match="reward_model=.runs/nothing.: no reward-model folder runs/nothing"):
         check_reward("runs/nothing", examples)
     check_reward("rule:format + rule:length_penalty", examples)  # rules that need no ground truth pass
     check_judge("simulated", read_examples(data, "train"))  # ShapesWorld itself passes
@@ -197,11 +197,11 @@ def test_iterative_dpo_with_a_py_judge_on_plain_data(sft_model, tmp_path, monkey
 
 
 def test_check_reward_names_the_key_and_term(plugin_files):
-    with pytest.raises(ConfigError, match=r"reward_model 'rule:format \+ 0.5\*rule:nope', term 'rule:nope': no rule"):
+    with pytest.raises(ConfigError, match=r"reward_model='rule:format \+ 0.5\*rule:nope', term 'rule:nope': no rule"):
         check_reward("rule:format + 0.5*rule:nope", PLAIN)
     with pytest.raises(ConfigError, match=r"term 'x\*rule:format': the weight 'x' is not a number"):
         check_reward("x*rule:format", PLAIN)
-    with pytest.raises(ConfigError, match=r"judge 'py:my_rewards.py:one_arg': .*must take 2 positional"):
+    with pytest.raises(ConfigError, match=r"judge='py:my_rewards.py:one_arg': .*must take 2 positional"):
         check_reward("py:my_rewards.py:one_arg", PLAIN, key="judge")
     check_reward("py:my_rewards.py:brevity + 2*py:userpkg.rewards:mentions_id", PLAIN)
 

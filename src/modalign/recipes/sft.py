@@ -86,7 +86,6 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
     if cfg.policy == "tinyvlm":
         validate.check_fusion(cfg.fusion)
-        check_builtin_sizes(cfg)
     else:
         validate.check_policy(cfg.policy)
     data_root = dist.main_first(lambda: prepare_data(cfg, out))  # ShapesWorld is generated once
@@ -184,6 +183,7 @@ def make_policy(cfg: SFTConfig, corpus: list[str]):
 
     if cfg.policy != "tinyvlm":
         return load_checked_policy(cfg.policy)
+    check_builtin_sizes(cfg)
     return create_tinyvlm(
         corpus, vocab_size=cfg.vocab_size, seed=cfg.seed, fusion=cfg.fusion, hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,

@@ -241,7 +241,7 @@ def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_mode
         except ShapesTruthError:
             raise  # it names the rule and the record already
         except ConfigError as err:
-            where = f"{key} {spec!r}" + (f", term {name!r}" if name != spec.strip() else "")
+            where = f"{key}={spec!r}" + (f", term {name!r}" if name != spec.strip() else "")
             raise type(err)(f"{where}: {err}") from None
 
 
