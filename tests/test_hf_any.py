@@ -67,9 +67,10 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
         other = model(**swapped).logits
         answers = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert seen.modules, "no module with weights received the pixels"
-    assert logits.shape[:2] == inputs["input_ids"].shape and bool(torch.isfinite(logits).all())
+    # (B, T, V) (ShieldGemma 2 makes one row per policy and image); GIT puts its image positions in front of the text, so T can exceed the text length
+    assert logits.shape[0] == inputs["input_ids"].shape[0] and logits.shape[1] >= inputs["input_ids"].shape[1] and bool(torch.isfinite(logits).all())
     assert not torch.allclose(logits, other, atol=1e-6), "the photographs do not change the logits"
-    assert answers.shape[0] == 2 and answers.shape[1] > inputs["input_ids"].shape[1]
+    assert answers.shape[0] == inputs["input_ids"].shape[0] and answers.shape[1] > inputs["input_ids"].shape[1]
 
 
 # ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
