@@ -31,9 +31,8 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
     from modalign.models.hf.lora import is_adapter_folder, load_lora
     from modalign.models.policy import Policy
 
-    lora = is_adapter_folder(location)
-    model = load_lora(location, dtype) if lora else HFPolicyModel.from_pretrained(location, dtype)
-    processor = load_processor(location, model.family, model.config.model_type)
+    processor = load_hf_processor(location)  # first: a model that cannot work fails before its weights load
+    model = load_lora(location, dtype) if is_adapter_folder(location) else HFPolicyModel.from_pretrained(location, dtype)
     align_turn_tokens(model, processor)
     return Policy(model=model, processor=processor, name=str(location))
 
