@@ -76,7 +76,7 @@ def test_generic_media_survive_concatenation_and_row_selection(tiny, unregistere
     unregistered(family)
     policy = load_policy(model_dir)
     model, store = policy.model.eval(), MediaStore(data)
-    encoded = [encode_sft_example(policy.processor, store, e, 1024) for e in two_prompts(data)]
+    encoded = [encode_sft_example(policy.processor, store, e, 1024, "two shapes.") for e in two_prompts(data)]
     batch = collate_sft(encoded, policy.processor.tokenizer.pad_token_id)
     with torch.no_grad():
         together = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
