@@ -37,7 +37,7 @@ class MediaStore:
 
         return [self._get(ref.path, lambda r=ref: load(r)) for ref in example.media_of("audio")]
 
-    def _get(self, key: str, load):
+    def _get(self, key, load):
         if key not in self._cache:
             self._cache[key] = load()
         return self._cache[key]
@@ -88,8 +88,10 @@ def encode_sft_example(
     images, audio = media.images(example), media.audio(example)
     prompt = render_prompt(processor, example)
     full = processor(text=[prompt + answer + eos_text(processor)], images=images or None, audio=audio or None)
-    alone = processor(text=[prompt], images=images or None, audio=audio or None)
-    prompt_length, end = answer_span(alone["input_ids"][0], full["input_ids"][0])
+    paths = tuple(ref.path for ref in example.media)
+    alone = media._get((processor, prompt, paths),  # once per prompt (DPO / reward pairs share it), media included
+                       lambda: processor(text=[prompt], images=images or None, audio=audio or None)["input_ids"][0])
+    prompt_length, end = answer_span(alone, full["input_ids"][0])
     input_ids = full["input_ids"][0][:end]
     if prompt_length >= max_length:
         raise ValueError(

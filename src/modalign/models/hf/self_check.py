@@ -30,8 +30,23 @@ _warned: set[str] = set()
 
 
 def self_check(policy, examples: Sequence, media_store, tolerance: float = TOLERANCE, probes: int = 2) -> dict:
-    """Compare the fast path with the model's own forward on the first `probes` examples; fall back above
-    `tolerance` (max abs difference of answer-token log-probs). Returns the record for the run's log."""
+    """Compare the fast path with the model's own forward and generate on the first `probes` examples; fall back
+    above `tolerance` (max abs difference of answer-token log-probs) or when greedy answers differ. Returns
+    the record for the run's log."""
+    from modalign.models.inputs import eos_text, render_prompt
+
+    examples = list(examples)[:probes]
+    processor = policy.processor
+    prompts = [render_prompt(processor, e) for e in examples] if examples else []
+    answers = [e.answer + eos_text(processor) if e.answer is not None else "" for e in examples]
+    images = [image for e in examples for image in media_store.images(e)]
+    audio = [clip for e in examples for clip in media_store.audio(e)]
+    return check_paths(policy, prompts, answers, images, audio, tolerance)
+
+
+def check_paths(policy, prompts: list[str], answers: list[str], images: list, audio: list,
+                tolerance: float = TOLERANCE) -> dict:
+    """`self_check` on given prompts (with one marker per media item), answers and media."""
     from modalign.models.hf.modeling import HFPolicyModel
 
     model = policy.model
@@ -39,16 +54,29 @@ def self_check(policy, examples: Sequence, media_store, tolerance: float = TOLER
         return {"self_check": {"path": "builtin", "max_abs_diff": 0.0, "tolerance": tolerance}}
     if model.family.generic:  # nothing to compare: the generic path is the model's own forward
         return {"self_check": {"path": "generic", "max_abs_diff": 0.0, "tolerance": tolerance}}
-    difference = fast_path_difference(policy, list(examples)[:probes], media_store)
-    path = "fast"
-    if not difference <= tolerance:  # NaN falls back too
+    was_training = model.training
+    model.eval()
+    failure = None
+    try:
+        difference, same_answers = compare_paths(policy, prompts, answers, images or None, audio or None)
+    except Exception as error:  # noqa: BLE001  (a fast path that cannot even run falls back too)
+        difference, same_answers, failure = float("inf"), False, f"{type(error).__name__}: {error}".splitlines()[0]
+    finally:
+        model.train(was_training)
+    record = {"path": "fast", "max_abs_diff": float(difference), "tolerance": tolerance}
+    if failure:
+        record["error"] = failure
+    if not (difference <= tolerance and same_answers):  # NaN falls back too
         use_generic_path(policy)
-        path = "generic"
+        record["path"] = "generic"
+        if not same_answers:
+            record["generate"] = "differs"
         if model.family.name not in _warned:
             _warned.add(model.family.name)
-            LOG.warning("model_type %r: the fast path differs from the model's own forward by %.3g (tolerance %g); "
-                        "using the generic path", model.family.name, difference, tolerance)
-    return {"self_check": {"path": path, "max_abs_diff": float(difference), "tolerance": tolerance}}
+            LOG.warning("model_type %r: the fast path differs from the model's own forward (log-probs by %.3g, "
+                        "tolerance %g; greedy answers %s); using the generic path", model.family.name, difference,
+                        tolerance, "equal" if same_answers else "differ")
+    return {"self_check": record}
 
 
 def use_generic_path(policy) -> None:
@@ -60,38 +88,45 @@ def use_generic_path(policy) -> None:
 
 
 @torch.no_grad()
-def fast_path_difference(policy, examples: list, media_store) -> float:
-    """Max abs difference of the answer log-probs (prompt + reference answer, or the prompt's own tokens)
-    between the fast path (cached features, and shared-prefix packing where supported) and the native forward."""
+def compare_paths(policy, prompts: list[str], answers: list[str], images, audio) -> tuple[float, bool]:
+    """(max abs difference of the log-probs of every prompt + answer token, whether greedy answers are equal)
+    between the fast path (cached features, shared-prefix packing where supported, the shared prompt cache)
+    and the model's own forward and generate on every processor output."""
     from modalign.models.hf.processing import HFProcessor
-    from modalign.models.inputs import eos_text, render_prompt
 
     model, processor = policy.model, policy.processor
-    was_training = model.training
-    model.eval()
-    try:
-        prompts = [render_prompt(processor, e) for e in examples]
-        texts = [p + (e.answer + eos_text(processor) if e.answer is not None else "") for p, e in zip(prompts, examples)]
-        images = [image for e in examples for image in media_store.images(e)] or None
-        audio = [clip for e in examples for clip in media_store.audio(e)] or None
-        fast = processor(text=texts, images=images, audio=audio, padding_side="right")
-        generic = HFProcessor(processor.processor, generic_family(model.config, tuple(processor.family.modality.split("+"))))
-        native = generic(text=texts, images=images, audio=audio, padding_side="right")
-        ids, mask = native["input_ids"], native["attention_mask"]
-        media: ProcessorMedia = native[generic.family.media_slot]
-        reference = model.model(input_ids=ids, attention_mask=mask, **media.model_inputs(),
-                                **media.token_type_inputs(ids)).logits
-        valid = (mask[:, 1:] * mask[:, :-1]).bool()  # (B, L-1) real tokens predicted by a real token
-        theirs, _ = target_logprobs(reference[:, :-1], ids[:, 1:], valid, 1.0, None, False)
-        features = model.encode_media(fast["input_ids"], fast.get("pixel_values"), fast.get("input_values"))
-        ours, _ = target_logprobs(model(input_ids=fast["input_ids"], attention_mask=fast["attention_mask"],
-                                        media=features).logits[:, :-1], ids[:, 1:], valid, 1.0, None, False)
-        difference = float((ours - theirs).abs().max())
-        if model.supports_shared_prefix:
-            difference = max(difference, _packed_difference(model, ids, mask, features, theirs))
-        return difference
-    finally:
-        model.train(was_training)
+    texts = [p + a for p, a in zip(prompts, answers)]
+    fast = processor(text=texts, images=images, audio=audio, padding_side="right")
+    generic = HFProcessor(processor.processor, generic_family(model.config, tuple(processor.family.modality.split("+"))))
+    native = generic(text=texts, images=images, audio=audio, padding_side="right")
+    ids, mask = native["input_ids"], native["attention_mask"]
+    media: ProcessorMedia = native[generic.family.media_slot]
+    reference = model.model(input_ids=ids, attention_mask=mask, **media.model_inputs(),
+                            **media.token_type_inputs(ids)).logits
+    valid = (mask[:, 1:] * mask[:, :-1]).bool()  # (B, L-1) real tokens predicted by a real token
+    theirs, _ = target_logprobs(reference[:, :-1], ids[:, 1:], valid, 1.0, None, False)
+    features = model.encode_media(fast["input_ids"], fast.get("pixel_values"), fast.get("input_values"))
+    ours, _ = target_logprobs(model(input_ids=fast["input_ids"], attention_mask=fast["attention_mask"],
+                                    media=features).logits[:, :-1], ids[:, 1:], valid, 1.0, None, False)
+    difference = float((ours - theirs).abs().max())
+    if model.supports_shared_prefix:
+        difference = max(difference, _packed_difference(model, ids, mask, features, theirs))
+    return difference, _same_greedy_answers(model, processor, generic, prompts, images, audio)
+
+
+def _same_greedy_answers(model, processor, generic, prompts, images, audio) -> bool:
+    """Greedy answers (2 per prompt: the shared prompt cache) of the fast path equal the model's own generate."""
+    greedy = dict(max_new_tokens=3, do_sample=False, num_return_sequences=2,
+                  suppress_tokens=model.generation_config.suppress_tokens)
+    fast = processor(text=prompts, images=images, audio=audio, padding_side="left")
+    native = generic(text=prompts, images=images, audio=audio, padding_side="left")
+    ours = model.generate(**fast, **greedy)
+    media = native[generic.family.media_slot].repeat_interleave(2, len(prompts))
+    ids = native["input_ids"].repeat_interleave(2, dim=0)
+    theirs = model.hf.generate(input_ids=ids, attention_mask=native["attention_mask"].repeat_interleave(2, dim=0),
+                               **media.model_inputs(), **media.token_type_inputs(ids),
+                               **{k: v for k, v in greedy.items() if k != "num_return_sequences"})
+    return ours.shape == theirs.shape and torch.equal(ours, theirs)
 
 
 def _packed_difference(model, ids: torch.Tensor, mask: torch.Tensor, features, theirs: torch.Tensor) -> float:
