@@ -32,8 +32,10 @@ FAMILIES_TESTED = hf_tiny.FAMILIES
 @pytest.fixture
 def unregistered(monkeypatch):
     """Take a family's model type out of the registry for one test: it then runs the generic path."""
-    def drop(family: str) -> None:
+    def drop(family: str, fast_paths: bool = False) -> None:
         monkeypatch.delitem(FAMILIES, family)
+        if not fast_paths:  # not even the `images` fast path tried on unregistered models (`models.hf.auto`)
+            monkeypatch.setenv("MODALIGN_FAST_PATHS", "0")
 
     return drop
 
@@ -239,6 +241,34 @@ def test_self_check_falls_back_from_a_wrong_fast_path_and_says_so_once(tiny, mon
         assert torch.equal(policy.model.eval()(**batch).logits, policy.model.hf(**native).logits)
 
 
+@pytest.mark.parametrize("family", FAMILIES_TESTED)
+def test_an_unregistered_model_gets_the_images_fast_path_only_where_it_is_exact(tiny, unregistered, family):
+    """LLaVA and Gemma 3 (pixel_values only) pass the probe's self-check and keep cached features; the others
+    (grids, tiles, audio) stay on the generic path. Either way the logits are the model's own."""
+    model_dir, data = tiny(family)
+    native_policy = load_policy(model_dir)
+    unregistered(family, fast_paths=True)
+    policy = load_policy(model_dir)
+    fast = family in ("llava", "gemma3")
+    assert policy.model.family.generic is not fast and policy.processor.family == policy.model.family
+    if fast:
+        assert policy.model.load_check["self_check"]["path"] == "fast" and policy.model.family.layout == "images"
+    examples, store = two_prompts(data), MediaStore(data)
+    batch, native = prompt_batch(policy.processor, store, examples), native_inputs(native_policy, examples, store)
+    with torch.no_grad():
+        ours, theirs = policy.model.eval()(**batch).logits, policy.model.hf(**native).logits
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(ours[mask], theirs[mask], atol=1e-5)
+    record = self_check(policy, read_examples(data, "train"), store)["self_check"]
+    assert record["path"] == ("fast" if fast else "generic") and record["max_abs_diff"] <= 1e-4
+
+
+def test_fast_paths_off_runs_every_model_on_the_generic_path(tiny, monkeypatch):
+    monkeypatch.setenv("MODALIGN_FAST_PATHS", "0")
+    policy = load_policy(tiny("qwen2_vl")[0])
+    assert policy.model.family.generic and policy.processor.family.generic
+
+
 # ---- register_family and errors -----------------------------------------------------------------------
 
 
@@ -246,7 +276,7 @@ def test_register_family_adds_a_fast_path_for_a_model_type(tiny, monkeypatch):
     model_dir, data = tiny("llava")
     llava = FAMILIES["llava"]
     monkeypatch.delitem(FAMILIES, "llava")
-    assert load_policy(model_dir).model.family.generic
+    assert load_policy(model_dir).model.family is not llava  # the generic path, or the probed `images` fast path
     register_family(llava)
     assert load_policy(model_dir).model.family is llava
     with pytest.raises(ValueError, match="already has a fast path"):

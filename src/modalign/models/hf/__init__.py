@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from modalign.models.hf.families import FAMILIES, Family, ModelSupportError, family_of, register_family
+from modalign.models.hf.families import (FAMILIES, Family, ModelSupportError, family_of, fast_paths_enabled,
+                                         register_family)
 from modalign.models.hf.features import PlaceholderFeatures
 from modalign.models.hf.media import ProcessorMedia, concat_media
 from modalign.models.hf.modeling import HFPolicyModel
@@ -34,7 +35,12 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
     processor = load_hf_processor(location)  # first: a model that cannot work fails before its weights load
     model = load_lora(location, dtype) if is_adapter_folder(location) else HFPolicyModel.from_pretrained(location, dtype)
     align_turn_tokens(model, processor)
-    return Policy(model=model, processor=processor, name=str(location))
+    policy = Policy(model=model, processor=processor, name=str(location))
+    if model.family.generic and fast_paths_enabled():
+        from modalign.models.hf.auto import try_fast_path
+
+        model.load_check = try_fast_path(policy)  # the `images` fast path, kept only if it gives the model's own outputs
+    return policy
 
 
 def load_hf_processor(location: str | Path) -> HFProcessor:

@@ -10,6 +10,7 @@ more `Family`, not a branch in the adapter (see docs/models.md).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,7 +145,17 @@ def generic_family(config, modalities: tuple[str, ...] | None = None) -> Family:
     return Family(model_type, "AutoModelForImageTextToText", "+".join(kinds), "generic", ENCODER_MODULES)
 
 
+FAST_PATHS_ENV = "MODALIGN_FAST_PATHS"
+
+
+def fast_paths_enabled() -> bool:
+    """False when `MODALIGN_FAST_PATHS=0`: every Hugging Face model then runs the generic path."""
+    return os.environ.get(FAST_PATHS_ENV, "1") not in ("0", "")
+
+
 def family_of(config, where: str = "") -> Family:
-    """The registered fast path of a config's model type, else the generic family."""
+    """The registered fast path of a config's model type, else (or with fast paths off) the generic family."""
     model_type = getattr(config, "model_type", None)
-    return FAMILIES[model_type] if model_type in FAMILIES else generic_family(config)
+    if model_type in FAMILIES and fast_paths_enabled():
+        return FAMILIES[model_type]
+    return generic_family(config)

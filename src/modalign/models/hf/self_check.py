@@ -45,8 +45,9 @@ def self_check(policy, examples: Sequence, media_store, tolerance: float = TOLER
 
 
 def check_paths(policy, prompts: list[str], answers: list[str], images: list, audio: list,
-                tolerance: float = TOLERANCE) -> dict:
-    """`self_check` on given prompts (with one marker per media item), answers and media."""
+                tolerance: float = TOLERANCE, warn: bool = True) -> dict:
+    """`self_check` on given prompts (with one marker per media item), answers and media; `warn`: log the
+    fall-back (once per model type)."""
     from modalign.models.hf.modeling import HFPolicyModel
 
     model = policy.model
@@ -71,7 +72,7 @@ def check_paths(policy, prompts: list[str], answers: list[str], images: list, au
         record["path"] = "generic"
         if not same_answers:
             record["generate"] = "differs"
-        if model.family.name not in _warned:
+        if warn and model.family.name not in _warned:
             _warned.add(model.family.name)
             LOG.warning("model_type %r: the fast path differs from the model's own forward (log-probs by %.3g, "
                         "tolerance %g; greedy answers %s); using the generic path", model.family.name, difference,
