@@ -197,7 +197,8 @@ def test_first_answer_token_is_trained_and_nothing_after_the_end_of_turn(tiny, f
         trained = labels[labels != -100]
         assert labels[encoded.prompt_length] == trained[0] and labels[encoded.prompt_length - 1] == -100
         assert tokenizer.decode(trained[:-1]).strip() == example.answer and trained[-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(trained[:1]).strip() and example.answer.startswith(tokenizer.decode(trained[:1]).strip())
+        first = tokenizer.decode(trained[:1]).strip()
+        assert first and example.answer.startswith(first)
         assert encoded.input_ids[-1] == tokenizer.eos_token_id  # what the processor appends is not trained
 
 
@@ -310,7 +311,8 @@ def test_a_text_only_model_is_one_line(tmp_path):
 
 
 def test_the_other_modality_names_the_option_that_drops_it(tiny, unregistered):
-    for family, other, option in (("gemma3", "audio", "modalities=image"), ("qwen2_audio", "images", "modalities=audio")):
+    cases = (("gemma3", "audio", "modalities=image"), ("qwen2_audio", "images", "modalities=audio"))
+    for family, other, option in cases:
         processor = load_policy(tiny(family)[0]).processor
         media = {other: [np.zeros(16000, np.float32)] if other == "audio" else [torch.zeros(3, 8, 8)]}
         with pytest.raises(ValueError, match=rf"--set {option}`"):

@@ -224,7 +224,8 @@ def sequence_features(backbone, sequences: Sequence[EncodedExample], pad_token_i
         owner_of: dict[str, int] = {}
         owners = [owner_of.setdefault(e.example_id, i) for i, e in enumerate(chunk)]  # first row of each example
         firsts = sorted(set(owners))
-        media = backbone.encode_media(tensors["input_ids"][firsts], concat_media([chunk[i].pixel_values for i in firsts]),
+        media = backbone.encode_media(tensors["input_ids"][firsts],
+                                      concat_media([chunk[i].pixel_values for i in firsts]),
                                       concat_media([chunk[i].input_values for i in firsts]))
         media = media.select_rows(torch.tensor([firsts.index(o) for o in owners]))
         output = backbone(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],

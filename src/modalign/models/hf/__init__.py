@@ -33,13 +33,15 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
     from modalign.models.policy import Policy
 
     processor = load_hf_processor(location)  # first: a model that cannot work fails before its weights load
-    model = load_lora(location, dtype) if is_adapter_folder(location) else HFPolicyModel.from_pretrained(location, dtype)
+    lora = is_adapter_folder(location)
+    model = load_lora(location, dtype) if lora else HFPolicyModel.from_pretrained(location, dtype)
     align_turn_tokens(model, processor)
     policy = Policy(model=model, processor=processor, name=str(location))
     if model.family.generic and fast_paths_enabled():
         from modalign.models.hf.auto import try_fast_path
 
-        model.load_check = try_fast_path(policy)  # the `images` fast path, kept only if it gives the model's own outputs
+        # the `images` fast path, kept only if it gives the model's own outputs
+        model.load_check = try_fast_path(policy)
     return policy
 
 

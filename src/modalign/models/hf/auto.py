@@ -39,7 +39,8 @@ def try_fast_path(policy, tolerance: float = TOLERANCE) -> dict | None:
         media = processor(text=prompts, images=images)[processor.family.media_slot]
     except Exception:  # noqa: BLE001  (a processor the probe does not suit: stay generic)
         return None
-    if set(name for row in media.rows for name in row) != {"pixel_values"} or not set(media.token_types) <= _TOKEN_TYPES:
+    outputs = {name for row in media.rows for name in row}
+    if outputs != {"pixel_values"} or not set(media.token_types) <= _TOKEN_TYPES:
         return None
     generic = processor.family
     family = Family(generic.name, type(hf).__name__, "image", "images",

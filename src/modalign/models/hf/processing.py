@@ -85,7 +85,8 @@ class HFProcessor:
             if items and not self.family.reads(kind):
                 read = self.family.modality
                 raise ModelSupportError(
-                    f"model_type {self.family.name!r} reads {read} only, but the data hold {len(items)} {kind} item(s): "
+                    f"model_type {self.family.name!r} reads {read} only, but the data hold {len(items)} {kind} "
+                    f"item(s): "
                     f"drop the {kind} parts of the examples with `--set modalities={read}`")
 
     def _count_markers(self, kind: str, texts: list[str], given: int) -> list[int]:

@@ -98,7 +98,8 @@ def compare_paths(policy, prompts: list[str], answers: list[str], images, audio)
     model, processor = policy.model, policy.processor
     texts = [p + a for p, a in zip(prompts, answers)]
     fast = processor(text=texts, images=images, audio=audio, padding_side="right")
-    generic = HFProcessor(processor.processor, generic_family(model.config, tuple(processor.family.modality.split("+"))))
+    kinds = tuple(processor.family.modality.split("+"))
+    generic = HFProcessor(processor.processor, generic_family(model.config, kinds))
     native = generic(text=texts, images=images, audio=audio, padding_side="right")
     ids, mask = native["input_ids"], native["attention_mask"]
     media: ProcessorMedia = native[generic.family.media_slot]
