@@ -120,9 +120,11 @@ class HFProcessor:
                                         f"of one text; modalign needs one row per text")
             media = {}
             for name, value in output.items():
-                if name in ("input_ids", "attention_mask") or not isinstance(value, torch.Tensor):
+                if name in ("input_ids", "attention_mask") or not isinstance(value, (torch.Tensor, list)):
                     continue
-                if name.endswith("_ids") and value.shape == row_ids.shape:  # per-token (token types)
+                if isinstance(value, list):  # one entry per text (Fuyu's image patches): rows chain them
+                    media[name] = value
+                elif name.endswith("_ids") and value.shape == row_ids.shape:  # per-token (token types)
                     table = tables.setdefault(name, {})
                     for token, kind in zip(row_ids[0].tolist(), value[0].tolist()):
                         if kind:
