@@ -53,7 +53,8 @@ def test_processor_refuses_more_markers_than_media(tiny, family):
 
 def test_processor_refuses_the_other_modality(tiny):
     processor = policy_of(tiny, "qwen2_audio").processor
-    with pytest.raises(ValueError, match="reads audio only, but 1 image"):
+    with pytest.raises(ValueError, match=r"reads audio only, but the data hold 1 image item\(s\): drop the image parts "
+                                         r"of the examples with `--set modalities=audio`"):
         processor(text=prompts(processor, [1]), audio=CLIPS[:1], images=IMAGES[:1])
 
 

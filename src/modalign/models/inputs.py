@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from modalign.data.records import Example
+from modalign.models.hf.media import concat_media
 
 
 class MediaStore:
@@ -36,7 +37,7 @@ class MediaStore:
 
         return [self._get(ref.path, lambda r=ref: load(r)) for ref in example.media_of("audio")]
 
-    def _get(self, key: str, load):
+    def _get(self, key, load):
         if key not in self._cache:
             self._cache[key] = load()
         return self._cache[key]
@@ -63,16 +64,18 @@ def prompt_batch(processor, media: MediaStore, examples: Sequence[Example]) -> d
 class EncodedExample:
     """One tokenized SFT example.
 
-    input_ids: (L,) prompt, answer and end-of-turn token
+    input_ids: (L,) prompt, answer and end-of-turn token (what a processor appends after the
+        text is cut off: it is never trained on, and nothing before it reads it)
     prompt_length: tokens of the prompt (not trained on)
-    pixel_values: (N_img, 3, H, W) or None; input_values: (N_aud, S) or None
+    pixel_values / input_values: the processor's media of the example (a tensor, a generic
+        model's `ProcessorMedia`) or None
     """
 
     example_id: str
     input_ids: torch.Tensor
     prompt_length: int
-    pixel_values: torch.Tensor | None
-    input_values: torch.Tensor | None
+    pixel_values: Any
+    input_values: Any
 
 
 def encode_sft_example(
@@ -83,11 +86,13 @@ def encode_sft_example(
     if answer is None:
         raise ValueError(f"record {example.id!r}: SFT needs a final assistant message (the target answer)")
     images, audio = media.images(example), media.audio(example)
-    target = answer + eos_text(processor)
     prompt = render_prompt(processor, example)
-    full = processor(text=[prompt + target], images=images or None, audio=audio or None)
-    input_ids = full["input_ids"][0]
-    prompt_length = input_ids.shape[0] - answer_token_count(processor.tokenizer, prompt, target)
+    full = processor(text=[prompt + answer + eos_text(processor)], images=images or None, audio=audio or None)
+    paths = tuple(ref.path for ref in example.media)
+    alone = media._get((processor, prompt, paths),  # once per prompt (DPO / reward pairs share it), media included
+                       lambda: processor(text=[prompt], images=images or None, audio=audio or None)["input_ids"][0])
+    prompt_length, end = answer_span(alone, full["input_ids"][0])
+    input_ids = full["input_ids"][0][:end]
     if prompt_length >= max_length:
         raise ValueError(
             f"record {example.id!r}: the prompt alone takes {prompt_length} tokens (media included), "
@@ -100,6 +105,26 @@ def encode_sft_example(
         pixel_values=full.get("pixel_values"),
         input_values=full.get("input_values"),
     )
+
+
+def answer_span(prompt_ids: torch.Tensor, full_ids: torch.Tensor) -> tuple[int, int]:
+    """[start, end) of the answer in `full_ids` (L,), the processor's output for prompt + answer + end-of-turn,
+    given `prompt_ids` (P,), its output for the prompt alone (same call, same media).
+
+    start: the longest common prefix (a token merged across the prompt's end belongs to the answer);
+    end: before the tokens the processor appends after any text (a newline, an end token), which
+    both outputs end with. Nothing before the text (a BOS) or after it is assumed.
+    """
+    shorter = min(prompt_ids.shape[0], full_ids.shape[0])
+    differ = (prompt_ids[:shorter] != full_ids[:shorter]).nonzero()
+    start = int(differ[0]) if differ.numel() else shorter
+    appended = 0
+    while (appended < prompt_ids.shape[0] - start and full_ids.shape[0] - appended - 1 > start
+           and prompt_ids[-1 - appended] == full_ids[-1 - appended]):
+        appended += 1
+    if start >= full_ids.shape[0] - appended:
+        raise ValueError("the answer adds no token after the prompt")
+    return start, full_ids.shape[0] - appended
 
 
 def answer_token_count(tokenizer, prompt: str, answer: str) -> int:
@@ -127,7 +152,7 @@ def collate_sft(batch: Sequence[EncodedExample], pad_token_id: int) -> dict[str,
         labels[row, item.prompt_length : length] = item.input_ids[item.prompt_length :]
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     for key in ("pixel_values", "input_values"):
-        parts = [getattr(item, key) for item in batch if getattr(item, key) is not None]
-        if parts:
-            out[key] = torch.cat(parts)
+        media = concat_media([getattr(item, key) for item in batch])
+        if media is not None:
+            out[key] = media
     return out

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from modalign.data.records import Example
-from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, encode_sft_example
+from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, concat_media, encode_sft_example
 from modalign.models.shared_prefix import pack, packed_logprobs, supports_shared_prefix
 from modalign.reward.losses import bradley_terry_loss
 from modalign.reward.model import ScalarHeadModel, answer_token_logprobs, last_token_index
@@ -56,8 +56,8 @@ def pair_batch(policy_model, batch: Sequence[EncodedPair], pad_token_id: int):
     """
     size = len(batch)
     tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
-    chosen_pixels = _cat([p.chosen.pixel_values for p in batch])
-    chosen_audio = _cat([p.chosen.input_values for p in batch])
+    chosen_pixels = concat_media([p.chosen.pixel_values for p in batch])
+    chosen_audio = concat_media([p.chosen.input_values for p in batch])
     media = policy_model.encode_media(tensors["input_ids"][:size], chosen_pixels, chosen_audio)
     return tensors, media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
 
@@ -84,8 +84,8 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
     answers = [[p.chosen.input_ids[p.chosen.prompt_length :], p.rejected.input_ids[p.rejected.prompt_length :]]
                for p in batch]
     packed = pack(prompts, answers, pad_token_id)
-    media = model.encode_media(packed.input_ids, _cat([p.chosen.pixel_values for p in batch]),
-                               _cat([p.chosen.input_values for p in batch]))
+    media = model.encode_media(packed.input_ids, concat_media([p.chosen.pixel_values for p in batch]),
+                               concat_media([p.chosen.input_values for p in batch]))
     logprobs, _ = packed_logprobs(model, packed, media, sampled=False)  # (2B, A): pair 0 chosen, rejected, pair 1 ...
     sums = logprobs.sum(1).view(len(batch), 2)
     return sums[:, 0], sums[:, 1]
@@ -105,11 +105,6 @@ def _unpacked_pair_logprobs(model, batch: Sequence[EncodedPair],
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], media=media).logits
     sums = answer_token_logprobs(logits, tensors["input_ids"], tensors["labels"] != -100).sum(1)  # (2B,)
     return sums[: len(batch)], sums[len(batch) :]
-
-
-def _cat(parts):
-    parts = [p for p in parts if p is not None]
-    return torch.cat(parts) if parts else None
 
 
 def train_reward_model(
@@ -229,8 +224,9 @@ def sequence_features(backbone, sequences: Sequence[EncodedExample], pad_token_i
         owner_of: dict[str, int] = {}
         owners = [owner_of.setdefault(e.example_id, i) for i, e in enumerate(chunk)]  # first row of each example
         firsts = sorted(set(owners))
-        media = backbone.encode_media(tensors["input_ids"][firsts], _cat([chunk[i].pixel_values for i in firsts]),
-                                      _cat([chunk[i].input_values for i in firsts]))
+        media = backbone.encode_media(tensors["input_ids"][firsts],
+                                      concat_media([chunk[i].pixel_values for i in firsts]),
+                                      concat_media([chunk[i].input_values for i in firsts]))
         media = media.select_rows(torch.tensor([firsts.index(o) for o in owners]))
         output = backbone(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
                           output_hidden_states=True, media=media)

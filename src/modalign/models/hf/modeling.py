@@ -8,9 +8,11 @@ The same calls as the built-in model (`modalign.models.tinyvlm.modeling`):
   - `supports_shared_prefix` / `shared_prefix_positions` and a 4-D mask with explicit `position_ids`
     in `forward`: one prompt with several answers in one row (`modalign.models.shared_prefix`).
 
-Media features replace the placeholder tokens of the text in order (every family does this,
-`inputs_embeds.masked_scatter`); the model then runs on `inputs_embeds` plus what its family
-reads besides (`extras`). Composition, not inheritance: `self.model` is the untouched
+Fast path (a registered family): media features replace the placeholder tokens of the text in
+order (`inputs_embeds.masked_scatter`); the model then runs on `inputs_embeds` plus what its
+family reads besides (`extras`). Generic path (any other model type): `encode_media` returns
+the processor's outputs per row (`ProcessorMedia`) and the model's own forward and generate
+read them all, with the ids. Composition, not inheritance: `self.model` is the untouched
 `transformers` model (or a `peft` model around it), so its own `generate` and
 `save_pretrained` do the work.
 """
@@ -25,8 +27,9 @@ from torch import nn
 
 from modalign.models.hf.attention import is_sdpa, use_fp32_cpu_sdpa
 from modalign.models.hf.extras import forward_inputs, generation_inputs
-from modalign.models.hf.families import Family, family_of
+from modalign.models.hf.families import Family, ModelSupportError, family_of, media_token_ids
 from modalign.models.hf.features import PlaceholderFeatures
+from modalign.models.hf.media import ProcessorMedia
 from modalign.models.hf.guards import debug_from_env, media_reach_decoder, reject_raw_media
 from modalign.models.hf.packing import unpack
 from modalign.models.prompt_cache import can_share_prompt, shared_prompt_cache
@@ -74,6 +77,8 @@ class HFPolicyModel(nn.Module):
         Other families keep one row per answer: their forward without `position_ids` counts left
         padding as positions, which packed rows would not reproduce.
         """
+        if self.family.generic:
+            return False
         implementation = self.hf.config._attn_implementation
         return self.family.positions == "mrope" and (is_sdpa(implementation) or implementation == "eager")
 
@@ -87,18 +92,30 @@ class HFPolicyModel(nn.Module):
         return positions["position_ids"] - shift.unsqueeze(0)
 
     def media_encoder_modules(self) -> list[nn.Module]:
-        """The media encoder and projector (frozen during RL so cached features stay valid)."""
+        """The media encoder and projector (frozen during RL so cached features stay valid; a generic
+        model's are those of the usual names it has)."""
+        if self.family.generic:
+            return [self.hf.get_submodule(path) for path in self.family.encoder_modules if _has_module(self.hf, path)]
         return [self.hf.get_submodule(path) for path in self.family.encoder_modules]
+
+    @property
+    def media_token_ids(self) -> list[int]:
+        """Every media placeholder id the config names (never sampled)."""
+        return sorted((set(media_token_ids(self.hf.config).values()) | {self.placeholder_id}) - {None})
 
     # ---- media -------------------------------------------------------------------------
     def encode_media(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
         input_values: torch.Tensor | None = None,
-    ) -> PlaceholderFeatures:
+    ) -> PlaceholderFeatures | ProcessorMedia:
         """Encode every media item of a batch once: features for each placeholder of `input_ids` (B, L).
 
-        `pixel_values` / `input_values` are in the packed layout of the adapter's processor.
+        `pixel_values` / `input_values` are in the packed layout of the adapter's processor. On the
+        generic path nothing is encoded ahead: the processor's outputs are returned for the model's
+        own forward.
         """
+        if self.family.generic:
+            return self._processor_media(input_ids, pixel_values, input_values)
         packed = self._media_tensor(pixel_values, input_values)
         counts = (input_ids == self.placeholder_id).sum(1)  # (B,)
         width = self.hf.config.get_text_config().hidden_size
@@ -118,6 +135,22 @@ class HFPolicyModel(nn.Module):
         if self.family.positions == "mrope":
             features.grids, features.grid_rows = self._grid_rows(grids, counts)
         return features
+
+    def _processor_media(self, input_ids: torch.Tensor, pixel_values, input_values) -> ProcessorMedia:
+        given = [value for value in (pixel_values, input_values) if value is not None]
+        if any(not isinstance(value, ProcessorMedia) for value in given):
+            raise ValueError(f"{self.family.name} runs on the generic path: build batches with the processor that "
+                             f"`load_policy` returns (its media are the processor's outputs per row, not a tensor)")
+        if not given:
+            return ProcessorMedia([{} for _ in range(input_ids.shape[0])])
+        if given[0].batch_size != input_ids.shape[0]:
+            raise ValueError(f"{self.family.name}: the media hold {given[0].batch_size} rows but input_ids "
+                             f"{input_ids.shape[0]}; the text and the media of the batch do not match")
+        return given[0].to(input_ids.device)
+
+    def _native_inputs(self, input_ids: torch.Tensor, media: ProcessorMedia) -> dict[str, torch.Tensor]:
+        """The generic path's keyword arguments besides ids and mask: every processor output for these rows."""
+        return {**media.model_inputs(), **media.token_type_inputs(input_ids)}
 
     def _media_tensor(self, pixel_values, input_values) -> torch.Tensor | None:
         given = {"pixel_values": pixel_values, "input_values": input_values}
@@ -181,6 +214,9 @@ class HFPolicyModel(nn.Module):
         reject_raw_media(kwargs, self.family.name)
         if media is None:
             media = self.encode_media(input_ids, pixel_values, input_values)
+        if self.family.generic:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                              **self._native_inputs(input_ids, media), **kwargs)
         embeds = self.embed(input_ids, media)
         if kwargs.get("position_ids") is not None:  # packed rows (`shared_prefix_positions`)
             extras, attention_mask = {}, self._packed_mask(attention_mask, embeds.dtype)
@@ -214,6 +250,13 @@ class HFPolicyModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         repeats = int(kwargs.pop("num_return_sequences", 1) or 1)
+        if self.family.generic:  # the model's own generate on every processor output, G rows per prompt
+            batch = input_ids.shape[0]
+            input_ids = input_ids.repeat_interleave(repeats, dim=0)
+            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+            media = media.repeat_interleave(repeats, batch)
+            return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    **self._native_inputs(input_ids, media), **kwargs)
         cache = None
         if can_share_prompt(input_ids, [self.placeholder_id], repeats):
             cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)
@@ -268,13 +311,37 @@ class HFPolicyModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> "HFPolicyModel":
-        """Load through the family's own `from_pretrained`."""
+        """Load through the family's own `from_pretrained` (the Auto classes for a generic model, `_load_auto`)."""
         import transformers
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(path))
         family = family_of(config, str(path))
-        model_class = getattr(transformers, family.model_class)
-        model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
+        if family.generic:
+            model = _load_auto(path, config, dtype or torch.float32)
+        else:
+            model_class = getattr(transformers, family.model_class)
+            model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
         use_fp32_cpu_sdpa(model)  # bf16 decoding steps attend in fp32 on a CPU (see models.hf.attention)
         return cls(model, family)
+
+
+def _load_auto(path: str | Path, config, dtype: torch.dtype) -> nn.Module:
+    """`AutoModelForImageTextToText`, else `AutoModelForMultimodalLM` (audio-LMs too), else
+    `AutoModelForCausalLM`; one line when none maps the config."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
+
+    autos = (AutoModelForImageTextToText, AutoModelForMultimodalLM, AutoModelForCausalLM)
+    for auto in autos:
+        if type(config) in auto._model_mapping:
+            return auto.from_pretrained(str(path), dtype=dtype)
+    raise ModelSupportError(f"model_type {config.model_type!r} ({path}) loads with none of "
+                            f"{', '.join(auto.__name__ for auto in autos)}")
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from transformers import BatchFeature
 
-from modalign.models.hf.families import Family
+from modalign.models.hf.families import Family, ModelSupportError, generic_family
+from modalign.models.hf.media import ProcessorMedia
 from modalign.models.hf.packing import pack
 
 
@@ -25,7 +27,9 @@ class HFProcessor:
 
     def __init__(self, processor, family: Family) -> None:
         self.processor, self.family = processor, family
-        self.marker = processor.image_token if family.modality == "image" else processor.audio_token
+        self.markers = {kind: getattr(processor, f"{kind}_token", None) for kind in ("image", "audio")
+                        if family.reads(kind)}
+        self.marker = next(iter(self.markers.values()))
 
     @property
     def tokenizer(self):
@@ -53,22 +57,19 @@ class HFProcessor:
         self, text: str | Sequence[str], images: Sequence[Any] | None = None, audio: Sequence[np.ndarray] | None = None,
         padding_side: str = "left", return_tensors: str = "pt", **kwargs: Any,
     ) -> BatchFeature:
-        """Tokenized texts (markers expanded by the family's processor) and their packed media."""
+        """Tokenized texts (markers expanded by the family's processor) and their media: packed one row per
+        item for a fast-path family, every processor output per text (`ProcessorMedia`) for the generic path."""
         texts = [text] if isinstance(text, str) else list(text)
-        images, audio = list(images or []), list(audio or [])
-        items, other = (images, audio) if self.family.modality == "image" else (audio, images)
-        if other:
-            kind = "audio clip" if self.family.modality == "image" else "image"
-            raise ValueError(f"{self.family.name} reads {self.family.modality} only, but {len(other)} {kind}(s) were "
-                             f"given: keep only the {self.family.modality} parts of the examples")
-        per_text = [t.count(self.marker) for t in texts]
-        if sum(per_text) != len(items):
-            raise ValueError(f"{sum(per_text)} {self.marker} marker(s) in the text but {len(items)} "
-                             f"{self.family.modality} item(s) given")
+        given = {"image": list(images or []), "audio": list(audio or [])}
+        self._check_modalities(given)
+        per_text = {kind: self._count_markers(kind, texts, len(items)) for kind, items in given.items() if items}
+        if self.family.generic:
+            return self._generic_call(texts, given, per_text, padding_side, **kwargs)
         call: dict[str, Any] = dict(text=texts, padding=True, padding_side=padding_side, return_tensors="pt",
                                     add_special_tokens=False)  # the chat template already wrote them
+        items = given[self.family.modality]
         if items and self.family.modality == "image":
-            call["images"] = _per_text(items, per_text)
+            call["images"] = _per_text(items, per_text["image"])
         elif items:
             call["audio"] = items
             call["sampling_rate"] = self.feature_extractor.sampling_rate
@@ -78,11 +79,80 @@ class HFProcessor:
             data[self.family.media_slot] = pack(self.family.layout, output)
         return BatchFeature(data)
 
+    def _check_modalities(self, given: dict[str, list]) -> None:
+        """Media of a kind the model does not read: the error names the option that drops them."""
+        for kind, items in given.items():
+            if items and not self.family.reads(kind):
+                read = self.family.modality
+                raise ModelSupportError(
+                    f"model_type {self.family.name!r} reads {read} only, but the data hold {len(items)} {kind} "
+                    f"item(s): "
+                    f"drop the {kind} parts of the examples with `--set modalities={read}`")
+
+    def _count_markers(self, kind: str, texts: list[str], given: int) -> list[int]:
+        marker = self.markers.get(kind)
+        if marker is None:
+            raise ModelSupportError(f"model_type {self.family.name!r}: its processor names no {kind}_token, so "
+                                    f"{kind} items cannot be placed in the text")
+        per_text = [t.count(marker) for t in texts]
+        if sum(per_text) != given:
+            raise ValueError(f"{sum(per_text)} {marker} marker(s) in the text but {given} {kind} item(s) given")
+        return per_text
+
+    def _generic_call(self, texts: list[str], given: dict[str, list], per_text: dict[str, list[int]],
+                      padding_side: str, **kwargs: Any) -> BatchFeature:
+        """One processor call per text, its outputs kept for that row (`ProcessorMedia`), the ids padded here."""
+        rows, tables, ids = [], {}, []
+        starts = dict.fromkeys(per_text, 0)
+        for index, text in enumerate(texts):
+            call: dict[str, Any] = dict(text=[text], return_tensors="pt", add_special_tokens=False)
+            for kind, counts in per_text.items():
+                items = given[kind][starts[kind] : starts[kind] + counts[index]]
+                starts[kind] += counts[index]
+                if items and kind == "image":
+                    call["images"] = [items]
+                elif items:
+                    call.update(audio=items, sampling_rate=self.feature_extractor.sampling_rate)
+            output = self.processor(**call, **kwargs)
+            row_ids = output["input_ids"]  # (1, L_i)
+            if row_ids.shape[0] != 1:
+                raise ModelSupportError(f"model_type {self.family.name!r}: its processor makes {row_ids.shape[0]} rows "
+                                        f"of one text; modalign needs one row per text")
+            media = {}
+            for name, value in output.items():
+                if name in ("input_ids", "attention_mask") or not isinstance(value, (torch.Tensor, list)):
+                    continue
+                if isinstance(value, list):  # one entry per text (Fuyu's image patches): rows chain them
+                    media[name] = value
+                elif name.endswith("_ids") and value.shape == row_ids.shape:  # per-token (token types)
+                    table = tables.setdefault(name, {})
+                    for token, kind in zip(row_ids[0].tolist(), value[0].tolist()):
+                        if kind:
+                            table[token] = kind
+                else:
+                    media[name] = value
+            rows.append(media)
+            ids.append(row_ids[0])
+        input_ids, attention_mask = _pad(ids, self.tokenizer.pad_token_id, padding_side)
+        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
+                             self.family.media_slot: ProcessorMedia(rows, tables)})
+
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def _pad(rows: list[torch.Tensor], pad_id: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_i,) id rows -> (B, L) ids and attention mask, padded on `side`."""
+    longest = max(row.shape[0] for row in rows)
+    input_ids = torch.full((len(rows), longest), 0 if pad_id is None else pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for r, row in enumerate(rows):
+        columns = slice(longest - row.shape[0], longest) if side == "left" else slice(0, row.shape[0])
+        input_ids[r, columns], mask[r, columns] = row, 1
+    return input_ids, mask
 
 
 def _per_text(items: list, counts: list[int]) -> list[list]:
@@ -95,17 +165,65 @@ def _per_text(items: list, counts: list[int]) -> list[list]:
 
 
 def load_processor(location: str | Path, family: Family, model_type: str) -> HFProcessor:
-    """The family's processor from a folder; without torchvision, the Qwen-VL processors lose their video half."""
+    """The family's processor from a folder; without torchvision, processors with a video half lose it.
+
+    A generic family reads the media kinds its processor takes. A processor that cannot work
+    (no chat template, no media processor) is one `ModelSupportError` line.
+    """
     from transformers import AutoProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
     from transformers.utils import is_torchvision_available
 
     if family.video_processor and not is_torchvision_available():
-        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
         processor = without_video(PROCESSOR_MAPPING_NAMES[model_type]).from_pretrained(str(location))
     else:
-        processor = AutoProcessor.from_pretrained(str(location))
+        try:
+            processor = AutoProcessor.from_pretrained(str(location))
+        except (ImportError, OSError, ValueError) as error:
+            processor = _images_only(location, model_type, error)
+    if family.generic:
+        kinds = tuple(kind for kind, part in (("image", "image_processor"), ("audio", "feature_extractor"))
+                      if getattr(processor, part, None) is not None)
+        if not kinds:
+            raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no image processor "
+                                    f"or audio feature extractor (AutoProcessor gave {type(processor).__name__})")
+        family = generic_family_of(model_type, kinds)
+    if not getattr(processor, "chat_template", None):
+        raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no chat template "
+                                f"(add chat_template.jinja to the folder)")
     return HFProcessor(processor, family)
+
+
+def _images_only(location: str | Path, model_type: str, error: Exception):
+    """The processor without its video half (transformers builds video processors on torchvision only)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    import transformers
+
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    name = _saved_processor_class(location) or PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is not None and "video_processor" in cls.get_attributes():
+        try:
+            return without_video(name).from_pretrained(str(location))
+        except (ImportError, OSError, TypeError, ValueError):
+            pass
+    raise ModelSupportError(f"model_type {model_type!r}: no processor loads from {location} ({reason})") from error
+
+
+def _saved_processor_class(location: str | Path) -> str | None:
+    """The processor class a folder's `processor_config.json` names (None without one)."""
+    import json
+
+    path = Path(location) / "processor_config.json"
+    return json.loads(path.read_text()).get("processor_class") if path.is_file() else None
+
+
+def generic_family_of(model_type: str, kinds: tuple[str, ...]) -> Family:
+    """The generic family of a model type whose processor takes `kinds` of media."""
+    from types import SimpleNamespace
+
+    return generic_family(SimpleNamespace(model_type=model_type), kinds)
 
 
 @lru_cache(maxsize=None)

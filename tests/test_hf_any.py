@@ -1,0 +1,255 @@
+"""Issue 18: every architecture of transformers' `AutoModelForImageTextToText` mapping, built tiny offline.
+
+One parameter per model type of the installed transformers' mapping. An architecture in
+`hf_any.SKIP` is skipped with the error it gave here; any other one must build.
+
+Phase A (transformers only): the tiny build saves, loads through `AutoModelForImageTextToText` and
+`AutoProcessor`, and its own forward and greedy `generate` run on two chat prompts with real
+photographs; a hook proves the pixels reached a module with weights, and swapping the photographs
+changes the logits.
+
+Phase B (modalign's generic Hugging Face path, issue 18 / branch i18-core): `load_policy` of the
+folder; modalign's log-probs equal the native forward's (1e-4); the SFT span (first answer token
+trained, nothing after the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with
+a critic. Until `load_policy` takes any architecture, phase B skips with that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hf_any
+from hf_tiny import shapes  # noqa: F401  (module fixture: the tiny ShapesWorld with an images-only copy)
+
+ARCHITECTURES = hf_any.architectures()
+
+
+def params(archs=ARCHITECTURES) -> list:
+    return [pytest.param(a, marks=pytest.mark.skip(reason=hf_any.SKIP[a])) if a in hf_any.SKIP else a for a in archs]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """model type -> its tiny build (hf_any.BuiltModel), built and saved once per session."""
+    made: dict[str, hf_any.BuiltModel] = {}
+
+    def get(model_type: str) -> hf_any.BuiltModel:
+        if model_type not in made:
+            made[model_type] = hf_any.build_tiny(model_type, tmp_path_factory.mktemp(model_type.replace(".", "_")))
+        return made[model_type]
+
+    return get
+
+
+# ---- phase A: the build, through transformers' own Auto classes ---------------------------------------
+
+
+@pytest.mark.parametrize("model_type", params())
+def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model_type):
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    tiny = built(model_type)
+    model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
+    processor = hf_any.load_processor(tiny.folder)
+    assert type(model).__name__ == MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type]
+    assert tiny.parameters < 3_000_000, "not tiny: a sub-config kept its default width or depth"
+    photos = hf_any.sample_images()
+    inputs = hf_any.native_inputs(processor, tiny.marker, photos)
+    swapped = hf_any.native_inputs(processor, tiny.marker, photos[::-1])
+    with torch.no_grad(), hf_any.MediaSeen(hf_any.pixels_of(inputs)) as seen:
+        logits = model(**inputs).logits
+    with torch.no_grad():
+        other = model(**swapped).logits
+        answers = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert seen.modules, "no module with weights received the pixels"
+    # (B, T, V) (ShieldGemma 2 makes one row per policy and image); GIT puts its image positions in front of the text, so T can exceed the text length
+    assert logits.shape[0] == inputs["input_ids"].shape[0] and logits.shape[1] >= inputs["input_ids"].shape[1] and bool(torch.isfinite(logits).all())
+    assert not torch.allclose(logits, other, atol=1e-6), "the photographs do not change the logits"
+    assert answers.shape[0] == inputs["input_ids"].shape[0] and answers.shape[1] > inputs["input_ids"].shape[1]
+
+
+# ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def policies(built):
+    """model type -> `load_policy` of its tiny build; skips while modalign has no adapter for it."""
+    from modalign.models.policy import load_policy
+
+    def get(model_type: str):
+        try:
+            return load_policy(built(model_type).folder)
+        except ValueError as error:
+            if "has no modalign adapter" in str(error):
+                pytest.skip(f"needs the generic Hugging Face path (issue 18, branch i18-core): {error}")
+            raise
+
+    return get
+
+
+def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle."):
+    """modalign's processor on the two photo prompts, each followed by `answer` and the end of turn."""
+    texts = [p + answer + policy.processor.tokenizer.eos_token for p in hf_any.prompts(policy.processor, tiny.marker)]
+    return texts, policy.processor(text=texts, images=hf_any.sample_images(), padding_side="left")
+
+
+@pytest.mark.parametrize("model_type", params())
+def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type):
+    """The self-check: log pi of every answer token through modalign equals the model's own forward (1e-4)."""
+    from transformers import AutoModelForImageTextToText
+
+    tiny, policy = built(model_type), policies(model_type)
+    texts, batch = answer_batch(policy, tiny)
+    call = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
+    native_processor = hf_any.load_processor(tiny.folder)
+    try:
+        native = dict(native_processor(images=[[p] for p in hf_any.sample_images()], **call))
+    except (ValueError, TypeError):
+        native = dict(native_processor(images=hf_any.sample_images(), **call))
+    model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
+    with torch.no_grad():
+        ours = torch.log_softmax(policy.model.eval()(**batch).logits[:, :-1].float(), -1)
+        theirs = torch.log_softmax(model(**native).logits[:, :-1].float(), -1)
+    ids, native_ids = batch["input_ids"][:, 1:], native["input_ids"][:, 1:]
+    assert torch.equal(ids, native_ids), "modalign's processor tokenized the texts differently"
+    valid = batch["attention_mask"][:, 1:].bool()
+    ours, theirs = ours.gather(-1, ids[..., None])[..., 0], theirs.gather(-1, ids[..., None])[..., 0]
+    assert torch.allclose(ours[valid], theirs[valid], atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", params())
+def test_sft_span_is_the_answer_and_its_end_of_turn(built, policies, shapes, model_type):  # noqa: F811
+    """The first answer token is trained and nothing after the end of turn is."""
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example, render_prompt
+
+    policy = policies(model_type)
+    tokenizer = policy.processor.tokenizer
+    examples = [e for e in read_examples(shapes["image"], "train") if e.answer][:2]
+    encoded = [encode_sft_example(policy.processor, MediaStore(shapes["image"]), e, max_length=1024) for e in examples]
+    labels = collate_sft(encoded, tokenizer.pad_token_id)["labels"]
+    for row, (example, item) in enumerate(zip(examples, encoded)):
+        trained = labels[row][labels[row] != -100]
+        prompt = render_prompt(policy.processor, example)
+        in_context = tokenizer(prompt + example.answer, add_special_tokens=False)["input_ids"]
+        first_answer = in_context[len(tokenizer(prompt, add_special_tokens=False)["input_ids"])]
+        assert int(trained[0]) == first_answer and labels[row, item.prompt_length] == first_answer
+        assert trained[-1] == tokenizer.eos_token_id and int((trained == tokenizer.eos_token_id).sum()) == 1
+        assert tokenizer.decode(trained, skip_special_tokens=True).strip() == example.answer.strip()
+        end = int((labels[row] == tokenizer.eos_token_id).nonzero()[-1])
+        assert bool((labels[row, end + 1 :] == -100).all())  # nothing after the end of turn
+
+
+# ---- phase B recipes: 2 steps each; the full set is slow, one architecture per kind of layout is not ----------
+
+FAST_RECIPES = ("llava", "qwen2_vl", "gemma3")  # a CLIP tower, Qwen patch rows with mrope, Gemma's pooled tokens
+
+
+def recipe_params() -> list:
+    marks = lambda a: [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else (
+        [] if a in FAST_RECIPES else [pytest.mark.slow])
+    return [pytest.param(a, marks=marks(a)) for a in ARCHITECTURES]
+
+
+def metric_steps(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+
+
+def changed(before, after) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before if k in after)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, policies, shapes):  # noqa: F811
+    """model type -> a feedback store of simulated rankings of the tiny model's own answers."""
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore
+    from modalign.recipes.demo import collect_feedback
+
+    made: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in made:
+            data = shapes["image"]
+            path = tmp_path_factory.mktemp(f"{model_type}_store") / "feedback.db"
+            captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:3]
+            collect_feedback(policies(model_type), MediaStore(data), captions, data, path, seed=0, samples_per_prompt=3)
+            made[model_type] = path
+        return made[model_type]
+
+    return get
+
+
+@pytest.mark.parametrize("model_type", recipe_params())
+def test_recipes_two_steps_each(tmp_path, built, policies, stores, shapes, model_type):  # noqa: F811
+    """SFT, reward model (its media encoder runs), GRPO, DPO and PPO with a critic: 2 steps each, finite, trained."""
+    from modalign.models.policy import load_policy
+    from modalign.recipes.dpo import DPOConfig, run_dpo
+    from modalign.recipes.online import OnlineConfig, run_online
+    from modalign.recipes.ppo import PPOConfig, run_ppo
+    from modalign.recipes.reward import RewardConfig, encode_store_pairs, open_store, run_reward
+    from modalign.recipes.sft import SFTConfig, run_sft
+
+    folder, data, store = str(built(model_type).folder), str(shapes["image"]), str(stores(model_type))
+    before = policies(model_type).model.state_dict()
+    common = dict(policy=folder, data=data, checkpoint_every=0, eval_examples=1)
+
+    sft = run_sft(SFTConfig(out=str(tmp_path / "sft"), max_steps=2, batch_size=4, lr=1e-3, warmup_steps=0,
+                            log_every=1, max_new_tokens=4, **common))
+    assert [line["step"] for line in metric_steps(tmp_path / "sft")] == [1, 2]
+    assert all(np.isfinite(line["train/loss"]) for line in metric_steps(tmp_path / "sft"))
+    assert changed(before, load_policy(sft["model"]).model.state_dict())
+
+    with pytest.MonkeyPatch.context() as patch, VisionCalls(policies(model_type)) as vision:
+        patch.setenv("MODALIGN_DEBUG_MEDIA", "1")
+        run_reward(RewardConfig(out=str(tmp_path / "rm"), policy=folder, store=store, steps=2, batch_size=2,
+                                heldout_fraction=0.0, max_length=512, backbone_lr=0.0))
+    assert vision.calls, "the reward model's vision tower never ran"
+
+    grpo = run_online(OnlineConfig(out=str(tmp_path / "grpo"), algorithm="grpo", reward_model="rule:shapes_gold",
+                                   steps=2, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6,
+                                   minibatch_size=6, lr=1e-3, **common))
+    assert [line["step"] for line in metric_steps(tmp_path / "grpo")] == [1, 2]
+    assert changed(before, load_policy(grpo["model"]).model.state_dict())
+
+    pairs = [p for p in encode_store_pairs(open_store(store), policies(model_type).processor, 1, 512) if not p.tie]
+    dpo = run_dpo(DPOConfig(out=str(tmp_path / "dpo"), store=store, batch_size=2, epochs=3.0 / len(pairs), lr=1e-3,
+                            max_length=512, max_new_tokens=4, **common))
+    assert dpo["steps"] == 2 and changed(before, load_policy(dpo["model"]).model.state_dict())
+
+    ppo = run_ppo(PPOConfig(out=str(tmp_path / "ppo"), reward_model=str(tmp_path / "rm" / "model"), steps=2,
+                            prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, minibatch_size=4, lr=1e-3,
+                            critic_lr=1e-3, **common))
+    lines = metric_steps(tmp_path / "ppo")
+    assert [line["step"] for line in lines] == [1, 2]
+    assert all(np.isfinite(line["ppo/value_loss"]) and np.isfinite(line["ppo/reward_mean"]) for line in lines)
+    assert (tmp_path / "ppo" / "critic" / "scalar_head.safetensors").is_file()
+    assert changed(before, load_policy(ppo["model"]).model.state_dict())
+
+
+class VisionCalls:
+    """Counts forward calls, in any model, of the policy's vision-tower class (found by the pixels' hook)."""
+
+    def __init__(self, policy) -> None:
+        towers = [m for name, m in policy.model.named_modules() if name.endswith(("vision_tower", "visual",
+                                                                                 "vision_model", "vision"))]
+        self.tower_class = type(towers[0]) if towers else None
+        self.calls = 0
+
+    def __enter__(self) -> "VisionCalls":
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self.record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def record(self, module, args, output) -> None:
+        if self.tower_class is not None and isinstance(module, self.tower_class):
+            self.calls += 1
