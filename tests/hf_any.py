@@ -467,6 +467,9 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    template = folder / "chat_template.jinja"
+    if not template.exists():  # processors without a chat_template argument (GIT, Kosmos-2) save none
+        template.write_text(processor.chat_template)
     return BuiltModel(model_type, folder, marker, str(getattr(processor, "image_token", "")), sum(p.numel() for p in model.parameters()))
 
 

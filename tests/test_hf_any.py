@@ -28,8 +28,34 @@ from hf_tiny import shapes  # noqa: F401  (module fixture: the tiny ShapesWorld 
 ARCHITECTURES = hf_any.architectures()
 
 
-def params(archs=ARCHITECTURES) -> list:
-    return [pytest.param(a, marks=pytest.mark.skip(reason=hf_any.SKIP[a])) if a in hf_any.SKIP else a for a in archs]
+# Builds that pass phase A but not modalign's generic path yet, with the error observed (strict xfail:
+# the fix in modalign turns them into failures to remove from here).
+PHASE_B_XFAIL: dict[str, str] = {
+    "git": "modalign asks processor.chat_template, which GitProcessor does not load (the tokenizer has it): "
+           "ModelSupportError 'has no chat template'",
+    "kosmos-2": "modalign asks processor.chat_template, which Kosmos2Processor does not load (the tokenizer has it): "
+                "ModelSupportError 'has no chat template'",
+    "glm_ocr": "modalign drops the video processor by AutoProcessor's mapping, which has no entry for glm_ocr "
+               "(the folder names Glm4vProcessor): ModelSupportError 'no processor loads'",
+    "glmga": "modalign drops the video processor by AutoProcessor's mapping, which has no entry for glmga "
+             "(the folder names Glm46VProcessor): ModelSupportError 'no processor loads'",
+}
+# Not a chat policy: ShieldGemma 2's processor turns each image into one prompt per safety policy
+# (3 rows per text; modalign: "Image features and image tokens do not match, tokens: 8, features: 24").
+PHASE_B_SKIP = {"shieldgemma2": "a safety classifier: its processor makes one prompt per policy and image"}
+
+
+def params(archs=ARCHITECTURES, phase_b: bool = False) -> list:
+    """One parameter per model type, skipped with its SKIP reason (and, in phase B, its known modalign gap)."""
+    out = []
+    for a in archs:
+        marks = [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else []
+        if phase_b and a in PHASE_B_SKIP:
+            marks.append(pytest.mark.skip(reason=PHASE_B_SKIP[a]))
+        if phase_b and a in PHASE_B_XFAIL:
+            marks.append(pytest.mark.xfail(reason=PHASE_B_XFAIL[a], strict=True))
+        out.append(pytest.param(a, marks=marks))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +124,7 @@ def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle.")
     return texts, policy.processor(text=texts, images=hf_any.sample_images(), padding_side="left")
 
 
-@pytest.mark.parametrize("model_type", params())
+@pytest.mark.parametrize("model_type", params(phase_b=True))
 def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type):
     """The self-check: log pi of every answer token through modalign equals the model's own forward (1e-4)."""
     from transformers import AutoModelForImageTextToText
@@ -117,12 +143,13 @@ def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type)
         theirs = torch.log_softmax(model(**native).logits[:, :-1].float(), -1)
     ids, native_ids = batch["input_ids"][:, 1:], native["input_ids"][:, 1:]
     assert torch.equal(ids, native_ids), "modalign's processor tokenized the texts differently"
-    valid = batch["attention_mask"][:, 1:].bool()
+    mask = batch["attention_mask"].bool()
+    valid = mask[:, :-1] & mask[:, 1:]  # a real token predicted from a real position (padding logits are noise)
     ours, theirs = ours.gather(-1, ids[..., None])[..., 0], theirs.gather(-1, ids[..., None])[..., 0]
     assert torch.allclose(ours[valid], theirs[valid], atol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", params())
+@pytest.mark.parametrize("model_type", params(phase_b=True))
 def test_sft_span_is_the_answer_and_its_end_of_turn(built, policies, shapes, model_type):  # noqa: F811
     """The first answer token is trained and nothing after the end of turn is."""
     from modalign.data.dataset import read_examples
@@ -151,9 +178,9 @@ FAST_RECIPES = ("llava", "qwen2_vl", "gemma3")  # a CLIP tower, Qwen patch rows 
 
 
 def recipe_params() -> list:
-    marks = lambda a: [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else (
-        [] if a in FAST_RECIPES else [pytest.mark.slow])
-    return [pytest.param(a, marks=marks(a)) for a in ARCHITECTURES]
+    """Phase B parameters; all but FAST_RECIPES are marked slow."""
+    return [p if p.values[0] in FAST_RECIPES else pytest.param(*p.values, marks=[*p.marks, pytest.mark.slow])
+            for p in params(phase_b=True)]
 
 
 def metric_steps(run: Path) -> list[dict]:
