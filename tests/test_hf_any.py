@@ -8,10 +8,10 @@ Phase A (transformers only): the tiny build saves, loads through `AutoModelForIm
 photographs; a hook proves the pixels reached a module with weights, and swapping the photographs
 changes the logits.
 
-Phase B (modalign's generic Hugging Face path, issue 18 / branch i18-core): `load_policy` of the
-folder; modalign's log-probs equal the native forward's (1e-4); the SFT span (first answer token
-trained, nothing after the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with
-a critic. Until `load_policy` takes any architecture, phase B skips with that reason.
+Phase B (modalign's generic Hugging Face path, issue 18): `load_policy` of the folder; modalign's
+log-probs equal the native forward's (1e-4); the SFT span (first answer token trained, nothing after
+the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with a critic (marked slow
+but for FAST_RECIPES). PHASE_B_XFAIL lists the modalign gaps observed, as strict xfails.
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
         other = model(**swapped).logits
         answers = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert seen.modules, "no module with weights received the pixels"
-    # (B, T, V) (ShieldGemma 2 makes one row per policy and image); GIT puts its image positions in front of the text, so T can exceed the text length
-    assert logits.shape[0] == inputs["input_ids"].shape[0] and logits.shape[1] >= inputs["input_ids"].shape[1] and bool(torch.isfinite(logits).all())
+    # (B, T, V): ShieldGemma 2 makes one row per policy and image; GIT puts its image positions before the text
+    rows, length = inputs["input_ids"].shape
+    assert logits.shape[0] == rows and logits.shape[1] >= length and bool(torch.isfinite(logits).all())
     assert not torch.allclose(logits, other, atol=1e-6), "the photographs do not change the logits"
-    assert answers.shape[0] == inputs["input_ids"].shape[0] and answers.shape[1] > inputs["input_ids"].shape[1]
+    assert answers.shape[0] == rows and answers.shape[1] > length
 
 
 # ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
@@ -104,18 +105,10 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
 
 @pytest.fixture(scope="session")
 def policies(built):
-    """model type -> `load_policy` of its tiny build; skips while modalign has no adapter for it."""
+    """model type -> `load_policy` of its tiny build (modalign's generic path, or a family's fast path)."""
     from modalign.models.policy import load_policy
 
-    def get(model_type: str):
-        try:
-            return load_policy(built(model_type).folder)
-        except ValueError as error:
-            if "has no modalign adapter" in str(error):
-                pytest.skip(f"needs the generic Hugging Face path (issue 18, branch i18-core): {error}")
-            raise
-
-    return get
+    return lambda model_type: load_policy(built(model_type).folder)
 
 
 def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle."):
@@ -174,7 +167,9 @@ def test_sft_span_is_the_answer_and_its_end_of_turn(built, policies, shapes, mod
 
 # ---- phase B recipes: 2 steps each; the full set is slow, one architecture per kind of layout is not ----------
 
-FAST_RECIPES = ("llava", "qwen2_vl", "gemma3")  # a CLIP tower, Qwen patch rows with mrope, Gemma's pooled tokens
+# LLaVA on modalign's fast path; on the generic path GLM-4.1V (patch rows, image grids, mrope) and
+# Idefics2 (pixel_attention_mask)
+FAST_RECIPES = ("llava", "glm4v", "idefics2")
 
 
 def recipe_params() -> list:
@@ -234,7 +229,7 @@ def test_recipes_two_steps_each(tmp_path, built, policies, stores, shapes, model
     assert all(np.isfinite(line["train/loss"]) for line in metric_steps(tmp_path / "sft"))
     assert changed(before, load_policy(sft["model"]).model.state_dict())
 
-    with pytest.MonkeyPatch.context() as patch, VisionCalls(policies(model_type)) as vision:
+    with pytest.MonkeyPatch.context() as patch, VisionCalls(built(model_type)) as vision:
         patch.setenv("MODALIGN_DEBUG_MEDIA", "1")
         run_reward(RewardConfig(out=str(tmp_path / "rm"), policy=folder, store=store, steps=2, batch_size=2,
                                 heldout_fraction=0.0, max_length=512, backbone_lr=0.0))
@@ -262,13 +257,17 @@ def test_recipes_two_steps_each(tmp_path, built, policies, stores, shapes, model
 
 
 class VisionCalls:
-    """Counts forward calls, in any model, of the policy's vision-tower class (found by the pixels' hook)."""
+    """Counts forward calls, in any model, of the module class that first receives the pixels in the tiny
+    build's own forward (its vision tower: CLIPVisionModel, Glm4vVisionModel ...)."""
 
-    def __init__(self, policy) -> None:
-        towers = [m for name, m in policy.model.named_modules() if name.endswith(("vision_tower", "visual",
-                                                                                 "vision_model", "vision"))]
-        self.tower_class = type(towers[0]) if towers else None
-        self.calls = 0
+    def __init__(self, tiny: hf_any.BuiltModel) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
+        inputs = hf_any.native_inputs(hf_any.load_processor(tiny.folder), tiny.marker, hf_any.sample_images())
+        with torch.no_grad(), hf_any.MediaSeen(hf_any.pixels_of(inputs)) as seen:
+            model(**inputs)
+        self.tower_class, self.calls = seen.classes[0], 0
 
     def __enter__(self) -> "VisionCalls":
         self.handle = torch.nn.modules.module.register_module_forward_hook(self.record)
@@ -278,5 +277,5 @@ class VisionCalls:
         self.handle.remove()
 
     def record(self, module, args, output) -> None:
-        if self.tower_class is not None and isinstance(module, self.tower_class):
+        if isinstance(module, self.tower_class):
             self.calls += 1
