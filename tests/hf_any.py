@@ -103,6 +103,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                             images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
     "paligemma": dict(tokenizer_class="GemmaTokenizer", processor=dict(image_seq_length=16)),
+    "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
     # no processor / image processor class in the Auto mappings for these types: the family's own
     "fast_vlm": dict(processor_class="LlavaProcessor", image_processor_class="LlavaImageProcessorPil"),
     "glm4v_moe": dict(image_processor_class="Glm4vImageProcessorPil"),
@@ -121,9 +122,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 SKIP: dict[str, str] = {
     'apertus1p5': 'needs torchvision: Apertus1p5ImageProcessor (its only image processor) raises ImportError',
     'aria': 'builder gap: KeyError: 980 (models/aria/processing_aria.py)',
-    'aya_vision':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 9680, features: '
-        '80 (torch/__init__.py)',
     'blip': 'builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged',
     'blip-2':
         "builder gap: AttributeError: 'str' object has no attribute 'content' "
