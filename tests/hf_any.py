@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ SHRINK: list[tuple[str, int]] = [  # first match wins
     (r"^image_size$", IMAGE),
     (r"^patch_size$", PATCH),
 ]
-TEXT_KEYS = ("text_config", "language_config", "decoder_config", "text_decoder", "llm_config")
 
 
 @dataclass
@@ -61,13 +60,14 @@ class BuiltModel:
     marker: str  # what the chat template writes for one image
     image_token: str  # the token whose positions carry image features
     parameters: int
-    notes: list[str] = field(default_factory=list)
 
 
 # ---- per-architecture tweaks, as data ------------------------------------------------------------
 # keys: config (top-level kwargs), sub (sub-config name -> kwargs), images (image processor kwargs),
 # processor (processor kwargs), specials (extra tokens), tokenizer (extra_special_tokens),
-# marker (what an image part renders as, default: processor.image_token), ids (config key -> token)
+# marker (what an image part renders as, default: processor.image_token), ids (config key -> token),
+# processor_class / image_processor_class / tokenizer_class (transformers class names).
+# An architecture still in SKIP may keep the tweaks that got it past its earlier errors.
 IDEFICS3 = dict(images=dict(size={"longest_edge": 2 * IMAGE}, max_image_size={"longest_edge": IMAGE},
                              do_image_splitting=True),
                 processor=dict(image_seq_len=4), config=dict(scale_factor=2),
@@ -120,141 +120,141 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # package the machine lacks; "no processor class": nothing to build the inputs with; "builder gap": the
 # generic build does not fit this architecture yet (a tweak in OVERRIDES would) - the error it gave.
 SKIP: dict[str, str] = {
-    'apertus1p5': 'needs torchvision: Apertus1p5ImageProcessor (its only image processor) raises ImportError',
-    'aria': 'builder gap: KeyError: 980 (models/aria/processing_aria.py)',
-    'blip': 'builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged',
-    'blip-2':
+    "apertus1p5": "needs torchvision: Apertus1p5ImageProcessor (its only image processor) raises ImportError",
+    "aria": "builder gap: KeyError: 980 (models/aria/processing_aria.py)",
+    "blip": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
+    "blip-2":
         "builder gap: AttributeError: 'str' object has no attribute 'content' "
-        '(models/blip_2/processing_blip_2.py)',
-    'chameleon':
+        "(models/blip_2/processing_blip_2.py)",
+    "chameleon":
         "builder gap: AttributeError: 'NoneType' object has no attribute 'get' "
-        '(models/chameleon/modeling_chameleon.py)',
-    'cohere2_vision': 'needs torchvision: Cohere2VisionImageProcessor (its only image processor) raises ImportError',
-    'cohere_compass':
+        "(models/chameleon/modeling_chameleon.py)",
+    "cohere2_vision": "needs torchvision: Cohere2VisionImageProcessor (its only image processor) raises ImportError",
+    "cohere_compass":
         "builder gap: StrictDataclassFieldValidationError: Validation error for field 'rope_parameters': "
         "TypeError: Field 'rope_parameters' wi (huggingface_hub/dataclasses.py)",
-    'cosmos3_edge':
-        'builder gap: ValueError: Multimodal data was passed (via `image_grid_thw` or `video_grid_thw`) '
-        'but `mm_token_type_ids` is missing. Pl (models/cosmos3_edge/modeling_cosmos3_edge.py)',
-    'cosmos3_omni': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'deepseek_ocr2':
+    "cosmos3_edge":
+        "builder gap: ValueError: Multimodal data was passed (via `image_grid_thw` or `video_grid_thw`) "
+        "but `mm_token_type_ids` is missing. Pl (models/cosmos3_edge/modeling_cosmos3_edge.py)",
+    "cosmos3_omni": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "deepseek_ocr2":
         "builder gap: TypeError: 'NoneType' object is not subscriptable "
-        '(models/deepseek_ocr2/modeling_deepseek_ocr2.py)',
-    'deepseek_vl_hybrid':
+        "(models/deepseek_ocr2/modeling_deepseek_ocr2.py)",
+    "deepseek_vl_hybrid":
         "builder gap: ValueError: Input image size (1024*1024) doesn't match model (32*32). "
-        '(models/sam/modeling_sam.py)',
-    'diffusion_gemma':
-        'builder gap: LookupError: no image processor class for diffusion_gemma ({}) (tests/hf_any.py)',
-    'dots3_note': 'builder gap: TypeError: Unexpected keyword argument video_processor. (processing_utils.py)',
-    'emu3': "builder gap: AttributeError: 'NoneType' object has no attribute 'get' (models/emu3/modeling_emu3.py)",
-    'ernie4_5_vl_moe':
+        "(models/sam/modeling_sam.py)",
+    "diffusion_gemma":
+        "builder gap: LookupError: no image processor class for diffusion_gemma ({}) (tests/hf_any.py)",
+    "dots3_note": "builder gap: TypeError: Unexpected keyword argument video_processor. (processing_utils.py)",
+    "emu3": "builder gap: AttributeError: 'NoneType' object has no attribute 'get' (models/emu3/modeling_emu3.py)",
+    "ernie4_5_vl_moe":
         "builder gap: AttributeError: 'Ernie4_5_VLMoeProcessorImagesOnly' object has no attribute "
         "'video_processor' (models/ernie4_5_vl_moe/processing_ernie4_5_vl_moe.py)",
-    'evolla': 'not loadable: AutoModelForImageTextToText rejects EvollaConfig (a protein-text model)',
-    'fast_vlm': 'needs timm: TimmWrapperModel raises ImportError',
-    'florence2':
+    "evolla": "not loadable: AutoModelForImageTextToText rejects EvollaConfig (a protein-text model)",
+    "fast_vlm": "needs timm: TimmWrapperModel raises ImportError",
+    "florence2":
         "builder gap: TypeError: can't multiply sequence by non-int of type 'NoneType' "
-        '(models/florence2/processing_florence2.py)',
-    'fuyu':
-        'builder gap: TypeError: transpose() takes 2 positional arguments but 5 were given '
-        '(models/fuyu/image_processing_pil_fuyu.py)',
-    'gemma3n':
-        'builder gap: TypeError: Received a NoneType for argument feature_extractor, but a '
-        'FeatureExtractionMixin was expected. (processing_utils.py)',
-    'gemma4': 'builder gap: TypeError: Unexpected keyword argument feature_extractor. (processing_utils.py)',
-    'gemma4_unified': 'needs torchvision: Gemma4UnifiedImageProcessor (its only image processor) raises ImportError',
-    'got_ocr2':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 '
-        '(torch/__init__.py)',
-    'granite4_vision':
+        "(models/florence2/processing_florence2.py)",
+    "fuyu":
+        "builder gap: TypeError: transpose() takes 2 positional arguments but 5 were given "
+        "(models/fuyu/image_processing_pil_fuyu.py)",
+    "gemma3n":
+        "builder gap: TypeError: Received a NoneType for argument feature_extractor, but a "
+        "FeatureExtractionMixin was expected. (processing_utils.py)",
+    "gemma4": "builder gap: TypeError: Unexpected keyword argument feature_extractor. (processing_utils.py)",
+    "gemma4_unified": "needs torchvision: Gemma4UnifiedImageProcessor (its only image processor) raises ImportError",
+    "got_ocr2":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 "
+        "(torch/__init__.py)",
+    "granite4_vision":
         "builder gap: TypeError: object of type 'NoneType' has no len() "
-        '(models/granite4_vision/modeling_granite4_vision.py)',
-    'granite_docling':
+        "(models/granite4_vision/modeling_granite4_vision.py)",
+    "granite_docling":
         "builder gap: TypeError: unsupported operand type(s) for *: 'float' and 'NoneType' "
-        '(models/granite_docling/image_processing_pil_granite_docling.py)',
-    'hunyuan_vl':
+        "(models/granite_docling/image_processing_pil_granite_docling.py)",
+    "hunyuan_vl":
         "builder gap: TypeError: unsupported operand type(s) for ** or pow(): 'NoneType' and 'float' "
-        '(models/hunyuan_vl/modeling_hunyuan_vl.py)',
-    'idefics': 'builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged',
-    'inkling2': 'needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError',
-    'inkling2_loop': 'needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError',
-    'inkling_mm_model': 'needs torchvision: InklingImageProcessor (its only image processor) raises ImportError',
-    'instructblip':
+        "(models/hunyuan_vl/modeling_hunyuan_vl.py)",
+    "idefics": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
+    "inkling2": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
+    "inkling2_loop": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
+    "inkling_mm_model": "needs torchvision: InklingImageProcessor (its only image processor) raises ImportError",
+    "instructblip":
         "builder gap: AttributeError: 'str' object has no attribute 'content' "
-        '(models/instructblip/processing_instructblip.py)',
-    'instructblipvideo':
-        'builder gap: TypeError: Received a NoneType for argument image_processor, but a '
-        'ImageProcessingMixin was expected. (processing_utils.py)',
-    'internvl':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: '
-        '20 (torch/__init__.py)',
-    'kimi_k25': 'needs torchvision: Kimi_K25ImageProcessor (its only image processor) raises ImportError',
-    'kosmos-2.5':
-        'builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x192 and 32x32) '
-        '(torch/nn/modules/linear.py)',
-    'lfm2_vl': 'needs torchvision: Lfm2VlImageProcessor (its only image processor) raises ImportError',
-    'llama4': 'needs torchvision: Llama4ImageProcessor (its only image processor) raises ImportError',
-    'llava_next':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 70, features: 72 '
-        '(torch/__init__.py)',
-    'llava_next_video':
-        'builder gap: TypeError: Received a NoneType for argument image_processor, but a '
-        'ImageProcessingMixin was expected. (processing_utils.py)',
-    'llava_onevision':
-        'builder gap: TypeError: must be real number, not NoneType '
-        '(models/llava_onevision/processing_llava_onevision.py)',
-    'minicpm_ocr': 'needs torchvision: MiniCPMOcrImageProcessor (its only image processor) raises ImportError',
-    'minicpmv4_6':
-        'builder gap: TypeError: Received a NoneType for argument tokenizer, but a '
+        "(models/instructblip/processing_instructblip.py)",
+    "instructblipvideo":
+        "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
+        "ImageProcessingMixin was expected. (processing_utils.py)",
+    "internvl":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: "
+        "20 (torch/__init__.py)",
+    "kimi_k25": "needs torchvision: Kimi_K25ImageProcessor (its only image processor) raises ImportError",
+    "kosmos-2.5":
+        "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x192 and 32x32) "
+        "(torch/nn/modules/linear.py)",
+    "lfm2_vl": "needs torchvision: Lfm2VlImageProcessor (its only image processor) raises ImportError",
+    "llama4": "needs torchvision: Llama4ImageProcessor (its only image processor) raises ImportError",
+    "llava_next":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 70, features: 72 "
+        "(torch/__init__.py)",
+    "llava_next_video":
+        "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
+        "ImageProcessingMixin was expected. (processing_utils.py)",
+    "llava_onevision":
+        "builder gap: TypeError: must be real number, not NoneType "
+        "(models/llava_onevision/processing_llava_onevision.py)",
+    "minicpm_ocr": "needs torchvision: MiniCPMOcrImageProcessor (its only image processor) raises ImportError",
+    "minicpmv4_6":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
-    'minicpmv4_7':
-        'builder gap: TypeError: Received a NoneType for argument tokenizer, but a '
+    "minicpmv4_7":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
-    'minimax_m3_vl': 'needs torchvision: MiniMaxM3VLImageProcessor (its only image processor) raises ImportError',
-    'mistral3': 'needs torchvision: PixtralProcessor (its only image processor) raises ImportError',
-    'mistral4': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'mistral_large4': 'needs torchvision: PixtralProcessor (its only image processor) raises ImportError',
-    'mllama': 'builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)',
-    'molmo2': 'needs torchvision: Molmo2ImageProcessor (its only image processor) raises ImportError',
-    'muse_glimmer': 'needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError',
-    'muse_spark': 'needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError',
-    'nemotron_h_omni':
-        'needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor (its only image processor) raises '
-        'ImportError',
-    'ovis2':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 '
-        '(torch/__init__.py)',
-    'paligemma':
-        'builder gap: ValueError: Cannot set a non-string value as the add_bos_token '
-        '(tokenization_utils_base.py)',
-    'perception_lm': 'needs torchvision: PerceptionLMImageProcessor (its only image processor) raises ImportError',
-    'pi0': 'needs torchvision: PI0ImageProcessor (its only image processor) raises ImportError',
-    'pix2struct':
-        'builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) '
-        '(torch/nn/modules/linear.py)',
-    'pp_chart2table':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 '
-        '(torch/__init__.py)',
-    'pp_formulanet': 'needs torchvision: PPFormulaNetImageProcessor (its only image processor) raises ImportError',
-    'qianfan_ocr':
-        'builder gap: ValueError: Image features and image tokens do not match, tokens: 80, features: 20 '
-        '(torch/__init__.py)',
-    'qwen2_5_omni_thinker': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'qwen3_omni_moe_thinker': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'qwen4_exp':
+    "minimax_m3_vl": "needs torchvision: MiniMaxM3VLImageProcessor (its only image processor) raises ImportError",
+    "mistral3": "needs torchvision: PixtralProcessor (its only image processor) raises ImportError",
+    "mistral4": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "mistral_large4": "needs torchvision: PixtralProcessor (its only image processor) raises ImportError",
+    "mllama": "builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)",
+    "molmo2": "needs torchvision: Molmo2ImageProcessor (its only image processor) raises ImportError",
+    "muse_glimmer": "needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError",
+    "muse_spark": "needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError",
+    "nemotron_h_omni":
+        "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor (its only image processor) raises "
+        "ImportError",
+    "ovis2":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 "
+        "(torch/__init__.py)",
+    "paligemma":
+        "builder gap: ValueError: Cannot set a non-string value as the add_bos_token "
+        "(tokenization_utils_base.py)",
+    "perception_lm": "needs torchvision: PerceptionLMImageProcessor (its only image processor) raises ImportError",
+    "pi0": "needs torchvision: PI0ImageProcessor (its only image processor) raises ImportError",
+    "pix2struct":
+        "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
+        "(torch/nn/modules/linear.py)",
+    "pp_chart2table":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 "
+        "(torch/__init__.py)",
+    "pp_formulanet": "needs torchvision: PPFormulaNetImageProcessor (its only image processor) raises ImportError",
+    "qianfan_ocr":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 80, features: 20 "
+        "(torch/__init__.py)",
+    "qwen2_5_omni_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "qwen3_omni_moe_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "qwen4_exp":
         "builder gap: TypeError: unsupported operand type(s) for //: 'NoneType' and 'NoneType' "
-        '(models/qwen4_exp/modeling_qwen4_exp.py)',
-    'smolvlm': 'needs num2words: the SmolVLM processor raises ImportError',
-    'step3p7': 'needs torchvision: Step3p7ImageProcessor (its only image processor) raises ImportError',
-    't5gemma2':
-        'builder gap: ValueError: You must specify exactly one of input_ids or inputs_embeds '
-        '(models/t5gemma2/modeling_t5gemma2.py)',
-    'udop': 'needs pytesseract: LayoutLMv3ImageProcessorPil raises ImportError',
-    'unlimited_ocr': 'needs torchvision: UnlimitedOcrImageProcessor (its only image processor) raises ImportError',
-    'video_llava':
-        'builder gap: TypeError: Received a NoneType for argument tokenizer, but a '
+        "(models/qwen4_exp/modeling_qwen4_exp.py)",
+    "smolvlm": "needs num2words: the SmolVLM processor raises ImportError",
+    "step3p7": "needs torchvision: Step3p7ImageProcessor (its only image processor) raises ImportError",
+    "t5gemma2":
+        "builder gap: ValueError: You must specify exactly one of input_ids or inputs_embeds "
+        "(models/t5gemma2/modeling_t5gemma2.py)",
+    "udop": "needs pytesseract: LayoutLMv3ImageProcessorPil raises ImportError",
+    "unlimited_ocr": "needs torchvision: UnlimitedOcrImageProcessor (its only image processor) raises ImportError",
+    "video_llava":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
-    'vision-encoder-decoder': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "vision-encoder-decoder": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
 }
 
 
@@ -601,10 +601,10 @@ def prompts(processor, marker: str) -> list[str]:
                                           add_generation_prompt=True, tokenize=False) for q in questions]
 
 
-def native_inputs(processor, marker: str, images: list) -> dict:
-    """The processor's own batch for the two prompts, one image each, left padded (images grouped per
-    text, or flat for the processors that take no nesting)."""
-    call = dict(text=prompts(processor, marker), padding=True, padding_side="left", return_tensors="pt")
+def native_inputs(processor, marker: str, images: list, texts: list[str] | None = None) -> dict:
+    """The processor's own batch for the two prompts (or `texts`), one image each, left padded (images
+    grouped per text, or flat for the processors that take no nesting)."""
+    call = dict(text=texts or prompts(processor, marker), padding=True, padding_side="left", return_tensors="pt")
     try:
         return dict(processor(images=[[image] for image in images], **call))
     except (ValueError, TypeError):

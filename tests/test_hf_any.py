@@ -119,17 +119,13 @@ def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle.")
 
 @pytest.mark.parametrize("model_type", params(phase_b=True))
 def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type):
-    """The self-check: log pi of every answer token through modalign equals the model's own forward (1e-4)."""
+    """The self-check: log pi of every token (prompt and answer) through modalign equals the model's own
+    forward (1e-4), on modalign's fast path for a registered family, on the generic path for the rest."""
     from transformers import AutoModelForImageTextToText
 
     tiny, policy = built(model_type), policies(model_type)
     texts, batch = answer_batch(policy, tiny)
-    call = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
-    native_processor = hf_any.load_processor(tiny.folder)
-    try:
-        native = dict(native_processor(images=[[p] for p in hf_any.sample_images()], **call))
-    except (ValueError, TypeError):
-        native = dict(native_processor(images=hf_any.sample_images(), **call))
+    native = hf_any.native_inputs(hf_any.load_processor(tiny.folder), tiny.marker, hf_any.sample_images(), texts)
     model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
     with torch.no_grad():
         ours = torch.log_softmax(policy.model.eval()(**batch).logits[:, :-1].float(), -1)
