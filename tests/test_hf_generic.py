@@ -317,3 +317,14 @@ def test_the_other_modality_names_the_option_that_drops_it(tiny, unregistered):
         media = {other: [np.zeros(16000, np.float32)] if other == "audio" else [torch.zeros(3, 8, 8)]}
         with pytest.raises(ValueError, match=rf"--set {option}`"):
             processor(text=["hi"], **media)
+
+
+def test_a_prefix_lm_is_refused_in_one_line_not_trained_wrong(tmp_path):
+    """PaliGemma's answers attend causally only when token_type_ids mark them (1); rebuilt from token ids
+    they would be 0 and read the answer's own future tokens. Refused before anything loads."""
+    from transformers import PaliGemmaConfig
+
+    PaliGemmaConfig().save_pretrained(tmp_path / "paligemma")
+    with pytest.raises(ModelSupportError, match=r"^model_type 'paligemma' is a prefix-LM") as error:
+        load_policy(tmp_path / "paligemma")
+    assert "\n" not in str(error.value)

@@ -144,3 +144,31 @@ def test_grpo_reference_of_a_lora_policy_is_no_second_copy(tmp_path, tiny, lora,
                             samples_per_prompt=2, max_new_tokens=4, minibatch_size=4, eval_examples=1,
                             checkpoint_every=0))
     assert len(views) == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_audio"])
+def test_lora_on_the_generic_path(tmp_path, tiny, lora, family, monkeypatch):
+    """An unregistered model type (the generic path) takes a LoRA adapter too: the reference is its base, and
+    GRPO trains the adapter only."""
+    from modalign.models.hf import FAMILIES
+    from modalign.recipes.online import OnlineConfig, run_online
+
+    model_dir, data = tiny(family)
+    folder = lora(family)
+    monkeypatch.delitem(FAMILIES, family)
+    monkeypatch.setenv("MODALIGN_FAST_PATHS", "0")
+    policy = load_policy(folder)
+    assert policy.model.family.generic and is_lora_policy(policy.model)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.5)
+        batch = batch_of(policy, data)
+        base = load_policy(model_dir).model.eval()
+        assert torch.allclose(frozen_reference(policy.model)(**batch).logits, base(**batch).logits, atol=1e-5)
+        assert not torch.allclose(policy.model.eval()(**batch).logits, base(**batch).logits, atol=1e-3)
+    summary = run_online(OnlineConfig(out=str(tmp_path / "grpo"), algorithm="grpo", policy=str(folder),
+                                      reward_model="rule:shapes_gold", data=str(data), steps=2, prompts_per_step=2,
+                                      samples_per_prompt=3, max_new_tokens=6, minibatch_size=6, eval_examples=1,
+                                      checkpoint_every=0, lr=5e-3))
+    assert summary["steps"] == 2

@@ -119,6 +119,11 @@ ENCODER_MODULES = ("model.vision_tower", "model.visual", "model.vision_model", "
                    "model.multi_modal_projector", "model.connector", "model.audio_tower", "model.mm_projector")
 
 
+# Prefix-LMs: their token_type_ids mark the answer as a causal suffix after a bidirectional prompt, which
+# depends on where each row's prompt ends, not on token ids (`ProcessorMedia.token_type_inputs`).
+PREFIX_LM_TYPES = ("paligemma",)
+
+
 def register_family(family: Family, model_type: str | None = None, replace: bool = False) -> Family:
     """Register a fast path for `model_type` (default: `family.name`); unregistered types run the generic path.
 
@@ -141,6 +146,9 @@ def generic_family(config, modalities: tuple[str, ...] | None = None) -> Family:
     placeholder token for.
     """
     model_type = getattr(config, "model_type", "unknown")
+    if model_type in PREFIX_LM_TYPES:
+        raise ModelSupportError(f"model_type {model_type!r} is a prefix-LM (token_type_ids mark each answer as a "
+                                f"causal suffix); modalign's generic path cannot mark answers for it yet")
     kinds = tuple(modalities) if modalities else tuple(media_token_ids(config)) or ("image",)
     return Family(model_type, "AutoModelForImageTextToText", "+".join(kinds), "generic", ENCODER_MODULES)
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 class ProcessorMedia:
     """Processor outputs of B rows.
 
-    rows: one dict per batch row of its own media tensors (empty for a text-only row)
+    rows: one dict per batch row of its own media tensors, or one-entry lists (a processor output that is a
+        list over the texts, Fuyu's patches); empty for a text-only row
     token_types: per-token output name -> {token id: value} (ids not listed get 0)
     """
 
@@ -52,14 +53,18 @@ class ProcessorMedia:
         return self
 
     def to(self, device: torch.device | str) -> "ProcessorMedia":
-        return ProcessorMedia([{k: v.to(device) for k, v in row.items()} for row in self.rows], self.token_types)
+        def move(value):
+            return value.to(device) if isinstance(value, torch.Tensor) else [move(v) for v in value]
+
+        return ProcessorMedia([{k: move(v) for k, v in row.items()} for row in self.rows], self.token_types)
 
     def model_inputs(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The model's media keyword arguments for the B rows (floating tensors cast to `dtype`)."""
         names = list(dict.fromkeys(name for row in self.rows for name in row))
-        inputs = {name: pad_cat([row[name] for row in self.rows if name in row]) for name in names}
+        inputs = {name: _join([row[name] for row in self.rows if name in row]) for name in names}
         if dtype is not None:
-            inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+            inputs = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                      for k, v in inputs.items()}
         return inputs
 
     def token_type_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,6 +76,13 @@ class ProcessorMedia:
                 values = values.masked_fill(input_ids == token, value)
             inputs[name] = values
         return inputs
+
+
+def _join(parts: list):
+    """Rows' values of one output: tensors concatenated (`pad_cat`), lists (one item per image) chained."""
+    if isinstance(parts[0], torch.Tensor):
+        return pad_cat(parts)
+    return [item for part in parts for item in part]
 
 
 def pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:

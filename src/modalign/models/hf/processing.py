@@ -115,11 +115,16 @@ class HFProcessor:
                     call.update(audio=items, sampling_rate=self.feature_extractor.sampling_rate)
             output = self.processor(**call, **kwargs)
             row_ids = output["input_ids"]  # (1, L_i)
+            if row_ids.shape[0] != 1:
+                raise ModelSupportError(f"model_type {self.family.name!r}: its processor makes {row_ids.shape[0]} rows "
+                                        f"of one text; modalign needs one row per text")
             media = {}
             for name, value in output.items():
-                if name in ("input_ids", "attention_mask") or not isinstance(value, torch.Tensor):
+                if name in ("input_ids", "attention_mask") or not isinstance(value, (torch.Tensor, list)):
                     continue
-                if name.endswith("_ids") and value.shape == row_ids.shape:  # per-token (token types)
+                if isinstance(value, list):  # one entry per text (Fuyu's image patches): rows chain them
+                    media[name] = value
+                elif name.endswith("_ids") and value.shape == row_ids.shape:  # per-token (token types)
                     table = tables.setdefault(name, {})
                     for token, kind in zip(row_ids[0].tolist(), value[0].tolist()):
                         if kind:
@@ -193,13 +198,25 @@ def _images_only(location: str | Path, model_type: str, error: Exception):
     """The processor without its video half (transformers builds video processors on torchvision only)."""
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
+    import transformers
+
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if "video" in reason.lower() and model_type in PROCESSOR_MAPPING_NAMES:
+    name = _saved_processor_class(location) or PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is not None and "video_processor" in cls.get_attributes():
         try:
-            return without_video(PROCESSOR_MAPPING_NAMES[model_type]).from_pretrained(str(location))
+            return without_video(name).from_pretrained(str(location))
         except (ImportError, OSError, TypeError, ValueError):
             pass
     raise ModelSupportError(f"model_type {model_type!r}: no processor loads from {location} ({reason})") from error
+
+
+def _saved_processor_class(location: str | Path) -> str | None:
+    """The processor class a folder's `processor_config.json` names (None without one)."""
+    import json
+
+    path = Path(location) / "processor_config.json"
+    return json.loads(path.read_text()).get("processor_class") if path.is_file() else None
 
 
 def generic_family_of(model_type: str, kinds: tuple[str, ...]) -> Family:
