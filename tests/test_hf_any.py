@@ -35,10 +35,6 @@ PHASE_B_XFAIL: dict[str, str] = {
            "ModelSupportError 'has no chat template'",
     "kosmos-2": "modalign asks processor.chat_template, which Kosmos2Processor does not load (the tokenizer has it): "
                 "ModelSupportError 'has no chat template'",
-    "glm_ocr": "modalign drops the video processor by AutoProcessor's mapping, which has no entry for glm_ocr "
-               "(the folder names Glm4vProcessor): ModelSupportError 'no processor loads'",
-    "glmga": "modalign drops the video processor by AutoProcessor's mapping, which has no entry for glmga "
-             "(the folder names Glm46VProcessor): ModelSupportError 'no processor loads'",
 }
 # Not a chat policy: ShieldGemma 2's processor turns each image into one prompt per safety policy
 # (3 rows per text; modalign: "Image features and image tokens do not match, tokens: 8, features: 24").
