@@ -104,6 +104,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
     "paligemma": dict(tokenizer_class="GemmaTokenizer", processor=dict(image_seq_length=16)),
     "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
+    "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
     "fast_vlm": dict(processor_class="LlavaProcessor", image_processor_class="LlavaImageProcessorPil"),
     "glm4v_moe": dict(image_processor_class="Glm4vImageProcessorPil"),
@@ -172,9 +173,6 @@ SKIP: dict[str, str] = {
     "granite_docling":
         "builder gap: TypeError: unsupported operand type(s) for *: 'float' and 'NoneType' "
         "(models/granite_docling/image_processing_pil_granite_docling.py)",
-    "hunyuan_vl":
-        "builder gap: TypeError: unsupported operand type(s) for ** or pow(): 'NoneType' and 'float' "
-        "(models/hunyuan_vl/modeling_hunyuan_vl.py)",
     "idefics": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
     "inkling2": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
     "inkling2_loop": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
@@ -379,6 +377,8 @@ def shrunk(config, vocab: int, text: bool, remap=lambda key, value: None) -> dic
             base = dict(getattr(specs.get(name), "init_kwargs", {}) or {})
             out[name] = {**base, "model_type": value.model_type,
                          **shrunk(value, vocab, any(k in name for k in ("text", "language", "decoder", "llm")), remap)}
+        elif name == "head_dim" and value is None:  # some models read it without a fallback (HunYuan-VL)
+            out[name] = HEAD_DIM
         elif isinstance(value, bool) or not isinstance(value, int):
             continue
         elif remap(name, value) is not None:
