@@ -121,7 +121,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # package the machine lacks; "no processor class": nothing to build the inputs with; "builder gap": the
 # generic build does not fit this architecture yet (a tweak in OVERRIDES would) - the error it gave.
 SKIP: dict[str, str] = {
-    "apertus1p5": "needs torchvision: Apertus1p5ImageProcessor (its only image processor) raises ImportError",
+    "apertus1p5":
+        "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
     "aria": "builder gap: KeyError: 980 (models/aria/processing_aria.py)",
     "blip": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
     "blip-2":
@@ -130,7 +132,9 @@ SKIP: dict[str, str] = {
     "chameleon":
         "builder gap: AttributeError: 'NoneType' object has no attribute 'get' "
         "(models/chameleon/modeling_chameleon.py)",
-    "cohere2_vision": "needs torchvision: Cohere2VisionImageProcessor (its only image processor) raises ImportError",
+    "cohere2_vision":
+        "needs torchvision: Cohere2VisionImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
     "cohere_compass":
         "builder gap: StrictDataclassFieldValidationError: Validation error for field 'rope_parameters': "
         "TypeError: Field 'rope_parameters' wi (huggingface_hub/dataclasses.py)",
@@ -163,7 +167,9 @@ SKIP: dict[str, str] = {
         "builder gap: TypeError: Received a NoneType for argument feature_extractor, but a "
         "FeatureExtractionMixin was expected. (processing_utils.py)",
     "gemma4": "builder gap: TypeError: Unexpected keyword argument feature_extractor. (processing_utils.py)",
-    "gemma4_unified": "needs torchvision: Gemma4UnifiedImageProcessor (its only image processor) raises ImportError",
+    "gemma4_unified":
+        "needs torchvision: Gemma4UnifiedImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
     "got_ocr2":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 "
         "(torch/__init__.py)",
@@ -174,9 +180,13 @@ SKIP: dict[str, str] = {
         "builder gap: TypeError: unsupported operand type(s) for *: 'float' and 'NoneType' "
         "(models/granite_docling/image_processing_pil_granite_docling.py)",
     "idefics": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
-    "inkling2": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
-    "inkling2_loop": "needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError",
-    "inkling_mm_model": "needs torchvision: InklingImageProcessor (its only image processor) raises ImportError",
+    "inkling2": "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "inkling2_loop":
+        "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
+    "inkling_mm_model":
+        "needs torchvision: InklingImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
     "instructblip":
         "builder gap: AttributeError: 'str' object has no attribute 'content' "
         "(models/instructblip/processing_instructblip.py)",
@@ -186,12 +196,12 @@ SKIP: dict[str, str] = {
     "internvl":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: "
         "20 (torch/__init__.py)",
-    "kimi_k25": "needs torchvision: Kimi_K25ImageProcessor (its only image processor) raises ImportError",
+    "kimi_k25": "needs torchvision: Kimi_K25ImageProcessor raises ImportError (no PIL image processor for this type)",
     "kosmos-2.5":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
-    "lfm2_vl": "needs torchvision: Lfm2VlImageProcessor (its only image processor) raises ImportError",
-    "llama4": "needs torchvision: Llama4ImageProcessor (its only image processor) raises ImportError",
+    "lfm2_vl": "needs torchvision: Lfm2VlImageProcessor raises ImportError (no PIL image processor for this type)",
+    "llama4": "needs torchvision: Llama4ImageProcessor raises ImportError (no PIL image processor for this type)",
     "llava_next":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 70, features: 72 "
         "(torch/__init__.py)",
@@ -201,39 +211,51 @@ SKIP: dict[str, str] = {
     "llava_onevision":
         "builder gap: TypeError: must be real number, not NoneType "
         "(models/llava_onevision/processing_llava_onevision.py)",
-    "minicpm_ocr": "needs torchvision: MiniCPMOcrImageProcessor (its only image processor) raises ImportError",
+    "minicpm_ocr":
+        "needs torchvision: MiniCPMOcrImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
     "minicpmv4_6":
         "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
     "minicpmv4_7":
         "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
-    "minimax_m3_vl": "needs torchvision: MiniMaxM3VLImageProcessor (its only image processor) raises ImportError",
-    "mistral3": "needs torchvision: PixtralProcessor (its only image processor) raises ImportError",
+    "minimax_m3_vl":
+        "needs torchvision: MiniMaxM3VLImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "mistral3": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
     "mistral4": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    "mistral_large4": "needs torchvision: PixtralProcessor (its only image processor) raises ImportError",
+    "mistral_large4": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
     "mllama": "builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)",
-    "molmo2": "needs torchvision: Molmo2ImageProcessor (its only image processor) raises ImportError",
-    "muse_glimmer": "needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError",
-    "muse_spark": "needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError",
+    "molmo2": "needs torchvision: Molmo2ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "muse_glimmer":
+        "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "muse_spark":
+        "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
     "nemotron_h_omni":
-        "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor (its only image processor) raises "
-        "ImportError",
+        "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor raises ImportError (no PIL image "
+        "processor for this type)",
     "ovis2":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 "
         "(torch/__init__.py)",
     "paligemma":
         "builder gap: ValueError: Cannot set a non-string value as the add_bos_token "
         "(tokenization_utils_base.py)",
-    "perception_lm": "needs torchvision: PerceptionLMImageProcessor (its only image processor) raises ImportError",
-    "pi0": "needs torchvision: PI0ImageProcessor (its only image processor) raises ImportError",
+    "perception_lm":
+        "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "pi0": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
     "pix2struct":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
     "pp_chart2table":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 "
         "(torch/__init__.py)",
-    "pp_formulanet": "needs torchvision: PPFormulaNetImageProcessor (its only image processor) raises ImportError",
+    "pp_formulanet":
+        "needs torchvision: PPFormulaNetImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
     "qianfan_ocr":
         "builder gap: ValueError: Image features and image tokens do not match, tokens: 80, features: 20 "
         "(torch/__init__.py)",
@@ -243,12 +265,14 @@ SKIP: dict[str, str] = {
         "builder gap: TypeError: unsupported operand type(s) for //: 'NoneType' and 'NoneType' "
         "(models/qwen4_exp/modeling_qwen4_exp.py)",
     "smolvlm": "needs num2words: the SmolVLM processor raises ImportError",
-    "step3p7": "needs torchvision: Step3p7ImageProcessor (its only image processor) raises ImportError",
+    "step3p7": "needs torchvision: Step3p7ImageProcessor raises ImportError (no PIL image processor for this type)",
     "t5gemma2":
         "builder gap: ValueError: You must specify exactly one of input_ids or inputs_embeds "
         "(models/t5gemma2/modeling_t5gemma2.py)",
     "udop": "needs pytesseract: LayoutLMv3ImageProcessorPil raises ImportError",
-    "unlimited_ocr": "needs torchvision: UnlimitedOcrImageProcessor (its only image processor) raises ImportError",
+    "unlimited_ocr":
+        "needs torchvision: UnlimitedOcrImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
     "video_llava":
         "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
         "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
