@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ SHRINK: list[tuple[str, int]] = [  # first match wins
     (r"num_key_value_heads$", HEADS),
     (r"^(num_experts|n_routed_experts|num_local_experts|moe_num_experts)$", 4),
     (r"^(num_experts_per_tok|moe_k|top_k)$", 2),
+    (r"^(base_channels|latent_channels)$", 32),  # VQ image tokenizers (Janus, Chameleon, Emu3); GroupNorm(32)
+    (r"^num_embeddings$", 64),  # a VQ codebook
+    (r"^num_res_blocks$", 1),
     (r"^image_size$", IMAGE),
     (r"^patch_size$", PATCH),
 ]
-TEXT_KEYS = ("text_config", "language_config", "decoder_config", "text_decoder", "llm_config")
 
 
 @dataclass
@@ -58,13 +60,18 @@ class BuiltModel:
     marker: str  # what the chat template writes for one image
     image_token: str  # the token whose positions carry image features
     parameters: int
-    notes: list[str] = field(default_factory=list)
 
 
 # ---- per-architecture tweaks, as data ------------------------------------------------------------
 # keys: config (top-level kwargs), sub (sub-config name -> kwargs), images (image processor kwargs),
 # processor (processor kwargs), specials (extra tokens), tokenizer (extra_special_tokens),
-# marker (what an image part renders as, default: processor.image_token), ids (config key -> token)
+# marker (what an image part renders as, default: processor.image_token), ids (config key -> token),
+# processor_class / image_processor_class / tokenizer_class (transformers class names).
+# An architecture still in SKIP may keep the tweaks that got it past its earlier errors.
+IDEFICS3 = dict(images=dict(size={"longest_edge": 2 * IMAGE}, max_image_size={"longest_edge": IMAGE},
+                             do_image_splitting=True),
+                processor=dict(image_seq_len=4), config=dict(scale_factor=2),
+                specials=[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
 OVERRIDES: dict[str, dict[str, Any]] = {
     "llava": dict(processor=dict(num_additional_image_tokens=1)),  # CLIP's CLS token, dropped by "default"
     "gemma3": dict(tokenizer=dict(boi_token="<start_of_image>", eoi_token="<end_of_image>",
@@ -76,6 +83,28 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "t5gemma2": dict(tokenizer=dict(boi_token="<start_of_image>", eoi_token="<end_of_image>",
                                     image_token="<image_soft_token>"), marker="<start_of_image>",
                      processor=dict(image_seq_length=4)),
+    # Idefics3-like: 64 x 64 images -> 2 x 2 tiles of 32 + the whole at 32, 4 tokens each (scale factor 2)
+    "idefics3": dict(IDEFICS3),
+    "granite_docling": dict(IDEFICS3),
+    # the processor puts the image tokens in front of the text itself
+    "florence2": dict(marker=""),
+    "fuyu": dict(specials=["|SPEAKER|", "|NEWLINE|"], marker=""),
+    "llava_next": dict(images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
+                       config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
+    "aria": dict(images=dict(max_image_size=32, min_image_size=32), processor=dict(size_conversion={32: 4}),
+                 config=dict(projector_patch_to_query_dict={16: 4})),
+    # image tokens per image, which the processor cannot derive from the shrunk vision tower
+    "internvl": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False)),
+    "qianfan_ocr": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False), marker="<image>"),
+    "janus": dict(processor=dict(num_image_tokens=16), sub=dict(vq_config=dict(channel_multiplier=[1, 1, 1, 1, 1]))),
+    "emu3": dict(sub=dict(vq_config=dict(channel_multiplier=[1, 1, 1, 1]))),
+    "deepseek_vl": dict(processor=dict(num_image_tokens=16)),
+    "llava_onevision": dict(processor=dict(num_image_tokens=16),
+                            images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
+                            config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
+    "paligemma": dict(tokenizer_class="GemmaTokenizer", processor=dict(image_seq_length=16)),
+    "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
+    "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
     "fast_vlm": dict(processor_class="LlavaProcessor", image_processor_class="LlavaImageProcessorPil"),
     "glm4v_moe": dict(image_processor_class="Glm4vImageProcessorPil"),
@@ -84,7 +113,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen3_vl_moe": dict(image_processor_class="Qwen2VLImageProcessorPil"),
     "kosmos-2": dict(processor_class="Kosmos2Processor", image_processor_class="CLIPImageProcessorPil"),
     "kosmos-2.5": dict(processor_class="Kosmos2_5Processor"),
-    "fuyu": dict(specials=["|SPEAKER|", "|NEWLINE|"]),
     "vipllava": dict(config=dict(vision_feature_layers=[-2, -1])),  # default reads layers 6 to 11 deep
 }
 
@@ -93,81 +121,162 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # package the machine lacks; "no processor class": nothing to build the inputs with; "builder gap": the
 # generic build does not fit this architecture yet (a tweak in OVERRIDES would) - the error it gave.
 SKIP: dict[str, str] = {
-    'apertus1p5': 'needs torchvision: Apertus1p5ImageProcessor (its only image processor) raises ImportError',
-    'aria': "builder gap: KeyError: 'Number of patches 14884 not found in patch_to_query_dict amongst possible values dict_keys([1225, 4900]).' (models/aria/modeling_aria.py)",
-    'aya_vision': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 9680, features: 80 (torch/__init__.py)',
-    'blip': 'builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged',
-    'blip-2': "builder gap: AttributeError: 'str' object has no attribute 'content' (models/blip_2/processing_blip_2.py)",
-    'chameleon': "builder gap: AttributeError: 'NoneType' object has no attribute 'get' (models/chameleon/modeling_chameleon.py)",
-    'cohere2_vision': 'needs torchvision: Cohere2VisionImageProcessor (its only image processor) raises ImportError',
-    'cohere_compass': "builder gap: StrictDataclassFieldValidationError: Validation error for field 'rope_parameters': TypeError: Field 'rope_parameters' with value {'mrope_section': [2, (huggingface_hub/dataclasses.py)",
-    'cosmos3_edge': 'builder gap: ValueError: Multimodal data was passed (via `image_grid_thw` or `video_grid_thw`) but `mm_token_type_ids` is missing. Please pass `mm_token_type_ids`  (models/cosmos3_edge/modeling_cosmos3_edge.py)',
-    'cosmos3_omni': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'deepseek_ocr2': "builder gap: TypeError: 'NoneType' object is not subscriptable (models/deepseek_ocr2/modeling_deepseek_ocr2.py)",
-    'deepseek_vl': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 1152, features: 1024 (torch/__init__.py)',
-    'deepseek_vl_hybrid': "builder gap: ValueError: Input image size (1024*1024) doesn't match model (32*32). (models/sam/modeling_sam.py)",
-    'diffusion_gemma': 'builder gap: LookupError: no image processor class for diffusion_gemma ({}) (tests/hf_any.py)',
-    'dots3_note': 'builder gap: TypeError: Unexpected keyword argument video_processor. (processing_utils.py)',
-    'emu3': "builder gap: AttributeError: 'NoneType' object has no attribute 'get' (models/emu3/modeling_emu3.py)",
-    'ernie4_5_vl_moe': "builder gap: AttributeError: 'Ernie4_5_VLMoeProcessorImagesOnly' object has no attribute 'video_processor' (models/ernie4_5_vl_moe/processing_ernie4_5_vl_moe.py)",
-    'evolla': 'not loadable: AutoModelForImageTextToText rejects EvollaConfig (a protein-text model)',
-    'fast_vlm': 'needs timm: TimmWrapperModel raises ImportError',
-    'florence2': 'builder gap: ValueError: The total number of <|image|> tokens in the prompts should be the same as the number of images passed. Found total 4 <|image|> tokens and  (processing_utils.py)',
-    'fuyu': 'builder gap: ValueError: The total number of |SPEAKER| tokens in the prompts should be the same as the number of images passed. Found total 4 |SPEAKER| tokens and  (processing_utils.py)',
-    'gemma3n': 'builder gap: TypeError: Received a NoneType for argument feature_extractor, but a FeatureExtractionMixin was expected. (processing_utils.py)',
-    'gemma4': 'builder gap: TypeError: Unexpected keyword argument feature_extractor. (processing_utils.py)',
-    'gemma4_unified': 'needs torchvision: Gemma4UnifiedImageProcessor (its only image processor) raises ImportError',
-    'glm4v_moe': "builder gap: RuntimeError: split_with_sizes expects split_sizes to sum exactly to 4 (input tensor's size at dimension -1), but got split_sizes=[2, 3, 3] (torch/_tensor.py)",
-    'got_ocr2': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 (torch/__init__.py)',
-    'granite4_vision': "builder gap: TypeError: object of type 'NoneType' has no len() (models/granite4_vision/modeling_granite4_vision.py)",
-    'granite_docling': 'builder gap: ValueError: Image features and image tokens do not match: tokens: 3328, features 52 (torch/__init__.py)',
-    'hunyuan_vl': "builder gap: TypeError: unsupported operand type(s) for ** or pow(): 'NoneType' and 'float' (models/hunyuan_vl/modeling_hunyuan_vl.py)",
-    'idefics': 'builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged',
-    'idefics3': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 338, features: 8 (torch/__init__.py)',
-    'inkling2': 'needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError',
-    'inkling2_loop': 'needs torchvision: Inkling2ImageProcessor (its only image processor) raises ImportError',
-    'inkling_mm_model': 'needs torchvision: InklingImageProcessor (its only image processor) raises ImportError',
-    'instructblip': "builder gap: AttributeError: 'str' object has no attribute 'content' (models/instructblip/processing_instructblip.py)",
-    'instructblipvideo': 'builder gap: TypeError: Received a NoneType for argument image_processor, but a ImageProcessingMixin was expected. (processing_utils.py)',
-    'internvl': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: 20 (torch/__init__.py)',
-    'janus': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 1152, features: 1024 (torch/__init__.py)',
-    'kimi_k25': 'needs torchvision: Kimi_K25ImageProcessor (its only image processor) raises ImportError',
-    'kosmos-2.5': 'builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x768 and 32x32) (torch/nn/modules/linear.py)',
-    'lfm2_vl': 'needs torchvision: Lfm2VlImageProcessor (its only image processor) raises ImportError',
-    'llama4': 'needs torchvision: Llama4ImageProcessor (its only image processor) raises ImportError',
-    'llava_next': "builder gap: RuntimeError: shape '[10, 21, 4, 4, -1]' is invalid for input of size 118272 (models/llava_next/modeling_llava_next.py)",
-    'llava_next_video': 'builder gap: TypeError: Received a NoneType for argument image_processor, but a ImageProcessingMixin was expected. (processing_utils.py)',
-    'llava_onevision': 'builder gap: TypeError: must be real number, not NoneType (models/llava_onevision/processing_llava_onevision.py)',
-    'minicpm_ocr': 'needs torchvision: MiniCPMOcrImageProcessor (its only image processor) raises ImportError',
-    'minicpmv4_6': "builder gap: TypeError: Received a NoneType for argument tokenizer, but a ('PreTrainedTokenizerBase', 'MistralCommonBackend') was expected. (processing_utils.py)",
-    'minicpmv4_7': "builder gap: TypeError: Received a NoneType for argument tokenizer, but a ('PreTrainedTokenizerBase', 'MistralCommonBackend') was expected. (processing_utils.py)",
-    'minimax_m3_vl': 'needs torchvision: MiniMaxM3VLImageProcessor (its only image processor) raises ImportError',
-    'mistral3': 'needs torchvision: PixtralProcessor (its only image processor) raises ImportError',
-    'mistral4': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'mistral_large4': 'needs torchvision: PixtralProcessor (its only image processor) raises ImportError',
-    'mllama': 'builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)',
-    'molmo2': 'needs torchvision: Molmo2ImageProcessor (its only image processor) raises ImportError',
-    'muse_glimmer': 'needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError',
-    'muse_spark': 'needs torchvision: MuseGlimmerImageProcessor (its only image processor) raises ImportError',
-    'nemotron_h_omni': 'needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor (its only image processor) raises ImportError',
-    'ovis2': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 (torch/__init__.py)',
-    'paligemma': 'builder gap: ValueError: Cannot set a non-string value as the add_bos_token (tokenization_utils_base.py)',
-    'perception_lm': 'needs torchvision: PerceptionLMImageProcessor (its only image processor) raises ImportError',
-    'pi0': 'needs torchvision: PI0ImageProcessor (its only image processor) raises ImportError',
-    'pix2struct': 'builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x768 and 32x32) (torch/nn/modules/linear.py)',
-    'pp_chart2table': 'builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 (torch/__init__.py)',
-    'pp_formulanet': 'needs torchvision: PPFormulaNetImageProcessor (its only image processor) raises ImportError',
-    'qianfan_ocr': 'builder gap: ValueError: The total number of <image> tokens in the prompts should be the same as the number of images passed. Found total 0 <image> tokens and 2 im (models/qianfan_ocr/processing_qianfan_ocr.py)',
-    'qwen2_5_omni_thinker': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'qwen3_omni_moe_thinker': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
-    'qwen4_exp': "builder gap: TypeError: unsupported operand type(s) for //: 'NoneType' and 'NoneType' (models/qwen4_exp/modeling_qwen4_exp.py)",
-    'smolvlm': 'needs num2words: the SmolVLM processor raises ImportError',
-    'step3p7': 'needs torchvision: Step3p7ImageProcessor (its only image processor) raises ImportError',
-    't5gemma2': 'builder gap: ValueError: You must specify exactly one of input_ids or inputs_embeds (models/t5gemma2/modeling_t5gemma2.py)',
-    'udop': 'needs pytesseract: LayoutLMv3ImageProcessorPil raises ImportError',
-    'unlimited_ocr': 'needs torchvision: UnlimitedOcrImageProcessor (its only image processor) raises ImportError',
-    'video_llava': "builder gap: TypeError: Received a NoneType for argument tokenizer, but a ('PreTrainedTokenizerBase', 'MistralCommonBackend') was expected. (processing_utils.py)",
-    'vision-encoder-decoder': "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "apertus1p5":
+        "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
+    "aria": "builder gap: KeyError: 980 (models/aria/processing_aria.py)",
+    "blip": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
+    "blip-2":
+        "builder gap: AttributeError: 'str' object has no attribute 'content' "
+        "(models/blip_2/processing_blip_2.py)",
+    "chameleon":
+        "builder gap: AttributeError: 'NoneType' object has no attribute 'get' "
+        "(models/chameleon/modeling_chameleon.py)",
+    "cohere2_vision":
+        "needs torchvision: Cohere2VisionImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "cohere_compass":
+        "builder gap: StrictDataclassFieldValidationError: Validation error for field 'rope_parameters': "
+        "TypeError: Field 'rope_parameters' wi (huggingface_hub/dataclasses.py)",
+    "cosmos3_edge":
+        "builder gap: ValueError: Multimodal data was passed (via `image_grid_thw` or `video_grid_thw`) "
+        "but `mm_token_type_ids` is missing. Pl (models/cosmos3_edge/modeling_cosmos3_edge.py)",
+    "cosmos3_omni": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "deepseek_ocr2":
+        "builder gap: TypeError: 'NoneType' object is not subscriptable "
+        "(models/deepseek_ocr2/modeling_deepseek_ocr2.py)",
+    "deepseek_vl_hybrid":
+        "builder gap: ValueError: Input image size (1024*1024) doesn't match model (32*32). "
+        "(models/sam/modeling_sam.py)",
+    "diffusion_gemma":
+        "builder gap: LookupError: no image processor class for diffusion_gemma ({}) (tests/hf_any.py)",
+    "dots3_note": "builder gap: TypeError: Unexpected keyword argument video_processor. (processing_utils.py)",
+    "emu3": "builder gap: AttributeError: 'NoneType' object has no attribute 'get' (models/emu3/modeling_emu3.py)",
+    "ernie4_5_vl_moe":
+        "builder gap: AttributeError: 'Ernie4_5_VLMoeProcessorImagesOnly' object has no attribute "
+        "'video_processor' (models/ernie4_5_vl_moe/processing_ernie4_5_vl_moe.py)",
+    "evolla": "not loadable: AutoModelForImageTextToText rejects EvollaConfig (a protein-text model)",
+    "fast_vlm": "needs timm: TimmWrapperModel raises ImportError",
+    "florence2":
+        "builder gap: TypeError: can't multiply sequence by non-int of type 'NoneType' "
+        "(models/florence2/processing_florence2.py)",
+    "fuyu":
+        "builder gap: TypeError: transpose() takes 2 positional arguments but 5 were given "
+        "(models/fuyu/image_processing_pil_fuyu.py)",
+    "gemma3n":
+        "builder gap: TypeError: Received a NoneType for argument feature_extractor, but a "
+        "FeatureExtractionMixin was expected. (processing_utils.py)",
+    "gemma4": "builder gap: TypeError: Unexpected keyword argument feature_extractor. (processing_utils.py)",
+    "gemma4_unified":
+        "needs torchvision: Gemma4UnifiedImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "got_ocr2":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 "
+        "(torch/__init__.py)",
+    "granite4_vision":
+        "builder gap: TypeError: object of type 'NoneType' has no len() "
+        "(models/granite4_vision/modeling_granite4_vision.py)",
+    "granite_docling":
+        "builder gap: TypeError: unsupported operand type(s) for *: 'float' and 'NoneType' "
+        "(models/granite_docling/image_processing_pil_granite_docling.py)",
+    "idefics": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
+    "inkling2": "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "inkling2_loop":
+        "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
+    "inkling_mm_model":
+        "needs torchvision: InklingImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
+    "instructblip":
+        "builder gap: AttributeError: 'str' object has no attribute 'content' "
+        "(models/instructblip/processing_instructblip.py)",
+    "instructblipvideo":
+        "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
+        "ImageProcessingMixin was expected. (processing_utils.py)",
+    "internvl":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: "
+        "20 (torch/__init__.py)",
+    "kimi_k25": "needs torchvision: Kimi_K25ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "kosmos-2.5":
+        "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x192 and 32x32) "
+        "(torch/nn/modules/linear.py)",
+    "lfm2_vl": "needs torchvision: Lfm2VlImageProcessor raises ImportError (no PIL image processor for this type)",
+    "llama4": "needs torchvision: Llama4ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "llava_next":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 70, features: 72 "
+        "(torch/__init__.py)",
+    "llava_next_video":
+        "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
+        "ImageProcessingMixin was expected. (processing_utils.py)",
+    "llava_onevision":
+        "builder gap: TypeError: must be real number, not NoneType "
+        "(models/llava_onevision/processing_llava_onevision.py)",
+    "minicpm_ocr":
+        "needs torchvision: MiniCPMOcrImageProcessor raises ImportError (no PIL image processor for this "
+        "type)",
+    "minicpmv4_6":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
+        "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
+    "minicpmv4_7":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
+        "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
+    "minimax_m3_vl":
+        "needs torchvision: MiniMaxM3VLImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "mistral3": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
+    "mistral4": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "mistral_large4": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
+    "mllama": "builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)",
+    "molmo2": "needs torchvision: Molmo2ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "muse_glimmer":
+        "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "muse_spark":
+        "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "nemotron_h_omni":
+        "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor raises ImportError (no PIL image "
+        "processor for this type)",
+    "ovis2":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 "
+        "(torch/__init__.py)",
+    "paligemma":
+        "builder gap: ValueError: Cannot set a non-string value as the add_bos_token "
+        "(tokenization_utils_base.py)",
+    "perception_lm":
+        "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "pi0": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "pix2struct":
+        "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
+        "(torch/nn/modules/linear.py)",
+    "pp_chart2table":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 "
+        "(torch/__init__.py)",
+    "pp_formulanet":
+        "needs torchvision: PPFormulaNetImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "qianfan_ocr":
+        "builder gap: ValueError: Image features and image tokens do not match, tokens: 80, features: 20 "
+        "(torch/__init__.py)",
+    "qwen2_5_omni_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "qwen3_omni_moe_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
+    "qwen4_exp":
+        "builder gap: TypeError: unsupported operand type(s) for //: 'NoneType' and 'NoneType' "
+        "(models/qwen4_exp/modeling_qwen4_exp.py)",
+    "smolvlm": "needs num2words: the SmolVLM processor raises ImportError",
+    "step3p7": "needs torchvision: Step3p7ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "t5gemma2":
+        "builder gap: ValueError: You must specify exactly one of input_ids or inputs_embeds "
+        "(models/t5gemma2/modeling_t5gemma2.py)",
+    "udop": "needs pytesseract: LayoutLMv3ImageProcessorPil raises ImportError",
+    "unlimited_ocr":
+        "needs torchvision: UnlimitedOcrImageProcessor raises ImportError (no PIL image processor for "
+        "this type)",
+    "video_llava":
+        "builder gap: TypeError: Received a NoneType for argument tokenizer, but a "
+        "('PreTrainedTokenizerBase', 'MistralCommonBackend') was exp (processing_utils.py)",
+    "vision-encoder-decoder": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
 }
 
 
@@ -213,8 +322,10 @@ def tokenizer_attributes_in_source(processor_cls) -> dict[str, str]:
     return {name: f"<|{name.removesuffix('_token')}|>" for name in sorted(names) if name != "audio_tokenizer"}
 
 
-def train_tokenizer(specials: list[str], named: dict[str, str]):
-    """A byte-level BPE of ~400 tokens with `specials`, as a `TokenizersBackend` (what AutoTokenizer loads)."""
+def train_tokenizer(specials: list[str], named: dict[str, str], class_name: str = "PreTrainedTokenizerFast"):
+    """A byte-level BPE of ~400 tokens with `specials`, in `class_name` (default: the plain `TokenizersBackend`,
+    what AutoTokenizer loads; a family's class when its processor sets that class's attributes)."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -226,7 +337,8 @@ def train_tokenizer(specials: list[str], named: dict[str, str]):
     bpe.train_from_iterator(corpus(), trainer)
     standard = {k: v for k, v in named.items() if k in ("bos_token", "eos_token", "pad_token", "unk_token")}
     extra = {k: v for k, v in named.items() if k not in standard}
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, extra_special_tokens=extra, **standard)
+    cls = getattr(transformers, class_name) if class_name != "PreTrainedTokenizerFast" else PreTrainedTokenizerFast
+    return cls(tokenizer_object=bpe, extra_special_tokens=extra, **standard)
 
 
 # ---- image processor ---------------------------------------------------------------------------------
@@ -258,8 +370,11 @@ def small_image_processor(cls, tweaks: dict):
     for key in ("min_pixels", "max_pixels"):
         if getattr(default, key, None) is not None:
             kwargs[key] = IMAGE * IMAGE
-    if isinstance(getattr(default, "patch_size", None), int):
+    patch = getattr(default, "patch_size", None)
+    if isinstance(patch, int):
         kwargs["patch_size"] = PATCH
+    elif _set_fields(patch):  # Fuyu: {"height": 30, "width": 30}
+        kwargs["patch_size"] = {k: PATCH for k in _set_fields(patch)}
     return cls(**{**kwargs, **tweaks})
 
 
@@ -286,6 +401,8 @@ def shrunk(config, vocab: int, text: bool, remap=lambda key, value: None) -> dic
             base = dict(getattr(specs.get(name), "init_kwargs", {}) or {})
             out[name] = {**base, "model_type": value.model_type,
                          **shrunk(value, vocab, any(k in name for k in ("text", "language", "decoder", "llm")), remap)}
+        elif name == "head_dim" and value is None:  # some models read it without a fallback (HunYuan-VL)
+            out[name] = HEAD_DIM
         elif isinstance(value, bool) or not isinstance(value, int):
             continue
         elif remap(name, value) is not None:
@@ -305,7 +422,9 @@ def shrunk(config, vocab: int, text: bool, remap=lambda key, value: None) -> dic
     mrope = "mrope_section" in getattr(type(config), "ignore_keys_at_rope_validation", ()) or uses_mrope(config)
     if isinstance(rope, dict) and (mrope or rope.get("mrope_section")):
         # models default the section to Qwen's [16, 24, 24] when the config has none
-        out["rope_parameters"] = {**rope, "mrope_section": _mrope(rope.get("mrope_section") or [16, 24, 24])}
+        factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+        section = _mrope(rope.get("mrope_section") or [16, 24, 24], int(HEAD_DIM * float(factor)))
+        out["rope_parameters"] = {**rope, "mrope_section": section}
     return out
 
 
@@ -321,9 +440,9 @@ def uses_mrope(config) -> bool:
         return False
 
 
-def _mrope(section: list[int]) -> list[int]:
-    """mrope sections scaled to sum to HEAD_DIM / 2 (the rotary half of a head)."""
-    total, half = sum(section), HEAD_DIM // 2
+def _mrope(section: list[int], rotary: int = HEAD_DIM) -> list[int]:
+    """mrope sections scaled to sum to half the rotary part of a head (all of it but for partial rotary)."""
+    total, half = sum(section), rotary // 2
     scaled = [max(1, round(s * half / total)) for s in section]
     scaled[0] += half - sum(scaled)
     return scaled
@@ -340,11 +459,13 @@ def token_remap(processor, tokenizer, tweaks: dict[str, str]):
         if not match:
             return None
         stem = match.group(1)
-        for holder in (tokenizer, processor):  # Gemma 3: the processor's image_token is the marker, the tokenizer's the soft token
+        # Gemma 3: the processor's image_token is the marker, the tokenizer's the soft token
+        for holder in (tokenizer, processor):
             known = getattr(holder, f"{stem}_token_id", None)
             if isinstance(known, int) and not isinstance(known, bool) and known < len(tokenizer) and key not in tweaks:
                 return known
-        token = tweaks.get(key) or getattr(processor, f"{stem}_token", None) or getattr(tokenizer, f"{stem}_token", None)
+        token = (tweaks.get(key) or getattr(processor, f"{stem}_token", None)
+                 or getattr(tokenizer, f"{stem}_token", None))
         if isinstance(token, str) and token in vocab:
             return vocab[token]
         if stem in ("pad", "bos", "eos") and getattr(tokenizer, f"{stem}_token_id", None) is not None:
@@ -392,7 +513,7 @@ def build_processor(model_type: str, processor_cls, tweaks: dict, config: dict[s
     named = {"bos_token": "<s>", "eos_token": TURN_END, "pad_token": "<pad>", "unk_token": "<unk>",
              **tokenizer_attributes_in_source(processor_cls), **tweaks.get("tokenizer", {})}
     specials += [v for v in named.values() if v not in specials]
-    tokenizer = train_tokenizer(specials, named)
+    tokenizer = train_tokenizer(specials, named, tweaks.get("tokenizer_class", "PreTrainedTokenizerFast"))
     attributes = processor_cls.get_attributes()
     parts: dict[str, Any] = {name: tokenizer for name in attributes if "tokenizer" in name}
     if "image_processor" in attributes:
@@ -402,14 +523,16 @@ def build_processor(model_type: str, processor_cls, tweaks: dict, config: dict[s
         images_cls = getattr(transformers, named) if named else image_processor_class(model_type)
         parts["image_processor"] = small_image_processor(images_cls, tweaks.get("images", {}))
     if "video_processor" in attributes:
-        processor_cls = without_video(processor_cls.__name__)  # transformers builds video processors on torchvision only
+        # transformers builds video processors on torchvision only
+        processor_cls = without_video(processor_cls.__name__)
     for other in attributes:
         if other not in parts and other != "video_processor":
             parts[other] = None  # feature extractor (audio): not built
-    processor = processor_cls(**parts, **processor_defaults(processor_cls, config), **tweaks.get("processor", {}))
+    processor = processor_cls(**parts, **{**processor_defaults(processor_cls, config), **tweaks.get("processor", {})})
     # no image token: the processor puts the image outside the text (BLIP, GIT, Pix2Struct ...)
     marker = str(tweaks.get("marker", getattr(processor, "image_token", None) or ""))
-    processor.chat_template = tokenizer.chat_template = chat_template(marker)  # some processors save only the tokenizer's
+    # some processors (GIT, Kosmos-2) keep only the tokenizer's
+    processor.chat_template = tokenizer.chat_template = chat_template(marker)
     return processor, marker
 
 
@@ -467,7 +590,11 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return BuiltModel(model_type, folder, marker, str(getattr(processor, "image_token", "")), sum(p.numel() for p in model.parameters()))
+    template = folder / "chat_template.jinja"
+    if not template.exists():  # processors without a chat_template argument (GIT, Kosmos-2) save none
+        template.write_text(processor.chat_template)
+    parameters = sum(p.numel() for p in model.parameters())
+    return BuiltModel(model_type, folder, marker, str(getattr(processor, "image_token", "")), parameters)
 
 
 def architectures() -> list[str]:
@@ -498,10 +625,10 @@ def prompts(processor, marker: str) -> list[str]:
                                           add_generation_prompt=True, tokenize=False) for q in questions]
 
 
-def native_inputs(processor, marker: str, images: list) -> dict:
-    """The processor's own batch for the two prompts, one image each, left padded (images grouped per
-    text, or flat for the processors that take no nesting)."""
-    call = dict(text=prompts(processor, marker), padding=True, padding_side="left", return_tensors="pt")
+def native_inputs(processor, marker: str, images: list, texts: list[str] | None = None) -> dict:
+    """The processor's own batch for the two prompts (or `texts`), one image each, left padded (images
+    grouped per text, or flat for the processors that take no nesting)."""
+    call = dict(text=texts or prompts(processor, marker), padding=True, padding_side="left", return_tensors="pt")
     try:
         return dict(processor(images=[[image] for image in images], **call))
     except (ValueError, TypeError):
@@ -512,7 +639,8 @@ def pixels_of(inputs: dict) -> torch.Tensor:
     """The batch's image tensor (`pixel_values`, or the one floating tensor whose name says pixels / images)."""
     if "pixel_values" in inputs:
         return inputs["pixel_values"]
-    named = [v for k, v in inputs.items() if ("pixel" in k or "image" in k or "patches" in k) and torch.is_tensor(v) and v.is_floating_point()]
+    named = [v for k, v in inputs.items() if any(w in k for w in ("pixel", "image", "patches"))
+             and torch.is_tensor(v) and v.is_floating_point()]
     if not named:
         raise KeyError(f"no pixel tensor among the processor outputs {sorted(inputs)}")
     return named[0]
@@ -520,10 +648,10 @@ def pixels_of(inputs: dict) -> torch.Tensor:
 
 class MediaSeen:
     """Records the modules with weights whose forward received the image tensor, as it is or reshaped
-    (same storage, or the same number of values: patch rows, tiles)."""
+    (same storage, or the same number of values: patch rows, tiles); outermost first."""
 
     def __init__(self, pixels: torch.Tensor) -> None:
-        self.pixels, self.modules = pixels, []
+        self.pixels, self.modules, self.classes = pixels, [], []
 
     def __enter__(self) -> "MediaSeen":
         self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self.record)
@@ -540,3 +668,4 @@ class MediaSeen:
                     value.untyped_storage().data_ptr() == self.pixels.untyped_storage().data_ptr()
                     or value.numel() == self.pixels.numel()):
                 self.modules.append(type(module).__name__)
+                self.classes.append(type(module))

@@ -8,10 +8,10 @@ Phase A (transformers only): the tiny build saves, loads through `AutoModelForIm
 photographs; a hook proves the pixels reached a module with weights, and swapping the photographs
 changes the logits.
 
-Phase B (modalign's generic Hugging Face path, issue 18 / branch i18-core): `load_policy` of the
-folder; modalign's log-probs equal the native forward's (1e-4); the SFT span (first answer token
-trained, nothing after the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with
-a critic. Until `load_policy` takes any architecture, phase B skips with that reason.
+Phase B (modalign's generic Hugging Face path, issue 18): `load_policy` of the folder; modalign's
+log-probs equal the native forward's (1e-4); the SFT span (first answer token trained, nothing after
+the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with a critic (marked slow
+but for FAST_RECIPES). PHASE_B_XFAIL lists the modalign gaps observed, as strict xfails.
 """
 
 from __future__ import annotations
@@ -28,8 +28,30 @@ from hf_tiny import shapes  # noqa: F401  (module fixture: the tiny ShapesWorld 
 ARCHITECTURES = hf_any.architectures()
 
 
-def params(archs=ARCHITECTURES) -> list:
-    return [pytest.param(a, marks=pytest.mark.skip(reason=hf_any.SKIP[a])) if a in hf_any.SKIP else a for a in archs]
+# Builds that pass phase A but not modalign's generic path yet, with the error observed (strict xfail:
+# the fix in modalign turns them into failures to remove from here).
+PHASE_B_XFAIL: dict[str, str] = {
+    "git": "modalign asks processor.chat_template, which GitProcessor does not load (the tokenizer has it): "
+           "ModelSupportError 'has no chat template'",
+    "kosmos-2": "modalign asks processor.chat_template, which Kosmos2Processor does not load (the tokenizer has it): "
+                "ModelSupportError 'has no chat template'",
+}
+# Not a chat policy: ShieldGemma 2's processor turns each image into one prompt per safety policy
+# (3 rows per text; modalign: "Image features and image tokens do not match, tokens: 8, features: 24").
+PHASE_B_SKIP = {"shieldgemma2": "a safety classifier: its processor makes one prompt per policy and image"}
+
+
+def params(archs=ARCHITECTURES, phase_b: bool = False) -> list:
+    """One parameter per model type, skipped with its SKIP reason (and, in phase B, its known modalign gap)."""
+    out = []
+    for a in archs:
+        marks = [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else []
+        if phase_b and a in PHASE_B_SKIP:
+            marks.append(pytest.mark.skip(reason=PHASE_B_SKIP[a]))
+        if phase_b and a in PHASE_B_XFAIL:
+            marks.append(pytest.mark.xfail(reason=PHASE_B_XFAIL[a], strict=True))
+        out.append(pytest.param(a, marks=marks))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +89,11 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
         other = model(**swapped).logits
         answers = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert seen.modules, "no module with weights received the pixels"
-    # (B, T, V) (ShieldGemma 2 makes one row per policy and image); GIT puts its image positions in front of the text, so T can exceed the text length
-    assert logits.shape[0] == inputs["input_ids"].shape[0] and logits.shape[1] >= inputs["input_ids"].shape[1] and bool(torch.isfinite(logits).all())
+    # (B, T, V): ShieldGemma 2 makes one row per policy and image; GIT puts its image positions before the text
+    rows, length = inputs["input_ids"].shape
+    assert logits.shape[0] == rows and logits.shape[1] >= length and bool(torch.isfinite(logits).all())
     assert not torch.allclose(logits, other, atol=1e-6), "the photographs do not change the logits"
-    assert answers.shape[0] == inputs["input_ids"].shape[0] and answers.shape[1] > inputs["input_ids"].shape[1]
+    assert answers.shape[0] == rows and answers.shape[1] > length
 
 
 # ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
@@ -78,18 +101,10 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
 
 @pytest.fixture(scope="session")
 def policies(built):
-    """model type -> `load_policy` of its tiny build; skips while modalign has no adapter for it."""
+    """model type -> `load_policy` of its tiny build (modalign's generic path, or a family's fast path)."""
     from modalign.models.policy import load_policy
 
-    def get(model_type: str):
-        try:
-            return load_policy(built(model_type).folder)
-        except ValueError as error:
-            if "has no modalign adapter" in str(error):
-                pytest.skip(f"needs the generic Hugging Face path (issue 18, branch i18-core): {error}")
-            raise
-
-    return get
+    return lambda model_type: load_policy(built(model_type).folder)
 
 
 def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle."):
@@ -98,31 +113,28 @@ def answer_batch(policy, tiny: hf_any.BuiltModel, answer: str = "a red circle.")
     return texts, policy.processor(text=texts, images=hf_any.sample_images(), padding_side="left")
 
 
-@pytest.mark.parametrize("model_type", params())
+@pytest.mark.parametrize("model_type", params(phase_b=True))
 def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type):
-    """The self-check: log pi of every answer token through modalign equals the model's own forward (1e-4)."""
+    """The self-check: log pi of every token (prompt and answer) through modalign equals the model's own
+    forward (1e-4), on modalign's fast path for a registered family, on the generic path for the rest."""
     from transformers import AutoModelForImageTextToText
 
     tiny, policy = built(model_type), policies(model_type)
     texts, batch = answer_batch(policy, tiny)
-    call = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
-    native_processor = hf_any.load_processor(tiny.folder)
-    try:
-        native = dict(native_processor(images=[[p] for p in hf_any.sample_images()], **call))
-    except (ValueError, TypeError):
-        native = dict(native_processor(images=hf_any.sample_images(), **call))
+    native = hf_any.native_inputs(hf_any.load_processor(tiny.folder), tiny.marker, hf_any.sample_images(), texts)
     model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
     with torch.no_grad():
         ours = torch.log_softmax(policy.model.eval()(**batch).logits[:, :-1].float(), -1)
         theirs = torch.log_softmax(model(**native).logits[:, :-1].float(), -1)
     ids, native_ids = batch["input_ids"][:, 1:], native["input_ids"][:, 1:]
     assert torch.equal(ids, native_ids), "modalign's processor tokenized the texts differently"
-    valid = batch["attention_mask"][:, 1:].bool()
+    mask = batch["attention_mask"].bool()
+    valid = mask[:, :-1] & mask[:, 1:]  # a real token predicted from a real position (padding logits are noise)
     ours, theirs = ours.gather(-1, ids[..., None])[..., 0], theirs.gather(-1, ids[..., None])[..., 0]
     assert torch.allclose(ours[valid], theirs[valid], atol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", params())
+@pytest.mark.parametrize("model_type", params(phase_b=True))
 def test_sft_span_is_the_answer_and_its_end_of_turn(built, policies, shapes, model_type):  # noqa: F811
     """The first answer token is trained and nothing after the end of turn is."""
     from modalign.data.dataset import read_examples
@@ -147,13 +159,15 @@ def test_sft_span_is_the_answer_and_its_end_of_turn(built, policies, shapes, mod
 
 # ---- phase B recipes: 2 steps each; the full set is slow, one architecture per kind of layout is not ----------
 
-FAST_RECIPES = ("llava", "qwen2_vl", "gemma3")  # a CLIP tower, Qwen patch rows with mrope, Gemma's pooled tokens
+# LLaVA on modalign's fast path; on the generic path GLM-4.1V (patch rows, image grids, mrope) and
+# Idefics2 (pixel_attention_mask)
+FAST_RECIPES = ("llava", "glm4v", "idefics2")
 
 
 def recipe_params() -> list:
-    marks = lambda a: [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else (
-        [] if a in FAST_RECIPES else [pytest.mark.slow])
-    return [pytest.param(a, marks=marks(a)) for a in ARCHITECTURES]
+    """Phase B parameters; all but FAST_RECIPES are marked slow."""
+    return [p if p.values[0] in FAST_RECIPES else pytest.param(*p.values, marks=[*p.marks, pytest.mark.slow])
+            for p in params(phase_b=True)]
 
 
 def metric_steps(run: Path) -> list[dict]:
@@ -207,7 +221,7 @@ def test_recipes_two_steps_each(tmp_path, built, policies, stores, shapes, model
     assert all(np.isfinite(line["train/loss"]) for line in metric_steps(tmp_path / "sft"))
     assert changed(before, load_policy(sft["model"]).model.state_dict())
 
-    with pytest.MonkeyPatch.context() as patch, VisionCalls(policies(model_type)) as vision:
+    with pytest.MonkeyPatch.context() as patch, VisionCalls(built(model_type)) as vision:
         patch.setenv("MODALIGN_DEBUG_MEDIA", "1")
         run_reward(RewardConfig(out=str(tmp_path / "rm"), policy=folder, store=store, steps=2, batch_size=2,
                                 heldout_fraction=0.0, max_length=512, backbone_lr=0.0))
@@ -235,13 +249,17 @@ def test_recipes_two_steps_each(tmp_path, built, policies, stores, shapes, model
 
 
 class VisionCalls:
-    """Counts forward calls, in any model, of the policy's vision-tower class (found by the pixels' hook)."""
+    """Counts forward calls, in any model, of the module class that first receives the pixels in the tiny
+    build's own forward (its vision tower: CLIPVisionModel, Glm4vVisionModel ...)."""
 
-    def __init__(self, policy) -> None:
-        towers = [m for name, m in policy.model.named_modules() if name.endswith(("vision_tower", "visual",
-                                                                                 "vision_model", "vision"))]
-        self.tower_class = type(towers[0]) if towers else None
-        self.calls = 0
+    def __init__(self, tiny: hf_any.BuiltModel) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
+        inputs = hf_any.native_inputs(hf_any.load_processor(tiny.folder), tiny.marker, hf_any.sample_images())
+        with torch.no_grad(), hf_any.MediaSeen(hf_any.pixels_of(inputs)) as seen:
+            model(**inputs)
+        self.tower_class, self.calls = seen.classes[0], 0
 
     def __enter__(self) -> "VisionCalls":
         self.handle = torch.nn.modules.module.register_module_forward_hook(self.record)
@@ -251,5 +269,5 @@ class VisionCalls:
         self.handle.remove()
 
     def record(self, module, args, output) -> None:
-        if self.tower_class is not None and isinstance(module, self.tower_class):
+        if isinstance(module, self.tower_class):
             self.calls += 1
