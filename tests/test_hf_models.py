@@ -141,6 +141,9 @@ def test_sft_two_steps(tmp_path, tiny, family):
                                 eval_examples=1, max_new_tokens=4))
     lines = metric_lines(tmp_path / "sft")
     assert [line["step"] for line in lines] == [1, 2] and all(np.isfinite(line["train/loss"]) for line in lines)
+    # the run's self-check: the family's fast path gave the model's own log-probs, so it was kept
+    check = json.loads((tmp_path / "sft" / "self_check.json").read_text())["self_check"]
+    assert check["path"] == "fast" and check["max_abs_diff"] <= check["tolerance"] == 1e-4
     after = load_policy(summary["model"]).model.state_dict()
     assert changed_keys(load_policy(model_dir).model.state_dict(), after)
 

@@ -82,6 +82,12 @@ class RunDir:
             return self.path / "summary.json"
         return write_json_atomic(self.path / "summary.json", summary)
 
+    def write_json(self, name: str, data: Any) -> Path:
+        """One JSON record of the run beside its summary (e.g. `self_check.json`), written by the main process."""
+        if not self.main:
+            return self.path / name
+        return write_json_atomic(self.path / name, data)
+
     def save_checkpoint(self, state: Mapping[str, Any], step: int, keep: int = 2) -> Path:
         """Write to a temp folder, then rename: a kill mid-save never breaks the latest checkpoint."""
         final = self.path / "checkpoints" / f"step-{step:06d}"

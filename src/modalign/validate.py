@@ -173,6 +173,21 @@ def check_audio_window(seconds: dict[tuple[str, str], float], processor: Any, ke
                              f"(set audio_seconds, or audio_overflow=truncate, when training the built-in model)")
 
 
+def check_fast_path(policy: Any, examples: Sequence[Example], media: Any) -> dict:
+    """The load-time self-check of a Hugging Face policy (`models.hf.self_check`): on the first examples its
+    fast path (cached media features, shared prompt cache, packing) must give the model's own log-probs and
+    greedy answers, or the policy falls back to the generic path. Returns the record for `self_check.json`."""
+    from modalign.models.hf.self_check import self_check
+    from modalign.ui import console
+
+    record = self_check(policy, examples, media)
+    check = record["self_check"]
+    if check["path"] != "builtin":
+        console.print(f"self-check: {check['path']} path (max |log-prob difference| {check['max_abs_diff']:.2g}, "
+                      f"tolerance {check['tolerance']:g})", highlight=False)
+    return record
+
+
 # ---- policy, reward, store ----------------------------------------------------------------------
 def check_policy(location: str, key: str = "policy") -> None:
     """Fail fast on a policy that cannot load: empty, a folder without config.json, a mistyped folder, or a

@@ -62,7 +62,7 @@ def run_bon(cfg: BoNConfig) -> dict:
     if len(examples) < dist.world:
         raise ConfigError(f"{len(examples)} prompts do not split over {dist.world} processes (prompts)")
     validate.check_media(cfg.data, examples, split_path(cfg.data, cfg.split))
-    reward = validate.check_reward(cfg.reward_model)
+    reward = validate.check_reward(cfg.reward_model, examples)
     validate.check_policy(cfg.policy)
     run = RunDir.create(out, cfg, dist.is_main)
     results = dist.unshard(_sample_and_score(cfg, examples[dist.rank :: dist.world], reward), len(examples))

@@ -52,7 +52,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     from modalign.dist import processes
     from modalign.errors import UserError
     from modalign.precision import autocast
-    from modalign.recipes.reward import encode_store_pairs, open_store
+    from modalign.recipes.reward import check_store_fast_path, encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
     from modalign.rl.objectives import get_preference_loss
     from modalign.runs import RunDir, default_run_dir, set_rng_state
@@ -72,6 +72,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
+    run.write_json("self_check.json", check_store_fast_path(store, policy, cfg.min_votes))
     pairs = [p for p in encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length,
                                                     cfg.modalities) if not p.tie]
     if not pairs:

@@ -94,7 +94,10 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     torch.manual_seed(cfg.seed)
     policy = validate.load_checked_policy(cfg.policy)
     validate.check_audio_window(audio_seconds, policy.processor)
+    media_store = MediaStore(cfg.data)
+    checked = validate.check_fast_path(policy, prompts_all, media_store)  # before the reference and critic copies
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
+    run.write_json("self_check.json", checked)
     raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
@@ -103,7 +106,6 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
         module.requires_grad_(False)  # cached media features stay valid for the whole update
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
-    media_store = MediaStore(cfg.data)
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],

@@ -99,7 +99,10 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     torch.manual_seed(cfg.seed)
     policy = validate.load_checked_policy(cfg.policy)
     validate.check_audio_window(audio_seconds, policy.processor)
+    media_store = MediaStore(cfg.data)
+    checked = validate.check_fast_path(policy, prompts_all, media_store)  # before the reference and critic copies
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
+    run.write_json("self_check.json", checked)
     raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
     reference = (validate.load_checked_policy(cfg.reference, "reference").model if cfg.reference
                  else frozen_reference(raw))
@@ -109,7 +112,6 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         module.requires_grad_(False)
     if dist.many:
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
-    media_store = MediaStore(cfg.data)
     tokenizer = processor.tokenizer
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],

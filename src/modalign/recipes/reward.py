@@ -86,6 +86,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     run = RunDir.create(out, cfg, dist.is_main)
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     pad = policy.processor.tokenizer.pad_token_id
+    run.write_json("self_check.json", check_store_fast_path(store, policy, cfg.min_votes))
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
@@ -146,9 +147,8 @@ def encode_store_pairs(store, processor, min_votes: int, max_length: int, modali
     """
     from modalign.data.modalities import keep_modalities, parse_modalities
     from modalign.models.inputs import MediaStore
-    from modalign.reward.train import PreferencePair, encode_pairs
-
     from modalign.errors import UserError
+    from modalign.reward.train import PreferencePair, encode_pairs
 
     stored = store.preference_pairs(min_votes)
     if not stored:
@@ -167,6 +167,17 @@ def encode_store_pairs(store, processor, min_votes: int, max_length: int, modali
                                 [PreferencePair(example, pair.chosen.text, pair.rejected.text, pair.tie, pair.margin)],
                                 max_length)
     return encoded
+
+
+def check_store_fast_path(store, policy, min_votes: int) -> dict:
+    """`validate.check_fast_path` on the examples of the store's first two pairs (before they are encoded)."""
+    from modalign.models.inputs import MediaStore
+    from modalign.validate import check_fast_path
+
+    pairs = store.preference_pairs(min_votes)[:2]
+    root = (store.example_root(pairs[0].example_id) or ".") if pairs else "."
+    examples = [store.get_example(p.example_id) for p in pairs if (store.example_root(p.example_id) or ".") == root]
+    return check_fast_path(policy, examples, MediaStore(root))
 
 
 def _is_heldout(example_id: str, fraction: float) -> bool:

@@ -97,8 +97,10 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     validate.check_audio_window(audio_seconds, policy.processor,
                                 "built-in model" if cfg.policy == "tinyvlm" else f"policy {cfg.policy}")
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
+    checked = validate.check_fast_path(policy, train, media)  # before encoding: a fall-back changes the processor
     encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
+    run.write_json("self_check.json", checked)
     console.print(f"[bold]sft[/] {len(train)} examples, {policy.num_parameters / 1e6:.2f} M parameters -> {run.path}")
 
     steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
