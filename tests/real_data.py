@@ -131,3 +131,42 @@ if __name__ == "__main__":  # a look at what the dataset holds
     for row in rows():
         print(row["id"], row["task"], row["answer"], [m["content"][-1]["text"] for m in row["messages"]])
     print(os.linesep.join(f"{k}: {v.size}" for k, v in photos().items()))
+
+
+def write_preferences(folder: str | Path, table: list[dict], seed: int = 0) -> Path:
+    """TRL preference rows for `table`'s rows, as a labelling tool would export them: `folder/pairs.jsonl`
+    with media paths relative to that file (`img/<id>.png`, `audio/<id>.wav`). Chosen is the reference
+    answer; rejected names another photo, colour or count."""
+    import json
+
+    import soundfile
+
+    rng = random.Random(seed)
+    folder = Path(folder)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in table:
+        user, answer = row["messages"][0], row["messages"][1]["content"][0]["text"]
+        images = []
+        for index, image in enumerate(row["images"]):
+            images.append(f"img/{row['id']}-{index}.png")
+            image.save(folder / images[-1])
+        audios = []
+        for index, clip in enumerate(row["audios"]):
+            audios.append(f"audio/{row['id']}-{index}.wav")
+            soundfile.write(folder / audios[-1], np.asarray(clip["array"]).T, clip["sampling_rate"])
+        lines.append({"id": row["id"], "prompt": [user], "images": images, "audios": audios,
+                      "chosen": [_assistant(answer)], "rejected": [_assistant(_wrong(answer, rng))]})
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _wrong(answer: str, rng: random.Random) -> str:
+    """The answer with its colour, photo name or count word swapped for another."""
+    for group in (tuple(COLOURS), PHOTO_NAMES, COUNT_WORDS):
+        for word in group:
+            if word in answer.split() or word + "." in answer.split():
+                return answer.replace(word, rng.choice([w for w in group if w != word]), 1)
+    return answer + " and a dog"
