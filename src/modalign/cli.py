@@ -82,7 +82,7 @@ def report(
 ) -> None:
     """A self-contained report.html of one or more run folders, side by side: config, summary, curves,
     evaluation by task and modality, sample answers with their images and audio."""
-    from modalign.eval.report import write_runs_report
+    from modalign.eval.run_report import write_runs_report
 
     path = _run(lambda: write_runs_report(runs, out, title=title, answers=answers))
     typer.echo(f"wrote {path}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222} td,th{border:1px solid #ccc;padding:4px 6px;
-vertical-align:top;text-align:left} table{border-collapse:collapse;margin-bottom:1em} td.n{text-align:right}
+vertical-align:top;text-align:left;max-width:24em;overflow-wrap:anywhere} table{border-collapse:collapse;margin-bottom:1em} td.n{text-align:right}
 pre{background:#f6f6f6;padding:.5em;max-height:30em;overflow:auto} .figs{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0} figcaption{font-size:80%;color:#555} h2{border-bottom:1px solid #ddd;margin-top:1.5em}"""
 
@@ -36,8 +36,9 @@ def series_png(series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str,
     return _png(figure)
 
 
-def overlay_png(title: str, lines: Mapping[str, Sequence[tuple[float, float]]], xlabel: str = "step") -> str:
-    """One plot of several runs' series of one metric (a legend when there are several), as a base64 PNG."""
+def overlay_png(lines: Mapping[str, Sequence[tuple[float, float]]], xlabel: str = "step") -> str:
+    """One plot of several runs' series of one metric (a legend when there are several), as a base64 PNG;
+    its caption goes beside it in the page."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +49,6 @@ def overlay_png(title: str, lines: Mapping[str, Sequence[tuple[float, float]]], 
     for name, points in lines.items():
         if points:
             axis.plot(*zip(*points), label=name, marker="o" if len(points) == 1 else None)
-    axis.set_title(title, fontsize=9)
     axis.set_xlabel(xlabel)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(lines) > 1:

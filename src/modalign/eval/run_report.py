@@ -28,7 +28,7 @@ class RunView:
     name: str
     summary: dict = field(default_factory=dict)
     configs: dict[str, str] = field(default_factory=dict)  # relative path -> config.yaml text
-    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # log label -> key -> [(step, value)]
+    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # log label -> metric -> [(step, value)]
     samples: dict[str, Path] = field(default_factory=dict)  # label -> evaluation samples file
     data_root: Path | None = None
     split: str = "test"
@@ -87,7 +87,11 @@ def _label(root: Path, path: Path, top: str) -> str:
 
 
 def _series(metrics_file: Path) -> dict[str, list]:
-    """key -> [(step, value)] of a metrics.jsonl; null values (non-finite) and cut lines are skipped."""
+    """metric -> [(step, value)] of a metrics.jsonl; null values (non-finite) and cut lines are skipped.
+
+    The recipe's namespace (`grpo/`, `ppo/`, `dpo/`, `train/`: the first part most keys share) is
+    dropped, so runs of different algorithms overlay on the same metric (`reward_mean`, `kl_to_ref`).
+    """
     series: dict[str, list] = {}
     for line in metrics_file.read_text(encoding="utf-8").splitlines():
         try:
@@ -97,7 +101,11 @@ def _series(metrics_file: Path) -> dict[str, list]:
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 series.setdefault(key, []).append((row.get("step", len(series.get(key, []))), value))
-    return series
+    prefixes = [key.split("/", 1)[0] + "/" for key in series if "/" in key]
+    namespace = max(set(prefixes), key=prefixes.count) if prefixes else None
+    if namespace is None or prefixes.count(namespace) * 2 <= len(series):
+        return series
+    return {key.removeprefix(namespace): points for key, points in series.items()}
 
 
 def _dataset_of(run: RunView) -> tuple[Path | None, str]:
@@ -181,7 +189,8 @@ def config_section(views: Sequence[RunView]) -> str:
     if len(views) > 1:
         configs = [view.config for view in views]
         keys = list(dict.fromkeys(k for c in configs for k in c))
-        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+        shared = [k for k in keys if sum(k in c for c in configs) > 1]  # a recipe's own settings are in its file
+        differ = [k for k in shared if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
         if differ:
             parts.append("<h3>Settings that differ</h3>" + table_html(
                 [v.name for v in views], [(k, [_short(c.get(k)) for c in configs]) for k in differ]))
@@ -228,7 +237,7 @@ def curves_section(views: Sequence[RunView], extra: Sequence[tuple[str, str]] = 
         for key in keys:
             lines = {view.name: view.curves[label][key] for view in views if key in view.curves.get(label, {})}
             caption = key if label == "run" else f"{label}: {key}"
-            figures.append((caption, overlay_png(caption, lines)))
+            figures.append((caption, overlay_png(lines)))
     return figures_html(figures) if figures else ""
 
 
@@ -240,13 +249,17 @@ def answers_section(view: RunView, limit: int) -> str:
 
     answers = {label: _first_answers(path) for label, path in view.samples.items()}
     widest = max(answers.values(), key=len)  # the file that covers the most examples sets the rows
+    shown = list(widest)[:limit]
+    # a column per samples file that answers most of the shown examples (a short one is a side evaluation)
+    answers = {label: rows for label, rows in answers.items() if 2 * sum(i in rows for i in shown) >= len(shown)}
     examples = _examples_by_id(view)
     head = "<tr><th>media</th><th>prompt</th>" + "".join(f"<th>{html.escape(label)}</th>" for label in answers) + \
            "<th>reference</th></tr>"
     rows = []
-    for example_id, row in list(widest.items())[:limit]:
-        example = examples.get(example_id)
+    for example_id in shown:
+        row, example = widest[example_id], examples.get(example_id)
         reference = example.meta.get("answer", example.answer) if example is not None else row.get("reference")
+        reference = " | ".join(map(str, reference)) if isinstance(reference, list) else reference
         rows.append(f"<tr><td>{media_html(view.data_root, example)}</td><td>{html.escape(str(row.get('prompt', '')))}"
                     "</td>" + "".join(f"<td>{html.escape(a.get(example_id, {}).get('text', ''))}</td>"
                                       for a in answers.values()) + f"<td>{html.escape(str(reference or ''))}</td></tr>")
