@@ -15,8 +15,7 @@ from modalign.data.records import Example
 from modalign.models.inputs import MediaStore
 from modalign.models.policy import Policy
 
-KL_ESTIMATOR = ("exact: full-vocabulary KL(policy || reference) at each token of the policy's answers (temperature 1), "
-                "summed over the answer")
+KL_ESTIMATOR = "exact: full-vocabulary KL(policy || reference) at each token of the policy's answers, summed per answer"
 _NO_TRUNCATION = 1 << 30
 
 
