@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from modalign.data.records import RecordError
 from modalign.eval.metrics import BREAKDOWNS, breakdown_table, overall
 
 BREAKDOWN_COLUMNS = ("n_examples", "exact_match", "normalized_accuracy", "bleu", "rouge_l")
@@ -54,7 +55,11 @@ def load_run(path: str | Path) -> RunView:
         raise FileNotFoundError(f"{root} is not a run folder (none of {', '.join(markers)} in it)")
     run = RunView(root, root.resolve().name)
     if (root / "summary.json").is_file():
-        run.summary = json.loads((root / "summary.json").read_text())
+        try:
+            summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{root / 'summary.json'}: not valid JSON ({err.msg})") from None
+        run.summary = summary if isinstance(summary, dict) else {}
     for file in _files(root, "config.yaml"):
         run.configs[_label(root, file, "config.yaml")] = file.read_text()
     if (root / "demo.json").is_file():
