@@ -210,3 +210,12 @@ def test_win_rate_of_a_policy_against_itself_is_all_ties(sft_model, tmp_path):
     assert summary["win_rate"]["ties"] == summary["win_rate"]["n_prompts"] == 6
     assert summary["win_rate"]["win_rate"] == 0.0 and summary["win_rate"]["win_rate_se"] == 0.0
     assert summary["metrics_compare"]["n_examples"] == 6 and "A vs B" in result.output
+
+
+def test_gold_metrics_only_on_shapesworld_asked_for_by_name(sft_model, tmp_path):
+    model_dir, _ = sft_model
+    invoke_eval("--policy", str(model_dir), "--data", "shapes", "--out", str(tmp_path / "e"),
+                "--set", "shapes_test_scenes=1", "--set", "max_new_tokens=6")
+    metrics = json.loads((tmp_path / "e" / "summary.json").read_text())["metrics"]
+    assert "hallucination_rate" in metrics and "vqa_accuracy" in metrics  # gold, from the scenes
+    assert "task/caption/normalized_accuracy" in metrics and "modality/image+audio/n_examples" in metrics
