@@ -109,8 +109,10 @@ def check_config(cfg: EvalConfig) -> dict:
                           "(the judge scores both policies' answers)")
     for key in ("policy", "reference", "compare"):
         folder = Path(getattr(cfg, key))
-        # a missing folder inside an existing one is a typo, not a hub id (which would end in a network error)
-        local = folder.is_absolute() or str(folder).startswith(".") or folder.parent.is_dir() and str(folder.parent) != "."
+        # a hub id is "name" or "org/name": a longer path, or one inside an existing folder, is a mistyped folder
+        # (it would end in the hub's network error)
+        local = (folder.is_absolute() or str(folder).startswith(".") or len(folder.parts) > 2
+                 or folder.parent.is_dir() and str(folder.parent) != ".")
         if getattr(cfg, key) and local and not folder.exists():
             raise ConfigError(f"{key}: no folder {folder}")
     return decoding(cfg.temperature, cfg.samples_per_prompt)
