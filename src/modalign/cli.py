@@ -81,23 +81,35 @@ def sft(
 
 @app.command("eval")
 def evaluate(
-    policy: str = typer.Option(..., help="Saved policy folder or hub id."),
-    data: str = typer.Option("shapes", help="'shapes' or a dataset folder."),
-    split: str = typer.Option("test", help="Split to evaluate."),
-    out: Optional[str] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
+    config: Optional[str] = ConfigOption,
     set_: Optional[List[str]] = SetOption,
+    policy: Optional[str] = typer.Option(None, help="Saved policy folder or hub id (shortcut for --set policy=...)."),
+    data: Optional[str] = typer.Option(None, help="Dataset folder, or 'shapes' (shortcut for --set data=...)."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
 ) -> None:
-    """Gold metrics (where the data has ground truth), BLEU and ROUGE-L; writes OUT/summary.json."""
-    from modalign.config import load_config
+    """Answer accuracy, BLEU/ROUGE-L per task and modality (gold metrics on ShapesWorld), KL to a reference,
+    win rate against another policy; greedy by default; writes OUT/summary.json."""
     from modalign.recipes.evaluate import EvalConfig, run_eval
 
-    def call():
-        cfg = load_config(EvalConfig, None, [f"policy={policy}", f"data={data}", f"split={split}", *(set_ or [])])
-        if out:
-            cfg.out = out
-        return run_eval(cfg)
+    shortcuts = [f"{key}={value}" for key, value in (("policy", policy), ("data", data), ("split", split)) if value]
+    _recipe_command(EvalConfig, run_eval, config, [*(set_ or []), *shortcuts], out, help_config=help_config)
 
-    _run(call)
+
+@app.command()
+def report(
+    runs: List[str] = typer.Argument(..., help="Run folders (sft, dpo, grpo/ppo, reward, eval, loop, demo...)."),
+    out: str = typer.Option("report.html", help="HTML file to write."),
+    title: Optional[str] = typer.Option(None, help="Page title (default: the run names)."),
+    answers: int = typer.Option(12, help="Sample answers shown per run."),
+) -> None:
+    """A self-contained report.html of one or more run folders, side by side: config, summary, curves,
+    evaluation by task and modality, sample answers with their images and audio."""
+    from modalign.eval.run_report import write_runs_report
+
+    path = _run(lambda: write_runs_report(runs, out, title=title, answers=answers))
+    typer.echo(f"wrote {path}")
 
 
 def _recipe_command(config_class, runner, config: str | None, set_: list[str] | None, out: str | None,

@@ -53,7 +53,7 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
     }
     if dist.is_main:
         write_json_atomic(out_dir / "summary.json", summary)
-        write_demo_report(out_dir, data_root, summary)
+        write_demo_report(out_dir, summary)
         print_summary(summary, out_dir)
     return summary
 
@@ -145,32 +145,13 @@ def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, 
     return panel_agreement(feedback)
 
 
-def write_demo_report(out_dir: Path, data_root: Path, summary: dict) -> None:
-    from modalign.data.dataset import read_examples
-    from modalign.eval.report import curves_png, write_report
+def write_demo_report(out_dir: Path, summary: dict) -> None:
+    """report.html by the builder of `modalign report` (the demo folder is a run folder), plus the gold
+    metrics by round."""
+    from modalign.eval.run_report import write_runs_report
 
-    table = {stage: {k: summary[stage][k] for k in SHOWN if k in summary[stage]} for stage in ("sft", "rlhf")}
-    rounds = len(summary["rounds"])
-    before = first_answers(out_dir / "loop" / "eval-start_samples.jsonl")
-    after = first_answers(out_dir / "loop" / f"round-{rounds}" / "eval_samples.jsonl")
-    examples = [e for e in read_examples(data_root, "test") if e.meta["task"] == "caption"][:12]
-    curves = [(f"Round {r} PPO: proxy reward, KL to SFT, answer length",
-               curves_png(out_dir / "loop" / f"round-{r}" / "rl" / "metrics.jsonl",
-                          ["ppo/reward_mean", "ppo/kl_to_ref", "ppo/answer_length"])) for r in range(1, rounds + 1)]
-    curves.append(("Gold hallucination rate and coverage by round (0: SFT)", rounds_png(summary)))
-    write_report(out_dir / "report.html", "modalign demo: RLHF on ShapesWorld", table, curves,
-                 [(e, before.get(e.id, ""), after.get(e.id, "")) for e in examples], data_root)
-
-
-def first_answers(samples_path: Path) -> dict[str, str]:
-    """Each example's first sampled answer in an evaluation's samples file."""
-    import json
-
-    answers: dict[str, str] = {}
-    for line in samples_path.read_text().splitlines():
-        row = json.loads(line)
-        answers.setdefault(row["example_id"], row["text"])
-    return answers
+    write_runs_report([out_dir], out_dir / "report.html", title="modalign demo: RLHF on ShapesWorld",
+                      extra_curves=[("Gold hallucination rate and coverage by round (0: SFT)", rounds_png(summary))])
 
 
 def rounds_png(summary: dict) -> str:

@@ -152,5 +152,5 @@ def _evaluate(policy, cfg: DPOConfig, run) -> dict:
         return {}
     from modalign.eval.generation import evaluate_split
 
-    return evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens, 1.0, cfg.seed,
+    return evaluate_split(policy, cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens, 0.0, cfg.seed,
                           run.path / "samples" / "eval.jsonl", cfg.task, modalities=cfg.modalities)

@@ -253,7 +253,7 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
     from modalign.validate import load_checked_policy
 
     return evaluate_split(load_checked_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
-                          seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
+                          temperature=1.0, seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
                           samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 
 

@@ -168,7 +168,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                              modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
     summary = {"stage": cfg.algorithm, "steps": state["step"], "stopped_at_kl_budget": state["step"] < cfg.steps,
-               "processes": dist.world,
+               "processes": dist.world, "kl_estimator": "k3, mean over answer tokens",
                "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)

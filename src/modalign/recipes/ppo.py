@@ -77,7 +77,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.precision import autocast
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
-    from modalign.rl.kl import AdaptiveKLController, FixedKLController
+    from modalign.rl.kl import AdaptiveKLController, FixedKLController, kl_k3_per_answer
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
@@ -160,14 +160,14 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                     # the reward model's score spread over the tokens that earned it (sums to the score)
                     dense = reward.token_rewards(sampled_examples, answers, samples, prompts).float()
                     dense = dense * mask * finished[:, None]
-                    rewards, kl = token_rewards(torch.where(finished, 0.0, penalty), old_logprobs, ref_logprobs,
-                                                mask, kl_ctl.value)
+                    rewards, _ = token_rewards(torch.where(finished, 0.0, penalty), old_logprobs, ref_logprobs,
+                                               mask, kl_ctl.value)
                     rewards = rewards + dense
                     scores = torch.where(finished, dense.sum(1), penalty)
                 else:
                     scores = reward(sampled_examples, answers, samples, prompts).float()
                     scores = torch.where(finished, scores, penalty)
-                    rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
+                    rewards, _ = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.value)
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 advantages = whiten(advantages, mask, total=dist.sum)  # over the whole global rollout
             if not dist.all_true(_finite(scores, old_logprobs, old_values)):
@@ -188,7 +188,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                 step += 1
                 continue
             bad_steps = 0
-            kl_per_answer = dist.mean(kl.sum(1).mean())  # every process holds as many answers
+            # logged and budgeted as k3 (never negative); the reward above is penalised by k1 (Ziegler et al.)
+            kl_per_answer = dist.mean(kl_k3_per_answer(old_logprobs, ref_logprobs, mask).mean())  # same count per process
             kl_ctl.update(kl_per_answer, samples.sequences.shape[0] * dist.world)
             step += 1
             metrics = {
@@ -225,7 +226,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                              modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
     summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps, "processes": dist.world,
-               "model": str(run.path / "model"), "eval": metrics,
+               "model": str(run.path / "model"), "eval": metrics, "kl_estimator": "k3, summed over each answer",
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
     run.close()

@@ -21,6 +21,26 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - 1.0 - log_ratio
 
 
+def kl_k3_per_answer(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(pi || pi_ref) of each sampled answer: k3 summed over its tokens, (N,) from (N, T) inputs; never < 0.
+
+    The sum of k1 (log pi - log pi_ref) is unbiased too, and is what the KL-penalised reward uses, but
+    one batch of it can be negative (answers the reference likes more than the policy does), which
+    reads as nonsense in a log; k3 has the same expectation and is >= 0 on every token.
+    """
+    return (kl_k3(logprobs, ref_logprobs) * mask).sum(-1)
+
+
+def kl_exact(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) over the vocabulary at each position: (...,) from (..., V).
+
+    p = softmax(logits), q = softmax(ref_logits). Exact (no sampling error) and >= 0 (Gibbs'
+    inequality); the clamp removes rounding's -1e-9s.
+    """
+    logp, logq = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
 @dataclass
 class FixedKLController:
     """A constant KL coefficient beta."""
