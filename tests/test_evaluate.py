@@ -173,7 +173,7 @@ def test_eval_help_config_lists_the_fields():
     (["--set", "task=nope"], "task='nope'"),
     (["--set", "compare=x"], "compare and judge go together"),
     (["--set", "samples_per_prompt=2"], "temperature 0"),
-    (["--set", "compare=runs/typo/model", "--set", "judge=rule:format"], "compare: no folder runs/typo/model"),
+    (["--set", "compare=runs/typo/model", "--set", "judge=rule:format"], "compare 'runs/typo/model': no such folder"),
 ])
 def test_eval_mistakes_are_one_line_before_any_work(sft_model, tmp_path, args, message):
     model_dir, _ = sft_model

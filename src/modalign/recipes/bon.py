@@ -20,7 +20,8 @@ class BoNConfig:
 
     out: str = field_doc("", "Run folder; empty means runs/bon-<time>.")
     policy: str = field_doc("", "Policy folder to sample from and fine-tune.")
-    reward_model: str = field_doc("", "Reward model folder, rule:<name>, or a weighted sum of those.")
+    reward_model: str = field_doc("", "Reward: a reward-model folder, rule:<name>, py:<file.py>:<function> (your "
+                                      "own, docs/plugins.md) or a weighted sum of those.")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
     task: str = field_doc("", "Only examples whose meta.task is this ('': all).")

@@ -30,7 +30,8 @@ class OnlineConfig:
     algorithm: str = field_doc("grpo", "grpo, rloo, reinforce or a2c: how scores become advantages.")
     objective: str = field_doc("", "A registered objective to use instead of the algorithm's own (see docs).")
     policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
-    reward_model: str = field_doc("", "Reward model folder, or rule:<name> (e.g. rule:shapes_gold).")
+    reward_model: str = field_doc("", "Reward: a reward-model folder, rule:<name>, py:<file.py>:<function> (your "
+                                      "own, docs/plugins.md) or a weighted sum of those.")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
     task: str = field_doc("", "Only examples whose meta.task is this ('': all), in training and evaluation.")
@@ -57,7 +58,8 @@ class OnlineConfig:
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
-    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
+                                             "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
 

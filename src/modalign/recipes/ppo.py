@@ -26,7 +26,8 @@ class PPOConfig:
     out: str = field_doc("", "Run folder; empty means runs/ppo-<time>.")
     policy: str = field_doc("", "Policy to start from, usually the SFT folder (also the critic's start and the reference).")
     reference: str = field_doc("", "Frozen KL reference policy folder ('': the policy itself), e.g. SFT in a later round.")
-    reward_model: str = field_doc("", "Reward model folder (ScalarHeadModel.save), or rule:<name> (e.g. rule:shapes_gold).")
+    reward_model: str = field_doc("", "Reward: a reward-model folder, rule:<name>, py:<file.py>:<function> (your "
+                                      "own, docs/plugins.md) or a weighted sum of those.")
     data: str = field_doc("", "Dataset folder with the prompts.")
     split: str = field_doc("train", "Split the prompts come from.")
     task: str = field_doc("", "Only examples whose meta.task is this ('': all), in training and evaluation.")
@@ -62,7 +63,8 @@ class PPOConfig:
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
-    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
+                                             "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
 

@@ -50,7 +50,8 @@ class SFTConfig:
     log_every: int = field_doc(20, "Steps between metric lines.")
     checkpoint_every: int = field_doc(200, "Steps between checkpoints (0: only at the end).")
     eval_examples: int = field_doc(0, "Held-out examples evaluated at the end (0: all).")
-    eval_temperature: float = field_doc(1.0, "Sampling temperature of the final evaluation (0: greedy).")
+    eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
+                                             "sampled (the summary says which).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
