@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
-from sqlalchemy import JSON, Integer, String, func, select, text
+from sqlalchemy import JSON, Integer, String, func, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modalign.data.records import Example
@@ -170,8 +170,9 @@ def load_task(session: Session, task_id: int, annotator: str | None = None) -> T
     if task is None:
         return None
     example = Example.from_dict(session.get(ExampleRow, task.example_id).record)
-    order = session.get(AssignmentOrderRow, (task_id, annotator)) if annotator is not None else None
-    candidates = tuple((cid, session.get(CandidateRow, cid).text) for cid in (order.candidate_ids if order else task.candidate_ids))
+    order = session.get(AssignmentOrderRow, (task_id, annotator)) if annotator and len(task.candidate_ids) > 1 else None
+    shown = order.candidate_ids if order else task.candidate_ids
+    candidates = tuple((cid, session.get(CandidateRow, cid).text) for cid in shown)
     raw = session.get(TaskSettingsRow, task_id)
     settings = TaskSettings(tuple(raw.settings["axes"]), int(raw.settings["scale"])) if raw else TaskSettings()
     return TaskView(task.id, task.kind, example, candidates, settings)
@@ -179,8 +180,9 @@ def load_task(session: Session, task_id: int, annotator: str | None = None) -> T
 
 def mark_done(session: Session, task_id: int, annotator: str) -> None:
     """Close an assignment (inside the caller's transaction), and the task once all are closed."""
-    session.get(AssignmentRow, (task_id, annotator)).status = DONE
-    session.flush()
+    # one UPDATE, no SELECT first: this runs under the app's write lock
+    session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator == annotator)
+                    .values(status=DONE))
     left = session.scalar(select(func.count()).select_from(AssignmentRow)
                           .where(AssignmentRow.task_id == task_id, AssignmentRow.status == QUEUED))
     if not left:
