@@ -43,14 +43,28 @@ def world(tmp_path, shapes_root):
     return w
 
 
+ORIGIN = "http://testserver"  # the TestClient's own origin, as a browser on our pages sends it
+
+
 @pytest.fixture
 def client(world):
-    with TestClient(create_app(world.store.url, ADMIN_TOKEN)) as client:
+    with TestClient(create_app(world.store.url, ADMIN_TOKEN), headers={"Origin": ORIGIN}) as client:
         yield client
 
 
 def bearer(world, name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {world.tokens[name]}"}
+
+
+def shown(client, world, task_id: int, who: str = "alice") -> list[int]:
+    """The task's candidate ids in the order `who` is shown them (each assignment has its own)."""
+    task = client.get(f"/api/tasks/{task_id}", headers=bearer(world, who)).json()
+    return [c["id"] for c in task["candidates"]]
+
+
+def side_of(client, world, task_id: int, who: str, candidate: int) -> str:
+    """The pairwise choice ("a" / "b") that picks `candidate` as `who` sees the task."""
+    return "ab"[shown(client, world, task_id, who).index(candidate)]
 
 
 def post(client, world, task_id: int, body, who: str = "alice"):
@@ -105,8 +119,8 @@ BAD_REQUESTS = [  # (id, task, headers: who / None / "wrong", request kwargs, st
     ("task-id-not-a-number", "x", "alice", {"json": {"choice": "a"}}, 422, "task_id"),
     ("another-annotators-task", 6, "alice", {"json": {"choice": "a"}}, 403, "task_id"),
     ("admin-not-assigned", 1, "boss", {"json": {"choice": "a"}}, 403, "task_id"),
-    ("not-json", 1, "alice", {"content": b"{choice: a"}, 400, "body"),
-    ("empty-body", 1, "alice", {"content": b""}, 400, "body"),
+    ("not-json", 1, "alice", {"content": b"{choice: a", "headers": {"Content-Type": "application/json"}}, 400, "body"),
+    ("empty-body", 1, "alice", {"content": b"", "headers": {"Content-Type": "application/json"}}, 400, "body"),
     ("not-an-object", 1, "alice", {"json": ["a"]}, 422, "body"),
     ("bad-choice", 1, "alice", {"json": {"choice": "c"}}, 422, "choice"),
     ("unknown-field", 1, "alice", {"json": {"choice": "a", "score": 1}}, 422, "score"),
@@ -130,7 +144,7 @@ def test_bad_requests_are_refused_and_store_nothing(client, world, case):
     headers = {} if who is None else {"Authorization": "Bearer nope"} if who == "wrong" else bearer(world, who)
     kwargs = {k: v() if callable(v) else v for k, v in kwargs.items()}
     before = world.store.count_judgments()
-    response = client.post(f"/api/tasks/{task_id}/judgment", headers=headers, **kwargs)
+    response = client.post(f"/api/tasks/{task_id}/judgment", headers=headers | kwargs.pop("headers", {}), **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["field"] == field and response.json()["detail"]
     assert world.store.count_judgments() == before
@@ -217,12 +231,12 @@ def test_login_sets_an_httponly_cookie_and_forms_validate(client, world):
     done = client.post("/tasks/1", data={"choice": "a", "reason": "", "guideline_version": "pairwise-v1"},
                        follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == "/next"
-    a, b, c = world.candidates[world.examples[0].id]
+    first, second, third = shown(client, world, 3)  # the answer numbers typed refer to the order shown
     assert client.post("/tasks/3", data={"ranking": "3, 1, 2"}, follow_redirects=False).status_code == 303
     assert client.post("/tasks/4", data={"rating.accuracy": "4", "rating.fluency": "2"},
                        follow_redirects=False).status_code == 303
     stored = {j.task_id: j for j in world.store.judgments()}
-    assert stored[1].choice == "a" and stored[3].ranking == (c, a, b) and dict(stored[4].ratings) == {"accuracy": 4, "fluency": 2}
+    assert stored[1].choice == "a" and stored[3].ranking == (third, first, second) and dict(stored[4].ratings) == {"accuracy": 4, "fluency": 2}
     assert 'id="answered"' in client.get("/tasks/1").text and 'id="answer"' not in client.get("/tasks/1").text
 
 
@@ -239,9 +253,10 @@ def test_admin_pages_need_an_admin(client, world):
 
 
 def test_dashboard_shows_progress_agreement_and_exports(client, world):
-    for who in ("alice", "bob"):
-        assert post(client, world, 1, {"choice": "a"}, who).status_code == 201
-        assert post(client, world, 2, {"choice": "b"}, who).status_code == 201
+    first, second = world.candidates[world.examples[0].id][0], world.candidates[world.examples[1].id][1]
+    for who in ("alice", "bob"):  # both prefer the first candidate in task 1 (example 0), the second in task 2
+        assert post(client, world, 1, {"choice": side_of(client, world, 1, who, first)}, who).status_code == 201
+        assert post(client, world, 2, {"choice": side_of(client, world, 2, who, second)}, who).status_code == 201
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     stats = client.get("/api/admin/stats", headers=admin).json()
     assert stats["tasks_done"] == 2 and stats["tasks_total"] == 6 and stats["judgments"] == 4

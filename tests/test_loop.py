@@ -134,7 +134,10 @@ def test_top_selection_pairs_the_best_answer_with_its_least_certain_rival(sft_mo
     grouped = candidate_pairs([e], completions, 3, scores=scores, against_top=True)
     assert [(p.a.text, p.b.text) for p in grouped[0]] == [("best", "sure loser"), ("best", "close rival")]
     chosen = select_pairs(grouped, 1, "top", seed=0)
-    assert (chosen[0].a.text, chosen[0].b.text) == ("best", "close rival")
+    assert {chosen[0].a.text, chosen[0].b.text} == {"best", "close rival"}
+    # the favourite is not always shown first: sides are a coin flip per pair (no built-in position bias)
+    firsts = [select_pairs(grouped, 1, "top", seed=s)[0].a.text for s in range(40)]
+    assert 10 <= firsts.count("best") <= 30
 
 
 @pytest.mark.parametrize("selection", ["ensemble", "top"])

@@ -264,6 +264,17 @@ def add_annotator(
     _run(lambda: add_annotator_command(store, name, role))
 
 
+@app.command("reset-token")
+def reset_token(
+    store: str = typer.Option(..., help="Feedback store: a feedback.db path or an SQLAlchemy URL."),
+    name: str = typer.Option(..., help="Account name."),
+) -> None:
+    """Issue a new token for an account and print it once; the old token and its logins stop working."""
+    from modalign.feedback.server.cli_glue import reset_token_command
+
+    _run(lambda: reset_token_command(store, name))
+
+
 @app.command()
 def demo(
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/demo-<time>)."),

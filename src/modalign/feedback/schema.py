@@ -64,3 +64,15 @@ class AssignmentRow(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
     annotator: Mapped[str] = mapped_column(ForeignKey("annotators.name"), primary_key=True)
     status: Mapped[str] = mapped_column(String(20), default="queued")
+
+
+class SessionRow(Base):
+    """A browser login: the hash of its cookie value, whose it is, and when it stops working.
+
+    No foreign key to `annotators`: the admin token (no account row) logs in too."""
+
+    __tablename__ = "sessions"
+    id_hash: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account: Mapped[str] = mapped_column(String(200), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

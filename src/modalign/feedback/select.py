@@ -15,12 +15,14 @@ pair. A budget of pairs goes to people, at most one per prompt, lowest `priority
   "RLHF Workflow", sec. 3, with the partner chosen by disagreement). Measured on
   ShapesWorld, margin chose worse pairs than random: the closest pairs are mostly two equally
   right answers, whose labels teach nothing.
+Whatever the strategy, each chosen pair's sides are swapped at random: under `top` the reward
+model's favourite would otherwise always be shown first (as A), and raters favour the first.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from modalign.data.records import Completion, Example
@@ -88,11 +90,18 @@ def select_pairs(grouped: Sequence[Sequence[CandidatePair]], count: int, strateg
     if strategy == "random" or any(p.priority is None for pairs in usable for p in pairs):
         picks = [rng.choice(list(pairs)) for pairs in usable]
         rng.shuffle(picks)
-        return picks[:count]
+        return _random_sides(picks[:count], seed)
     # first pair per prompt, then the first prompts; a random key breaks equal priorities
     closest = [min(pairs, key=lambda p: (p.priority, rng.random())) for pairs in usable]
     closest.sort(key=lambda p: (p.priority, rng.random()))
-    return closest[:count]
+    return _random_sides(closest[:count], seed)
+
+
+def _random_sides(pairs: list[CandidatePair], seed: int) -> list[CandidatePair]:
+    """Each pair as is or with a and b swapped, by a fair coin (its own stream: the picks stay as they were).
+    Priorities are symmetric in a and b, so they still hold."""
+    coin = random.Random(f"sides-{seed}")
+    return [replace(p, a=p.b, b=p.a) if coin.random() < 0.5 else p for p in pairs]
 
 
 def judge_pairs_with_panel(pairs: Sequence[CandidatePair], seed: int) -> JudgedGroups:

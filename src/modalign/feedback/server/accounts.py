@@ -11,14 +11,16 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from modalign.feedback.schema import AnnotatorRow
+from modalign.feedback.schema import AnnotatorRow, SessionRow
 from modalign.feedback.store import FeedbackStore
 
 ROLES = ("annotator", "admin")
 MAX_NAME = 200
+ADMIN_TOKEN_ACCOUNT = "(admin token)"  # who the admin token acts as; no account may take this name
+RESERVED_PREFIX = "("  # names of the server's own identities start with it
 
 
 class AccountError(ValueError):
@@ -59,13 +61,14 @@ def create_account(store: FeedbackStore, name: str, role: str = "annotator") -> 
 
 
 def reset_token(store: FeedbackStore, name: str) -> str:
-    """Issue a new token for an existing account; the old one stops working at once."""
+    """Issue a new token for an existing account; the old one and every browser session stop working at once."""
     token = new_token()
     with Session(store.engine) as session, session.begin():
         row = session.get(AnnotatorRow, name)
         if row is None:
             raise AccountError(f"no account named {name!r}")
         row.token_hash = hash_token(token)
+        session.execute(delete(SessionRow).where(SessionRow.account == name))
     return token
 
 
@@ -95,3 +98,6 @@ def _check_name(name: str) -> None:
         raise AccountError(f"account name {name!r} must be non-empty without surrounding spaces")
     if len(name) > MAX_NAME or not name.isprintable():
         raise AccountError(f"account name {name!r} must be printable and at most {MAX_NAME} characters")
+    if name.startswith(RESERVED_PREFIX):
+        raise AccountError(f"account name {name!r} is reserved: names starting with {RESERVED_PREFIX!r} "
+                           f"belong to the server (e.g. {ADMIN_TOKEN_ACCOUNT!r})")

@@ -54,7 +54,9 @@ def export_parquet(request: Request, _: Account = Depends(require_admin)) -> Res
 
 
 def _download(content: str | bytes, filename: str, media_type: str) -> Response:
-    return Response(content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    # no-store: the exports hold every answer; no browser or proxy cache may keep a copy
+    return Response(content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                                                             "Cache-Control": "no-store"})
 
 
 def _fmt(value: float) -> str:

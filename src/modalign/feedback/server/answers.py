@@ -106,21 +106,50 @@ def _text(body: Mapping[str, Any], field: str, limit: int, required: bool) -> st
 # ---- corrected spans -----------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?\n]*\s*|[.!?\n]+\s*")  # covers every character: "".join(findall) == text
+# difflib's matcher costs up to ~n*m*min(n, m) on crafted input (one repeated word): a budget on
+# n*m per diff and over the whole call keeps the worst case near 0.1 s of CPU. Past it the edit is
+# coarser (a whole sentence or the whole changed middle as one span) but still exact.
+DIFF_BUDGET, TOTAL_DIFF_BUDGET = 40_000, 200_000
 
 
 def corrected_spans(original: str, corrected: str) -> tuple[Span, ...]:
     """Edits turning `original` into `corrected`: (start, end, replacement), offsets into `original`.
 
-    Diffed word by word (difflib over word / space / punctuation tokens) so a changed word is one
-    span, not scattered letters; `apply_spans(original, spans) == corrected` always holds.
+    Diffed sentence by sentence, then word by word inside the changed sentences (difflib over
+    word / space / punctuation tokens) so a changed word is one span, not scattered letters;
+    `apply_spans(original, spans) == corrected` always holds. Bounded in time (`DIFF_BUDGET`).
     """
-    old, new = _TOKEN.findall(original), _TOKEN.findall(corrected)
-    starts = [0]
-    for token in old:
-        starts.append(starts[-1] + len(token))
-    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-    return tuple((starts[i1], starts[i2], "".join(new[j1:j2]))
-                 for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
+    budget = [TOTAL_DIFF_BUDGET]
+    return tuple(_spans(original, corrected, 0, (_SENTENCE, _TOKEN), budget))
+
+
+def _spans(old_text: str, new_text: str, base: int, levels: tuple[re.Pattern, ...], budget: list[int]) -> list[Span]:
+    """Spans of `old_text` -> `new_text` (offsets + `base`), splitting by `levels[0]` and refining by the rest."""
+    if old_text == new_text:
+        return []
+    old, new = levels[0].findall(old_text), levels[0].findall(new_text)
+    head = 0  # common leading and trailing pieces cost nothing to match
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    old_mid, new_mid = old[head:len(old) - tail], new[head:len(new) - tail]
+    starts = [base + sum(map(len, old[:head]))]
+    for piece in old_mid:
+        starts.append(starts[-1] + len(piece))
+    cost = len(old_mid) * len(new_mid)
+    if cost > min(DIFF_BUDGET, budget[0]):
+        return [(starts[0], starts[-1], "".join(new_mid))]
+    budget[0] -= cost
+    out: list[Span] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old_mid, new_mid, autojunk=False).get_opcodes():
+        if tag == "replace" and len(levels) > 1:
+            out += _spans("".join(old_mid[i1:i2]), "".join(new_mid[j1:j2]), starts[i1], levels[1:], budget)
+        elif tag != "equal":
+            out.append((starts[i1], starts[i2], "".join(new_mid[j1:j2])))
+    return out
 
 
 def apply_spans(original: str, spans: tuple[Span, ...]) -> str:

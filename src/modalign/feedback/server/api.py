@@ -1,4 +1,7 @@
-"""The JSON API for scripted clients and load tests (Authorization: Bearer <token>)."""
+"""The JSON API for scripted clients and load tests (Authorization: Bearer <token>).
+
+A browser's session cookie is accepted too, but then a POST must come from this origin
+(`deps.require_account`) and carry Content-Type application/json (`deps.json_body`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from modalign.feedback.server.accounts import Account
-from modalign.feedback.server.deps import app_state, json_body, require_account
+from modalign.feedback.server.deps import TaskId, app_state, json_body, require_account
 from modalign.feedback.server.guidelines import guideline_for
 from modalign.feedback.server.submit import read_task, submit_judgment
 from modalign.feedback.server.tasks import next_task_id, open_task_ids, progress
@@ -38,14 +41,14 @@ def api_queue(request: Request, account: Account = Depends(require_account)) -> 
 
 
 @router.get("/tasks/{task_id}")
-def api_task(task_id: int, request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
+def api_task(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
     state = app_state(request)
     view, status = read_task(state.store, task_id, account)
     return task_json(view, guideline_for(state.guidelines, view.kind), status)
 
 
 @router.post("/tasks/{task_id}/judgment", status_code=201)
-def api_judgment(task_id: int, request: Request, account: Account = Depends(require_account),
+def api_judgment(task_id: TaskId, request: Request, account: Account = Depends(require_account),
                  body: Any = Depends(json_body)) -> JSONResponse:
     """Store the caller's answer to a task; 201 only once it is committed to disk."""
     state = app_state(request)

@@ -15,14 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from modalign.feedback.server import admin, api, pages
+from modalign.feedback.server.accounts import ADMIN_TOKEN_ACCOUNT
 from modalign.feedback.server.deps import AppState, html
 from modalign.feedback.server.errors import AnnotationError, InvalidField, Unauthorized
 from modalign.feedback.server.guidelines import DEFAULT_GUIDELINES, Guideline
 from modalign.feedback.server.limits import DEFAULT_MAX_BODY, BodyLimit
+from modalign.feedback.server.sessions import close_sessions_of
 from modalign.feedback.server.tasks import ensure_tables
 from modalign.feedback.store import FeedbackStore
 
 log = logging.getLogger(__name__)
+MIN_ADMIN_TOKEN = 16  # characters: `new_token()` gives 43; a short one could be guessed
 
 
 def create_app(store_url: str, admin_token: str | None = None, guidelines: Mapping[str, Guideline] | None = None,
@@ -32,8 +35,12 @@ def create_app(store_url: str, admin_token: str | None = None, guidelines: Mappi
     `admin_token`: a token that opens the admin pages besides accounts with the admin role.
     `guidelines`: per task kind (defaults: `DEFAULT_GUIDELINES`). Bodies over `max_body_bytes` get 413.
     """
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"the admin token is {len(admin_token)} characters; use at least {MIN_ADMIN_TOKEN} "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     store = FeedbackStore(store_url)
     ensure_tables(store)
+    close_sessions_of(store, ADMIN_TOKEN_ACCOUNT)  # the admin token may have changed since they were opened
     # No Swagger UI: it loads scripts from a CDN, which the pages' CSP (and offline use) forbid.
     app = FastAPI(title="modalign annotate", docs_url=None, redoc_url=None)
     app.state.annotation = AppState(store, admin_token, dict(guidelines or DEFAULT_GUIDELINES))

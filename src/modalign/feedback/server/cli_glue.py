@@ -1,4 +1,4 @@
-"""Functions behind `modalign annotate` and `modalign add-annotator` (wired up in cli.py)."""
+"""Functions behind `modalign annotate`, `add-annotator` and `reset-token` (wired up in cli.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000) -> N
     """Serve the annotation app over `store`; an admin token may also come from $MODALIGN_ADMIN_TOKEN."""
     from modalign.feedback.server.app import serve
 
+    from modalign.feedback.server.app import MIN_ADMIN_TOKEN
+
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+        raise SystemExit(f"error: ${ADMIN_TOKEN_ENV} is {len(admin_token)} characters; use at least {MIN_ADMIN_TOKEN}")
+    url = store_url(store, must_exist=True)
     print(f"annotation app on http://{host}:{port}/ (store {store}); log in with a token from add-annotator")
-    serve(store_url(store, must_exist=True), host=host, port=port, admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)
+    serve(url, host=host, port=port, admin_token=admin_token)
 
 
 def add_annotator_command(store: str, name: str, role: str = "annotator") -> str:
@@ -38,4 +44,16 @@ def add_annotator_command(store: str, name: str, role: str = "annotator") -> str
     except AccountError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"{role} {name!r} created. Token (shown only now, keep it safe):\n{token}")
+    return token
+
+
+def reset_token_command(store: str, name: str) -> str:
+    """Issue a new token for an account (the old token and its browser sessions stop working); prints it once."""
+    from modalign.feedback.server.accounts import AccountError, reset_token
+
+    try:
+        token = reset_token(FeedbackStore(store_url(store, must_exist=True)), name)
+    except (AccountError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"new token for {name!r} (shown only now; the old token and its sessions no longer work):\n{token}")
     return token

@@ -6,20 +6,24 @@ import json
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 from urllib.parse import urlsplit
 
-from fastapi import Request
+from fastapi import Path, Request
 from fastapi.responses import HTMLResponse
 
-from modalign.feedback.server.accounts import Account, authenticate, is_token
-from modalign.feedback.server.errors import BadRequest, Forbidden, Unauthorized
+from modalign.feedback.server.accounts import ADMIN_TOKEN_ACCOUNT, Account, authenticate, is_token
+from modalign.feedback.server.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
 from modalign.feedback.server.guidelines import Guideline
+from modalign.feedback.server.sessions import session_account
 from modalign.feedback.server.templates import render
+from modalign.feedback.server.throttle import LoginThrottle
 from modalign.feedback.store import FeedbackStore
 
-TOKEN_COOKIE = "modalign_token"
-ADMIN_TOKEN_ACCOUNT = "(admin token)"  # not a valid account name (parentheses, space): no clash
+SESSION_COOKIE = "modalign_session"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_ID = 2 ** 63 - 1  # the largest id a database integer column holds (SQLite, Postgres BIGINT)
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="a task id")]  # out of range: 422, not a 500 from the database
 
 
 @dataclass
@@ -28,18 +32,19 @@ class AppState:
     admin_token: str | None
     guidelines: Mapping[str, Guideline]
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def app_state(request: Request) -> AppState:
     return request.app.state.annotation
 
 
-def request_token(request: Request) -> str | None:
-    """`Authorization: Bearer <token>` (API clients) or the login cookie (browsers)."""
+def bearer_token(request: Request) -> str | None:
+    """`Authorization: Bearer <token>` (API clients), or None."""
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
-    return request.cookies.get(TOKEN_COOKIE)
+    return None
 
 
 def account_for(state: AppState, token: str | None) -> Account | None:
@@ -49,8 +54,20 @@ def account_for(state: AppState, token: str | None) -> Account | None:
 
 
 def require_account(request: Request) -> Account:
-    """FastAPI dependency: the caller, or 401."""
-    account = account_for(app_state(request), request_token(request))
+    """FastAPI dependency: the caller, or 401.
+
+    A Bearer token is sent only by scripts, never added by a browser on its own, so it needs no
+    CSRF check. The session cookie is: any state-changing request carrying it must come from a
+    page of this very origin (`check_origin`), on every route, the JSON API included.
+    """
+    state = app_state(request)
+    token = bearer_token(request)
+    if token is not None:
+        account = account_for(state, token)
+    else:
+        account = session_account(state.store, request.cookies.get(SESSION_COOKIE))
+        if account is not None and request.method not in SAFE_METHODS:
+            check_origin(request)
     if account is None:
         raise Unauthorized("missing or wrong token: log in at /login or send 'Authorization: Bearer <token>'",
                            field="token")
@@ -66,14 +83,22 @@ def require_admin(request: Request) -> Account:
 
 
 async def json_body(request: Request) -> Any:
-    """FastAPI dependency: the body parsed as JSON (400 naming `body` when it is not JSON)."""
+    """FastAPI dependency: the body parsed as JSON (415 unless sent as JSON, 400 naming `body` when it is not JSON).
+
+    The Content-Type check matters for CSRF: a cross-site form or `no-cors` fetch can only send
+    text/plain, form or multipart bodies, never application/json.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(f"send the body as application/json, not {media_type or 'no Content-Type'!r}",
+                                   field="content-type")
     raw = await request.body()
     if not raw.strip():
         raise BadRequest("the body is empty: send a JSON object", field="body")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(f"the body is not valid JSON ({err})", field="body") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: also numbers over 4300 digits
+        raise BadRequest(f"the body is not valid JSON ({str(err)[:200]})", field="body") from None
 
 
 async def form_body(request: Request) -> dict[str, str]:
@@ -82,11 +107,22 @@ async def form_body(request: Request) -> dict[str, str]:
     return {key: value for key, value in form.multi_items() if isinstance(value, str)}
 
 
-def same_origin(request: Request) -> None:
-    """Refuse cross-site form posts (the SameSite=Strict cookie already does; this is a second lock)."""
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise Forbidden(f"cross-site form post from {origin} refused", field="origin")
+def check_origin(request: Request) -> None:
+    """Refuse a state-changing browser request unless it comes from a page of this server's origin.
+
+    SameSite=Strict does not help here: a page on another port of the same host is "same site".
+    So the Origin header (or, lacking it, the Referer) must name exactly this host and port;
+    `Origin: null` (sandboxed frames, data: URLs, some redirects) and no origin at all are refused.
+    Our pages send `Referrer-Policy: same-origin`, under which browsers send the real Origin.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site != "same-origin":
+        raise Forbidden(f"cross-origin request refused (Sec-Fetch-Site: {fetch_site})", field="origin")
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        raise Forbidden(f"request without a usable Origin header ({origin!r}) refused", field="origin")
+    if urlsplit(origin).netloc != request.headers.get("host"):
+        raise Forbidden(f"cross-origin request from {origin[:200]} refused", field="origin")
 
 
 def html(name: str, code: int = 200, **context: Any) -> HTMLResponse:
@@ -96,7 +132,7 @@ def html(name: str, code: int = 200, **context: Any) -> HTMLResponse:
         "Content-Security-Policy": f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
                                    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",  # "no-referrer" makes browsers send `Origin: null` on form posts
         "Cache-Control": "no-store",
     }
     return HTMLResponse(render(name, nonce=nonce, **context), status_code=code, headers=headers)

@@ -45,6 +45,14 @@ class TooLarge(AnnotationError):
     status = 413
 
 
+class UnsupportedMediaType(AnnotationError):
+    status = 415
+
+
+class TooManyRequests(AnnotationError):
+    status = 429
+
+
 class InvalidField(AnnotationError):
     """The body parsed but a field is wrong: 422, naming the field."""
 

@@ -13,10 +13,11 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from modalign.data.media import MediaError, resolve_media_path
 from modalign.feedback.server.accounts import Account
 from modalign.feedback.server.deps import (
-    TOKEN_COOKIE, account_for, app_state, form_body, html, require_account, same_origin,
+    SESSION_COOKIE, TaskId, account_for, app_state, check_origin, form_body, html, require_account,
 )
 from modalign.feedback.server.errors import AnnotationError, InvalidField, NotFound
 from modalign.feedback.server.guidelines import guideline_for
+from modalign.feedback.server.sessions import SESSION_TTL, close_session, open_session
 from modalign.feedback.server.submit import read_task, submit_judgment
 from modalign.feedback.server.tasks import TaskView, next_task_id, progress
 from modalign.feedback.server.views import media_items, prompt_lines
@@ -34,21 +35,28 @@ def login_page() -> Response:
 
 @router.post("/login")
 def login(request: Request, form: dict[str, str] = Depends(form_body)) -> Response:
-    """Check the token and keep it in an HttpOnly, SameSite=Strict cookie (script cannot read it)."""
-    token = form.get("token", "").strip()
-    account = account_for(app_state(request), token)
+    """Check the token and start a session: the HttpOnly, SameSite=Strict cookie holds the session id
+    (script cannot read it, and it is not the token). Wrong tokens are throttled per client address."""
+    check_origin(request)  # no logging a victim's browser into the attacker's account either
+    state, client = app_state(request), request.client.host if request.client else "?"
+    state.login_throttle.check(client)
+    account = account_for(state, form.get("token", "").strip())
     if account is None:
+        state.login_throttle.failed(client)
         return html("login", code=401, title="Log in", error="That token is not valid (field: token).")
     response = RedirectResponse("/admin" if account.is_admin else "/next", status_code=303)
-    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(SESSION_COOKIE, open_session(state.store, account), max_age=int(SESSION_TTL.total_seconds()),
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    same_origin(request)
+    """End the session on the server (a copy of the cookie stops working too) and drop the cookie."""
+    check_origin(request)
+    close_session(app_state(request).store, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(TOKEN_COOKIE)
+    response.delete_cookie(SESSION_COOKIE)
     return response
 
 
@@ -67,16 +75,16 @@ def next_page(request: Request, account: Account = Depends(require_account)) -> 
 
 
 @router.get("/tasks/{task_id}")
-def task_page(task_id: int, request: Request, account: Account = Depends(require_account)) -> Response:
+def task_page(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> Response:
     task, status = read_task(app_state(request).store, task_id, account)
     return _task_html(request, account, task, status)
 
 
 @router.post("/tasks/{task_id}")
-def task_submit(task_id: int, request: Request, account: Account = Depends(require_account),
+def task_submit(task_id: TaskId, request: Request, account: Account = Depends(require_account),
                 form: dict[str, str] = Depends(form_body)) -> Response:
-    """Same validation and storage as the JSON API; on error the form comes back with the message."""
-    same_origin(request)
+    """Same validation and storage as the JSON API; on error the form comes back with the message.
+    (`require_account` has checked the origin: the session cookie came with a state-changing request.)"""
     state = app_state(request)
     task, status = read_task(state.store, task_id, account)
     try:
@@ -88,7 +96,7 @@ def task_submit(task_id: int, request: Request, account: Account = Depends(requi
 
 
 @router.get("/tasks/{task_id}/media/{index}")
-def media(task_id: int, index: int, request: Request, account: Account = Depends(require_account)) -> Response:
+def media(task_id: TaskId, index: int, request: Request, account: Account = Depends(require_account)) -> Response:
     """The index-th media file of the task's example, nothing else, and only inside the dataset root."""
     store = app_state(request).store
     task, _ = read_task(store, task_id, account)
@@ -113,7 +121,8 @@ def form_to_body(task: TaskView, form: dict[str, str]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for key, value in form.items():
         if key.startswith("rating."):
-            body.setdefault("ratings", {})[key[len("rating."):]] = int(value) if value.isdigit() else value
+            # ASCII digits only: "²".isdigit() holds but int("²") fails, and 5000 digits overflow int()
+            body.setdefault("ratings", {})[key[len("rating."):]] = int(value) if re.fullmatch(r"[0-9]{1,4}", value) else value
         elif key == "ranking":
             body["ranking"] = _ranking_ids(task, value)
         else:
@@ -124,7 +133,7 @@ def form_to_body(task: TaskView, form: dict[str, str]) -> dict[str, Any]:
 
 
 def _ranking_ids(task: TaskView, typed: str) -> list[int]:
-    numbers = [int(n) for n in re.findall(r"\d+", typed)]
+    numbers = [int(n) if len(n) <= 4 else 0 for n in re.findall(r"[0-9]+", typed)]  # ASCII digits; 0 is refused below
     if not numbers or not all(1 <= n <= len(task.candidates) for n in numbers):
         raise InvalidField(f"type the answer numbers 1..{len(task.candidates)} best first, e.g. "
                            f"{','.join(str(i + 1) for i in range(len(task.candidates)))}", field="ranking")

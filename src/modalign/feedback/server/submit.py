@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from modalign.feedback.judgments import Judgment
 from modalign.feedback.server.accounts import Account
 from modalign.feedback.server.answers import build_judgment
 from modalign.feedback.server.errors import Conflict, Forbidden, NotFound
@@ -28,7 +29,7 @@ LOCK_RETRIES = 5
 def read_task(store: FeedbackStore, task_id: int, account: Account) -> tuple[TaskView, str | None]:
     """The task and the account's assignment status ("queued" / "done"; None for an admin looking on)."""
     with Session(store.engine) as session:
-        task = load_task(session, task_id)
+        task = load_task(session, task_id, account.name)
         if task is None:
             raise NotFound(f"there is no task {task_id}", field="task_id")
         status = assignment_status(session, task_id, account.name)
@@ -41,14 +42,20 @@ def submit_judgment(store: FeedbackStore, write_lock: threading.Lock, task_id: i
                     body: Any, guidelines: Mapping[str, Guideline]) -> int:
     """Validate `body` against the task, store the judgment and close the assignment; returns the judgment id.
 
-    The judgment records the version of the task kind's guideline in `guidelines`.
+    The judgment records the version of the task kind's guideline in `guidelines`. It is built
+    (validation, a critique's diff) before the write lock is taken: a task never changes once
+    created, so only the assignment check and the insert need the lock, and one slow critique
+    cannot hold up everyone else's saves.
     """
+    task = _task_of(store, task_id, annotator)
+    version = guideline_for(guidelines, task.kind).version
+    judgment = build_judgment(task, body, annotator, version)
     for attempt in range(LOCK_RETRIES):
         try:
             # One writer at a time in this process: SQLite has a single write lock anyway, and
             # queueing here avoids "database is locked" errors between our own threads.
             with write_lock:
-                return _store(store, task_id, annotator, body, guidelines)
+                return _store(store, judgment)
         except OperationalError as err:  # another process (e.g. a CLI adding tasks) holds the lock
             if "locked" not in str(err) or attempt == LOCK_RETRIES - 1:
                 raise
@@ -56,17 +63,23 @@ def submit_judgment(store: FeedbackStore, write_lock: threading.Lock, task_id: i
     raise AssertionError("unreachable")
 
 
-def _store(store: FeedbackStore, task_id: int, annotator: str, body: Any, guidelines: Mapping[str, Guideline]) -> int:
+def _task_of(store: FeedbackStore, task_id: int, annotator: str) -> TaskView:
+    """The task as `annotator` sees it (their A/B order), or 404 / 403."""
+    with Session(store.engine) as session:
+        task = load_task(session, task_id, annotator)
+        if task is None:
+            raise NotFound(f"there is no task {task_id}", field="task_id")
+        if assignment_status(session, task_id, annotator) is None:
+            raise Forbidden(f"task {task_id} is not assigned to {annotator!r}", field="task_id")
+        return task
+
+
+def _store(store: FeedbackStore, judgment: Judgment) -> int:
+    task_id, annotator = judgment.task_id, judgment.annotator
     with Session(store.engine) as session:
         try:
             with session.begin():
-                task = load_task(session, task_id)
-                if task is None:
-                    raise NotFound(f"there is no task {task_id}", field="task_id")
-                if assignment_status(session, task_id, annotator) is None:
-                    raise Forbidden(f"task {task_id} is not assigned to {annotator!r}", field="task_id")
-                version = guideline_for(guidelines, task.kind).version
-                row = judgment_row(build_judgment(task, body, annotator, version))
+                row = judgment_row(judgment)
                 session.add(row)
                 session.flush()  # the unique (task_id, annotator) constraint fires here
                 mark_done(session, task_id, annotator)

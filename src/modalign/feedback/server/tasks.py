@@ -4,16 +4,20 @@ A task is one question about one example (pairwise, ranking, rating or critique)
 its stored candidates. Each task goes to `overlap` distinct annotators; an assignment is
 "queued" until that annotator's judgment is stored and "done" after (both in one transaction).
 Per-task settings the `tasks` table has no column for (rating axes and scale) live in a small
-side table, `task_settings`, created next to the store's own tables.
+side table, `task_settings`, created next to the store's own tables; so does each assignment's
+display order (`assignment_order`): every annotator sees a task's candidates in their own random
+order, so whatever put a candidate first (e.g. the reward model's favourite under `selection: top`)
+gives it no position advantage. A judgment records the candidates in the order that annotator saw.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
-from sqlalchemy import JSON, Integer, func, select, text
+from sqlalchemy import JSON, Integer, String, func, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modalign.data.records import Example
@@ -37,6 +41,15 @@ class TaskSettingsRow(_SideBase):
     __tablename__ = "task_settings"
     task_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # tasks.id (other metadata, so no FK)
     settings: Mapped[dict] = mapped_column(JSON)
+
+
+class AssignmentOrderRow(_SideBase):
+    """The order in which one annotator is shown one task's candidates (a permutation of its ids)."""
+
+    __tablename__ = "assignment_order"
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(200), primary_key=True)
+    candidate_ids: Mapped[list] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -86,13 +99,16 @@ def ensure_tables(store: FeedbackStore) -> None:
 
 def create_tasks(
     store: FeedbackStore, kind: str, items: Iterable[TaskItem | tuple[str, Sequence[int]]], overlap: int = 1,
-    annotators: Sequence[str] = (), axes: Sequence[str] | None = None, scale: int = 5,
+    annotators: Sequence[str] = (), axes: Sequence[str] | None = None, scale: int = 5, seed: int | None = None,
 ) -> list[int]:
     """Create one task per item and assign each to `overlap` distinct annotators; returns the task ids.
 
     Assignment is greedy and balanced: each task goes to the annotators with the shortest open
     queues (ties by name), so queues differ by at most one when all start empty. All or nothing.
+    Each assignment of a pairwise or ranking task gets its own random display order (`seed`: of
+    that shuffle; None draws from the system's randomness).
     """
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
     items = [item if isinstance(item, TaskItem) else TaskItem(item[0], tuple(item[1])) for item in items]
     settings = _check_settings(kind, axes, scale)
     _check_overlap(overlap, annotators)
@@ -109,6 +125,9 @@ def create_tasks(
         for task in tasks:
             for name in sorted(annotators, key=lambda a: (load[a], a))[:overlap]:
                 session.add(AssignmentRow(task_id=task.id, annotator=name, status=QUEUED))
+                if len(task.candidate_ids) > 1:
+                    session.add(AssignmentOrderRow(task_id=task.id, annotator=name,
+                                                   candidate_ids=rng.sample(task.candidate_ids, len(task.candidate_ids))))
                 load[name] += 1
             session.add(TaskSettingsRow(task_id=task.id, settings={"axes": list(settings.axes), "scale": settings.scale}))
         return [task.id for task in tasks]
@@ -142,13 +161,18 @@ def assignment_status(session: Session, task_id: int, annotator: str) -> str | N
     return None if row is None else row.status
 
 
-def load_task(session: Session, task_id: int) -> TaskView | None:
-    """The task with its example, candidate texts and settings, or None if there is no such task."""
+def load_task(session: Session, task_id: int, annotator: str | None = None) -> TaskView | None:
+    """The task with its example, candidate texts and settings, or None if there is no such task.
+
+    The candidates come in `annotator`'s display order when they have one, else in the task's order.
+    """
     task = session.get(TaskRow, task_id)
     if task is None:
         return None
     example = Example.from_dict(session.get(ExampleRow, task.example_id).record)
-    candidates = tuple((cid, session.get(CandidateRow, cid).text) for cid in task.candidate_ids)
+    order = session.get(AssignmentOrderRow, (task_id, annotator)) if annotator and len(task.candidate_ids) > 1 else None
+    shown = order.candidate_ids if order else task.candidate_ids
+    candidates = tuple((cid, session.get(CandidateRow, cid).text) for cid in shown)
     raw = session.get(TaskSettingsRow, task_id)
     settings = TaskSettings(tuple(raw.settings["axes"]), int(raw.settings["scale"])) if raw else TaskSettings()
     return TaskView(task.id, task.kind, example, candidates, settings)
@@ -156,8 +180,9 @@ def load_task(session: Session, task_id: int) -> TaskView | None:
 
 def mark_done(session: Session, task_id: int, annotator: str) -> None:
     """Close an assignment (inside the caller's transaction), and the task once all are closed."""
-    session.get(AssignmentRow, (task_id, annotator)).status = DONE
-    session.flush()
+    # one UPDATE, no SELECT first: this runs under the app's write lock
+    session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator == annotator)
+                    .values(status=DONE))
     left = session.scalar(select(func.count()).select_from(AssignmentRow)
                           .where(AssignmentRow.task_id == task_id, AssignmentRow.status == QUEUED))
     if not left:
