@@ -285,19 +285,50 @@ def test_register_family_adds_a_fast_path_for_a_model_type(tiny, monkeypatch):
     assert register_family(dataclasses.replace(llava, end_of_turn="</s>"), "llava", replace=True).end_of_turn == "</s>"
 
 
+def without_chat_templates(folder: Path) -> None:
+    """Remove every chat template a saved folder holds (processor's and tokenizer's)."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            config = json.loads((folder / name).read_text())
+            config.pop("chat_template", None)
+            (folder / name).write_text(json.dumps(config))
+
+
 def test_a_model_without_chat_template_is_one_line(tiny, tmp_path):
     import shutil
 
     model_dir, _ = tiny("llava")
     folder = Path(shutil.copytree(model_dir, tmp_path / "llava"))
-    for name in ("chat_template.jinja", "chat_template.json"):
-        (folder / name).unlink(missing_ok=True)
-    config = json.loads((folder / "processor_config.json").read_text())
-    config.pop("chat_template", None)
-    (folder / "processor_config.json").write_text(json.dumps(config))
+    without_chat_templates(folder)
     with pytest.raises(ModelSupportError, match=r"^model_type 'llava': the processor in .* has no chat template") as e:
         load_policy(folder)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "chat_template" in str(e.value)
+
+
+def test_a_chat_template_from_the_tokenizer_or_from_load_policy(tiny, tmp_path):
+    """The tokenizer's template when the processor has none (GIT, Kosmos-2); a template given to
+    `load_policy` otherwise, kept by a saved copy of the policy."""
+    import shutil
+
+    model_dir, _ = tiny("llava")
+    template = load_policy(model_dir).processor.chat_template
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    folder = Path(shutil.copytree(model_dir, tmp_path / "llava"))
+    without_chat_templates(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": template}))
+    assert load_policy(folder).processor.chat_template == template  # the tokenizer's
+
+    without_chat_templates(folder)
+    given = template.replace("USER", "HUMAN") if "USER" in template else "HUMAN " + template
+    policy = load_policy(folder, chat_template=given)
+    rendered = policy.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    assert "HUMAN" in rendered and policy.processor.chat_template == given
+    policy.processor.save_pretrained(tmp_path / "saved")
+    policy.model.save_pretrained(tmp_path / "saved")
+    assert load_policy(tmp_path / "saved").processor.chat_template == given
 
 
 def test_a_text_only_model_is_one_line(tmp_path):

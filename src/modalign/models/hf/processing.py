@@ -51,7 +51,13 @@ class HFProcessor:
         return self.processor.apply_chat_template(conversation, **kwargs)
 
     def save_pretrained(self, path: str | Path, **kwargs):
-        return self.processor.save_pretrained(path, **kwargs)
+        """The processor's own save; its chat template also as `chat_template.jinja` when the processor class
+        saves none (GIT, Kosmos-2 take no template argument), so the saved folder loads with the same one."""
+        saved = self.processor.save_pretrained(path, **kwargs)
+        template = Path(path) / "chat_template.jinja"
+        if self.chat_template and not template.exists() and not (Path(path) / "chat_template.json").exists():
+            template.write_text(self.chat_template)
+        return saved
 
     def __call__(
         self, text: str | Sequence[str], images: Sequence[Any] | None = None, audio: Sequence[np.ndarray] | None = None,
@@ -91,9 +97,12 @@ class HFProcessor:
 
     def _count_markers(self, kind: str, texts: list[str], given: int) -> list[int]:
         marker = self.markers.get(kind)
+        if marker is None and self.family.generic and kind == "image" and given == len(texts):
+            return [1] * len(texts)  # the processor places the image itself (GIT, Kosmos-2): one per text
         if marker is None:
             raise ModelSupportError(f"model_type {self.family.name!r}: its processor names no {kind}_token, so "
-                                    f"{kind} items cannot be placed in the text")
+                                    f"{kind} items cannot be placed in the text (one image per text is the most: "
+                                    f"{given} given for {len(texts)} text(s))")
         per_text = [t.count(marker) for t in texts]
         if sum(per_text) != given:
             raise ValueError(f"{sum(per_text)} {marker} marker(s) in the text but {given} {kind} item(s) given")
@@ -164,11 +173,13 @@ def _per_text(items: list, counts: list[int]) -> list[list]:
     return grouped
 
 
-def load_processor(location: str | Path, family: Family, model_type: str) -> HFProcessor:
+def load_processor(location: str | Path, family: Family, model_type: str,
+                   chat_template: str | None = None) -> HFProcessor:
     """The family's processor from a folder; without torchvision, processors with a video half lose it.
 
-    A generic family reads the media kinds its processor takes. A processor that cannot work
-    (no chat template, no media processor) is one `ModelSupportError` line.
+    A generic family reads the media kinds its processor takes. `chat_template` (Jinja) replaces the
+    folder's (see `use_chat_template`). A processor that cannot work (no chat template, no media
+    processor) is one `ModelSupportError` line.
     """
     from transformers import AutoProcessor
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -188,10 +199,23 @@ def load_processor(location: str | Path, family: Family, model_type: str) -> HFP
             raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no image processor "
                                     f"or audio feature extractor (AutoProcessor gave {type(processor).__name__})")
         family = generic_family_of(model_type, kinds)
-    if not getattr(processor, "chat_template", None):
-        raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no chat template "
-                                f"(add chat_template.jinja to the folder)")
+    use_chat_template(processor, chat_template, location, model_type)
     return HFProcessor(processor, family)
+
+
+def use_chat_template(processor, given: str | None, location: str | Path, model_type: str) -> None:
+    """The processor's chat template: `given` (a Jinja string) first, then the processor's own (its folder's
+    `chat_template.jinja`), then the tokenizer's (GIT and Kosmos-2 processors load none; their tokenizer does).
+
+    The template is set on the tokenizer too, so a saved copy of the policy carries it.
+    """
+    template = given or getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+    if not template:
+        raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no chat template "
+                                f"(add chat_template.jinja to the folder, or pass load_policy(..., chat_template=...))")
+    processor.chat_template = template
+    if not getattr(processor.tokenizer, "chat_template", None) or given:
+        processor.tokenizer.chat_template = template
 
 
 def _images_only(location: str | Path, model_type: str, error: Exception):
