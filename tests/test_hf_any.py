@@ -122,17 +122,32 @@ def test_modalign_logprobs_equal_the_native_forward(built, policies, model_type)
 
     tiny, policy = built(model_type), policies(model_type)
     texts, batch = answer_batch(policy, tiny)
-    native = hf_any.native_inputs(hf_any.load_processor(tiny.folder), tiny.marker, hf_any.sample_images(), texts)
+    processor, photos = hf_any.load_processor(tiny.folder), hf_any.sample_images()
+    native = hf_any.native_inputs(processor, tiny.marker, photos, texts)
     model = AutoModelForImageTextToText.from_pretrained(tiny.folder).eval()
+    real = batch["attention_mask"].bool()  # (B, L)
     with torch.no_grad():
-        ours = torch.log_softmax(policy.model.eval()(**batch).logits[:, :-1].float(), -1)
-        theirs = torch.log_softmax(model(**native).logits[:, :-1].float(), -1)
-    ids, native_ids = batch["input_ids"][:, 1:], native["input_ids"][:, 1:]
-    assert torch.equal(ids, native_ids), "modalign's processor tokenized the texts differently"
-    mask = batch["attention_mask"].bool()
-    valid = mask[:, :-1] & mask[:, 1:]  # a real token predicted from a real position (padding logits are noise)
-    ours, theirs = ours.gather(-1, ids[..., None])[..., 0], theirs.gather(-1, ids[..., None])[..., 0]
-    assert torch.allclose(ours[valid], theirs[valid], atol=1e-4)
+        ours = torch.log_softmax(policy.model.eval()(**batch).logits.float(), -1)  # (B, L, V)
+        if torch.equal(batch["input_ids"], native["input_ids"]):
+            theirs = [(ids[mask], row[mask]) for ids, mask, row in
+                      zip(native["input_ids"], real, native_logprobs(model, native))]
+        else:  # the processor pads inside a row (BLIP-2: between its query tokens and the text): each row alone
+            alone = [hf_any.native_inputs(processor, tiny.marker, [photo], [text])
+                     for photo, text in zip(photos, texts)]
+            theirs = [(inputs["input_ids"][0], native_logprobs(model, inputs)[0]) for inputs in alone]
+    for row, (their_ids, their_logprobs) in enumerate(theirs):
+        ids = batch["input_ids"][row][real[row]]  # (L_r,) the row's real tokens
+        assert torch.equal(ids, their_ids), "modalign's processor tokenized the texts differently"
+        pick = ids[1:, None]  # each real token, predicted from the real position before it
+        ours_row, theirs_row = ours[row][real[row]][:-1].gather(-1, pick), their_logprobs[:-1].gather(-1, pick)
+        assert torch.allclose(ours_row, theirs_row, atol=1e-4)
+
+
+def native_logprobs(model, native: dict) -> torch.Tensor:
+    """(B, L, V) log-probs of the model's own forward at the text's positions (GIT puts its image positions
+    in front of the text: logits (B, K + L, V))."""
+    length = native["input_ids"].shape[1]
+    return torch.log_softmax(model(**native).logits[:, -length:].float(), -1)
 
 
 @pytest.mark.parametrize("model_type", params(phase_b=True))

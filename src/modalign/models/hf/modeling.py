@@ -215,8 +215,9 @@ class HFPolicyModel(nn.Module):
         if media is None:
             media = self.encode_media(input_ids, pixel_values, input_values)
         if self.family.generic:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              **self._native_inputs(input_ids, media), **kwargs)
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                **self._native_inputs(input_ids, media), **kwargs)
+            return text_positions(output, input_ids.shape[1])
         embeds = self.embed(input_ids, media)
         if kwargs.get("position_ids") is not None:  # packed rows (`shared_prefix_positions`)
             extras, attention_mask = {}, self._packed_mask(attention_mask, embeds.dtype)
@@ -324,6 +325,20 @@ class HFPolicyModel(nn.Module):
             model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
         use_fp32_cpu_sdpa(model)  # bf16 decoding steps attend in fp32 on a CPU (see models.hf.attention)
         return cls(model, family)
+
+
+def text_positions(output, length: int):
+    """The output at the text's `length` positions: a model that puts its media positions in front of the
+    text (GIT: (B, K + L, V) logits) gives them to no token, and every caller indexes logits and hidden
+    states like `input_ids` (B, L)."""
+    logits = getattr(output, "logits", None)
+    if logits is None or logits.dim() != 3 or logits.shape[1] <= length:
+        return output
+    output.logits = logits[:, -length:]
+    if getattr(output, "hidden_states", None) is not None:
+        output.hidden_states = tuple(h[:, -length:] if h.dim() == 3 and h.shape[1] > length else h
+                                     for h in output.hidden_states)
+    return output
 
 
 def _load_auto(path: str | Path, config, dtype: torch.dtype) -> nn.Module:

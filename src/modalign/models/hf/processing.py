@@ -9,6 +9,7 @@ the family's processor wants them, checks marker and item counts, and packs the 
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +28,11 @@ class HFProcessor:
 
     def __init__(self, processor, family: Family) -> None:
         self.processor, self.family = processor, family
-        self.markers = {kind: getattr(processor, f"{kind}_token", None) for kind in ("image", "audio")
-                        if family.reads(kind)}
+        # what the chat template writes per item: the processor's `image_token`, or the placeholder it expands
+        # when that differs from the token it expands it into (Qianfan-OCR: <image> -> <|context_image|> runs)
+        markers = {kind: getattr(processor, f"{kind}_placeholder_token", None)
+                   or getattr(processor, f"{kind}_token", None) for kind in ("image", "audio") if family.reads(kind)}
+        self.markers = {kind: None if m is None else str(m) for kind, m in markers.items()}  # BLIP-2: an AddedToken
         self.marker = next(iter(self.markers.values()))
 
     @property
@@ -97,8 +101,11 @@ class HFProcessor:
 
     def _count_markers(self, kind: str, texts: list[str], given: int) -> list[int]:
         marker = self.markers.get(kind)
-        if marker is None and self.family.generic and kind == "image" and given == len(texts):
-            return [1] * len(texts)  # the processor places the image itself (GIT, Kosmos-2): one per text
+        unmarked = marker is None or not any(marker in text for text in texts)
+        if unmarked and self.family.generic and kind == "image" and given == len(texts):
+            # the processor places the image itself (GIT, Kosmos-2, BLIP-2: no image token in the chat text):
+            # one per text, and the processor checks it
+            return [1] * len(texts)
         if marker is None:
             raise ModelSupportError(f"model_type {self.family.name!r}: its processor names no {kind}_token, so "
                                     f"{kind} items cannot be placed in the text (one image per text is the most: "
@@ -122,7 +129,7 @@ class HFProcessor:
                     call["images"] = [items]
                 elif items:
                     call.update(audio=items, sampling_rate=self.feature_extractor.sampling_rate)
-            output = self.processor(**call, **kwargs)
+            output = self._call_one(call, **kwargs)
             row_ids = output["input_ids"]  # (1, L_i)
             if row_ids.shape[0] != 1:
                 raise ModelSupportError(f"model_type {self.family.name!r}: its processor makes {row_ids.shape[0]} rows "
@@ -145,6 +152,19 @@ class HFProcessor:
         input_ids, attention_mask = _pad(ids, self.tokenizer.pad_token_id, padding_side)
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
                              self.family.media_slot: ProcessorMedia(rows, tables)})
+
+    def _call_one(self, call: dict[str, Any], **kwargs: Any):
+        """The processor on one text: its images nested (one list for the text), or flat for the processors
+        that refuse nesting (GOT-OCR 2); the nested call's error when neither works."""
+        try:
+            return self.processor(**call, **kwargs)
+        except (TypeError, ValueError) as error:
+            if "images" not in call:
+                raise
+            try:
+                return self.processor(**{**call, "images": call["images"][0]}, **kwargs)
+            except (TypeError, ValueError):
+                raise error from None
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -269,5 +289,15 @@ def without_video(class_name: str):
         def to_dict(self) -> dict:
             return {**super().to_dict(), "processor_class": class_name}
 
+    # transformers saves and loads the processor arguments that `__init__` names: the family's own
+    # (image_seq_length ...) too, not only those of this __init__ (`to_dict` reads the signature,
+    # `from_args_and_dict` the arguments `validate_init_kwargs` accepts)
+    signature = inspect.signature(base.__init__)
+    own = [p for name, p in signature.parameters.items() if name != "video_processor"]
+    ImagesOnly.__init__.__signature__ = signature.replace(parameters=own)
+    names = tuple(p.name for p in own if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)
+    ImagesOnly.validate_init_kwargs = staticmethod(
+        lambda processor_config, valid_kwargs: base.validate_init_kwargs(
+            processor_config, tuple(dict.fromkeys((*valid_kwargs, *names)))))
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = f"{class_name}ImagesOnly"
     return ImagesOnly
