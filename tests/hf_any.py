@@ -67,7 +67,8 @@ class BuiltModel:
 # processor (processor kwargs), specials (extra tokens), tokenizer (extra_special_tokens),
 # marker (what an image part renders as, default: processor.image_token), ids (config key -> token),
 # processor_class / image_processor_class / tokenizer_class (transformers class names), source_tokens
-# (False: the tokenizer gets none of the `<name>_token` attributes the processor's source reads).
+# (False: the tokenizer gets none of the `<name>_token` attributes the processor's source reads), fill
+# (parameter name pattern -> value: gates that start closed).
 # An architecture still in SKIP may keep the tweaks that got it past its earlier errors.
 IDEFICS3 = dict(images=dict(size={"longest_edge": 2 * IMAGE}, max_image_size={"longest_edge": IMAGE},
                              do_image_splitting=True),
@@ -93,10 +94,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "llava_next": dict(images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
                        processor=dict(num_additional_image_tokens=1),  # CLIP's CLS token, as for llava
                        config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
-    "aria": dict(images=dict(max_image_size=32, min_image_size=32), processor=dict(size_conversion={32: 4}),
-                 config=dict(projector_patch_to_query_dict={16: 4})),
-    # image tokens per image, which the processor cannot derive from the shrunk vision tower
-    # InternVL-like: the vision config gives sizes as [h, w] lists (4 x 4 patches, pixel-shuffled to 4 tokens)
+    # the Aria processor resizes to 980 whatever its image processor says (its own default): 980 x 980 images
+    # in 70 x 70 patches, 14 x 14 patches -> 4 queries
+    "aria": dict(images=dict(max_image_size=980), processor=dict(size_conversion={980: 4}),
+                 config=dict(projector_patch_to_query_dict={196: 4}),
+                 sub=dict(vision_config=dict(image_size=980, patch_size=70))),
     "internvl": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False),
                      sub=dict(vision_config=dict(image_size=[IMAGE, IMAGE], patch_size=[PATCH, PATCH]))),
     "qianfan_ocr": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False), marker="<image>",
@@ -137,6 +139,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                         sub=dict(vision_config=dict(initializer_range=0.02))),
     "blip": dict(sub=dict(vision_config=dict(initializer_range=0.02))),  # 1e-10: images unheard
     "idefics": dict(config=dict(alpha_initializer="ones")),  # "zeros": the cross-attention gates start closed
+    # layer lists of the 32-layer default: tapped vision layers, global layers, the text's cross-attention layers
+    "mllama": dict(sub=dict(vision_config=dict(intermediate_layers_indices=[0, 1], num_global_layers=LAYERS,
+                                               vision_output_dim=WIDTH * 3),
+                            text_config=dict(cross_attention_layers=[1])),
+                   fill={r"cross_attn_(attn|mlp)_gate$|gate_(attn|ffn)$": 1.0}),
     "vipllava": dict(config=dict(vision_feature_layers=[-2, -1])),  # default reads layers 6 to 11 deep
 }
 
@@ -148,7 +155,6 @@ SKIP: dict[str, str] = {
     "apertus1p5":
         "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
         "type)",
-    "aria": "builder gap: KeyError: 980 (models/aria/processing_aria.py)",
     "chameleon":
         "builder gap: AttributeError: 'NoneType' object has no attribute 'get' "
         "(models/chameleon/modeling_chameleon.py)",
@@ -233,7 +239,6 @@ SKIP: dict[str, str] = {
     "mistral3": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
     "mistral4": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
     "mistral_large4": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
-    "mllama": "builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)",
     "molmo2": "needs torchvision: Molmo2ImageProcessor raises ImportError (no PIL image processor for this type)",
     "muse_glimmer":
         "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
@@ -586,6 +591,10 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
         for weight in model.parameters():
             if weight.dim() >= 2 and not weight.any():
                 weight.normal_(std=0.05)
+        for name, weight in model.named_parameters():  # gates that start closed (tanh(0)): OVERRIDES' fill
+            for pattern, value in tweaks.get("fill", {}).items():
+                if re.search(pattern, name):
+                    weight.fill_(value)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     folder = Path(folder)

@@ -148,9 +148,10 @@ class HFPolicyModel(nn.Module):
                              f"{input_ids.shape[0]}; the text and the media of the batch do not match")
         return given[0].to(input_ids.device)
 
-    def _native_inputs(self, input_ids: torch.Tensor, media: ProcessorMedia) -> dict[str, torch.Tensor]:
+    def _native_inputs(self, input_ids: torch.Tensor, media: ProcessorMedia,
+                       attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The generic path's keyword arguments besides ids and mask: every processor output for these rows."""
-        return {**media.model_inputs(), **media.token_type_inputs(input_ids)}
+        return {**media.model_inputs(), **media.token_type_inputs(input_ids, attention_mask)}
 
     def _media_tensor(self, pixel_values, input_values) -> torch.Tensor | None:
         given = {"pixel_values": pixel_values, "input_values": input_values}
@@ -216,7 +217,7 @@ class HFPolicyModel(nn.Module):
             media = self.encode_media(input_ids, pixel_values, input_values)
         if self.family.generic:
             output = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                                **self._native_inputs(input_ids, media), **kwargs)
+                                **self._native_inputs(input_ids, media, attention_mask), **kwargs)
             return text_positions(output, input_ids.shape[1])
         embeds = self.embed(input_ids, media)
         if kwargs.get("position_ids") is not None:  # packed rows (`shared_prefix_positions`)
@@ -257,7 +258,7 @@ class HFPolicyModel(nn.Module):
             attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
             media = media.repeat_interleave(repeats, batch)
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    **self._native_inputs(input_ids, media), **kwargs)
+                                    **self._native_inputs(input_ids, media, attention_mask), **kwargs)
         cache = None
         if can_share_prompt(input_ids, [self.placeholder_id], repeats):
             cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)

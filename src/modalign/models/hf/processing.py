@@ -118,7 +118,7 @@ class HFProcessor:
     def _generic_call(self, texts: list[str], given: dict[str, list], per_text: dict[str, list[int]],
                       padding_side: str, **kwargs: Any) -> BatchFeature:
         """One processor call per text, its outputs kept for that row (`ProcessorMedia`), the ids padded here."""
-        rows, tables, ids = [], {}, []
+        rows, tables, ids, positional = [], {}, [], set()
         starts = dict.fromkeys(per_text, 0)
         for index, text in enumerate(texts):
             call: dict[str, Any] = dict(text=[text], return_tensors="pt", add_special_tokens=False)
@@ -145,13 +145,16 @@ class HFProcessor:
                     for token, kind in zip(row_ids[0].tolist(), value[0].tolist()):
                         if kind:
                             table[token] = kind
+                elif value.dim() >= 2 and value.shape[:2] == row_ids.shape:  # per position (a cross-attention mask)
+                    media[name] = value
+                    positional.add(name)
                 else:
                     media[name] = value
             rows.append(media)
             ids.append(row_ids[0])
         input_ids, attention_mask = _pad(ids, self.tokenizer.pad_token_id, padding_side)
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
-                             self.family.media_slot: ProcessorMedia(rows, tables)})
+                             self.family.media_slot: ProcessorMedia(rows, tables, frozenset(positional))})
 
     def _call_one(self, call: dict[str, Any], **kwargs: Any):
         """The processor on one text: its images nested (one list for the text), or flat for the processors
