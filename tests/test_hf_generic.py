@@ -109,6 +109,25 @@ def test_processor_media_pad_and_rebuild_token_types():
     assert torch.equal(concat_media([torch.zeros(1, 2), torch.ones(2, 2)]), torch.tensor([[0.0, 0], [1, 1], [1, 1]]))
 
 
+def test_per_position_outputs_follow_padding_and_extend_over_answers():
+    """A per-position output (Mllama's cross_attention_mask (1, L, images, tiles)) lies over each row's real
+    tokens from the first one, repeats its last value over tokens after the processed text, and is 0 on
+    padding; model_inputs does not pass it as a media tensor."""
+    short = ProcessorMedia([{"pixel_values": torch.ones(1, 3), "mask": torch.tensor([[[1], [2]]])}],
+                           positional=frozenset({"mask"}))
+    long = ProcessorMedia([{"pixel_values": torch.ones(1, 3), "mask": torch.tensor([[[0, 1], [3, 4], [5, 6]]])}],
+                          positional=frozenset({"mask"}))
+    joined = concat_media([short, long])
+    assert joined.positional == {"mask"} and set(joined.model_inputs()) == {"pixel_values"}
+    ids = torch.ones(2, 5, dtype=torch.long)
+    attention = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])  # left padding, one answer token each
+    mask = joined.token_type_inputs(ids, attention)["mask"]  # (2, 5, 2)
+    assert mask.tolist() == [[[0, 0], [0, 0], [1, 0], [2, 0], [2, 0]],
+                             [[0, 0], [0, 1], [3, 4], [5, 6], [5, 6]]]
+    repeated = joined.repeat_interleave(2, 2)
+    assert repeated.positional == {"mask"} and repeated.token_type_inputs(ids.repeat(2, 1))["mask"].shape == (4, 5, 2)
+
+
 # ---- recipes on the generic path --------------------------------------------------------------------
 
 
