@@ -109,7 +109,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "llava_onevision": dict(processor=dict(num_image_tokens=16),
                             images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
-    "paligemma": dict(tokenizer_class="GemmaTokenizer", processor=dict(image_seq_length=16)),
+    "paligemma": dict(tokenizer_class="GemmaTokenizer", images=dict(image_seq_length=16), source_tokens=False),
     "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
     "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
@@ -249,9 +249,6 @@ SKIP: dict[str, str] = {
     "nemotron_h_omni":
         "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor raises ImportError (no PIL image "
         "processor for this type)",
-    "paligemma":
-        "builder gap: ValueError: Cannot set a non-string value as the add_bos_token "
-        "(tokenization_utils_base.py)",
     "perception_lm":
         "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
         "this type)",

@@ -39,7 +39,17 @@ PHASE_B_XFAIL: dict[str, str] = {
 }
 # Not a chat policy: ShieldGemma 2's processor turns each image into one prompt per safety policy
 # (3 rows per text; modalign: "Image features and image tokens do not match, tokens: 8, features: 24").
-PHASE_B_SKIP = {"shieldgemma2": "a safety classifier: its processor makes one prompt per policy and image"}
+PHASE_B_SKIP = {"shieldgemma2": "a safety classifier: its processor makes one prompt per policy and image",
+                # refused by modalign at load (ModelSupportError): its token_type_ids must be 1 on each prompt
+                # and 0 on its answer, which depends on where the prompt ends, not on the token ids
+                "paligemma": "a prefix-LM: modalign refuses it at load (models.hf.families.PREFIX_LM_TYPES)"}
+# Architectures that pass phase B's checks but not the 2-step recipes, with the error observed (strict xfail).
+RECIPE_XFAIL: dict[str, str] = {
+    "blip": "a captioner: BlipForConditionalGeneration.generate sets pad_token_id and eos itself: TypeError "
+            "'generate() got multiple values for keyword argument pad_token_id' (sampling in the recipes)",
+    "got_ocr2": "GotOcr2Processor writes 256 image tokens per image whatever it is given: SFT's max_length 128: "
+                "'the prompt alone takes 279 tokens (media included), max_length is 128'",
+}
 
 
 def params(archs=ARCHITECTURES, phase_b: bool = False) -> list:
@@ -182,8 +192,13 @@ FAST_RECIPES = ("llava", "glm4v", "idefics2")
 
 def recipe_params() -> list:
     """Phase B parameters; all but FAST_RECIPES are marked slow."""
-    return [p if p.values[0] in FAST_RECIPES else pytest.param(*p.values, marks=[*p.marks, pytest.mark.slow])
-            for p in params(phase_b=True)]
+    out = []
+    for p in params(phase_b=True):
+        marks = [*p.marks] + ([] if p.values[0] in FAST_RECIPES else [pytest.mark.slow])
+        if p.values[0] in RECIPE_XFAIL:
+            marks.append(pytest.mark.xfail(reason=RECIPE_XFAIL[p.values[0]], strict=True))
+        out.append(pytest.param(*p.values, marks=marks))
+    return out
 
 
 def metric_steps(run: Path) -> list[dict]:

@@ -331,7 +331,11 @@ class HFPolicyModel(nn.Module):
 def text_positions(output, length: int):
     """The output at the text's `length` positions: a model that puts its media positions in front of the
     text (GIT: (B, K + L, V) logits) gives them to no token, and every caller indexes logits and hidden
-    states like `input_ids` (B, L)."""
+    states like `input_ids` (B, L). Models that keep their language model's output apart (BLIP-2:
+    `language_model_outputs`) give its hidden states as the output's."""
+    inner = getattr(output, "language_model_outputs", None)
+    if getattr(output, "hidden_states", None) is None and getattr(inner, "hidden_states", None) is not None:
+        output.hidden_states = inner.hidden_states
     logits = getattr(output, "logits", None)
     if logits is None or logits.dim() != 3 or logits.shape[1] <= length:
         return output
