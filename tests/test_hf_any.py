@@ -11,7 +11,8 @@ changes the logits.
 Phase B (modalign's generic Hugging Face path, issue 18): `load_policy` of the folder; modalign's
 log-probs equal the native forward's (1e-4); the SFT span (first answer token trained, nothing after
 the end of turn); 2 steps each of SFT, reward model, GRPO, DPO and PPO with a critic (marked slow
-but for FAST_RECIPES). PHASE_B_XFAIL lists the modalign gaps observed, as strict xfails.
+but for FAST_RECIPES). PHASE_B_XFAIL (checks) and RECIPE_XFAIL (recipes) list the gaps observed, as
+strict xfails.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from hf_tiny import shapes  # noqa: F401  (module fixture: the tiny ShapesWorld 
 ARCHITECTURES = hf_any.architectures()
 
 
-# Builds that pass phase A but not modalign's generic path yet, with the error observed (strict xfail:
-# the fix in modalign turns them into failures to remove from here).
+# Builds that pass phase A but not the log-prob and span checks of phase B, with the error observed (strict
+# xfail: the fix in modalign turns them into failures to remove from here). Kosmos-2's recipes run.
 PHASE_B_XFAIL: dict[str, str] = {
     # its chat template (the tokenizer's) is used now; what remains: the processor writes <s> and the image
     # span itself, and marks the image positions in `image_embeds_position_mask` (by position, not by id)
@@ -44,6 +45,7 @@ PHASE_B_SKIP = {"shieldgemma2": "a safety classifier: its processor makes one pr
                 # and 0 on its answer, which depends on where the prompt ends, not on the token ids
                 "paligemma": "a prefix-LM: modalign refuses it at load (models.hf.families.PREFIX_LM_TYPES)"}
 # Architectures that pass phase B's checks but not the 2-step recipes, with the error observed (strict xfail).
+# The recipes test takes these, not PHASE_B_XFAIL.
 RECIPE_XFAIL: dict[str, str] = {
     "blip": "a captioner: BlipForConditionalGeneration.generate sets pad_token_id and eos itself: TypeError "
             "'generate() got multiple values for keyword argument pad_token_id' (sampling in the recipes)",
@@ -52,15 +54,17 @@ RECIPE_XFAIL: dict[str, str] = {
 }
 
 
-def params(archs=ARCHITECTURES, phase_b: bool = False) -> list:
-    """One parameter per model type, skipped with its SKIP reason (and, in phase B, its known modalign gap)."""
+def params(archs=ARCHITECTURES, phase_b: bool = False, xfail: dict[str, str] | None = None) -> list:
+    """One parameter per model type, skipped with its SKIP reason (and, in phase B, its known modalign gap:
+    `xfail`, by default PHASE_B_XFAIL)."""
+    xfail = PHASE_B_XFAIL if xfail is None else xfail
     out = []
     for a in archs:
         marks = [pytest.mark.skip(reason=hf_any.SKIP[a])] if a in hf_any.SKIP else []
         if phase_b and a in PHASE_B_SKIP:
             marks.append(pytest.mark.skip(reason=PHASE_B_SKIP[a]))
-        if phase_b and a in PHASE_B_XFAIL:
-            marks.append(pytest.mark.xfail(reason=PHASE_B_XFAIL[a], strict=True))
+        if phase_b and a in xfail:
+            marks.append(pytest.mark.xfail(reason=xfail[a], strict=True))
         out.append(pytest.param(a, marks=marks))
     return out
 
@@ -192,13 +196,8 @@ FAST_RECIPES = ("llava", "glm4v", "idefics2")
 
 def recipe_params() -> list:
     """Phase B parameters; all but FAST_RECIPES are marked slow."""
-    out = []
-    for p in params(phase_b=True):
-        marks = [*p.marks] + ([] if p.values[0] in FAST_RECIPES else [pytest.mark.slow])
-        if p.values[0] in RECIPE_XFAIL:
-            marks.append(pytest.mark.xfail(reason=RECIPE_XFAIL[p.values[0]], strict=True))
-        out.append(pytest.param(*p.values, marks=marks))
-    return out
+    return [p if p.values[0] in FAST_RECIPES else pytest.param(*p.values, marks=[*p.marks, pytest.mark.slow])
+            for p in params(phase_b=True, xfail=RECIPE_XFAIL)]
 
 
 def metric_steps(run: Path) -> list[dict]:
