@@ -108,8 +108,8 @@ class HFProcessor:
             return [1] * len(texts)
         if marker is None:
             raise ModelSupportError(f"model_type {self.family.name!r}: its processor names no {kind}_token, so "
-                                    f"{kind} items cannot be placed in the text (one image per text is the most: "
-                                    f"{given} given for {len(texts)} text(s))")
+                                    f"{kind} items cannot be placed in the text ({given} for {len(texts)} text(s); "
+                                    f"without markers the processor takes one image per text)")
         per_text = [t.count(marker) for t in texts]
         if sum(per_text) != given:
             raise ValueError(f"{sum(per_text)} {marker} marker(s) in the text but {given} {kind} item(s) given")
