@@ -66,7 +66,9 @@ class BuiltModel:
 # keys: config (top-level kwargs), sub (sub-config name -> kwargs), images (image processor kwargs),
 # processor (processor kwargs), specials (extra tokens), tokenizer (extra_special_tokens),
 # marker (what an image part renders as, default: processor.image_token), ids (config key -> token),
-# processor_class / image_processor_class / tokenizer_class (transformers class names).
+# processor_class / image_processor_class / tokenizer_class (transformers class names), source_tokens
+# (False: the tokenizer gets none of the `<name>_token` attributes the processor's source reads), fill
+# (parameter name pattern -> value: gates that start closed).
 # An architecture still in SKIP may keep the tweaks that got it past its earlier errors.
 IDEFICS3 = dict(images=dict(size={"longest_edge": 2 * IMAGE}, max_image_size={"longest_edge": IMAGE},
                              do_image_splitting=True),
@@ -85,24 +87,30 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                      processor=dict(image_seq_length=4)),
     # Idefics3-like: 64 x 64 images -> 2 x 2 tiles of 32 + the whole at 32, 4 tokens each (scale factor 2)
     "idefics3": dict(IDEFICS3),
-    "granite_docling": dict(IDEFICS3),
+    # tiles of size height x width (not Idefics3's longest edge)
+    "granite_docling": dict(IDEFICS3, images=dict(size={"height": IMAGE, "width": IMAGE})),
     # the processor puts the image tokens in front of the text itself
     "florence2": dict(marker=""),
     "fuyu": dict(specials=["|SPEAKER|", "|NEWLINE|"], marker=""),
     "llava_next": dict(images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
+                       processor=dict(num_additional_image_tokens=1),  # CLIP's CLS token, as for llava
                        config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
-    "aria": dict(images=dict(max_image_size=32, min_image_size=32), processor=dict(size_conversion={32: 4}),
-                 config=dict(projector_patch_to_query_dict={16: 4})),
-    # image tokens per image, which the processor cannot derive from the shrunk vision tower
-    "internvl": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False)),
-    "qianfan_ocr": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False), marker="<image>"),
+    # the Aria processor resizes to 980 whatever its image processor says (its own default): 980 x 980 images
+    # in 70 x 70 patches, 14 x 14 patches -> 4 queries
+    "aria": dict(images=dict(max_image_size=980), processor=dict(size_conversion={980: 4}),
+                 config=dict(projector_patch_to_query_dict={196: 4}),
+                 sub=dict(vision_config=dict(image_size=980, patch_size=70))),
+    "internvl": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False),
+                     sub=dict(vision_config=dict(image_size=[IMAGE, IMAGE], patch_size=[PATCH, PATCH]))),
+    "qianfan_ocr": dict(processor=dict(image_seq_length=4), images=dict(crop_to_patches=False), marker="<image>",
+                        sub=dict(vision_config=dict(image_size=[IMAGE, IMAGE], patch_size=[PATCH, PATCH]))),
     "janus": dict(processor=dict(num_image_tokens=16), sub=dict(vq_config=dict(channel_multiplier=[1, 1, 1, 1, 1]))),
     "emu3": dict(sub=dict(vq_config=dict(channel_multiplier=[1, 1, 1, 1]))),
     "deepseek_vl": dict(processor=dict(num_image_tokens=16)),
     "llava_onevision": dict(processor=dict(num_image_tokens=16),
                             images=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]]),
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
-    "paligemma": dict(tokenizer_class="GemmaTokenizer", processor=dict(image_seq_length=16)),
+    "paligemma": dict(tokenizer_class="GemmaTokenizer", images=dict(image_seq_length=16), source_tokens=False),
     "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
     "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
@@ -113,6 +121,30 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen3_vl_moe": dict(image_processor_class="Qwen2VLImageProcessorPil"),
     "kosmos-2": dict(processor_class="Kosmos2Processor", image_processor_class="CLIPImageProcessorPil"),
     "kosmos-2.5": dict(processor_class="Kosmos2_5Processor"),
+    # the processor writes 256 image tokens whatever it is given: 128 x 128 images in 2 x 2 patches, two
+    # stride-2 convolutions: 16 x 16 tokens
+    "got_ocr2": dict(images=dict(size={"height": 128, "width": 128}),
+                     sub=dict(vision_config=dict(image_size=128, patch_size=2, output_channels=WIDTH, window_size=8,
+                                                 initializer_range=0.02))),
+    # Ovis 2 expands <image> into <IMG_ATOM> runs, which are the model's image tokens
+    "ovis2": dict(ids=dict(image_token_id="<IMG_ATOM>"), processor=dict(image_seq_length=16)),
+    # PP-Chart2Table's processor inserts nothing: its chat template writes GOT's image span (1 token here)
+    "pp_chart2table": dict(specials=["<img>", "<imgpad>", "</img>"], marker="<img><imgpad></img>",
+                           ids=dict(image_token_index="<imgpad>"),
+                           sub=dict(vision_config=dict(initializer_range=0.02))),  # 1e-10: images unheard
+    # BLIP-2's processor calls `.content` on the tokenizer's image_token (a str in 5.24): without one it
+    # adds its own <image> AddedToken; it puts the query tokens in front of the text itself
+    "blip-2": dict(source_tokens=False, ids=dict(image_token_index="<image>"), marker="",
+                  sub=dict(vision_config=dict(initializer_range=0.02))),
+    "instructblip": dict(source_tokens=False, ids=dict(image_token_index="<image>"), marker="",
+                        sub=dict(vision_config=dict(initializer_range=0.02))),
+    "blip": dict(sub=dict(vision_config=dict(initializer_range=0.02))),  # 1e-10: images unheard
+    "idefics": dict(config=dict(alpha_initializer="ones")),  # "zeros": the cross-attention gates start closed
+    # layer lists of the 32-layer default: tapped vision layers, global layers, the text's cross-attention layers
+    "mllama": dict(sub=dict(vision_config=dict(intermediate_layers_indices=[0, 1], num_global_layers=LAYERS,
+                                               vision_output_dim=WIDTH * 3),
+                            text_config=dict(cross_attention_layers=[1])),
+                   fill={r"cross_attn_(attn|mlp)_gate$|gate_(attn|ffn)$": 1.0}),
     "vipllava": dict(config=dict(vision_feature_layers=[-2, -1])),  # default reads layers 6 to 11 deep
 }
 
@@ -124,11 +156,6 @@ SKIP: dict[str, str] = {
     "apertus1p5":
         "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
         "type)",
-    "aria": "builder gap: KeyError: 980 (models/aria/processing_aria.py)",
-    "blip": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
-    "blip-2":
-        "builder gap: AttributeError: 'str' object has no attribute 'content' "
-        "(models/blip_2/processing_blip_2.py)",
     "chameleon":
         "builder gap: AttributeError: 'NoneType' object has no attribute 'get' "
         "(models/chameleon/modeling_chameleon.py)",
@@ -170,16 +197,15 @@ SKIP: dict[str, str] = {
     "gemma4_unified":
         "needs torchvision: Gemma4UnifiedImageProcessor raises ImportError (no PIL image processor for "
         "this type)",
-    "got_ocr2":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 512, features: 2 "
-        "(torch/__init__.py)",
     "granite4_vision":
         "builder gap: TypeError: object of type 'NoneType' has no len() "
         "(models/granite4_vision/modeling_granite4_vision.py)",
     "granite_docling":
-        "builder gap: TypeError: unsupported operand type(s) for *: 'float' and 'NoneType' "
-        "(models/granite_docling/image_processing_pil_granite_docling.py)",
-    "idefics": "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged",
+        "builder gap: ValueError: Image features and image tokens do not match: tokens: 208, features 52 "
+        "(torch/__init__.py; its page tiling makes 26 tiles of 32 x 32 per photograph)",
+    "idefics":
+        "builder gap: builds and runs, but swapping the two photographs leaves the logits unchanged (with the "
+        "cross-attention gates open: IdeficsProcessor gives constant pixel_values, std 0, for these images)",
     "inkling2": "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this type)",
     "inkling2_loop":
         "needs torchvision: Inkling2ImageProcessor raises ImportError (no PIL image processor for this "
@@ -187,30 +213,18 @@ SKIP: dict[str, str] = {
     "inkling_mm_model":
         "needs torchvision: InklingImageProcessor raises ImportError (no PIL image processor for this "
         "type)",
-    "instructblip":
-        "builder gap: AttributeError: 'str' object has no attribute 'content' "
-        "(models/instructblip/processing_instructblip.py)",
     "instructblipvideo":
         "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
         "ImageProcessingMixin was expected. (processing_utils.py)",
-    "internvl":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 5120, features: "
-        "20 (torch/__init__.py)",
     "kimi_k25": "needs torchvision: Kimi_K25ImageProcessor raises ImportError (no PIL image processor for this type)",
     "kosmos-2.5":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8192x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
     "lfm2_vl": "needs torchvision: Lfm2VlImageProcessor raises ImportError (no PIL image processor for this type)",
     "llama4": "needs torchvision: Llama4ImageProcessor raises ImportError (no PIL image processor for this type)",
-    "llava_next":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 70, features: 72 "
-        "(torch/__init__.py)",
     "llava_next_video":
         "builder gap: TypeError: Received a NoneType for argument image_processor, but a "
         "ImageProcessingMixin was expected. (processing_utils.py)",
-    "llava_onevision":
-        "builder gap: TypeError: must be real number, not NoneType "
-        "(models/llava_onevision/processing_llava_onevision.py)",
     "minicpm_ocr":
         "needs torchvision: MiniCPMOcrImageProcessor raises ImportError (no PIL image processor for this "
         "type)",
@@ -226,7 +240,6 @@ SKIP: dict[str, str] = {
     "mistral3": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
     "mistral4": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
     "mistral_large4": "needs torchvision: PixtralProcessor raises ImportError (no PIL image processor for this type)",
-    "mllama": "builder gap: IndexError: tuple index out of range (models/mllama/modeling_mllama.py)",
     "molmo2": "needs torchvision: Molmo2ImageProcessor raises ImportError (no PIL image processor for this type)",
     "muse_glimmer":
         "needs torchvision: MuseGlimmerImageProcessor raises ImportError (no PIL image processor for "
@@ -237,12 +250,6 @@ SKIP: dict[str, str] = {
     "nemotron_h_omni":
         "needs torchvision: NemotronH_Omni_Reasoning_V3ImageProcessor raises ImportError (no PIL image "
         "processor for this type)",
-    "ovis2":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 32 "
-        "(torch/__init__.py)",
-    "paligemma":
-        "builder gap: ValueError: Cannot set a non-string value as the add_bos_token "
-        "(tokenization_utils_base.py)",
     "perception_lm":
         "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
         "this type)",
@@ -250,15 +257,9 @@ SKIP: dict[str, str] = {
     "pix2struct":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
-    "pp_chart2table":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 0, features: 2 "
-        "(torch/__init__.py)",
     "pp_formulanet":
         "needs torchvision: PPFormulaNetImageProcessor raises ImportError (no PIL image processor for "
         "this type)",
-    "qianfan_ocr":
-        "builder gap: ValueError: Image features and image tokens do not match, tokens: 80, features: 20 "
-        "(torch/__init__.py)",
     "qwen2_5_omni_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
     "qwen3_omni_moe_thinker": "no processor class: AutoProcessor's mapping has none for this type (LookupError)",
     "qwen4_exp":
@@ -511,7 +512,8 @@ def build_processor(model_type: str, processor_cls, tweaks: dict, config: dict[s
     specials = BASE_SPECIALS + [t for t in special_tokens_in_source(processor_cls) + tweaks.get("specials", [])
                                 if t not in BASE_SPECIALS]
     named = {"bos_token": "<s>", "eos_token": TURN_END, "pad_token": "<pad>", "unk_token": "<unk>",
-             **tokenizer_attributes_in_source(processor_cls), **tweaks.get("tokenizer", {})}
+             **({} if tweaks.get("source_tokens") is False else tokenizer_attributes_in_source(processor_cls)),
+             **tweaks.get("tokenizer", {})}
     specials += [v for v in named.values() if v not in specials]
     tokenizer = train_tokenizer(specials, named, tweaks.get("tokenizer_class", "PreTrainedTokenizerFast"))
     attributes = processor_cls.get_attributes()
@@ -578,6 +580,8 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
     for name, extra in tweaks.get("sub", {}).items():
         kwargs[name] = {**kwargs.get(name, {}), **extra}
     kwargs.update(tweaks.get("config", {}))
+    for key, token in tweaks.get("ids", {}).items():  # id fields the default config leaves None (BLIP-2)
+        kwargs.setdefault(key, tokenizer.convert_tokens_to_ids(token))
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).eval()
@@ -585,6 +589,10 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
         for weight in model.parameters():
             if weight.dim() >= 2 and not weight.any():
                 weight.normal_(std=0.05)
+        for name, weight in model.named_parameters():  # gates that start closed (tanh(0)): OVERRIDES' fill
+            for pattern, value in tweaks.get("fill", {}).items():
+                if re.search(pattern, name):
+                    weight.fill_(value)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     folder = Path(folder)

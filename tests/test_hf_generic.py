@@ -109,6 +109,25 @@ def test_processor_media_pad_and_rebuild_token_types():
     assert torch.equal(concat_media([torch.zeros(1, 2), torch.ones(2, 2)]), torch.tensor([[0.0, 0], [1, 1], [1, 1]]))
 
 
+def test_per_position_outputs_follow_padding_and_extend_over_answers():
+    """A per-position output (Mllama's cross_attention_mask (1, L, images, tiles)) lies over each row's real
+    tokens from the first one, repeats its last value over tokens after the processed text, and is 0 on
+    padding; model_inputs does not pass it as a media tensor."""
+    short = ProcessorMedia([{"pixel_values": torch.ones(1, 3), "mask": torch.tensor([[[1], [2]]])}],
+                           positional=frozenset({"mask"}))
+    long = ProcessorMedia([{"pixel_values": torch.ones(1, 3), "mask": torch.tensor([[[0, 1], [3, 4], [5, 6]]])}],
+                          positional=frozenset({"mask"}))
+    joined = concat_media([short, long])
+    assert joined.positional == {"mask"} and set(joined.model_inputs()) == {"pixel_values"}
+    ids = torch.ones(2, 5, dtype=torch.long)
+    attention = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])  # left padding, one answer token each
+    mask = joined.token_type_inputs(ids, attention)["mask"]  # (2, 5, 2)
+    assert mask.tolist() == [[[0, 0], [0, 0], [1, 0], [2, 0], [2, 0]],
+                             [[0, 0], [0, 1], [3, 4], [5, 6], [5, 6]]]
+    repeated = joined.repeat_interleave(2, 2)
+    assert repeated.positional == {"mask"} and repeated.token_type_inputs(ids.repeat(2, 1))["mask"].shape == (4, 5, 2)
+
+
 # ---- recipes on the generic path --------------------------------------------------------------------
 
 
@@ -285,19 +304,50 @@ def test_register_family_adds_a_fast_path_for_a_model_type(tiny, monkeypatch):
     assert register_family(dataclasses.replace(llava, end_of_turn="</s>"), "llava", replace=True).end_of_turn == "</s>"
 
 
+def without_chat_templates(folder: Path) -> None:
+    """Remove every chat template a saved folder holds (processor's and tokenizer's)."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            config = json.loads((folder / name).read_text())
+            config.pop("chat_template", None)
+            (folder / name).write_text(json.dumps(config))
+
+
 def test_a_model_without_chat_template_is_one_line(tiny, tmp_path):
     import shutil
 
     model_dir, _ = tiny("llava")
     folder = Path(shutil.copytree(model_dir, tmp_path / "llava"))
-    for name in ("chat_template.jinja", "chat_template.json"):
-        (folder / name).unlink(missing_ok=True)
-    config = json.loads((folder / "processor_config.json").read_text())
-    config.pop("chat_template", None)
-    (folder / "processor_config.json").write_text(json.dumps(config))
+    without_chat_templates(folder)
     with pytest.raises(ModelSupportError, match=r"^model_type 'llava': the processor in .* has no chat template") as e:
         load_policy(folder)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "chat_template" in str(e.value)
+
+
+def test_a_chat_template_from_the_tokenizer_or_from_load_policy(tiny, tmp_path):
+    """The tokenizer's template when the processor has none (GIT, Kosmos-2); a template given to
+    `load_policy` otherwise, kept by a saved copy of the policy."""
+    import shutil
+
+    model_dir, _ = tiny("llava")
+    template = load_policy(model_dir).processor.chat_template
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    folder = Path(shutil.copytree(model_dir, tmp_path / "llava"))
+    without_chat_templates(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": template}))
+    assert load_policy(folder).processor.chat_template == template  # the tokenizer's
+
+    without_chat_templates(folder)
+    given = template.replace("USER", "HUMAN") if "USER" in template else "HUMAN " + template
+    policy = load_policy(folder, chat_template=given)
+    rendered = policy.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    assert "HUMAN" in rendered and policy.processor.chat_template == given
+    policy.processor.save_pretrained(tmp_path / "saved")
+    policy.model.save_pretrained(tmp_path / "saved")
+    assert load_policy(tmp_path / "saved").processor.chat_template == given
 
 
 def test_a_text_only_model_is_one_line(tmp_path):

@@ -37,12 +37,13 @@ class Policy:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_policy(name_or_path: str | Path, dtype: torch.dtype | None = None) -> Policy:
+def load_policy(name_or_path: str | Path, dtype: torch.dtype | None = None, chat_template: str | None = None) -> Policy:
     """Load a policy by local folder or hub id through the real `from_pretrained` path.
 
     The built-in VLM loads through the Auto classes; every other model type, and a LoRA
     folder (`adapter_config.json`), goes through the Hugging Face adapter (`modalign.models.hf`),
-    which gives it the same interface.
+    which gives it the same interface. `chat_template` (Jinja) replaces a Hugging Face folder's own
+    (for a checkpoint that has none; saving the policy keeps it).
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -52,9 +53,11 @@ def load_policy(name_or_path: str | Path, dtype: torch.dtype | None = None) -> P
     if not _is_builtin(location):
         from modalign.models.hf import load_hf_policy
 
-        return load_hf_policy(location, dtype)
+        return load_hf_policy(location, dtype, chat_template)
     model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype or torch.float32)
     processor = AutoProcessor.from_pretrained(location)
+    if chat_template:
+        processor.chat_template = chat_template
     return Policy(model=model, processor=processor, name=location)
 
 

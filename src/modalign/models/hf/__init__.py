@@ -23,8 +23,10 @@ from modalign.models.hf.modeling import HFPolicyModel
 from modalign.models.hf.processing import HFProcessor, load_processor, without_video
 
 
-def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
+def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None, chat_template: str | None = None):
     """A `Policy` of a Hugging Face checkpoint folder (or hub id), through its own `from_pretrained`.
+
+    `chat_template` (a Jinja string) replaces the folder's chat template (for a checkpoint that has none).
 
     A LoRA folder (`adapter_config.json`, see `lora.init_lora`) loads its base checkpoint and
     then the adapter; its processor is the one saved next to the adapter.
@@ -32,7 +34,7 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
     from modalign.models.hf.lora import is_adapter_folder, load_lora
     from modalign.models.policy import Policy
 
-    processor = load_hf_processor(location)  # first: a model that cannot work fails before its weights load
+    processor = load_hf_processor(location, chat_template)  # first: a model that cannot work fails early
     lora = is_adapter_folder(location)
     model = load_lora(location, dtype) if lora else HFPolicyModel.from_pretrained(location, dtype)
     align_turn_tokens(model, processor)
@@ -45,14 +47,15 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None):
     return policy
 
 
-def load_hf_processor(location: str | Path) -> HFProcessor:
-    """The adapter's processor of a checkpoint or LoRA folder, without loading the weights."""
+def load_hf_processor(location: str | Path, chat_template: str | None = None) -> HFProcessor:
+    """The adapter's processor of a checkpoint or LoRA folder, without loading the weights (`chat_template`:
+    see `load_hf_policy`)."""
     from transformers import AutoConfig
 
     from modalign.models.hf.lora import base_of
 
     config = AutoConfig.from_pretrained(str(base_of(location)))
-    processor = load_processor(location, family_of(config, str(location)), config.model_type)
+    processor = load_processor(location, family_of(config, str(location)), config.model_type, chat_template)
     end_turns_with_eos(processor)
     return processor
 

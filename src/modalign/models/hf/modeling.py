@@ -148,9 +148,10 @@ class HFPolicyModel(nn.Module):
                              f"{input_ids.shape[0]}; the text and the media of the batch do not match")
         return given[0].to(input_ids.device)
 
-    def _native_inputs(self, input_ids: torch.Tensor, media: ProcessorMedia) -> dict[str, torch.Tensor]:
+    def _native_inputs(self, input_ids: torch.Tensor, media: ProcessorMedia,
+                       attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The generic path's keyword arguments besides ids and mask: every processor output for these rows."""
-        return {**media.model_inputs(), **media.token_type_inputs(input_ids)}
+        return {**media.model_inputs(), **media.token_type_inputs(input_ids, attention_mask)}
 
     def _media_tensor(self, pixel_values, input_values) -> torch.Tensor | None:
         given = {"pixel_values": pixel_values, "input_values": input_values}
@@ -215,8 +216,9 @@ class HFPolicyModel(nn.Module):
         if media is None:
             media = self.encode_media(input_ids, pixel_values, input_values)
         if self.family.generic:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              **self._native_inputs(input_ids, media), **kwargs)
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                **self._native_inputs(input_ids, media, attention_mask), **kwargs)
+            return text_positions(output, input_ids.shape[1])
         embeds = self.embed(input_ids, media)
         if kwargs.get("position_ids") is not None:  # packed rows (`shared_prefix_positions`)
             extras, attention_mask = {}, self._packed_mask(attention_mask, embeds.dtype)
@@ -256,7 +258,7 @@ class HFPolicyModel(nn.Module):
             attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
             media = media.repeat_interleave(repeats, batch)
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    **self._native_inputs(input_ids, media), **kwargs)
+                                    **self._native_inputs(input_ids, media, attention_mask), **kwargs)
         cache = None
         if can_share_prompt(input_ids, [self.placeholder_id], repeats):
             cache = shared_prompt_cache(self._prompt_pass, input_ids, attention_mask, media, repeats)  # (B*G rows)
@@ -324,6 +326,24 @@ class HFPolicyModel(nn.Module):
             model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
         use_fp32_cpu_sdpa(model)  # bf16 decoding steps attend in fp32 on a CPU (see models.hf.attention)
         return cls(model, family)
+
+
+def text_positions(output, length: int):
+    """The output at the text's `length` positions: a model that puts its media positions in front of the
+    text (GIT: (B, K + L, V) logits) gives them to no token, and every caller indexes logits and hidden
+    states like `input_ids` (B, L). Models that keep their language model's output apart (BLIP-2:
+    `language_model_outputs`) give its hidden states as the output's."""
+    inner = getattr(output, "language_model_outputs", None)
+    if getattr(output, "hidden_states", None) is None and getattr(inner, "hidden_states", None) is not None:
+        output.hidden_states = inner.hidden_states
+    logits = getattr(output, "logits", None)
+    if logits is None or logits.dim() != 3 or logits.shape[1] <= length:
+        return output
+    output.logits = logits[:, -length:]
+    if getattr(output, "hidden_states", None) is not None:
+        output.hidden_states = tuple(h[:, -length:] if h.dim() == 3 and h.shape[1] > length else h
+                                     for h in output.hidden_states)
+    return output
 
 
 def _load_auto(path: str | Path, config, dtype: torch.dtype) -> nn.Module:

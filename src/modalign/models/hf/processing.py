@@ -9,6 +9,7 @@ the family's processor wants them, checks marker and item counts, and packs the 
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +28,11 @@ class HFProcessor:
 
     def __init__(self, processor, family: Family) -> None:
         self.processor, self.family = processor, family
-        self.markers = {kind: getattr(processor, f"{kind}_token", None) for kind in ("image", "audio")
-                        if family.reads(kind)}
+        # what the chat template writes per item: the processor's `image_token`, or the placeholder it expands
+        # when that differs from the token it expands it into (Qianfan-OCR: <image> -> <|context_image|> runs)
+        markers = {kind: getattr(processor, f"{kind}_placeholder_token", None)
+                   or getattr(processor, f"{kind}_token", None) for kind in ("image", "audio") if family.reads(kind)}
+        self.markers = {kind: None if m is None else str(m) for kind, m in markers.items()}  # BLIP-2: an AddedToken
         self.marker = next(iter(self.markers.values()))
 
     @property
@@ -51,7 +55,13 @@ class HFProcessor:
         return self.processor.apply_chat_template(conversation, **kwargs)
 
     def save_pretrained(self, path: str | Path, **kwargs):
-        return self.processor.save_pretrained(path, **kwargs)
+        """The processor's own save; its chat template also as `chat_template.jinja` when the processor class
+        saves none (GIT, Kosmos-2 take no template argument), so the saved folder loads with the same one."""
+        saved = self.processor.save_pretrained(path, **kwargs)
+        template = Path(path) / "chat_template.jinja"
+        if self.chat_template and not template.exists() and not (Path(path) / "chat_template.json").exists():
+            template.write_text(self.chat_template)
+        return saved
 
     def __call__(
         self, text: str | Sequence[str], images: Sequence[Any] | None = None, audio: Sequence[np.ndarray] | None = None,
@@ -91,9 +101,15 @@ class HFProcessor:
 
     def _count_markers(self, kind: str, texts: list[str], given: int) -> list[int]:
         marker = self.markers.get(kind)
+        unmarked = marker is None or not any(marker in text for text in texts)
+        if unmarked and self.family.generic and kind == "image" and given == len(texts):
+            # the processor places the image itself (GIT, Kosmos-2, BLIP-2: no image token in the chat text):
+            # one per text, and the processor checks it
+            return [1] * len(texts)
         if marker is None:
             raise ModelSupportError(f"model_type {self.family.name!r}: its processor names no {kind}_token, so "
-                                    f"{kind} items cannot be placed in the text")
+                                    f"{kind} items cannot be placed in the text ({given} for {len(texts)} text(s); "
+                                    f"without markers the processor takes one image per text)")
         per_text = [t.count(marker) for t in texts]
         if sum(per_text) != given:
             raise ValueError(f"{sum(per_text)} {marker} marker(s) in the text but {given} {kind} item(s) given")
@@ -102,7 +118,7 @@ class HFProcessor:
     def _generic_call(self, texts: list[str], given: dict[str, list], per_text: dict[str, list[int]],
                       padding_side: str, **kwargs: Any) -> BatchFeature:
         """One processor call per text, its outputs kept for that row (`ProcessorMedia`), the ids padded here."""
-        rows, tables, ids = [], {}, []
+        rows, tables, ids, positional = [], {}, [], set()
         starts = dict.fromkeys(per_text, 0)
         for index, text in enumerate(texts):
             call: dict[str, Any] = dict(text=[text], return_tensors="pt", add_special_tokens=False)
@@ -113,7 +129,7 @@ class HFProcessor:
                     call["images"] = [items]
                 elif items:
                     call.update(audio=items, sampling_rate=self.feature_extractor.sampling_rate)
-            output = self.processor(**call, **kwargs)
+            output = self._call_one(call, **kwargs)
             row_ids = output["input_ids"]  # (1, L_i)
             if row_ids.shape[0] != 1:
                 raise ModelSupportError(f"model_type {self.family.name!r}: its processor makes {row_ids.shape[0]} rows "
@@ -129,13 +145,29 @@ class HFProcessor:
                     for token, kind in zip(row_ids[0].tolist(), value[0].tolist()):
                         if kind:
                             table[token] = kind
+                elif value.dim() >= 2 and value.shape[:2] == row_ids.shape:  # per position (a cross-attention mask)
+                    media[name] = value
+                    positional.add(name)
                 else:
                     media[name] = value
             rows.append(media)
             ids.append(row_ids[0])
         input_ids, attention_mask = _pad(ids, self.tokenizer.pad_token_id, padding_side)
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
-                             self.family.media_slot: ProcessorMedia(rows, tables)})
+                             self.family.media_slot: ProcessorMedia(rows, tables, frozenset(positional))})
+
+    def _call_one(self, call: dict[str, Any], **kwargs: Any):
+        """The processor on one text: its images nested (one list for the text), or flat for the processors
+        that refuse nesting (GOT-OCR 2); the nested call's error when neither works."""
+        try:
+            return self.processor(**call, **kwargs)
+        except (TypeError, ValueError) as error:
+            if "images" not in call:
+                raise
+            try:
+                return self.processor(**{**call, "images": call["images"][0]}, **kwargs)
+            except (TypeError, ValueError):
+                raise error from None
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -164,11 +196,13 @@ def _per_text(items: list, counts: list[int]) -> list[list]:
     return grouped
 
 
-def load_processor(location: str | Path, family: Family, model_type: str) -> HFProcessor:
+def load_processor(location: str | Path, family: Family, model_type: str,
+                   chat_template: str | None = None) -> HFProcessor:
     """The family's processor from a folder; without torchvision, processors with a video half lose it.
 
-    A generic family reads the media kinds its processor takes. A processor that cannot work
-    (no chat template, no media processor) is one `ModelSupportError` line.
+    A generic family reads the media kinds its processor takes. `chat_template` (Jinja) replaces the
+    folder's (see `use_chat_template`). A processor that cannot work (no chat template, no media
+    processor) is one `ModelSupportError` line.
     """
     from transformers import AutoProcessor
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -188,10 +222,23 @@ def load_processor(location: str | Path, family: Family, model_type: str) -> HFP
             raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no image processor "
                                     f"or audio feature extractor (AutoProcessor gave {type(processor).__name__})")
         family = generic_family_of(model_type, kinds)
-    if not getattr(processor, "chat_template", None):
-        raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no chat template "
-                                f"(add chat_template.jinja to the folder)")
+    use_chat_template(processor, chat_template, location, model_type)
     return HFProcessor(processor, family)
+
+
+def use_chat_template(processor, given: str | None, location: str | Path, model_type: str) -> None:
+    """The processor's chat template: `given` (a Jinja string) first, then the processor's own (its folder's
+    `chat_template.jinja`), then the tokenizer's (GIT and Kosmos-2 processors load none; their tokenizer does).
+
+    The template is set on the tokenizer too, so a saved copy of the policy carries it.
+    """
+    template = given or getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+    if not template:
+        raise ModelSupportError(f"model_type {model_type!r}: the processor in {location} has no chat template "
+                                f"(add chat_template.jinja to the folder, or pass load_policy(..., chat_template=...))")
+    processor.chat_template = template
+    if not getattr(processor.tokenizer, "chat_template", None) or given:
+        processor.tokenizer.chat_template = template
 
 
 def _images_only(location: str | Path, model_type: str, error: Exception):
@@ -245,5 +292,15 @@ def without_video(class_name: str):
         def to_dict(self) -> dict:
             return {**super().to_dict(), "processor_class": class_name}
 
+    # transformers saves and loads the processor arguments that `__init__` names: the family's own
+    # (image_seq_length ...) too, not only those of this __init__ (`to_dict` reads the signature,
+    # `from_args_and_dict` the arguments `validate_init_kwargs` accepts)
+    signature = inspect.signature(base.__init__)
+    own = [p for name, p in signature.parameters.items() if name != "video_processor"]
+    ImagesOnly.__init__.__signature__ = signature.replace(parameters=own)
+    names = tuple(p.name for p in own if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)
+    ImagesOnly.validate_init_kwargs = staticmethod(
+        lambda processor_config, valid_kwargs: base.validate_init_kwargs(
+            processor_config, tuple(dict.fromkeys((*valid_kwargs, *names)))))
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = f"{class_name}ImagesOnly"
     return ImagesOnly

@@ -104,7 +104,7 @@ def compare_paths(policy, prompts: list[str], answers: list[str], images, audio)
     ids, mask = native["input_ids"], native["attention_mask"]
     media: ProcessorMedia = native[generic.family.media_slot]
     reference = model.model(input_ids=ids, attention_mask=mask, **media.model_inputs(),
-                            **media.token_type_inputs(ids)).logits
+                            **media.token_type_inputs(ids, mask)).logits
     valid = (mask[:, 1:] * mask[:, :-1]).bool()  # (B, L-1) real tokens predicted by a real token
     theirs, _ = target_logprobs(reference[:, :-1], ids[:, 1:], valid, 1.0, None, False)
     features = model.encode_media(fast["input_ids"], fast.get("pixel_values"), fast.get("input_values"))
@@ -124,9 +124,9 @@ def _same_greedy_answers(model, processor, generic, prompts, images, audio) -> b
     native = generic(text=prompts, images=images, audio=audio, padding_side="left")
     ours = model.generate(**fast, **greedy)
     media = native[generic.family.media_slot].repeat_interleave(2, len(prompts))
-    ids = native["input_ids"].repeat_interleave(2, dim=0)
-    theirs = model.hf.generate(input_ids=ids, attention_mask=native["attention_mask"].repeat_interleave(2, dim=0),
-                               **media.model_inputs(), **media.token_type_inputs(ids),
+    ids, mask = native["input_ids"].repeat_interleave(2, dim=0), native["attention_mask"].repeat_interleave(2, dim=0)
+    theirs = model.hf.generate(input_ids=ids, attention_mask=mask,
+                               **media.model_inputs(), **media.token_type_inputs(ids, mask),
                                **{k: v for k, v in greedy.items() if k != "num_return_sequences"})
     return ours.shape == theirs.shape and torch.equal(ours, theirs)
 
