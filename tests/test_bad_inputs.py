@@ -96,6 +96,11 @@ def world(tmp_path_factory):
                                           choice="tie")])
     w["not_a_db"] = base / "pairs.db"
     w["not_a_db"].write_text("not a database\n")
+    w["bad_pairs"] = base / "prefs" / "pairs.jsonl"  # row 2 has no rejected answer
+    w["bad_pairs"].parent.mkdir()
+    good_row = {"prompt": [{"role": "user", "content": "hi?"}], "chosen": [{"role": "assistant", "content": "hi."}],
+                "rejected": [{"role": "assistant", "content": "no."}]}
+    w["bad_pairs"].write_text(json.dumps(good_row) + "\n" + json.dumps({**good_row, "rejected": None}) + "\n")
     w["run"] = base / "finished"  # a finished run: its files must stay byte-identical
     w["run"].mkdir()
     for name, text in (("config.yaml", "lr: 0.001\n"), ("metrics.jsonl", '{"step": 1}\n'),
@@ -161,6 +166,8 @@ CASES = [
                                           f"store={w['tied_store']}"], None), ["tied.db", "no decided"]),
     ("zero pairs (reward)", lambda w: (["reward", "--set", f"policy={w['policy']}", "--set",
                                         f"store={w['empty_store']}"], None), ["empty.db", "no pairwise or ranking"]),
+    ("a bad row in a TRL preference file", lambda w: (["dpo", "--set", f"policy={w['policy']}", "--set",
+                                                       f"store={w['bad_pairs']}"], None), ["pairs.jsonl:2", "rejected"]),
     ("store that is no database", lambda w: (["reward", "--set", f"policy={w['policy']}", "--set",
                                               f"store={w['not_a_db']}"], None),
      ["pairs.db", "not a readable feedback store"]),

@@ -268,8 +268,10 @@ def check_store(location: str, min_votes: int = 1, decided: bool = False, key: s
         location = str(Path(location) / "feedback.db")
     if "://" not in location and not Path(location).is_file():
         raise FileNotFoundError(f"{key} {location!r}: no such file (a feedback.db or a TRL preference .jsonl)")
-    if location.endswith(".jsonl"):
-        count = sum(1 for line in Path(location).read_text(encoding="utf-8").splitlines() if line.strip())
+    if location.endswith(".jsonl"):  # every row read as the recipe will (media in place), nothing written
+        from modalign.feedback.trl_import import check_preference_file
+
+        count = check_preference_file(location)
         if not count:
             raise UserError(f"{key} {location!r}: the TRL preference file holds no rows")
         return count
