@@ -76,6 +76,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split, "task": cfg.task,
                "processes": dist.world, "decoding": how}
     if not dist.is_main:
+        # stay in the process group until the main process has scored and written: a process that exits while
+        # another still holds the gloo group aborts ("terminate called without an active exception")
+        dist.wait()
         return summary
     repeated = [e for e in examples for _ in range(k)]  # completions come in this order
     write_samples(out / "samples.jsonl", repeated, completions)
@@ -92,6 +95,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     summary["wall_seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     print_eval(summary, out)
+    dist.wait()
     return summary
 
 
