@@ -188,6 +188,15 @@ def check_fast_path(policy: Any, examples: Sequence[Example], media: Any) -> dic
     return record
 
 
+def load_policy_for(location: str, examples: Sequence[Example], media: Any,
+                    audio_seconds: dict[tuple[str, str], float]) -> tuple[Any, dict]:
+    """The policy, loaded and checked against the data before any copy of it is made (reference, critic): its
+    audio window (`check_audio_window`) and its fast path (`check_fast_path`). Returns (policy, self-check record)."""
+    policy = load_checked_policy(location)
+    check_audio_window(audio_seconds, policy.processor)
+    return policy, check_fast_path(policy, examples, media)
+
+
 # ---- policy, reward, store ----------------------------------------------------------------------
 def check_policy(location: str, key: str = "policy") -> None:
     """Fail fast on a policy that cannot load: empty, a folder without config.json, a mistyped folder, or a

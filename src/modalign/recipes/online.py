@@ -94,10 +94,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
     torch.manual_seed(cfg.seed)
-    policy = validate.load_checked_policy(cfg.policy)
-    validate.check_audio_window(audio_seconds, policy.processor)
     media_store = MediaStore(cfg.data)
-    checked = validate.check_fast_path(policy, prompts_all, media_store)  # before the reference and critic copies
+    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
     raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes

@@ -99,10 +99,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     if cfg.reference:
         validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
-    policy = validate.load_checked_policy(cfg.policy)
-    validate.check_audio_window(audio_seconds, policy.processor)
     media_store = MediaStore(cfg.data)
-    checked = validate.check_fast_path(policy, prompts_all, media_store)  # before the reference and critic copies
+    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
     raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
