@@ -292,22 +292,28 @@ def tiny(tmp_path_factory, shapes):
     return get
 
 
+def caption_store(policy, data: Path, folder: Path) -> Path:
+    """`folder/feedback.db`: simulated rankings of 3 answers of `policy` to each of 3 train captions of `data`."""
+    from modalign.models.inputs import MediaStore
+    from modalign.recipes.demo import collect_feedback
+
+    path = folder / "feedback.db"
+    captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:3]
+    collect_feedback(policy, MediaStore(data), captions, data, path, seed=0, samples_per_prompt=3)
+    return path
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny):
     """family -> a feedback store of simulated rankings of the tiny model's own answers."""
-    from modalign.models.inputs import MediaStore
     from modalign.models.policy import load_policy
-    from modalign.recipes.demo import collect_feedback
 
     made: dict[str, Path] = {}
 
     def get(family: str) -> Path:
         if family not in made:
             model, data = tiny(family)
-            path = tmp_path_factory.mktemp(f"{family}_store") / "feedback.db"
-            captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:3]
-            collect_feedback(load_policy(model), MediaStore(data), captions, data, path, seed=0, samples_per_prompt=3)
-            made[family] = path
+            made[family] = caption_store(load_policy(model), data, tmp_path_factory.mktemp(f"{family}_store"))
         return made[family]
 
     return get

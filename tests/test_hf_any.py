@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import hf_any
+import hf_tiny
 from hf_tiny import shapes  # noqa: F401  (module fixture: the tiny ShapesWorld with an images-only copy)
 
 ARCHITECTURES = hf_any.architectures()
@@ -213,19 +214,12 @@ def changed(before, after) -> bool:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, policies, shapes):  # noqa: F811
     """model type -> a feedback store of simulated rankings of the tiny model's own answers."""
-    from modalign.data.dataset import read_examples
-    from modalign.models.inputs import MediaStore
-    from modalign.recipes.demo import collect_feedback
-
     made: dict[str, Path] = {}
 
     def get(model_type: str) -> Path:
         if model_type not in made:
-            data = shapes["image"]
-            path = tmp_path_factory.mktemp(f"{model_type}_store") / "feedback.db"
-            captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][:3]
-            collect_feedback(policies(model_type), MediaStore(data), captions, data, path, seed=0, samples_per_prompt=3)
-            made[model_type] = path
+            folder = tmp_path_factory.mktemp(f"{model_type}_store")
+            made[model_type] = hf_tiny.caption_store(policies(model_type), shapes["image"], folder)
         return made[model_type]
 
     return get
