@@ -245,11 +245,13 @@ def annotate(
     store: str = typer.Option(..., help="Feedback store: a feedback.db path or an SQLAlchemy URL."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (plain HTTP: keep it local or put TLS in front)."),
     port: int = typer.Option(8000, help="Port."),
+    guidelines: Optional[str] = typer.Option(None, help="Guidelines file (Markdown; '## pairwise' etc. per kind). "
+                                                         "A change re-opens them for annotators."),
 ) -> None:
     """Serve the annotation web app over a feedback store (admin token also from $MODALIGN_ADMIN_TOKEN)."""
     from modalign.feedback.server.cli_glue import annotate_command
 
-    _run(lambda: annotate_command(store, host, port))
+    _run(lambda: annotate_command(store, host, port, guidelines))
 
 
 @app.command("add-annotator")

@@ -15,6 +15,11 @@ class JudgmentError(ValueError):
     """A judgment is malformed; the message names the field."""
 
 
+# How strongly A (or B) is preferred, and the weight that vote gets in a stored pair's margin
+# (`FeedbackStore.preference_pairs`); a vote without a strength weighs 1, as before strengths existed.
+STRENGTHS = {"slight": 0.5, "clear": 1.0, "strong": 2.0}
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -30,14 +35,19 @@ class Judgment:
 
 @dataclass(frozen=True, kw_only=True)
 class PairwiseJudgment(Judgment):
-    """A / B / tie between two candidates, with an optional reason."""
+    """A / B / tie between two candidates, with an optional reason and how strong the preference is
+    (`strength`: one of `STRENGTHS`, or None when not given)."""
 
     candidate_a: int
     candidate_b: int
     choice: Literal["a", "b", "tie"]
     reason: str = ""
+    strength: str | None = None
 
     def __post_init__(self) -> None:
+        if self.strength is not None and (self.strength not in STRENGTHS or self.choice == "tie"):
+            raise JudgmentError(f"pairwise judgment of {self.example_id!r}: strength {self.strength!r} must be one of "
+                                f"{tuple(STRENGTHS)} and only with choice a or b")
         if self.choice not in ("a", "b", "tie"):
             raise JudgmentError(f"pairwise judgment of {self.example_id!r}: choice {self.choice!r} is not a, b or tie")
         if self.candidate_a == self.candidate_b:

@@ -78,7 +78,7 @@ def judged_tasks(store: "FeedbackStore", task_ids: Sequence[int]) -> JudgedGroup
 
     wanted = set(task_ids)
     by_task: dict[int, list[PairwiseJudgment]] = {}
-    for judgment in store.judgments(kind="pairwise"):
+    for judgment in store.judgments(kind="pairwise", training=True):  # skipped / flagged tasks never train
         if judgment.task_id in wanted and judgment.choice != "tie":
             by_task.setdefault(judgment.task_id, []).append(judgment)
     examples, groups, verdicts = [], [], []

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from modalign.data.records import Completion, Example
 from modalign.feedback.agreement import majority_vote
 from modalign.feedback.judgments import (
-    CritiqueJudgment, ImplicitJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment, RatingJudgment,
+    STRENGTHS, CritiqueJudgment, ImplicitJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment,
+    RatingJudgment,
 )
-from modalign.feedback.schema import Base, CandidateRow, ExampleRow, JudgmentRow
+from modalign.feedback.schema import Base, CandidateRow, ExampleRow, JudgmentRow, SkipRow
 
 KINDS = {"pairwise": PairwiseJudgment, "ranking": RankingJudgment, "rating": RatingJudgment,
          "critique": CritiqueJudgment, "implicit": ImplicitJudgment}
@@ -38,7 +39,7 @@ class StoredPair:
     rejected: Completion
     tie: bool
     votes: int
-    margin: float  # share of votes for the chosen answer minus share for the rejected one
+    margin: float  # share of votes for the chosen answer minus share for the rejected one, weighted by strength
 
 
 class FeedbackStore:
@@ -111,14 +112,26 @@ class FeedbackStore:
             except IntegrityError:
                 raise JudgmentError("a judgment for this task by this annotator is already stored") from None
 
-    def judgments(self, kind: str | None = None, annotator: str | None = None, since_id: int = 0) -> list[Judgment]:
+    def judgments(self, kind: str | None = None, annotator: str | None = None, since_id: int = 0,
+                  training: bool = False) -> list[Judgment]:
+        """Current judgments (an edited one in its latest version, an undone one not at all), oldest first.
+
+        `training`: leave out the judgments of tasks someone skipped or flagged (`set_aside_task_ids`):
+        those items never become training pairs."""
         query = select(JudgmentRow).where(JudgmentRow.id > since_id).order_by(JudgmentRow.id)
         if kind:
             query = query.where(JudgmentRow.kind == kind)
         if annotator:
             query = query.where(JudgmentRow.annotator == annotator)
         with Session(self.engine) as session:
+            if training:
+                query = query.where(JudgmentRow.task_id.not_in(select(SkipRow.task_id)) | JudgmentRow.task_id.is_(None))
             return [_judgment_from_row(row) for row in session.scalars(query)]
+
+    def set_aside_task_ids(self) -> set[int]:
+        """Tasks an annotator skipped ("can't judge") or flagged (e.g. broken media) in the annotation app."""
+        with Session(self.engine) as session:
+            return set(session.scalars(select(SkipRow.task_id)))
 
     def count_judgments(self, kind: str | None = None) -> int:
         query = select(func.count(JudgmentRow.id))
@@ -140,19 +153,25 @@ class FeedbackStore:
 
     # ---- aggregation and export ----------------------------------------------------
     def preference_pairs(self, min_votes: int = 1) -> list[StoredPair]:
-        """Majority over annotators per (example, candidate pair); rankings count as their pairs."""
-        votes: dict[tuple[str, int, int], list[str]] = defaultdict(list)
-        for judgment in self.judgments():
+        """Majority over annotators per (example, candidate pair); rankings count as their pairs.
+
+        Skipped or flagged tasks are left out. The margin is the vote share difference, each vote
+        weighted by its preference strength (`judgments.STRENGTHS`; 1 when none was given)."""
+        votes: dict[tuple[str, int, int], list[tuple[str, float]]] = defaultdict(list)
+        for judgment in self.judgments(training=True):
             for example_id, first, second, choice in _as_pairs(judgment):
                 key = (example_id, min(first, second), max(first, second))
-                votes[key].append(choice if first < second or choice == "tie" else {"a": "b", "b": "a"}[choice])
+                side = choice if first < second or choice == "tie" else {"a": "b", "b": "a"}[choice]
+                votes[key].append((side, STRENGTHS.get(getattr(judgment, "strength", None), 1.0)))
         pairs = []
-        for (example_id, low, high), choices in votes.items():
+        for (example_id, low, high), weighted in votes.items():
+            choices = [side for side, _ in weighted]
             if len(choices) < min_votes:
                 continue
             winner = majority_vote(choices)
             chosen, rejected = (low, high) if winner in ("a", "tie") else (high, low)
-            margin = abs(choices.count("a") - choices.count("b")) / len(choices)
+            lead = sum(w for side, w in weighted if side == "a") - sum(w for side, w in weighted if side == "b")
+            margin = abs(lead) / len(choices)
             pairs.append(StoredPair(example_id, self.get_candidate(chosen), self.get_candidate(rejected),
                                     winner == "tie", len(choices), margin))
         return pairs
@@ -213,6 +232,11 @@ def judgment_row(judgment: Judgment) -> JudgmentRow:
     return JudgmentRow(kind=kind, example_id=judgment.example_id, annotator=judgment.annotator,
                        guideline_version=judgment.guideline_version, created_at=judgment.created_at,
                        task_id=judgment.task_id, payload=json.loads(json.dumps(payload)))
+
+
+def judgment_from_row(row: JudgmentRow) -> Judgment:
+    """The judgment a table row holds (for callers that read rows in their own transaction, like the web app)."""
+    return _judgment_from_row(row)
 
 
 def _judgment_from_row(row: JudgmentRow) -> Judgment:

@@ -10,11 +10,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from modalign.feedback.schema import AnnotatorRow, SessionRow
+from modalign.feedback.schema import AnnotatorRow, DeactivatedRow, SessionRow
 from modalign.feedback.store import FeedbackStore
 
 ROLES = ("annotator", "admin")
@@ -78,7 +79,34 @@ def authenticate(store: FeedbackStore, token: str | None) -> Account | None:
         return None
     with Session(store.engine) as session:
         row = session.scalars(select(AnnotatorRow).where(AnnotatorRow.token_hash == hash_token(token))).first()
-        return None if row is None else Account(row.name, row.role)
+        if row is None or session.get(DeactivatedRow, row.name) is not None:
+            return None
+        return Account(row.name, row.role)
+
+
+def deactivate(store: FeedbackStore, name: str, by: str) -> None:
+    """Stop an account from logging in (token and browser sessions) until `activate`; its judgments stay."""
+    if name == by:
+        raise AccountError(f"{name!r} cannot deactivate their own account")
+    with Session(store.engine) as session, session.begin():
+        if session.get(AnnotatorRow, name) is None:
+            raise AccountError(f"no account named {name!r}")
+        if session.get(DeactivatedRow, name) is None:
+            session.add(DeactivatedRow(name=name, by=by, at=datetime.now(timezone.utc)))
+        session.execute(delete(SessionRow).where(SessionRow.account == name))  # logged-in browsers are out at once
+
+
+def activate(store: FeedbackStore, name: str) -> None:
+    """Let a deactivated account log in again (with its current token)."""
+    with Session(store.engine) as session, session.begin():
+        if session.get(AnnotatorRow, name) is None:
+            raise AccountError(f"no account named {name!r}")
+        session.execute(delete(DeactivatedRow).where(DeactivatedRow.name == name))
+
+
+def deactivated_names(store: FeedbackStore) -> set[str]:
+    with Session(store.engine) as session:
+        return set(session.scalars(select(DeactivatedRow.name)))
 
 
 def is_token(token: str | None, expected: str | None) -> bool:

@@ -2,7 +2,7 @@
 
 Every check names the field at fault. The bodies, by task kind:
 
-    pairwise  {"choice": "a" | "b" | "tie", "reason": "..."?}
+    pairwise  {"choice": "a" | "b" | "tie", "reason": "..."?, "strength": "slight" | "clear" | "strong"?}
     ranking   {"ranking": [candidate ids, best first]}        (all the task's candidates)
     rating    {"ratings": {"accuracy": 4, ...}}               (exactly the task's axes, 1..scale)
     critique  {"corrected_text": "...", "critique": "..."?}   (spans are computed here, not sent)
@@ -17,14 +17,14 @@ import re
 from typing import Any, Mapping
 
 from modalign.feedback.judgments import (
-    CritiqueJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment, RatingJudgment,
+    STRENGTHS, CritiqueJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment, RatingJudgment,
 )
 from modalign.feedback.server.errors import Conflict, InvalidField
 from modalign.feedback.server.tasks import TaskView
 
 MAX_TEXT = 20_000  # characters of a corrected answer; the request body limit bounds it too
 MAX_REASON = 2_000
-FIELDS = {"pairwise": {"choice", "reason"}, "ranking": {"ranking"}, "rating": {"ratings"},
+FIELDS = {"pairwise": {"choice", "reason", "strength"}, "ranking": {"ranking"}, "rating": {"ratings"},
           "critique": {"corrected_text", "critique"}}
 Span = tuple[int, int, str]
 
@@ -54,8 +54,13 @@ def _pairwise(task: TaskView, body: Mapping[str, Any], common: dict) -> Judgment
     if not isinstance(choice, str) or choice.lower() not in ("a", "b", "tie"):
         raise InvalidField(f"choice must be 'a', 'b' or 'tie', got {choice!r}", field="choice")
     reason = _text(body, "reason", MAX_REASON, required=False)
+    strength = body.get("strength") or None  # "" from a form where nothing was picked
+    if strength is not None and (strength not in STRENGTHS or choice.lower() == "tie"):
+        raise InvalidField(f"strength must be one of {list(STRENGTHS)} (and only with choice a or b), got {strength!r}",
+                           field="strength")
     a, b = task.candidate_ids
-    return PairwiseJudgment(**common, candidate_a=a, candidate_b=b, choice=choice.lower(), reason=reason)
+    return PairwiseJudgment(**common, candidate_a=a, candidate_b=b, choice=choice.lower(), reason=reason,
+                            strength=strength)
 
 
 def _ranking(task: TaskView, body: Mapping[str, Any], common: dict) -> Judgment:

@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse
 from modalign.feedback.server.accounts import Account
 from modalign.feedback.server.deps import TaskId, app_state, json_body, require_account
 from modalign.feedback.server.guidelines import guideline_for
+from modalign.feedback.server.review import SKIP_REASONS, edit_judgment, recent_answers, skip_task, undo_judgment
 from modalign.feedback.server.submit import read_task, submit_judgment
 from modalign.feedback.server.tasks import next_task_id, open_task_ids, progress
-from modalign.feedback.server.views import progress_json, task_json
+from modalign.feedback.server.views import judgment_fields, progress_json, task_json
 
 router = APIRouter(prefix="/api")
 
@@ -54,3 +55,43 @@ def api_judgment(task_id: TaskId, request: Request, account: Account = Depends(r
     state = app_state(request)
     judgment_id = submit_judgment(state.store, state.write_lock, task_id, account.name, body, state.guidelines)
     return JSONResponse({"judgment_id": judgment_id, "task_id": task_id}, status_code=201)
+
+
+@router.post("/tasks/{task_id}/skip", status_code=201)
+def api_skip(task_id: TaskId, request: Request, account: Account = Depends(require_account),
+             body: Any = Depends(json_body)) -> JSONResponse:
+    """Set a task aside: `{"reason": "cant_judge" | "broken_media" | "other", "note": "..."}`; it leaves the
+    queue and never becomes a training pair."""
+    state = app_state(request)
+    skip_id = skip_task(state.store, state.write_lock, task_id, account.name, body)
+    return JSONResponse({"skip_id": skip_id, "task_id": task_id, "action": SKIP_REASONS[body["reason"]][0]},
+                        status_code=201)
+
+
+@router.put("/tasks/{task_id}/judgment")
+def api_edit(task_id: TaskId, request: Request, account: Account = Depends(require_account),
+             body: Any = Depends(json_body)) -> dict[str, Any]:
+    """Change a recent answer (same body as a new one); the old version is kept in the history."""
+    state = app_state(request)
+    judgment_id = edit_judgment(state.store, state.write_lock, task_id, account.name, body, state.guidelines,
+                                state.edit_policy)
+    return {"judgment_id": judgment_id, "task_id": task_id}
+
+
+@router.delete("/tasks/{task_id}/judgment")
+def api_undo(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
+    """Withdraw a recent answer: the task is back in the caller's queue."""
+    state = app_state(request)
+    undo_judgment(state.store, state.write_lock, task_id, account.name, state.edit_policy)
+    return {"task_id": task_id, "status": "queued"}
+
+
+@router.get("/recent")
+def api_recent(request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
+    """The caller's answers they may still undo or change, newest first."""
+    state = app_state(request)
+    policy = state.edit_policy
+    return {"answers": [{"task_id": a.task_id, "judgment_id": a.judgment_id, "kind": a.kind,
+                         "created_at": a.created_at.isoformat(), **judgment_fields(a.judgment)}
+                        for a in recent_answers(state.store, account.name, policy)],
+            "last": policy.last, "window_minutes": policy.window.total_seconds() / 60}

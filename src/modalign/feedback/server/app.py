@@ -54,13 +54,14 @@ def create_app(store_url: str, admin_token: str | None = None, guidelines: Mappi
 
 
 def serve(store_url: str, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
-          access_log: bool = True) -> None:
-    """Run the app with uvicorn (blocks). Plain HTTP: put a TLS proxy in front beyond localhost."""
+          access_log: bool = True, guidelines: Mapping[str, Guideline] | None = None) -> None:
+    """Run the app with uvicorn (blocks). Plain HTTP: put a TLS proxy in front beyond localhost.
+    `guidelines`: per task kind, e.g. from `guidelines.load_guidelines(path)`."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s over plain HTTP: tokens travel unencrypted unless a TLS proxy is in front", host)
-    uvicorn.run(create_app(store_url, admin_token), host=host, port=port, access_log=access_log)
+    uvicorn.run(create_app(store_url, admin_token, guidelines), host=host, port=port, access_log=access_log)
 
 
 async def _validation_error(request: Request, err: RequestValidationError) -> Response:

@@ -21,8 +21,9 @@ def store_url(store: str, must_exist: bool = False) -> str:
     return f"sqlite:///{path}"
 
 
-def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the annotation app over `store`; an admin token may also come from $MODALIGN_ADMIN_TOKEN."""
+def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000, guidelines: str | None = None) -> None:
+    """Serve the annotation app over `store`; an admin token may also come from $MODALIGN_ADMIN_TOKEN.
+    `guidelines`: a Markdown / text file (`guidelines.load_guidelines`), versioned by its content's hash."""
     from modalign.feedback.server.app import serve
 
     from modalign.feedback.server.app import MIN_ADMIN_TOKEN
@@ -31,8 +32,20 @@ def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000) -> N
     if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
         raise SystemExit(f"error: ${ADMIN_TOKEN_ENV} is {len(admin_token)} characters; use at least {MIN_ADMIN_TOKEN}")
     url = store_url(store, must_exist=True)
+    texts = guidelines_from(guidelines) if guidelines else None
     print(f"annotation app on http://{host}:{port}/ (store {store}); log in with a token from add-annotator")
-    serve(url, host=host, port=port, admin_token=admin_token)
+    serve(url, host=host, port=port, admin_token=admin_token, guidelines=texts)
+
+
+def guidelines_from(path: str) -> dict:
+    """The guidelines in `path`; a `UserError` naming the file otherwise (the CLI prints it, exit 2)."""
+    from modalign.errors import UserError
+    from modalign.feedback.server.guidelines import load_guidelines
+
+    try:
+        return load_guidelines(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--guidelines {path}: {err}") from None
 
 
 def add_annotator_command(store: str, name: str, role: str = "annotator") -> str:

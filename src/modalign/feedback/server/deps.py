@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from modalign.feedback.server.accounts import ADMIN_TOKEN_ACCOUNT, Account, authenticate, is_token
 from modalign.feedback.server.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
 from modalign.feedback.server.guidelines import Guideline
+from modalign.feedback.server.review import EditPolicy
 from modalign.feedback.server.sessions import session_account
 from modalign.feedback.server.templates import render
 from modalign.feedback.server.throttle import LoginThrottle
@@ -33,6 +34,7 @@ class AppState:
     guidelines: Mapping[str, Guideline]
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    edit_policy: EditPolicy = field(default_factory=EditPolicy)  # which answers may still be undone / changed
 
 
 def app_state(request: Request) -> AppState:

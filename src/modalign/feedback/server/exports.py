@@ -14,10 +14,11 @@ def trl_jsonl(store: FeedbackStore) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in store.export_trl())
 
 
-def judgments_jsonl(store: FeedbackStore) -> str:
-    """Every judgment, one JSON object a line, with its kind, annotator, guideline version and time."""
+def judgments_jsonl(store: FeedbackStore, annotator: str | None = None) -> str:
+    """Every current judgment (of `annotator`, or everyone's), one JSON object a line, with its kind, annotator,
+    guideline version and time (and, for pairwise, the preference strength)."""
     lines = []
-    for judgment in store.judgments():
+    for judgment in store.judgments(annotator=annotator):
         kind = next(name for name, cls in KINDS.items() if isinstance(judgment, cls))
         row = {"kind": kind, **dataclasses.asdict(judgment)}
         row["created_at"] = judgment.created_at.isoformat()

@@ -16,11 +16,13 @@ from modalign.feedback.server.deps import (
     SESSION_COOKIE, TaskId, account_for, app_state, check_origin, form_body, html, require_account,
 )
 from modalign.feedback.server.errors import AnnotationError, InvalidField, NotFound
-from modalign.feedback.server.guidelines import guideline_for
+from modalign.feedback.judgments import STRENGTHS
+from modalign.feedback.server.guidelines import guideline_for, open_once
+from modalign.feedback.server.review import SKIP_REASONS, edit_judgment, recent_answers, skip_task, undo_judgment
 from modalign.feedback.server.sessions import SESSION_TTL, close_session, open_session
 from modalign.feedback.server.submit import read_task, submit_judgment
-from modalign.feedback.server.tasks import TaskView, next_task_id, progress
-from modalign.feedback.server.views import media_items, prompt_lines
+from modalign.feedback.server.tasks import TASK_KINDS, TaskView, next_task_id, progress
+from modalign.feedback.server.views import describe, judgment_form_values, media_items, prompt_lines
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -67,17 +69,22 @@ def home() -> Response:
 
 @router.get("/next")
 def next_page(request: Request, account: Account = Depends(require_account)) -> Response:
-    store = app_state(request).store
+    state = app_state(request)
+    store = state.store
     task_id = next_task_id(store, account.name)
     if task_id is None:
-        return html("done", title="All done", account=account, progress=progress(store, account.name))
+        recent = recent_answers(store, account.name, state.edit_policy)
+        return html("done", title="All done", account=account, progress=progress(store, account.name),
+                    last=recent[0] if recent else None)
     return RedirectResponse(f"/tasks/{task_id}", status_code=303)
 
 
 @router.get("/tasks/{task_id}")
-def task_page(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> Response:
+def task_page(task_id: TaskId, request: Request, account: Account = Depends(require_account), edit: bool = False) -> Response:
+    """The task's form; for an answer that may still change, the answer with Change / Undo (`?edit=1`: the form
+    filled in with it)."""
     task, status = read_task(app_state(request).store, task_id, account)
-    return _task_html(request, account, task, status)
+    return _task_html(request, account, task, status, editing=edit)
 
 
 @router.post("/tasks/{task_id}")
@@ -93,6 +100,61 @@ def task_submit(task_id: TaskId, request: Request, account: Account = Depends(re
         message = f"{err.message} (field: {err.field})" if err.field else err.message
         return _task_html(request, account, task, status, error=message, values=form, code=err.status)
     return RedirectResponse("/next", status_code=303)
+
+
+@router.post("/tasks/{task_id}/edit")
+def task_edit(task_id: TaskId, request: Request, account: Account = Depends(require_account),
+              form: dict[str, str] = Depends(form_body)) -> Response:
+    """Change a recent answer from the form (`require_account` has checked the origin)."""
+    state = app_state(request)
+    task, status = read_task(state.store, task_id, account)
+    try:
+        edit_judgment(state.store, state.write_lock, task_id, account.name, form_to_body(task, form), state.guidelines,
+                      state.edit_policy)
+    except AnnotationError as err:
+        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        return _task_html(request, account, task, status, error=message, values=form, code=err.status, editing=True)
+    return RedirectResponse("/recent?changed=" + str(task_id), status_code=303)
+
+
+@router.post("/tasks/{task_id}/undo")
+def task_undo(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> Response:
+    """Withdraw a recent answer; the task opens again to be answered anew."""
+    state = app_state(request)
+    undo_judgment(state.store, state.write_lock, task_id, account.name, state.edit_policy)
+    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+
+
+@router.post("/tasks/{task_id}/skip")
+def task_skip(task_id: TaskId, request: Request, account: Account = Depends(require_account),
+              form: dict[str, str] = Depends(form_body)) -> Response:
+    """Skip or flag the task from its page (reason + optional note); on to the next task."""
+    state = app_state(request)
+    task, status = read_task(state.store, task_id, account)
+    try:
+        skip_task(state.store, state.write_lock, task_id, account.name,
+                  {"reason": form.get("reason"), "note": form.get("note", "")})
+    except AnnotationError as err:
+        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        return _task_html(request, account, task, status, error=message, values=form, code=err.status)
+    return RedirectResponse("/next", status_code=303)
+
+
+@router.get("/recent")
+def recent_page(request: Request, account: Account = Depends(require_account), changed: int | None = None) -> Response:
+    """The caller's answers that may still be undone or changed."""
+    state = app_state(request)
+    answers = [(a, describe(a.judgment)) for a in recent_answers(state.store, account.name, state.edit_policy)]
+    return html("recent", title="Recent answers", account=account, answers=answers, policy=state.edit_policy,
+                changed=changed, progress=progress(state.store, account.name))
+
+
+@router.get("/guidelines")
+def guidelines_page(request: Request, account: Account = Depends(require_account)) -> Response:
+    """Every task kind's guideline, always available behind the header's link."""
+    state = app_state(request)
+    return html("guidelines", title="Guidelines", account=account,
+                guidelines=[(kind, guideline_for(state.guidelines, kind)) for kind in TASK_KINDS])
 
 
 @router.get("/tasks/{task_id}/media/{index}")
@@ -141,8 +203,18 @@ def _ranking_ids(task: TaskView, typed: str) -> list[int]:
 
 
 def _task_html(request: Request, account: Account, task: TaskView, status: str | None, error: str | None = None,
-               values: dict[str, str] | None = None, code: int = 200) -> Response:
+               values: dict[str, str] | None = None, code: int = 200, editing: bool = False) -> Response:
     state = app_state(request)
+    guideline = guideline_for(state.guidelines, task.kind)
+    recent = recent_answers(state.store, account.name, state.edit_policy)
+    mine = next((a for a in recent if a.task_id == task.id), None)  # this task's answer, while it may change
+    editing = editing and mine is not None
+    if editing and values is None:
+        values = judgment_form_values(task, mine.judgment)
+    last = recent[0] if recent and status == "queued" else None  # "Undo your last answer" on the next task
     return html("task", code=code, title=f"Task {task.id}", account=account, task=task, status=status,
-                progress=progress(state.store, account.name), guideline=guideline_for(state.guidelines, task.kind),
-                prompt=prompt_lines(task), media=media_items(task), error=error, values=values or {})
+                progress=progress(state.store, account.name), guideline=guideline,
+                guideline_open=open_once(state.store, account.name, task.kind, guideline.version),
+                prompt=prompt_lines(task), media=media_items(task), error=error, values=values or {},
+                editing=editing, mine=mine and describe(mine.judgment), last=last, reasons=SKIP_REASONS,
+                strengths=list(STRENGTHS))

@@ -32,8 +32,9 @@ LEVELS = {"pairwise": "nominal", "ranking": "nominal", "rating": "interval"}
 @dataclass(frozen=True)
 class AnnotatorProgress:
     name: str
-    done: int
+    done: int  # answered
     assigned: int
+    set_aside: int = 0  # skipped or flagged
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,12 @@ class KindAgreement:
 
 
 def annotator_progress(store: FeedbackStore) -> list[AnnotatorProgress]:
-    query = (select(AssignmentRow.annotator, func.sum(case((AssignmentRow.status == "done", 1), else_=0)), func.count())
+    query = (select(AssignmentRow.annotator, func.sum(case((AssignmentRow.status == "done", 1), else_=0)), func.count(),
+                    func.sum(case((AssignmentRow.status == "skipped", 1), else_=0)))
              .group_by(AssignmentRow.annotator).order_by(AssignmentRow.annotator))
     with Session(store.engine) as session:
-        return [AnnotatorProgress(name, int(done or 0), int(total)) for name, done, total in session.execute(query)]
+        return [AnnotatorProgress(name, int(done or 0), int(total), int(aside or 0))
+                for name, done, total, aside in session.execute(query)]
 
 
 def task_progress(store: FeedbackStore) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from modalign.feedback.server.tasks import TaskView, assignment_status, load_tas
 from modalign.feedback.store import FeedbackStore, judgment_row
 
 LOCK_RETRIES = 5
+T = TypeVar("T")
 
 
 def read_task(store: FeedbackStore, task_id: int, account: Account) -> tuple[TaskView, str | None]:
@@ -47,15 +48,21 @@ def submit_judgment(store: FeedbackStore, write_lock: threading.Lock, task_id: i
     created, so only the assignment check and the insert need the lock, and one slow critique
     cannot hold up everyone else's saves.
     """
-    task = _task_of(store, task_id, annotator)
+    task = task_of(store, task_id, annotator)
     version = guideline_for(guidelines, task.kind).version
     judgment = build_judgment(task, body, annotator, version)
+    return locked_write(write_lock, lambda: _store(store, judgment))
+
+
+def locked_write(write_lock: threading.Lock, write: Callable[[], T]) -> T:
+    """Run `write` (one short transaction) under the app's write lock, retrying while another process holds
+    the database's: every state change of the app goes through here."""
     for attempt in range(LOCK_RETRIES):
         try:
             # One writer at a time in this process: SQLite has a single write lock anyway, and
             # queueing here avoids "database is locked" errors between our own threads.
             with write_lock:
-                return _store(store, judgment)
+                return write()
         except OperationalError as err:  # another process (e.g. a CLI adding tasks) holds the lock
             if "locked" not in str(err) or attempt == LOCK_RETRIES - 1:
                 raise
@@ -63,7 +70,7 @@ def submit_judgment(store: FeedbackStore, write_lock: threading.Lock, task_id: i
     raise AssertionError("unreachable")
 
 
-def _task_of(store: FeedbackStore, task_id: int, annotator: str) -> TaskView:
+def task_of(store: FeedbackStore, task_id: int, annotator: str) -> TaskView:
     """The task as `annotator` sees it (their A/B order), or 404 / 403."""
     with Session(store.engine) as session:
         task = load_task(session, task_id, annotator)

@@ -26,7 +26,7 @@ from modalign.feedback.store import FeedbackStore
 
 TASK_KINDS = ("pairwise", "ranking", "rating", "critique")
 DEFAULT_AXES = ("accuracy", "fluency", "safety")
-QUEUED, DONE = "queued", "done"
+QUEUED, DONE, SET_ASIDE = "queued", "done", "skipped"  # skipped: the annotator skipped or flagged it
 
 
 class TaskError(ValueError):
@@ -85,8 +85,9 @@ class TaskView:
 
 @dataclass(frozen=True)
 class Progress:
-    done: int
+    done: int  # answered or set aside: no longer in the queue
     total: int
+    set_aside: int = 0  # of `done`: skipped or flagged
 
 
 def ensure_tables(store: FeedbackStore) -> None:
@@ -152,7 +153,8 @@ def progress(store: FeedbackStore, annotator: str) -> Progress:
              .group_by(AssignmentRow.status))
     with Session(store.engine) as session:
         counts = dict(session.execute(query).all())
-    return Progress(done=counts.get(DONE, 0), total=sum(counts.values()))
+    return Progress(done=counts.get(DONE, 0) + counts.get(SET_ASIDE, 0), total=sum(counts.values()),
+                    set_aside=counts.get(SET_ASIDE, 0))
 
 
 def assignment_status(session: Session, task_id: int, annotator: str) -> str | None:
@@ -178,15 +180,22 @@ def load_task(session: Session, task_id: int, annotator: str | None = None) -> T
     return TaskView(task.id, task.kind, example, candidates, settings)
 
 
-def mark_done(session: Session, task_id: int, annotator: str) -> None:
-    """Close an assignment (inside the caller's transaction), and the task once all are closed."""
+def mark_done(session: Session, task_id: int, annotator: str, status: str = DONE) -> None:
+    """Close an assignment as `status` (inside the caller's transaction), and the task once all are closed."""
     # one UPDATE, no SELECT first: this runs under the app's write lock
     session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator == annotator)
-                    .values(status=DONE))
+                    .values(status=status))
     left = session.scalar(select(func.count()).select_from(AssignmentRow)
                           .where(AssignmentRow.task_id == task_id, AssignmentRow.status == QUEUED))
     if not left:
         session.get(TaskRow, task_id).status = DONE
+
+
+def reopen(session: Session, task_id: int, annotator: str) -> None:
+    """Put an assignment back in its annotator's queue (an undone answer), and its task with it."""
+    session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator == annotator)
+                    .values(status=QUEUED))
+    session.get(TaskRow, task_id).status = "open"
 
 
 # ---- checks ----------------------------------------------------------------------------
