@@ -106,7 +106,7 @@ def account_form(action: str, request: Request, account: Account = Depends(requi
         return html("message", code=err.status, title=f"Error {err.status}", message=err.message, css="error",
                     account=account)
     name = form.get("name", "")
-    return html("token", title=ACCOUNT_DONE[action].format(name=name), account=account, token=token, name=name,
+    return html("token", title=ACCOUNT_DONE[action].format(name=name), account=account, token=token, account_name=name,
                 message=ACCOUNT_DONE[action].format(name=name))
 
 

@@ -89,7 +89,9 @@ def _store(store: FeedbackStore, judgment: Judgment) -> int:
                 row = judgment_row(judgment)
                 session.add(row)
                 session.flush()  # the unique (task_id, annotator) constraint fires here
-                mark_done(session, task_id, annotator)
+                if not mark_done(session, task_id, annotator):  # raising here rolls the insert back
+                    raise Conflict(f"task {task_id} was set aside or moved: it is no longer in {annotator!r}'s queue",
+                                   field="task_id")
                 return row.id
         except IntegrityError:
             raise Conflict(f"task {task_id} already has a judgment by {annotator!r}", field="task_id") from None

@@ -180,15 +180,20 @@ def load_task(session: Session, task_id: int, annotator: str | None = None) -> T
     return TaskView(task.id, task.kind, example, candidates, settings)
 
 
-def mark_done(session: Session, task_id: int, annotator: str, status: str = DONE) -> None:
-    """Close an assignment as `status` (inside the caller's transaction), and the task once all are closed."""
+def mark_done(session: Session, task_id: int, annotator: str, status: str = DONE) -> bool:
+    """Close a queued assignment as `status` (inside the caller's transaction), and the task once all are closed.
+    False (nothing changed) when the assignment is not queued: set aside, or moved to someone else."""
     # one UPDATE, no SELECT first: this runs under the app's write lock
-    session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator == annotator)
-                    .values(status=status))
+    closed = session.execute(update(AssignmentRow).where(AssignmentRow.task_id == task_id,
+                                                         AssignmentRow.annotator == annotator,
+                                                         AssignmentRow.status == QUEUED).values(status=status))
+    if closed.rowcount != 1:
+        return False
     left = session.scalar(select(func.count()).select_from(AssignmentRow)
                           .where(AssignmentRow.task_id == task_id, AssignmentRow.status == QUEUED))
     if not left:
         session.get(TaskRow, task_id).status = DONE
+    return True
 
 
 def reopen(session: Session, task_id: int, annotator: str) -> None:

@@ -335,7 +335,7 @@ JUDGMENTS = """{% extends "base" %}{% block main %}
 
 TOKEN = """{% extends "base" %}{% block main %}
 <h1>{{ title }}</h1><p class="notice" role="alert">{{ message }}</p>
-{% if token %}<p>Token for <b>{{ name }}</b> (shown only now: hand it over safely):</p>
+{% if token %}<p>Token for <b>{{ account_name }}</b> (shown only now: hand it over safely):</p>
 <p><input type="text" id="new-token" readonly value="{{ token }}"></p>{% endif %}
 <p><a href="/admin">Back to the dashboard</a></p>{% endblock %}"""
 
