@@ -21,6 +21,7 @@ from modalign.feedback.server import create_app
 from modalign.feedback.server.accounts import deactivated_names, list_accounts
 from modalign.feedback.server.guidelines import load_guidelines
 from modalign.feedback.server.review import EditPolicy
+from modalign.feedback.server.tasks import TaskError
 
 ORIGIN = "http://testserver"  # the TestClient's own origin
 OTHER_PORT = "http://testserver:8001"  # same site, another origin
@@ -405,7 +406,24 @@ def test_stalled_assignments_go_back_to_the_pool_or_to_a_chosen_annotator(client
 def test_deactivated_annotators_are_not_in_the_pool(client, world):
     _age(world, 2)
     client.post("/api/admin/accounts/deactivate", json={"name": "carol"}, headers=ADMIN)
+    with pytest.raises(TaskError, match="deactivated"):
+        world.tasks("pairwise", 1, 2, ["carol"])
     moves = client.post("/api/admin/reassign", json={"older_than_minutes": 60, "annotator": "alice"}, headers=ADMIN).json()
     assert {m["to_annotator"] for m in moves["moves"]} == {None}  # bob has them all, carol is off
     page = client.post("/api/admin/reassign", json={"older_than_minutes": 60, "to": "carol"}, headers=ADMIN)
     assert (page.status_code, page.json()["field"]) == (422, "to")
+
+
+def test_a_store_from_before_these_features_opens_and_gets_them(world, tmp_path):
+    """An existing feedback.db has none of the new tables: opening it adds them, nothing else changes."""
+    from sqlalchemy import inspect, text
+
+    new_tables = ("task_skips", "judgment_revisions", "guideline_views", "deactivated_accounts", "assignment_moves")
+    with world.store.engine.begin() as connection:
+        for table in new_tables:
+            connection.execute(text(f"DROP TABLE {table}"))
+    assert not set(new_tables) & set(inspect(world.store.engine).get_table_names())
+    with TestClient(create_app(world.store.url, ADMIN_TOKEN), headers={"Origin": ORIGIN}) as client:
+        assert set(new_tables) <= set(inspect(world.store.engine).get_table_names())
+        assert client.post("/api/tasks/1/skip", json={"reason": "cant_judge"}, headers=bearer(world, "alice")).status_code == 201
+        assert answer(client, world, 2, {"choice": "a"}).status_code == 201

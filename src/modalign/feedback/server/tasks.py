@@ -21,7 +21,7 @@ from sqlalchemy import JSON, Integer, String, func, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from modalign.data.records import Example
-from modalign.feedback.schema import AnnotatorRow, AssignmentRow, CandidateRow, ExampleRow, TaskRow
+from modalign.feedback.schema import AnnotatorRow, AssignmentRow, CandidateRow, DeactivatedRow, ExampleRow, TaskRow
 from modalign.feedback.store import FeedbackStore
 
 TASK_KINDS = ("pairwise", "ranking", "rating", "critique")
@@ -229,6 +229,9 @@ def _check_annotators(session: Session, annotators: Sequence[str]) -> None:
     missing = [a for a in annotators if a not in known]
     if missing:
         raise TaskError(f"unknown annotator(s) {missing[:5]}: create their accounts first")
+    inactive = sorted(set(session.scalars(select(DeactivatedRow.name).where(DeactivatedRow.name.in_(annotators)))))
+    if inactive:
+        raise TaskError(f"annotator(s) {inactive[:5]} are deactivated: activate them on /admin or leave them out")
 
 
 def _check_items(session: Session, kind: str, items: list[TaskItem]) -> None:

@@ -252,8 +252,9 @@ ADMIN = """{% extends "base" %}{% block main %}
 <h1>Dashboard</h1>
 <section class="card"><h2>Progress</h2>
 <p id="overall">Tasks complete: {{ tasks_done }} of {{ tasks_total }} · judgments stored: {{ judgments }}</p>
-<table id="annotators"><tr><th>annotator</th><th>done</th><th>assigned</th></tr>
-{% for row in annotators %}<tr><td>{{ row.name }}</td><td>{{ row.done }}</td><td>{{ row.assigned }}</td></tr>{% endfor %}
+<table id="annotators"><tr><th>annotator</th><th>done</th><th>assigned</th><th>skipped / flagged</th></tr>
+{% for row in annotators %}<tr><td><a href="/admin/judgments?annotator={{ row.name|urlencode }}">{{ row.name }}</a></td><td>{{ row.done }}</td>
+<td>{{ row.assigned }}</td><td>{{ row.set_aside }}</td></tr>{% endfor %}
 </table></section>
 <section class="card"><h2>Agreement</h2>
 <table id="agreement"><tr><th>kind</th><th>shared units</th><th>raters</th><th>Krippendorff's α</th><th>Cohen's κ</th></tr>
