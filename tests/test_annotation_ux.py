@@ -258,11 +258,19 @@ def test_guidelines_open_once_and_again_when_their_version_changes(world, tmp_pa
         assert 'id="guidelines">' in client.get("/tasks/2").text
 
 
-def test_the_annotate_command_names_a_bad_guidelines_file(world, tmp_path):
+def test_the_annotate_command_serves_a_guidelines_file_and_names_a_bad_one(world, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
+    import modalign.feedback.server.app as app_module
     from modalign.cli import app
 
+    served = {}
+    monkeypatch.setattr(app_module, "serve", lambda url, **kw: served.update(url=url, **kw))
+    (tmp_path / "guide.md").write_text("## critique\nFix colours only.\n")
+    result = CliRunner().invoke(app, ["annotate", "--store", world.store.url, "--guidelines", str(tmp_path / "guide.md")])
+    assert result.exit_code == 0, result.output
+    assert served["url"] == world.store.url and served["guidelines"]["critique"].text == "Fix colours only."
+    assert served["guidelines"]["pairwise"].version == "pairwise-v1"  # nothing for it in the file: the built-in one
     (tmp_path / "empty.md").write_text("\n\n")
     for path in (tmp_path / "missing.md", tmp_path / "empty.md"):
         result = CliRunner().invoke(app, ["annotate", "--store", world.store.url, "--guidelines", str(path)])

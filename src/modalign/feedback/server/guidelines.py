@@ -53,7 +53,8 @@ def load_guidelines(path: str | Path) -> dict[str, Guideline]:
     A level-2 heading naming a task kind (`## pairwise`, `## ranking`, `## rating`, `## critique`)
     starts that kind's own text; whatever comes before the first such heading is shared and
     shown first for every kind. Each kind's version is a hash of its text ("file-<12 hex>"), so
-    editing the file re-opens the guidelines for annotators of the changed kinds only.
+    editing the file re-opens the guidelines for annotators of the changed kinds only. A kind the
+    file says nothing about keeps its built-in guideline.
     """
     file = Path(path)
     if not file.is_file():
@@ -75,7 +76,8 @@ def load_guidelines(path: str | Path) -> dict[str, Guideline]:
     out = {}
     for kind in DEFAULT_GUIDELINES:
         body = "\n".join(shared + sections.get(kind, [])).strip()
-        out[kind] = Guideline("file-" + hashlib.sha256(body.encode("utf-8")).hexdigest()[:12], body)
+        out[kind] = (Guideline("file-" + hashlib.sha256(body.encode("utf-8")).hexdigest()[:12], body) if body
+                     else DEFAULT_GUIDELINES[kind])  # the file says nothing for this kind: the built-in text
     return out
 
 
