@@ -124,6 +124,23 @@ def test_a_bad_skip_is_refused_naming_the_field(client, world, task_id, body, st
     assert world.store.set_aside_task_ids() == set()
 
 
+def test_a_recent_skip_can_be_undone_and_is_kept_in_the_history(client, world):
+    login(client, world, "alice")
+    client.post("/tasks/1/skip", data={"reason": "cant_judge"})
+    assert client.get("/api/recent").json()["set_aside"] == [
+        {"task_id": 1, "action": "skip", "reason": "cant_judge", "note": ""}]
+    assert 'id="unskip"' in client.get("/tasks/1").text
+    assert client.post("/tasks/1/unskip", follow_redirects=False).headers["location"] == "/tasks/1"
+    assert world.store.set_aside_task_ids() == set() and client.get("/api/queue").json()["task_ids"] == [1, 2, 3]
+    detail = client.get("/api/admin/tasks/1", headers=ADMIN).json()
+    assert [(h["annotator"], h["change"], h["answer"]) for h in detail["history"]] == [("alice", "undo", "skip (cant_judge)")]
+    assert client.delete("/api/tasks/1/skip").status_code == 404  # nothing left to undo
+    assert answer(client, world, 1, {"choice": "a"}).status_code == 201
+    client.post("/tasks/2/skip", data={"reason": "cant_judge"})
+    client.app.state.annotation.edit_policy = EditPolicy(last=10, window=timedelta(0))
+    assert client.delete("/api/tasks/2/skip").status_code == 409
+
+
 def test_a_task_is_skipped_once(client, world):
     assert client.post("/api/tasks/1/skip", json={"reason": "cant_judge"}, headers=bearer(world, "alice")).status_code == 201
     again = client.post("/api/tasks/1/skip", json={"reason": "broken_media"}, headers=bearer(world, "alice"))
@@ -343,6 +360,8 @@ CROSS_ORIGIN = [  # state-changing routes added for issue 21, sent with the sess
     ("post", "/api/tasks/1/skip", {"json": {"reason": "cant_judge"}}),
     ("put", "/api/tasks/1/judgment", {"json": {"choice": "b"}}),
     ("delete", "/api/tasks/1/judgment", {}),
+    ("delete", "/api/tasks/1/skip", {}),
+    ("post", "/tasks/1/unskip", {}),
     ("post", "/tasks/1/undo", {}),
     ("post", "/tasks/1/edit", {"data": {"choice": "b"}}),
     ("post", "/tasks/2/skip", {"data": {"reason": "cant_judge"}}),

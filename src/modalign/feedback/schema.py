@@ -98,7 +98,8 @@ class SkipRow(Base):
 
 class JudgmentRevisionRow(Base):
     """An earlier version of a judgment, kept when its annotator edited ("edit") or withdrew ("undo") it.
-    The `judgments` table holds only the current answer: what training reads."""
+    The `judgments` table holds only the current answer: what training reads. A withdrawn skip or flag
+    is kept here too, as kind "skip" (payload: action, reason, note)."""
 
     __tablename__ = "judgment_revisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

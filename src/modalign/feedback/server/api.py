@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from modalign.feedback.server.accounts import Account
 from modalign.feedback.server.deps import TaskId, app_state, json_body, require_account
 from modalign.feedback.server.guidelines import guideline_for
-from modalign.feedback.server.review import SKIP_REASONS, edit_judgment, recent_answers, skip_task, undo_judgment
+from modalign.feedback.server.review import (
+    SKIP_REASONS, edit_judgment, recent_answers, recent_skips, skip_task, undo_judgment, undo_skip,
+)
 from modalign.feedback.server.submit import read_task, submit_judgment
 from modalign.feedback.server.tasks import next_task_id, open_task_ids, progress
 from modalign.feedback.server.views import judgment_fields, progress_json, task_json
@@ -68,6 +70,14 @@ def api_skip(task_id: TaskId, request: Request, account: Account = Depends(requi
                         status_code=201)
 
 
+@router.delete("/tasks/{task_id}/skip")
+def api_undo_skip(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
+    """Take back a recent skip or flag: the task is back in the caller's queue."""
+    state = app_state(request)
+    undo_skip(state.store, state.write_lock, task_id, account.name, state.edit_policy)
+    return {"task_id": task_id, "status": "queued"}
+
+
 @router.put("/tasks/{task_id}/judgment")
 def api_edit(task_id: TaskId, request: Request, account: Account = Depends(require_account),
              body: Any = Depends(json_body)) -> dict[str, Any]:
@@ -88,10 +98,12 @@ def api_undo(task_id: TaskId, request: Request, account: Account = Depends(requi
 
 @router.get("/recent")
 def api_recent(request: Request, account: Account = Depends(require_account)) -> dict[str, Any]:
-    """The caller's answers they may still undo or change, newest first."""
+    """The caller's answers they may still undo or change, and skips they may undo, newest first."""
     state = app_state(request)
     policy = state.edit_policy
     return {"answers": [{"task_id": a.task_id, "judgment_id": a.judgment_id, "kind": a.kind,
                          "created_at": a.created_at.isoformat(), **judgment_fields(a.judgment)}
                         for a in recent_answers(state.store, account.name, policy)],
+            "set_aside": [{"task_id": row.task_id, "action": row.action, "reason": row.reason, "note": row.note}
+                          for row in recent_skips(state.store, account.name, policy)],
             "last": policy.last, "window_minutes": policy.window.total_seconds() / 60}

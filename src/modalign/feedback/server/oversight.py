@@ -143,10 +143,14 @@ def task_detail(store: FeedbackStore, task_id: int) -> TaskDetail:
         history = []
         for rev in session.scalars(select(JudgmentRevisionRow).where(JudgmentRevisionRow.task_id == task_id)
                                    .order_by(JudgmentRevisionRow.id)):
-            old = JudgmentRow(kind=rev.kind, example_id=task.example.id, annotator=rev.annotator,
-                              guideline_version=rev.guideline_version, created_at=rev.created_at, task_id=task_id,
-                              payload=rev.payload)
-            history.append((rev.annotator, rev.change, _iso(rev.replaced_at), vote_of(judgment_from_row(old)).answer))
+            if rev.kind == "skip":  # a withdrawn skip or flag
+                before = f"{rev.payload['action']} ({rev.payload['reason']}) {rev.payload['note']}".strip()
+            else:
+                old = JudgmentRow(kind=rev.kind, example_id=task.example.id, annotator=rev.annotator,
+                                  guideline_version=rev.guideline_version, created_at=rev.created_at, task_id=task_id,
+                                  payload=rev.payload)
+                before = vote_of(judgment_from_row(old)).answer
+            history.append((rev.annotator, rev.change, _iso(rev.replaced_at), before))
         skips = [_set_aside(row) for row in session.scalars(select(SkipRow).where(SkipRow.task_id == task_id))]
     return TaskDetail(task, assignments, votes, history, skips)
 

@@ -18,7 +18,9 @@ from modalign.feedback.server.deps import (
 from modalign.feedback.server.errors import AnnotationError, InvalidField, NotFound
 from modalign.feedback.judgments import STRENGTHS
 from modalign.feedback.server.guidelines import guideline_for, open_once
-from modalign.feedback.server.review import SKIP_REASONS, edit_judgment, recent_answers, skip_task, undo_judgment
+from modalign.feedback.server.review import (
+    SKIP_REASONS, edit_judgment, recent_answers, recent_skips, skip_task, undo_judgment, undo_skip,
+)
 from modalign.feedback.server.sessions import SESSION_TTL, close_session, open_session
 from modalign.feedback.server.submit import read_task, submit_judgment
 from modalign.feedback.server.tasks import TASK_KINDS, TaskView, next_task_id, progress
@@ -125,6 +127,14 @@ def task_undo(task_id: TaskId, request: Request, account: Account = Depends(requ
     return RedirectResponse(f"/tasks/{task_id}", status_code=303)
 
 
+@router.post("/tasks/{task_id}/unskip")
+def task_unskip(task_id: TaskId, request: Request, account: Account = Depends(require_account)) -> Response:
+    """Take back a recent skip or flag; the task opens again."""
+    state = app_state(request)
+    undo_skip(state.store, state.write_lock, task_id, account.name, state.edit_policy)
+    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+
+
 @router.post("/tasks/{task_id}/skip")
 def task_skip(task_id: TaskId, request: Request, account: Account = Depends(require_account),
               form: dict[str, str] = Depends(form_body)) -> Response:
@@ -146,7 +156,8 @@ def recent_page(request: Request, account: Account = Depends(require_account), c
     state = app_state(request)
     answers = [(a, describe(a.judgment)) for a in recent_answers(state.store, account.name, state.edit_policy)]
     return html("recent", title="Recent answers", account=account, answers=answers, policy=state.edit_policy,
-                changed=changed, progress=progress(state.store, account.name))
+                changed=changed, progress=progress(state.store, account.name), reasons=SKIP_REASONS,
+                skips=recent_skips(state.store, account.name, state.edit_policy))
 
 
 @router.get("/guidelines")
@@ -212,9 +223,11 @@ def _task_html(request: Request, account: Account, task: TaskView, status: str |
     if editing and values is None:
         values = judgment_form_values(task, mine.judgment)
     last = recent[0] if recent and status == "queued" else None  # "Undo your last answer" on the next task
+    skipped = status == "skipped" and any(r.task_id == task.id for r in recent_skips(state.store, account.name,
+                                                                                  state.edit_policy))
     return html("task", code=code, title=f"Task {task.id}", account=account, task=task, status=status,
                 progress=progress(state.store, account.name), guideline=guideline,
                 guideline_open=open_once(state.store, account.name, task.kind, guideline.version),
                 prompt=prompt_lines(task), media=media_items(task), error=error, values=values or {},
-                editing=editing, mine=mine and describe(mine.judgment), last=last, reasons=SKIP_REASONS,
+                editing=editing, mine=mine and describe(mine.judgment), last=last, reasons=SKIP_REASONS, unskip=skipped,
                 strengths=list(STRENGTHS))

@@ -3,7 +3,8 @@
 - Skip ("I can't judge this") or flag ("broken media", "other" with a note): stored as a `SkipRow`
   with the annotator and time; the assignment leaves the queue (status "skipped") and the task
   never becomes a training pair (`FeedbackStore.judgments(training=True)` leaves it out).
-- Undo / edit: only an annotator's last `EditPolicy.last` answers given within `EditPolicy.window`.
+- Undo / edit: only an annotator's last `EditPolicy.last` answers given within `EditPolicy.window`
+  (a skip or flag can be undone within the same limits).
   The `judgments` table keeps the current answer (what training reads); the replaced version goes
   to `judgment_revisions` first. Undo also puts the task back at its place in the queue.
 
@@ -95,6 +96,43 @@ def skip_task(store: FeedbackStore, write_lock: threading.Lock, task_id: int, an
                 raise Conflict(f"task {task_id} is already set aside by {annotator!r}", field="task_id") from None
 
     return locked_write(write_lock, write)
+
+
+def recent_skips(store: FeedbackStore, annotator: str, policy: EditPolicy) -> list[SkipRow]:
+    """The annotator's skips and flags they may still undo (within `policy.window`), newest first."""
+    with Session(store.engine) as session:
+        return _recent_skip_rows(session, annotator, policy)
+
+
+def _recent_skip_rows(session: Session, annotator: str, policy: EditPolicy) -> list[SkipRow]:
+    since = _now() - policy.window
+    query = select(SkipRow).where(SkipRow.annotator == annotator).order_by(SkipRow.id.desc()).limit(policy.last)
+    return [row for row in session.scalars(query) if _aware(row.created_at) >= since]
+
+
+def undo_skip(store: FeedbackStore, write_lock: threading.Lock, task_id: int, annotator: str,
+              policy: EditPolicy) -> None:
+    """Take back a recent skip or flag (a mis-click): the task is back in the queue; the withdrawn record
+    is kept in `judgment_revisions` (kind "skip", change "undo")."""
+    task_of(store, task_id, annotator)
+
+    def write() -> None:
+        with Session(store.engine) as session, session.begin():
+            row = session.scalars(select(SkipRow).where(SkipRow.task_id == task_id, SkipRow.annotator == annotator)).first()
+            if row is None:
+                raise NotFound(f"you did not skip or flag task {task_id}", field="task_id")
+            if row.id not in {r.id for r in _recent_skip_rows(session, annotator, policy)}:
+                raise Conflict(f"only skips of the last {int(policy.window.total_seconds() // 60)} minutes can be "
+                               f"undone; ask an admin", field="task_id")
+            session.add(JudgmentRevisionRow(judgment_id=row.id, task_id=task_id, annotator=annotator, kind="skip",
+                                            guideline_version="", created_at=row.created_at, change="undo",
+                                            payload={"action": row.action, "reason": row.reason, "note": row.note},
+                                            replaced_at=_now()))
+            session.delete(row)
+            session.flush()
+            reopen(session, task_id, annotator)
+
+    locked_write(write_lock, write)
 
 
 # ---- recent answers: undo and edit --------------------------------------------------------------

@@ -106,6 +106,7 @@ TASK = """{% extends "base" %}{% block main %}
 {% if mine %}<p id="change"><a href="/tasks/{{ task.id }}?edit=1" id="edit-link">Change this answer</a> ·
 <form method="post" action="/tasks/{{ task.id }}/undo" class="inline"><button type="submit" id="undo">Undo this answer</button></form></p>{% endif %}
 {% elif status == "skipped" %}<p class="notice" id="set-aside">You set this task aside. <a href="/next">Next task</a></p>
+{% if unskip %}<form method="post" action="/tasks/{{ task.id }}/unskip"><button type="submit" id="unskip">Undo: answer it after all</button></form>{% endif %}
 {% elif status is none %}<p class="notice">Viewing as admin: this task is not assigned to you.</p>
 {% else %}
 {% if editing %}<p class="notice" id="editing">Changing your answer ({{ mine }}). The old one is kept in the history.</p>{% endif %}
@@ -240,6 +241,10 @@ undone (the task goes back to your queue) or changed. Older ones: ask an admin.<
 <td><a href="/tasks/{{ answer.task_id }}?edit=1">change</a>
 <form method="post" action="/tasks/{{ answer.task_id }}/undo" class="inline"><button type="submit">undo</button></form></td></tr>
 {% endfor %}</table>{% else %}<p id="none">No answers that can still be changed.</p>{% endif %}
+{% if skips %}<h2>Set aside</h2><table id="recent-skips"><tr><th>task</th><th>why</th><th>note</th><th></th></tr>
+{% for row in skips %}<tr><td>{{ row.task_id }}</td><td>{{ reasons[row.reason][1] }}</td><td>{{ row.note }}</td>
+<td><form method="post" action="/tasks/{{ row.task_id }}/unskip" class="inline"><button type="submit">undo</button></form></td></tr>
+{% endfor %}</table>{% endif %}
 <p><a href="/next">Go to my next task</a></p>{% endblock %}"""
 
 GUIDELINES = """{% extends "base" %}{% block main %}
