@@ -430,6 +430,15 @@ def test_stalled_assignments_go_back_to_the_pool_or_to_a_chosen_annotator(client
     assert (bad.status_code, bad.json()["field"]) == (422, "older_than_minutes")
 
 
+def test_an_undone_answer_is_not_stalled_at_once(client, world):
+    pick(client, world, 1, first_two(world, 0)[0], "alice")
+    _age(world, 2)
+    client.delete("/api/tasks/1/judgment", headers=bearer(world, "alice"))  # task 1 is queued again, from now
+    moves = client.post("/api/admin/reassign", json={"older_than_minutes": 60, "annotator": "alice", "to": "carol"},
+                        headers=ADMIN).json()["moves"]
+    assert [m["task_id"] for m in moves] == [2, 3]
+
+
 def test_deactivated_annotators_are_not_in_the_pool(client, world):
     _age(world, 2)
     client.post("/api/admin/accounts/deactivate", json={"name": "carol"}, headers=ADMIN)

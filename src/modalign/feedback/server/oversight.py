@@ -168,20 +168,26 @@ def set_aside_items(store: FeedbackStore, action: str | None = None) -> list[Set
 
 
 def stalled_assignments(store: FeedbackStore, older_than: timedelta, annotator: str | None = None) -> list[Stalled]:
-    """Queued assignments given out more than `older_than` ago (by their latest move, else the task's creation)."""
+    """Queued assignments given out more than `older_than` ago: since their latest move to this annotator or
+    their latest undo (the task came back to the queue then), else since the task's creation."""
     cutoff = datetime.now(timezone.utc) - older_than
     moved = (select(AssignmentMoveRow.task_id, AssignmentMoveRow.to_annotator, func.max(AssignmentMoveRow.moved_at))
              .group_by(AssignmentMoveRow.task_id, AssignmentMoveRow.to_annotator))
+    undone = (select(JudgmentRevisionRow.task_id, JudgmentRevisionRow.annotator, func.max(JudgmentRevisionRow.replaced_at))
+              .where(JudgmentRevisionRow.change == "undo")
+              .group_by(JudgmentRevisionRow.task_id, JudgmentRevisionRow.annotator))
     query = (select(AssignmentRow.task_id, AssignmentRow.annotator, TaskRow.created_at)
              .join(TaskRow, TaskRow.id == AssignmentRow.task_id).where(AssignmentRow.status == QUEUED)
              .order_by(AssignmentRow.task_id, AssignmentRow.annotator))
     if annotator:
         query = query.where(AssignmentRow.annotator == annotator)
     with Session(store.engine) as session:
-        last_move = {(task, name): at for task, name, at in session.execute(moved)}
+        restarted: dict[tuple[int, str], datetime] = {}
+        for task, name, at in [*session.execute(moved), *session.execute(undone)]:
+            restarted[task, name] = max(restarted.get((task, name), _aware(at)), _aware(at))
         out = []
         for task_id, name, created in session.execute(query):
-            since = _aware(last_move.get((task_id, name)) or created)
+            since = restarted.get((task_id, name)) or _aware(created)
             if since < cutoff:
                 out.append(Stalled(task_id, name, since))
     return out
