@@ -123,9 +123,9 @@ class FeedbackStore:
             query = query.where(JudgmentRow.kind == kind)
         if annotator:
             query = query.where(JudgmentRow.annotator == annotator)
+        if training:
+            query = query.where(JudgmentRow.task_id.not_in(select(SkipRow.task_id)) | JudgmentRow.task_id.is_(None))
         with Session(self.engine) as session:
-            if training:
-                query = query.where(JudgmentRow.task_id.not_in(select(SkipRow.task_id)) | JudgmentRow.task_id.is_(None))
             return [_judgment_from_row(row) for row in session.scalars(query)]
 
     def set_aside_task_ids(self) -> set[int]:
