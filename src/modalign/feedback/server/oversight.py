@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session
 
 from modalign.feedback.judgments import Judgment, PairwiseJudgment, RankingJudgment, RatingJudgment
 from modalign.feedback.schema import (
-    AnnotatorRow, AssignmentMoveRow, AssignmentRow, DeactivatedRow, JudgmentRevisionRow, SkipRow, TaskRow,
+    AnnotatorRow, AssignmentMoveRow, AssignmentRow, DeactivatedRow, JudgmentRevisionRow, JudgmentRow, SkipRow, TaskRow,
 )
 from modalign.feedback.server.errors import InvalidField, NotFound
 from modalign.feedback.server.submit import locked_write
 from modalign.feedback.server.tasks import QUEUED, AssignmentOrderRow, TaskView, load_task
-from modalign.feedback.store import FeedbackStore
+from modalign.feedback.store import KINDS, FeedbackStore, judgment_from_row
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,7 @@ def disputed_tasks(store: FeedbackStore) -> list[DisputedTask]:
 
 
 def store_kind(judgment: Judgment) -> str:
-    from modalign.feedback.store import KINDS
-
+    """The kind name a judgment is stored under ("pairwise", ...)."""
     return next(name for name, cls in KINDS.items() if isinstance(judgment, cls))
 
 
@@ -129,9 +128,6 @@ class TaskDetail:
 def task_detail(store: FeedbackStore, task_id: int) -> TaskDetail:
     """Everything stored about one task: who has it, each annotator's current answer, the versions
     they replaced or withdrew, and any skip or flag."""
-    from modalign.feedback.store import judgment_from_row
-    from modalign.feedback.schema import JudgmentRow
-
     with Session(store.engine) as session:
         task = load_task(session, task_id)
         if task is None:

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from modalign.data.media import MediaError, resolve_media_path
+from modalign.feedback.judgments import STRENGTHS
 from modalign.feedback.server.accounts import Account
 from modalign.feedback.server.deps import (
     SESSION_COOKIE, TaskId, account_for, app_state, check_origin, form_body, html, require_account,
 )
 from modalign.feedback.server.errors import AnnotationError, InvalidField, NotFound
-from modalign.feedback.judgments import STRENGTHS
 from modalign.feedback.server.guidelines import guideline_for, open_once
 from modalign.feedback.server.review import (
     SKIP_REASONS, edit_judgment, recent_answers, recent_skips, skip_task, undo_judgment, undo_skip,
