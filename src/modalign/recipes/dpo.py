@@ -89,8 +89,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_model_state(raw, state["model"])
+        dist.load_optimizer_state(raw, optimizer, state["optimizer"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
     if resume:
@@ -115,9 +115,10 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
                            f"{cfg.loss}/reward_accuracy": dist.mean((margins > 0).float().mean())})
             advance(1, loss=loss)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
-                run.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                run.save_checkpoint({"model": dist.model_state(raw), "optimizer": dist.optimizer_state(raw, optimizer),
                                      "rng": dist.rng_states(), "step": step}, step)
     summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model")}
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:
         return summary
     policy.name = str(run.path / "model")

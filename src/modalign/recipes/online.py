@@ -117,11 +117,11 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     state = {"step": 0, "baseline": 0.0}
     if resume and run.latest_checkpoint() is not None:
         saved = run.load_checkpoint(run.latest_checkpoint())
-        raw.load_state_dict(saved["policy"])
+        dist.load_model_state(raw, saved["policy"])
         if raw_critic is not None:
-            raw_critic.load_state_dict(saved["critic"])
+            dist.load_model_state(raw_critic, saved["critic"])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(saved["optimizers"][name])
+            dist.load_optimizer_state(raw if name == "policy" else raw_critic, optimizer, saved["optimizers"][name])
         set_rng_state(saved["rng"], dist.rank)
         state = saved["state"]
         console.print(f"resumed at step {state['step']}")
@@ -136,7 +136,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                                   "prompts_per_step")
             prompts = prompt_batch(policy.processor, media_store, examples)
             raw.eval()
-            with autocast(cfg.precision, raw):
+            # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
+            with dist.gathered(model), autocast(cfg.precision, raw):
                 samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                          tokenizer.eos_token_id, tokenizer.pad_token_id)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
@@ -153,11 +154,13 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             if kl_budget.passed(stats["kl_to_ref"], state["step"], cfg.steps):
                 break
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
-                run.save_checkpoint({"policy": raw.state_dict(),
-                                     "critic": raw_critic.state_dict() if raw_critic else None,
-                                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                run.save_checkpoint({"policy": dist.model_state(raw),
+                                     "critic": dist.model_state(raw_critic) if raw_critic else None,
+                                     "optimizers": {k: dist.optimizer_state(raw if k == "policy" else raw_critic, o)
+                                                    for k, o in optimizers.items()},
                                      "rng": dist.rng_states(), "state": dict(state)}, state["step"])
 
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
         return {"stage": cfg.algorithm, "steps": state["step"], "model": str(run.path / "model")}

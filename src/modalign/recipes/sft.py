@@ -111,8 +111,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        policy.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_model_state(policy.model, state["model"])
+        dist.load_optimizer_state(policy.model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
@@ -146,10 +146,12 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
                                "train/lr": scheduler.get_last_lr()[0],
                                "train/tokens_per_s": float(tokens) / (time.time() - tick)})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                run.save_checkpoint({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+                run.save_checkpoint({"model": dist.model_state(policy.model),
+                                     "optimizer": dist.optimizer_state(policy.model, optimizer),
                                      "scheduler": scheduler.state_dict(), "rng": dist.rng_states(),
                                      "step": step}, step)
 
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
         return {"stage": "sft", "steps": step, "model": str(run.path / "model")}
