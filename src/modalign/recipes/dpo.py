@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -42,6 +43,7 @@ class DPOConfig:
     task: str = field_doc("", "Evaluate only examples whose meta.task is this ('': all).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
 
@@ -84,6 +86,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
                                      len(pairs))
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, optimizer = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                            lr=cfg.lr, fused=True))
     step = 0

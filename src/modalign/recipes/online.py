@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
@@ -57,6 +58,7 @@ class OnlineConfig:
     entropy_coef: float = field_doc(0.0, "a2c: weight of the entropy bonus.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
                                              "sampled (the summary says which).")
@@ -108,6 +110,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                             lr=cfg.lr, fused=True))
     optimizers, critic = {"policy": policy_opt}, None

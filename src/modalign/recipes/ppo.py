@@ -16,6 +16,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -61,6 +62,7 @@ class PPOConfig:
     ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but "
                                    "`task`, or every example when `task` is '').")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
@@ -114,6 +116,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     tokenizer = processor.tokenizer
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                             lr=cfg.lr, fused=True))
     critic, critic_opt = dist.prepare(raw_critic, torch.optim.AdamW(

@@ -15,6 +15,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -54,6 +55,7 @@ class SFTConfig:
                                              "sampled (the summary says which).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
     image_size: int = field_doc(48, "Built-in model: image side in pixels (a multiple of its 16-pixel patches). Images "
@@ -107,6 +109,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)  # the scheduler steps once per step
+    enable_gradient_checkpointing(policy.model, cfg.gradient_checkpointing)
     model, optimizer = dist.prepare(policy.model, optimizer)
     step = 0
     if resume and run.latest_checkpoint() is not None:
