@@ -5,7 +5,7 @@ every FSDP run of the test file in one launch (the interpreters and the process 
 
 OUT/sft, OUT/dpo: the recipes on 2 sharded processes (`sft_config`, `dpo_config`: the test runs the
 same configs on one process); OUT/grpo-update.pt: `mp_ppo_update`'s GRPO update on a fixed rollout;
-OUT/grpo-straight: 4 GRPO iterations with a checkpoint at 2; OUT/grpo-resumed: that run cut back to
+OUT/ppo: 2 PPO iterations (policy and critic sharded); OUT/grpo-straight: 4 GRPO iterations with a checkpoint at 2; OUT/grpo-resumed: that run cut back to
 its checkpoint (as a kill after iteration 3 leaves it) and resumed.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from modalign.recipes.dpo import DPOConfig
 from modalign.recipes.online import OnlineConfig
+from modalign.recipes.ppo import PPOConfig
 from modalign.recipes.sft import SFTConfig
 
 
@@ -37,6 +38,12 @@ def grpo_config(model: str, data: str, out: Path) -> OnlineConfig:
                         max_new_tokens=8, minibatch_size=4, lr=1e-3, checkpoint_every=2, eval_examples=1)
 
 
+def ppo_config(model: str, data: str, out: Path) -> PPOConfig:
+    return PPOConfig(out=str(out), policy=str(model), data=str(data), reward_model="rule:shapes_gold", steps=2,
+                     prompts_per_step=4, samples_per_prompt=2, max_new_tokens=8, minibatch_size=4,
+                     checkpoint_every=1, eval_examples=1)
+
+
 def cut_back(run: Path, killed: Path) -> None:
     """What a kill after iteration 3 of 4 leaves: the step-2 checkpoint, 3 logged steps, no model or summary."""
     shutil.copytree(run, killed)
@@ -51,6 +58,7 @@ def main(model: str, data: str, store: str, out: str) -> None:
     from modalign.dist import processes
     from modalign.recipes.dpo import run_dpo
     from modalign.recipes.online import run_online
+    from modalign.recipes.ppo import run_ppo
     from modalign.recipes.sft import run_sft
 
     dist, root = processes(), Path(out)
@@ -58,6 +66,7 @@ def main(model: str, data: str, store: str, out: str) -> None:
     run_sft(sft_config(model, data, root / "sft"))
     run_dpo(dpo_config(model, store, root / "dpo"))
     mp_ppo_update.main(model, data, str(root / "grpo-update.pt"), "grpo")
+    run_ppo(ppo_config(model, data, root / "ppo"))
     straight = grpo_config(model, data, root / "grpo-straight")
     run_online(straight)
     if dist.is_main:

@@ -87,6 +87,21 @@ def test_fsdp_grpo_update_equals_one_process(tmp_path, sft_model, sharded):
         assert float((one[key] - two[key]).norm()) <= 1e-2 * moved[key] + 1e-6, key
 
 
+def test_fsdp_ppo_end_to_end(sharded):
+    """PPO with its critic, both sharded: sampling and the old-policy and critic passes on gathered weights,
+    a checkpoint of full state dicts, the policy and the critic saved whole."""
+    from modalign.models.policy import load_policy
+    from modalign.reward.model import ScalarHeadModel
+
+    summary = json.loads((sharded / "ppo" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2 and logged_steps(sharded / "ppo") == [1, 2]
+    policy = load_policy(sharded / "ppo" / "model").model.state_dict()
+    critic = ScalarHeadModel.load(sharded / "ppo" / "critic").state_dict()
+    state = torch.load(sharded / "ppo/checkpoints/step-000001/state.pt", weights_only=False)
+    assert {k: v.shape for k, v in state["policy"].items()} == {k: v.shape for k, v in policy.items()}
+    assert {k: v.shape for k, v in state["critic"].items()} == {k: v.shape for k, v in critic.items()}
+
+
 def test_fsdp_grpo_resume_equals_uninterrupted(sft_model, sharded):
     """GRPO on 2 sharded processes, 4 iterations; the same run cut back to its step-2 checkpoint (full state
     dicts, both processes' random states) and resumed ends with the same weights and evaluation."""

@@ -49,7 +49,17 @@ def shard_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plugin
 
     from modalign.dist import Dispatch
 
+    from modalign.config import ConfigError
+    from modalign.memory import enable_gradient_checkpointing
+    from modalign.models.hf.lora import is_lora_policy
+
     assert not optimizer.state, "shard the model before loading an optimizer state"
+    if is_lora_policy(model):  # its KL reference is the same weights with the adapter off: sharded too
+        raise ConfigError("a LoRA policy does not run under FSDP here: launch with a DDP config "
+                          "(configs/accelerate/cpu_ddp.yaml, or accelerate's multi-GPU DDP); its trainable "
+                          "adapter is small, so DDP's whole copy per process is the base model alone")
+    # the config's `fsdp_activation_checkpointing: true` is `gradient_checkpointing: true`
+    enable_gradient_checkpointing(model, bool(plugin.activation_checkpointing))
     names = {id(p): name for name, p in model.named_parameters()}
     groups = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
     layers = layer_class_names(model, plugin)
