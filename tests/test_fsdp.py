@@ -8,7 +8,8 @@ Tolerance (`test_multiprocess.assert_same_weights`): per tensor, the gap is unde
 moved it. The gradients are the same sums taken in another order (each process's half, then
 FSDP's reduce-scatter), so they differ in the last bits, and Adam's division by sqrt(v) turns that
 into up to about lr per step on weights whose gradient is near zero; a process training alone (no
-reduction) is off by about half the change. Measured here: gaps of at most 1e-5 against changes of 1e-2.
+reduction) is off by about half the change. Measured: at most 0.04% (SFT), 0.12% (DPO), 0.05% (GRPO
+update) of the change; the resumed run equals the uninterrupted one exactly.
 """
 
 from __future__ import annotations
