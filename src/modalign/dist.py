@@ -65,6 +65,10 @@ class Wrapped:
     Calls without gradients (sampling, reference and evaluation passes) go to the model
     itself: processes make different numbers of them, and the wrapper's collectives would
     wait forever for the others.
+
+    Sharded (FSDP), the model's own weights are shards: every call goes through the wrapper,
+    which gathers them (`encode_media` too), except inside `Processes.gathered`, where they
+    are whole and the model is called directly.
     """
 
     _routed = ("token_scores",)
@@ -164,8 +168,10 @@ class Processes:
         (every process must call it). FSDP: a plain copy (original classes, no FSDP hooks: no collective
         in the main process's evaluation) of the gathered full state, in the main process only; otherwise
         the model itself."""
-        if not (self.sharded and isinstance(model, Wrapped)):
-            return getattr(model, "_model", model)
+        if not isinstance(model, Wrapped):
+            return model
+        if not self.sharded:
+            return model._model
         from modalign.sharding import unsharded
 
         full_state = self.model_state(model._model)  # the tensors in the main process only

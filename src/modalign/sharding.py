@@ -47,9 +47,8 @@ def shard_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plugin
     `optimizer` (fresh, no state yet) now steps the sharded parameters."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from modalign.dist import Dispatch
-
     from modalign.config import ConfigError
+    from modalign.dist import Dispatch
     from modalign.memory import enable_gradient_checkpointing
     from modalign.models.hf.lora import is_lora_policy
 
