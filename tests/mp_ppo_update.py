@@ -60,8 +60,9 @@ def main(model_dir: str, data_dir: str, out: str, method: str = "ppo") -> None:
         grpo_update(raw, samples, rows, dist)
     else:
         ppo_update_on(raw, raw_critic, samples, rows, old_logprobs, old_values, advantages, returns, dist)
+    weights = {"policy": dist.model_state(raw), "critic": dist.model_state(raw_critic)}  # FSDP: gathered
     if dist.is_main:
-        torch.save({"policy": raw.state_dict(), "critic": raw_critic.state_dict()}, out)
+        torch.save(weights, out)
 
 
 def ppo_update_on(raw, raw_critic, samples, rows, old_logprobs, old_values, advantages, returns, dist) -> None:

@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
-def launch(args: list[str], processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`accelerate launch` with configs/accelerate/cpu_ddp.yaml on a free port; one torch thread per process."""
+def launch(args: list[str], processes: int = 2, timeout: float = 600,
+           config: Path = ROOT / "configs/accelerate/cpu_ddp.yaml") -> subprocess.CompletedProcess:
+    """`accelerate launch` with `config` (DDP by default) on a free port; one torch thread per process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_ddp.yaml"),
+    command = [str(ACCELERATE), "launch", "--config_file", str(config),
                "--num_processes", str(processes), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

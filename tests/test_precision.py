@@ -40,6 +40,24 @@ def test_autocast_runs_linear_layers_in_bf16_and_fp32_leaves_them():
         autocast("fp16", layer)
 
 
+def test_precision_maps_to_the_same_autocast_on_every_device(monkeypatch):
+    """bf16 is bfloat16 autocast on the model's device type, CPU or CUDA (checked without a GPU: the mapping,
+    and a CUDA GPU without bf16 refused by name); fp32 is no autocast anywhere."""
+    from modalign.precision import autocast_settings
+
+    for device in ("cpu", "cuda", "cuda:1", torch.device("cuda", 0)):
+        assert autocast_settings("bf16", device) == (torch.device(device).type, torch.bfloat16)
+        assert autocast_settings("fp32", device) is None
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        autocast_settings("fp16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(ConfigError, match="Tesla V100 has no bf16"):
+        autocast_settings("bf16", "cuda:0")
+    assert autocast_settings("bf16", "cpu") == ("cpu", torch.bfloat16)
+
+
 def test_an_unknown_precision_is_refused_when_the_config_loads():
     with pytest.raises(ConfigError, match="'precision'"):
         load_config(OnlineConfig, overrides=["precision=fp16"])

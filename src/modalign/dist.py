@@ -14,12 +14,27 @@ The recipes are the same loops either way. What changes with N processes:
 
 One process (plain `modalign ...`) gets the model itself back from `prepare`: no wrapper,
 no collective, nothing changes.
+
+With an FSDP config (`configs/accelerate/fsdp.yaml`, `cpu_fsdp.yaml`) `prepare` shards the
+model with FSDP2 (`torch.distributed.fsdp.fully_shard`: each transformer layer, then the whole)
+instead of DDP. Each process then holds 1/N of every weight, gathered only inside the wrapped
+`forward`, so:
+- every call on the model's weights with gradients goes through the wrapper, `encode_media`
+  included (`Wrapped`);
+- sampling, which makes a different number of forward passes in each process, runs inside
+  `gathered(model)`: the weights are gathered once, every process samples on whole weights
+  without collectives, and they are sharded again after;
+- checkpoints hold full state dicts (`model_state`, `optimizer_state`; gathered to the main
+  process, which writes them) and load into the shards (`load_model_state`, ...);
+- `whole(model)` gathers the weights for good after training, for saving and evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, Sequence, TypeVar
+import os
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -50,24 +65,33 @@ class Wrapped:
     Calls without gradients (sampling, reference and evaluation passes) go to the model
     itself: processes make different numbers of them, and the wrapper's collectives would
     wait forever for the others.
+
+    Sharded (FSDP), the model's own weights are shards: every call goes through the wrapper,
+    which gathers them (`encode_media` too), except inside `Processes.gathered`, where they
+    are whole and the model is called directly.
     """
 
     _routed = ("token_scores",)
+    # FSDP: these read sharded weights too, so they go through the wrapper, which gathers them
+    _routed_sharded = ("token_scores", "encode_media")
 
-    def __init__(self, model: torch.nn.Module, engine: torch.nn.Module) -> None:
-        self.__dict__.update(_model=model, _engine=engine)
+    def __init__(self, model: torch.nn.Module, engine: torch.nn.Module, sharded: bool = False) -> None:
+        self.__dict__.update(_model=model, _engine=engine, _sharded=sharded, _gathered=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._route("forward", *args, **kwargs)
 
     def _route(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled():
+        # sharded: always the wrapper (every process makes the same training and no-grad update passes),
+        # except inside `gathered`, where the weights are whole and no collective may run
+        through_engine = not self._gathered if self._sharded else torch.is_grad_enabled()
+        if through_engine:
             return self._engine(method, *args, **kwargs)
         target = self._model if method == "forward" else getattr(self._model, method)
         return target(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        if name in self._routed:
+        if name in (self._routed_sharded if self._sharded else self._routed):
             return functools.partial(self._route, name)
         return getattr(self._model, name)
 
@@ -86,6 +110,9 @@ class Processes:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        # `accelerate launch` with an FSDP config sets this (on a CPU machine accelerate itself stays in
+        # MULTI_CPU mode: the sharding is ours, `shard_model`, on CPU and GPU alike)
+        self.sharded = self.many and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
     @property
     def many(self) -> bool:
@@ -95,6 +122,11 @@ class Processes:
         """(model to call, optimizer to step): the model itself with one process, a `Wrapped` engine with many."""
         if not self.many:
             return model, optimizer
+        if self.sharded:
+            from modalign.sharding import fsdp_plugin, shard_model
+
+            engine, optimizer = shard_model(model, optimizer, fsdp_plugin())
+            return Wrapped(model, engine, sharded=True), optimizer
         engine, optimizer = self.accelerator.prepare(Dispatch(model), optimizer)
         return Wrapped(model, engine), optimizer
 
@@ -104,9 +136,82 @@ class Processes:
     def clip_grad_norm(self, model: Any, max_norm: float) -> torch.Tensor:
         """Clip the (already averaged) gradients; returns their norm before clipping."""
         params = model.parameters()
+        if self.sharded:  # the norm over every shard (a DTensor, replicated): a plain tensor for logging
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         if self.many:
             return self.accelerator.clip_grad_norm_(params, max_norm)
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    @contextlib.contextmanager
+    def gathered(self, model: Any) -> Iterator[None]:
+        """Whole weights inside: sampling and other passes that processes make different numbers of.
+
+        FSDP: gathers every shard once on entry (all processes must enter together), runs the body
+        on whole weights without collectives, shards again on exit. Otherwise nothing.
+        """
+        if not (self.sharded and isinstance(model, Wrapped)):
+            yield
+            return
+        from modalign.sharding import gather_weights, reshard_weights
+
+        gather_weights(model._engine)
+        model.__dict__["_gathered"] = True
+        try:
+            yield
+        finally:
+            model.__dict__["_gathered"] = False
+            reshard_weights(model._engine)
+
+    def whole(self, model: Any) -> Any:
+        """After training: the trained model with whole weights, for the main process to save and evaluate
+        (every process must call it). FSDP: a plain copy (original classes, no FSDP hooks: no collective
+        in the main process's evaluation) of the gathered full state, in the main process only; otherwise
+        the model itself."""
+        if not isinstance(model, Wrapped):
+            return model
+        if not self.sharded:
+            return model._model
+        from modalign.sharding import unsharded
+
+        full_state = self.model_state(model._model)  # the tensors in the main process only
+        if not self.is_main:
+            return model._model
+        return unsharded(model._engine.__dict__["_modalign_skeleton"], model._model, full_state)
+
+    def model_state(self, model: torch.nn.Module) -> dict:
+        """The model's state dict for a checkpoint: with FSDP the full one, gathered (every process must call
+        it; the main process, which writes checkpoints, gets the tensors)."""
+        if not self.sharded:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=_full_state())
+
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """`optimizer`'s state dict for a checkpoint (FSDP: full, keyed by parameter name, as `model_state`)."""
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=_full_state())
+
+    def load_model_state(self, model: torch.nn.Module, state: dict) -> None:
+        """`model_state`'s dict back into the model (FSDP: each process keeps its shard of it)."""
+        if not self.sharded:
+            model.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, state, options=_full_state(load=True))
+
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=_full_state(load=True))
 
     def share(self, count: int, what: str = "batch") -> int:
         """This process's part of a global size `count` (N must divide it; `what` names it in the error)."""
@@ -204,6 +309,13 @@ class Processes:
     def wait(self) -> None:
         if self.many:
             self.accelerator.wait_for_everyone()
+
+
+def _full_state(load: bool = False):
+    """Full (unsharded) state dicts; on saving, gathered to the main process's CPU memory only."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=not load)
 
 
 @functools.lru_cache(maxsize=1)

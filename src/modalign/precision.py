@@ -24,13 +24,35 @@ PRECISION_HELP = ("fp32, or bf16: forward passes under bf16 autocast (weights, g
                   "stay fp32; TRL's bf16=True).")
 
 
-def autocast(precision: str, model) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device of `model`'s parameters for 'bf16'; nothing for 'fp32'."""
+def autocast_settings(precision: str, device) -> tuple[str, object] | None:
+    """(device type, dtype) of the autocast `precision` asks for on `device` (a torch.device or its name),
+    or None for fp32. The same mapping on every device: bf16 -> bfloat16 autocast on 'cpu', 'cuda', ...
+    (accelerate's `mixed_precision="bf16"`). A CUDA GPU without bf16 (before Ampere) is refused by name.
+
+    fp16 is not offered: float16 activations need dynamic loss scaling (a GradScaler around every
+    backward and optimizer step) to keep small gradients from underflowing; bf16 has fp32's range.
+    """
     import torch  # lazily: configs import this module, and `modalign <command> --help` should not load torch
 
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return None
     if precision != "bf16":
         raise ValueError(f"precision {precision!r}: expected 'fp32' or 'bf16'")
-    device = next(model.parameters()).device.type
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        from modalign.config import ConfigError
+
+        raise ConfigError(f"precision bf16: the GPU {torch.cuda.get_device_name(device)} has no bf16; "
+                          "set precision=fp32")
+    return device.type, torch.bfloat16
+
+
+def autocast(precision: str, model) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device of `model`'s parameters for 'bf16' (`autocast_settings`); nothing for 'fp32'."""
+    import torch
+
+    settings = autocast_settings(precision, next(model.parameters()).device)
+    if settings is None:
+        return contextlib.nullcontext()
+    device_type, dtype = settings
+    return torch.autocast(device_type=device_type, dtype=dtype)

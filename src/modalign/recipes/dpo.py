@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -42,6 +43,7 @@ class DPOConfig:
     task: str = field_doc("", "Evaluate only examples whose meta.task is this ('': all).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
 
@@ -84,13 +86,14 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
                                      len(pairs))
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, optimizer = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                            lr=cfg.lr, fused=True))
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_model_state(raw, state["model"])
+        dist.load_optimizer_state(raw, optimizer, state["optimizer"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
     if resume:
@@ -115,9 +118,10 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
                            f"{cfg.loss}/reward_accuracy": dist.mean((margins > 0).float().mean())})
             advance(1, loss=loss)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
-                run.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                run.save_checkpoint({"model": dist.model_state(raw), "optimizer": dist.optimizer_state(raw, optimizer),
                                      "rng": dist.rng_states(), "step": step}, step)
     summary = {"stage": cfg.loss, "steps": step, "pairs": len(pairs), "model": str(run.path / "model")}
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:
         return summary
     policy.name = str(run.path / "model")

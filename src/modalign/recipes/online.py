@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
@@ -57,6 +58,7 @@ class OnlineConfig:
     entropy_coef: float = field_doc(0.0, "a2c: weight of the entropy bonus.")
     unfinished_penalty: float = field_doc(-1.0, "Score given to answers that never end.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
                                              "sampled (the summary says which).")
@@ -108,6 +110,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     # fused AdamW: the same update in one kernel per step (6x faster on a CPU than the per-tensor loop);
     # transformers' Trainer (and so TRL) defaults to it too
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                             lr=cfg.lr, fused=True))
     optimizers, critic = {"policy": policy_opt}, None
@@ -117,11 +120,11 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     state = {"step": 0, "baseline": 0.0}
     if resume and run.latest_checkpoint() is not None:
         saved = run.load_checkpoint(run.latest_checkpoint())
-        raw.load_state_dict(saved["policy"])
+        dist.load_model_state(raw, saved["policy"])
         if raw_critic is not None:
-            raw_critic.load_state_dict(saved["critic"])
+            dist.load_model_state(raw_critic, saved["critic"])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(saved["optimizers"][name])
+            dist.load_optimizer_state(raw if name == "policy" else raw_critic, optimizer, saved["optimizers"][name])
         set_rng_state(saved["rng"], dist.rank)
         state = saved["state"]
         console.print(f"resumed at step {state['step']}")
@@ -136,7 +139,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                                   "prompts_per_step")
             prompts = prompt_batch(policy.processor, media_store, examples)
             raw.eval()
-            with autocast(cfg.precision, raw):
+            # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
+            with dist.gathered(model), autocast(cfg.precision, raw):
                 samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                          tokenizer.eos_token_id, tokenizer.pad_token_id)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
@@ -153,11 +157,13 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             if kl_budget.passed(stats["kl_to_ref"], state["step"], cfg.steps):
                 break
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
-                run.save_checkpoint({"policy": raw.state_dict(),
-                                     "critic": raw_critic.state_dict() if raw_critic else None,
-                                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                run.save_checkpoint({"policy": dist.model_state(raw),
+                                     "critic": dist.model_state(raw_critic) if raw_critic else None,
+                                     "optimizers": {k: dist.optimizer_state(raw if k == "policy" else raw_critic, o)
+                                                    for k, o in optimizers.items()},
                                      "rng": dist.rng_states(), "state": dict(state)}, state["step"])
 
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
         return {"stage": cfg.algorithm, "steps": state["step"], "model": str(run.path / "model")}

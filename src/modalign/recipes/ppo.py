@@ -16,6 +16,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -61,6 +62,7 @@ class PPOConfig:
     ptx_tasks: str = field_doc("", "Comma-separated meta.task values of the PPO-ptx examples ('': every task but "
                                    "`task`, or every example when `task` is '').")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     max_bad_steps: int = field_doc(3, "Consecutive non-finite steps before the run stops.")
     checkpoint_every: int = field_doc(10, "Iterations between checkpoints.")
     eval_temperature: float = field_doc(0.0, "Temperature of the final evaluation: 0 greedy (for accuracy), > 0 "
@@ -114,6 +116,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         torch.manual_seed(cfg.seed + 100_003 * dist.rank)  # the processes sample different answers
     tokenizer = processor.tokenizer
     # fused AdamW: one kernel per step instead of a loop over tensors (transformers' Trainer default too)
+    enable_gradient_checkpointing(raw, cfg.gradient_checkpointing)
     model, policy_opt = dist.prepare(raw, torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                             lr=cfg.lr, fused=True))
     critic, critic_opt = dist.prepare(raw_critic, torch.optim.AdamW(
@@ -123,10 +126,10 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     step, bad_steps = 0, 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        raw.load_state_dict(state["policy"])
-        raw_critic.load_state_dict(state["critic"])
-        policy_opt.load_state_dict(state["policy_opt"])
-        critic_opt.load_state_dict(state["critic_opt"])
+        dist.load_model_state(raw, state["policy"])
+        dist.load_model_state(raw_critic, state["critic"])
+        dist.load_optimizer_state(raw, policy_opt, state["policy_opt"])
+        dist.load_optimizer_state(raw_critic, critic_opt, state["critic_opt"])
         kl_ctl.load_state_dict(state["kl"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
@@ -142,7 +145,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             prompts = prompt_batch(processor, media_store, examples)
             # 1. rollout: answers sampled with the KV cache, media encoded once per prompt
             raw.eval()
-            with autocast(cfg.precision, raw):
+            # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
+            with dist.gathered(model), autocast(cfg.precision, raw):
                 samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                          tokenizer.eos_token_id, tokenizer.pad_token_id)
             sampled_examples = [e for e in examples for _ in range(cfg.samples_per_prompt)]
@@ -150,7 +154,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             mask = samples.response_mask.float()
             with torch.no_grad():
                 # 2. old-policy, reference and critic passes reuse samples.media
-                with autocast(cfg.precision, raw):
+                with autocast(cfg.precision, raw), dist.gathered(model), dist.gathered(critic):
                     old_logprobs = response_logprobs(raw, samples, cfg.temperature)
                     ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
                     old_values = critic_values(raw_critic, samples)
@@ -208,11 +212,14 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             if kl_budget.passed(kl_per_answer, step, cfg.steps):
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
-                                     "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
+                run.save_checkpoint({"policy": dist.model_state(raw), "critic": dist.model_state(raw_critic),
+                                     "policy_opt": dist.optimizer_state(raw, policy_opt),
+                                     "critic_opt": dist.optimizer_state(raw_critic, critic_opt),
                                      "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step},
                                     step)
 
+    # FSDP: the gathered weights, for the main process to save and evaluate
+    policy.model, raw_critic = dist.whole(model), dist.whole(critic)
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
         return {"stage": "ppo", "steps": step, "model": str(run.path / "model")}

@@ -15,6 +15,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -54,6 +55,7 @@ class SFTConfig:
                                              "sampled (the summary says which).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
     image_size: int = field_doc(48, "Built-in model: image side in pixels (a multiple of its 16-pixel patches). Images "
@@ -107,12 +109,13 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     steps_per_epoch = max(1, len(encoded) // cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)  # the scheduler steps once per step
+    enable_gradient_checkpointing(policy.model, cfg.gradient_checkpointing)
     model, optimizer = dist.prepare(policy.model, optimizer)
     step = 0
     if resume and run.latest_checkpoint() is not None:
         state = run.load_checkpoint(run.latest_checkpoint())
-        policy.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_model_state(policy.model, state["model"])
+        dist.load_optimizer_state(policy.model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
@@ -146,10 +149,12 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
                                "train/lr": scheduler.get_last_lr()[0],
                                "train/tokens_per_s": float(tokens) / (time.time() - tick)})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                run.save_checkpoint({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+                run.save_checkpoint({"model": dist.model_state(policy.model),
+                                     "optimizer": dist.optimizer_state(policy.model, optimizer),
                                      "scheduler": scheduler.state_dict(), "rng": dist.rng_states(),
                                      "step": step}, step)
 
+    policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
         return {"stage": "sft", "steps": step, "model": str(run.path / "model")}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modalign.models.prompt_cache import can_share_prompt, shared_prompt_cache
@@ -53,7 +54,7 @@ class SelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).reshape(batch, length, width))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(GradientCheckpointingLayer):  # `gradient_checkpointing: true` recomputes it in backward
     def __init__(self, config: TinyVLMConfig, layer_idx: int) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(config.hidden_size)
@@ -84,6 +85,7 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["DecoderLayer"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
