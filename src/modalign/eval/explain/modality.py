@@ -1,0 +1,153 @@
+"""Modality attribution: how much of the score is due to the image, the audio and the text.
+
+Two estimates, both against the same stated baseline (BASELINES):
+- ablation: f(x) - f(x with one modality replaced by its baseline), one batched forward for all;
+- integrated gradients (Sundararajan et al. 2017, eq. 1) with Captum over the cached media features
+  (the projected image and audio tokens the model computes once) and the prompt's token embeddings,
+  from the baseline's features to the example's. Completeness: the attributions sum to
+  f(x) - f(all baselines), so a modality's share is its sum's magnitude over the total.
+A share is |delta_m| / sum_m |delta_m| (0 when nothing moves the score).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from modalign.eval.explain.target import ExplainError, Subject, Target, captum_attr, repeat_rows
+
+BASELINES = {
+    "image": "blank image: pixel_values 0 (the processor's mean colour)",
+    "audio": "silent audio: input_values 0",
+    "text": "masked text: the prompt's text tokens replaced by the pad token (media and template tokens kept)",
+}
+
+
+def shares(deltas: dict[str, float]) -> dict[str, float]:
+    """|delta| / sum |delta| per modality."""
+    total = sum(abs(d) for d in deltas.values())
+    return {m: (abs(d) / total if total > 0 else 0.0) for m, d in deltas.items()}
+
+
+def masked_text(subject: Subject, pad_token_id: int) -> torch.Tensor:
+    """input_ids (1, L) with the prompt's text tokens replaced by the pad token."""
+    return subject.input_ids.masked_fill(subject.text_mask, pad_token_id)
+
+
+@torch.no_grad()
+def ablation(target: Target, subject: Subject, pad_token_id: int) -> dict[str, Any]:
+    """Score of the example and of each one-modality ablation, in one forward of 1 + M rows."""
+    modalities = subject.modalities()
+    rows = 1 + len(modalities)
+    input_ids = repeat_rows(subject.input_ids, rows)  # (1 + M, L)
+    pixels = _stack(subject.pixel_values, rows)  # (rows * N_img, C, H, W): row r's images are block r
+    audio = _stack(subject.input_values, rows)
+    for row, modality in enumerate(modalities, start=1):
+        if modality == "image":
+            _block(pixels, subject.pixel_values, row).zero_()
+        elif modality == "audio":
+            _block(audio, subject.input_values, row).zero_()
+        else:
+            input_ids[row] = masked_text(subject, pad_token_id)[0]
+    scores = target(input_ids, repeat_rows(subject.answer_mask, rows), **_media_kwargs(pixels, audio))
+    deltas = {m: float(scores[0] - scores[row]) for row, m in enumerate(modalities, start=1)}
+    return {"score": float(scores[0]), "ablated": {m: float(scores[r]) for r, m in enumerate(modalities, start=1)},
+            "delta": deltas, "share": shares(deltas), "baseline": {m: BASELINES[m] for m in modalities}}
+
+
+def integrated_gradients(target: Target, subject: Subject, pad_token_id: int, steps: int = 16) -> dict[str, Any]:
+    """Captum IntegratedGradients over (image features, audio features, prompt embeddings) of the subject."""
+    backbone = target.backbone
+    if not hasattr(backbone, "encode_media"):
+        raise ExplainError("integrated gradients need a model that encodes its media once (encode_media)")
+    with torch.no_grad():
+        features = backbone.encode_media(subject.input_ids, subject.pixel_values, subject.input_values)
+        blank = backbone.encode_media(subject.input_ids, _zeros(subject.pixel_values), _zeros(subject.input_values))
+    if not hasattr(features, "image") or not hasattr(features, "audio"):
+        raise ExplainError(f"integrated gradients over media features need per-modality features (the built-in "
+                           f"model's MediaFeatures); this model gives {type(features).__name__}: use ablation")
+    embedding = input_embeddings(backbone)
+    with torch.no_grad():
+        text = embedding(subject.input_ids)  # (1, L, D)
+        text_blank = embedding(masked_text(subject, pad_token_id))
+    modalities = subject.modalities()
+    inputs, baselines, names = [], [], []
+    for name, value, base in (("image", features.image, blank.image), ("audio", features.audio, blank.audio),
+                              ("text", text, text_blank)):
+        if name in modalities and value is not None:
+            # one leading row: Captum scales along dim 0, and an example may hold several images
+            inputs.append(value.detach().unsqueeze(0) if name != "text" else value.detach())
+            baselines.append(base.detach().unsqueeze(0) if name != "text" else base.detach())
+            names.append(name)
+    if not names:
+        raise ExplainError(f"record {subject.example_id!r}: no image, audio or prompt text to attribute")
+
+    def forward(*scaled: torch.Tensor) -> torch.Tensor:
+        given = dict(zip(names, scaled))
+        rows = scaled[0].shape[0]
+        media = _scaled_media(features, given, rows)
+        with replaced_embeddings(embedding, given.get("text")):
+            return target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), media=media)
+
+    ig = captum_attr().IntegratedGradients(forward)
+    attributions, delta = ig.attribute(tuple(inputs), baselines=tuple(baselines), n_steps=steps,
+                                       method="gausslegendre", return_convergence_delta=True)
+    sums = {name: float(a.sum()) for name, a in zip(names, attributions)}
+    out = {"attribution": sums, "share": shares(sums), "convergence_delta": float(delta.abs().sum()),
+           "steps": steps, "baseline": {m: BASELINES[m] for m in names}}
+    if "text" in names:  # per prompt token, for the token table
+        text_attr = attributions[names.index("text")][0].sum(-1)  # (L,)
+        out["text_tokens"] = [float(text_attr[p]) for p in subject.text_mask[0].nonzero().flatten().tolist()]
+    return out
+
+
+def input_embeddings(backbone) -> torch.nn.Module:
+    """The token embedding module of the built-in model or a Hugging Face adapter."""
+    for owner in (backbone, getattr(backbone, "hf", None)):
+        getter = getattr(owner, "get_input_embeddings", None)
+        if getter is not None:
+            return getter()
+    raise ExplainError(f"{type(backbone).__name__} has no get_input_embeddings(): the text cannot be attributed")
+
+
+class replaced_embeddings:
+    """Within the block, the embedding module returns `values` (K, L, D) instead of its lookup (None: unchanged)."""
+
+    def __init__(self, embedding: torch.nn.Module, values: torch.Tensor | None) -> None:
+        self.embedding, self.values, self.handle = embedding, values, None
+
+    def __enter__(self):
+        if self.values is not None:
+            self.handle = self.embedding.register_forward_hook(lambda module, args, output: self.values)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _scaled_media(features, given: dict[str, torch.Tensor], rows: int):
+    """MediaFeatures of `rows` variants: Captum's scaled features where given, the example's elsewhere."""
+    repeated = features.repeat_interleave(rows, 1)  # every row holds the example's media
+    for name in ("image", "audio"):
+        if name in given:  # (rows, N, P, D) -> (rows * N, P, D), row r's items contiguous as repeat_interleave lays them
+            setattr(repeated, name, given[name].reshape(-1, *given[name].shape[2:]))
+    return repeated
+
+
+def _stack(media: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    return None if media is None else media.repeat(rows, *([1] * (media.dim() - 1)))
+
+
+def _block(stacked: torch.Tensor, media: torch.Tensor, row: int) -> torch.Tensor:
+    items = media.shape[0]
+    return stacked[row * items : (row + 1) * items]
+
+
+def _zeros(media: torch.Tensor | None) -> torch.Tensor | None:
+    return None if media is None else torch.zeros_like(media)
+
+
+def _media_kwargs(pixels: torch.Tensor | None, audio: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in (("pixel_values", pixels), ("input_values", audio)) if v is not None}
