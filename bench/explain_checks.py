@@ -155,7 +155,7 @@ def hallucination_check(rm: Path, data: Path, count: int) -> dict:
             position = old.position
             objects[i] = Obj(old.shape, rng.choice([c for c in COLOURS if c != old.colour]), old.size, position)
         text = ", ".join(object_phrase(o) for o in objects) + "." + example.answer[example.answer.index(".") + 1:]
-        subject = encode_subject(processor, media, example, text)
+        subject = encode_subject(processor, media, example, text, media_token_ids=target.media_token_ids())
         heat = image_occlusion(target, subject, grid=3)
         cell = [1, POSITIONS.index(position)]
         rows[kind].append({"example_id": example.id, "caption": text, "cell": cell, "heatmap": heat["heatmap"],
@@ -188,7 +188,8 @@ def question_check(rm: Path, data: Path, count: int) -> dict:
         hits = {"ablation": [], "ig": []}
         shares = {"ablation": defaultdict(list), "ig": defaultdict(list)}
         for example in examples:
-            subject = encode_subject(processor, media, example, example.answer)
+            subject = encode_subject(processor, media, example, example.answer,
+                                     media_token_ids=target.media_token_ids())
             for method, result in (("ablation", ablation(target, subject, pad)),
                                    ("ig", integrated_gradients(target, subject, pad))):
                 hits[method].append(result["share"][more] > result["share"][less])

@@ -44,7 +44,9 @@ def reward_reading(policy, keep: str) -> ScalarHeadModel:
 def subject_of(policy, shapes, index: int = 0, answer: str | None = None):
     root, examples = shapes
     example = examples[index]
-    return encode_subject(policy.processor, MediaStore(root), example, answer or example.answer)
+    config = policy.model.config
+    return encode_subject(policy.processor, MediaStore(root), example, answer or example.answer,
+                          media_token_ids=[config.image_token_id, config.audio_token_id])
 
 
 @pytest.mark.parametrize("keep, dropped", [("audio", "image"), ("image", "audio")])
@@ -212,3 +214,21 @@ def test_explain_cli_bad_inputs_are_one_error_line(shapes, reward_folder, tmp_pa
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and message in result.output
         assert "Traceback" not in result.output
+
+
+def test_hugging_face_image_model_explains_and_refuses_audio(shapes, tmp_path):
+    """One code path: a tiny LLaVA (image only, fast path) gets the same attributions; audio is one clear error."""
+    from hf_tiny import build_family, media_only_dataset, shapes_corpus
+    from modalign.recipes.explain import ExplainConfig, run_explain
+
+    root, _ = shapes
+    images = media_only_dataset(root, tmp_path / "images", "image")
+    folder = build_family("llava", tmp_path / "llava", shapes_corpus(root))
+    with pytest.raises(ExplainError, match="has no audio input .* drop audio from methods"):
+        run_explain(ExplainConfig(model=str(folder), data=str(images), out=str(tmp_path / "a"), methods="audio"))
+    assert not (tmp_path / "a").exists()  # refused before the run folder is written
+    run_explain(ExplainConfig(model=str(folder), data=str(images), out=str(tmp_path / "b"), max_examples=1,
+                              methods="ablation,ig,occlusion", grid=2, ig_steps=4))
+    first = json.loads((tmp_path / "b" / "attributions.json").read_text())["examples"][0]
+    assert set(first["ablation"]["share"]) == set(first["ig"]["share"]) == {"image", "text"}
+    assert len(first["occlusion"]["heatmap"]) == 2

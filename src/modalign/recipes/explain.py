@@ -77,7 +77,8 @@ def run_explain(cfg: ExplainConfig) -> dict:
     with progress_bar("explain", total=len(examples)) as advance:
         for example in examples:
             begin = time.time()
-            subject = encode_subject(processor, media, example, answers[example.id], cfg.max_length)
+            subject = encode_subject(processor, media, example, answers[example.id], cfg.max_length,
+                                     target.media_token_ids())
             result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps)
             seconds.append(time.time() - begin)
             result.update(task=example.meta.get("task"), prompt=example.prompt_text, seconds=round(seconds[-1], 3))

@@ -64,9 +64,7 @@ def integrated_gradients(target: Target, subject: Subject, pad_token_id: int, st
     with torch.no_grad():
         features = backbone.encode_media(subject.input_ids, subject.pixel_values, subject.input_values)
         blank = backbone.encode_media(subject.input_ids, _zeros(subject.pixel_values), _zeros(subject.input_values))
-    if not hasattr(features, "image") or not hasattr(features, "audio"):
-        raise ExplainError(f"integrated gradients over media features need per-modality features (the built-in "
-                           f"model's MediaFeatures); this model gives {type(features).__name__}: use ablation")
+    features, blank = per_modality(backbone, features), per_modality(backbone, blank)
     embedding = input_embeddings(backbone)
     with torch.no_grad():
         text = embedding(subject.input_ids)  # (1, L, D)
@@ -102,6 +100,45 @@ def integrated_gradients(target: Target, subject: Subject, pad_token_id: int, st
     return out
 
 
+def per_modality(backbone, features):
+    """`features` as an object with `.image` / `.audio` (N, P, D) and `repeat_interleave`: the built-in model's
+    MediaFeatures as they are; a Hugging Face fast path's placeholder features (one modality, tokens (N_tok, D))
+    seen as one item of that modality."""
+    if hasattr(features, "image") and hasattr(features, "audio"):
+        return features
+    family = getattr(backbone, "family", None)
+    if family is None or not hasattr(features, "tokens"):
+        raise ExplainError(f"integrated gradients need cached media features; this model gives "
+                           f"{type(features).__name__}: use ablation")
+    return _OneModality(features, family.modality)
+
+
+class _OneModality:
+    """Placeholder features (tokens (N_tok, D)) under the name of the family's modality, as (1, N_tok, D)."""
+
+    def __init__(self, features, modality: str) -> None:
+        self.features, self.modality = features, modality
+        self.image = self.audio = None
+        setattr(self, modality, features.tokens.unsqueeze(0))
+
+    def repeat_interleave(self, times: int, batch_size: int) -> "_Scaled":
+        return _Scaled(self.features.repeat_interleave(times, batch_size), self.modality)
+
+
+class _Scaled:
+    """Repeated placeholder features whose tokens `_scaled_media` replaces by setting `.image` / `.audio`."""
+
+    def __init__(self, features, modality: str) -> None:
+        self.features, self.modality = features, modality
+
+    def __setattr__(self, name, value) -> None:
+        if name in ("image", "audio"):
+            if name == self.modality:  # (rows * 1, N_tok, D) -> (rows * N_tok, D)
+                self.features.tokens = value.reshape(-1, value.shape[-1])
+            return
+        super().__setattr__(name, value)
+
+
 def input_embeddings(backbone) -> torch.nn.Module:
     """The token embedding module of the built-in model or a Hugging Face adapter."""
     for owner in (backbone, getattr(backbone, "hf", None)):
@@ -133,7 +170,7 @@ def _scaled_media(features, given: dict[str, torch.Tensor], rows: int):
     for name in ("image", "audio"):
         if name in given:  # (rows, N, P, D) -> (rows * N, P, D), row r's items contiguous as repeat_interleave lays them
             setattr(repeated, name, given[name].reshape(-1, *given[name].shape[2:]))
-    return repeated
+    return getattr(repeated, "features", repeated)
 
 
 def _stack(media: torch.Tensor | None, rows: int) -> torch.Tensor | None:

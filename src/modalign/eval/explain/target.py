@@ -65,8 +65,12 @@ def _count(media: torch.Tensor | None) -> int:
     return 0 if media is None else int(media.shape[0])
 
 
-def encode_subject(processor, media_store, example, answer: str, max_length: int = 256) -> Subject:
-    """Tokenize `example` with `answer` and its media; pixels and audio must be plain tensors."""
+def encode_subject(processor, media_store, example, answer: str, max_length: int = 256,
+                   media_token_ids: list[int] = ()) -> Subject:
+    """Tokenize `example` with `answer` and its media; pixels and audio must be plain tensors.
+
+    `media_token_ids`: the model's media placeholder ids (`Target.media_token_ids`), never masked as text.
+    """
     from modalign.models.inputs import encode_sft_example
 
     encoded = encode_sft_example(processor, media_store, example, max_length, answer)
@@ -78,19 +82,10 @@ def encode_subject(processor, media_store, example, answer: str, max_length: int
     ids = encoded.input_ids.unsqueeze(0)  # (1, L)
     positions = torch.arange(ids.shape[1])
     answer_mask = (positions >= encoded.prompt_length).unsqueeze(0)
-    special = set(getattr(processor.tokenizer, "all_special_ids", [])) | set(_media_token_ids(processor))
+    special = set(getattr(processor.tokenizer, "all_special_ids", [])) | set(media_token_ids)
     text_mask = (positions < encoded.prompt_length).unsqueeze(0) & ~torch.isin(ids, torch.tensor(sorted(special)))
     return Subject(example.id, answer, ids, torch.ones_like(ids), answer_mask, encoded.pixel_values,
                    encoded.input_values, text_mask)
-
-
-def _media_token_ids(processor) -> list[int]:
-    tokenizer = processor.tokenizer
-    ids = [getattr(tokenizer, name, None) for name in ("image_token_id", "audio_token_id")]
-    for token in (getattr(processor, "image_token", None), getattr(processor, "audio_token", None)):
-        if token:
-            ids.append(tokenizer.convert_tokens_to_ids(token))
-    return [i for i in ids if isinstance(i, int)]
 
 
 class Target:
@@ -109,6 +104,14 @@ class Target:
     @property
     def backbone(self) -> nn.Module:
         return self.model.backbone if isinstance(self.model, ScalarHeadModel) else self.model
+
+    def media_token_ids(self) -> list[int]:
+        """The backbone's media placeholder ids (the built-in model's config, or a Hugging Face adapter's list)."""
+        backbone = self.backbone
+        if hasattr(backbone, "media_token_ids"):
+            return list(backbone.media_token_ids)
+        ids = [getattr(backbone.config, name, None) for name in ("image_token_id", "audio_token_id")]
+        return [i for i in ids if isinstance(i, int)]
 
     def describe(self) -> str:
         if self.kind == "reward":
