@@ -60,6 +60,8 @@ def test_modality_share_is_one_for_the_only_medium_read(shapes, keep, dropped):
     assert by_ablation["share"][keep] > 0.999
     assert by_ablation["share"][dropped] < 1e-3 and by_ablation["share"]["text"] < 1e-3
     assert "silent audio" in by_ablation["baseline"]["audio"]
+    by_swap = ablation(target, subject, pad, others=[subject_of(policy, shapes, 5)])  # the other scene's media
+    assert by_swap["share"][keep] > 0.999 and "1 other example" in by_swap["baseline"][keep]
     by_ig = integrated_gradients(target, subject, pad, steps=8)
     assert by_ig["share"][keep] > 0.99
     # completeness: the attributions add up to f(x) - f(baseline), here the ablation of the medium read

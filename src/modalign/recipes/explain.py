@@ -32,6 +32,11 @@ class ExplainConfig:
                                               "(integrated gradients over media features and prompt embeddings), "
                                               "occlusion (image heatmap), audio (audio-time curve), tokens (answer "
                                               "token credit).")
+    ablation_baseline: str = field_doc("blank", "Ablation baseline of the image and the audio: blank (a blank image, "
+                                                "silence) or others (the image / clip of `background` other "
+                                                "explained examples in turn, mean score: in distribution for a model "
+                                                "never trained on silence).")
+    background: int = field_doc(4, "Examples whose media serve as baseline with ablation_baseline=others.")
     grid: int = field_doc(3, "Occlusion heatmap: grid x grid cells over the image.")
     audio_windows: int = field_doc(10, "Audio-time curve: windows over the clip.")
     ig_steps: int = field_doc(16, "Integrated gradients: steps of the path integral (Gauss-Legendre).")
@@ -74,12 +79,14 @@ def run_explain(cfg: ExplainConfig) -> dict:
     console.print(f"[bold]explain[/] {target.describe()} of {cfg.model} on {len(examples)} examples -> {out}")
     results, seconds = [], []
     torch.manual_seed(cfg.seed)
+    subjects = [encode_subject(processor, media, example, answers[example.id], cfg.max_length,
+                               target.media_token_ids()) for example in examples]
     with progress_bar("explain", total=len(examples)) as advance:
-        for example in examples:
+        for index, (example, subject) in enumerate(zip(examples, subjects)):
             begin = time.time()
-            subject = encode_subject(processor, media, example, answers[example.id], cfg.max_length,
-                                     target.media_token_ids())
-            result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps)
+            others = background_of(subjects, index, cfg.background) if cfg.ablation_baseline == "others" else []
+            result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps,
+                                     others)
             seconds.append(time.time() - begin)
             result.update(task=example.meta.get("task"), prompt=example.prompt_text, seconds=round(seconds[-1], 3))
             result["figures"] = write_figures(result, example, media, out / "figures")
@@ -114,12 +121,19 @@ def check_config(cfg: ExplainConfig) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods={cfg.methods!r}: use a comma-separated subset of {','.join(METHODS)}")
-    for key in ("grid", "audio_windows", "ig_steps"):
+    if cfg.ablation_baseline not in ("blank", "others"):
+        raise ConfigError(f"ablation_baseline={cfg.ablation_baseline!r}: use blank or others")
+    for key in ("grid", "audio_windows", "ig_steps", "background"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)}: it must be at least 1")
     if cfg.answers and not Path(cfg.answers).is_file():
         raise ConfigError(f"answers: no samples file {cfg.answers}")
     return methods
+
+
+def background_of(subjects: list, index: int, count: int) -> list:
+    """The `count` subjects after `index` (cyclically), never the subject itself."""
+    return [subjects[(index + k) % len(subjects)] for k in range(1, min(count, len(subjects) - 1) + 1)]
 
 
 def _data_root(cfg: ExplainConfig, out: Path) -> Path:

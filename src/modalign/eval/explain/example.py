@@ -70,8 +70,11 @@ def check_methods(methods: Sequence[str], processor, model_name: str) -> None:
 
 
 def explain_example(target: Target, subject: Subject, processor, methods: Sequence[str], grid: int = 3,
-                    audio_windows: int = 10, ig_steps: int = 16) -> dict[str, Any]:
-    """The asked attributions of one subject; a method whose media the example lacks is skipped (and said)."""
+                    audio_windows: int = 10, ig_steps: int = 16, others: Sequence[Subject] = ()) -> dict[str, Any]:
+    """The asked attributions of one subject; a method whose media the example lacks is skipped (and said).
+
+    `others`: other subjects whose media are the ablation's baseline (`modality.ablation`); none: blank/silent.
+    """
     target.check_token(subject)
     tokenizer = processor.tokenizer
     out: dict[str, Any] = {"example_id": subject.example_id, "answer": subject.answer, "target": target.describe(),
@@ -81,7 +84,7 @@ def explain_example(target: Target, subject: Subject, processor, methods: Sequen
         if method in NEEDS and NEEDS[method] not in present:
             out["skipped"][method] = f"the example has no {NEEDS[method]}"
         elif method == "ablation":
-            out["ablation"] = ablation(target, subject, tokenizer.pad_token_id)
+            out["ablation"] = ablation(target, subject, tokenizer.pad_token_id, others)
         elif method == "ig":
             out["ig"] = integrated_gradients(target, subject, tokenizer.pad_token_id, ig_steps)
         elif method == "occlusion":

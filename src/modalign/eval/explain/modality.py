@@ -11,7 +11,7 @@ A share is |delta_m| / sum_m |delta_m| (0 when nothing moves the score).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -36,24 +36,49 @@ def masked_text(subject: Subject, pad_token_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablation(target: Target, subject: Subject, pad_token_id: int) -> dict[str, Any]:
-    """Score of the example and of each one-modality ablation, in one forward of 1 + M rows."""
+def ablation(target: Target, subject: Subject, pad_token_id: int, others: Sequence[Subject] = ()) -> dict[str, Any]:
+    """Score of the example and of each one-modality ablation, in one forward.
+
+    Without `others` the image and the audio go to their blank / silent baseline (one row each). With
+    `others` (other examples of the set) they are replaced by each other example's image / clip in turn and
+    the ablated score is the mean over them (an in-distribution baseline: a model never trained on
+    silence may react to silence itself). Text is always masked.
+    """
     modalities = subject.modalities()
-    rows = 1 + len(modalities)
-    input_ids = repeat_rows(subject.input_ids, rows)  # (1 + M, L)
+    variants: list[tuple[str, dict[str, Any]]] = []  # (modality, the row's replaced parts)
+    baseline = {m: BASELINES[m] for m in modalities}
+    for modality in modalities:
+        if modality == "text":
+            variants.append(("text", {"input_ids": masked_text(subject, pad_token_id)}))
+            continue
+        key = "pixel_values" if modality == "image" else "input_values"
+        own = getattr(subject, key)
+        swaps = [getattr(o, key) for o in others if _same_shape(getattr(o, key), own)]
+        for media in swaps or [torch.zeros_like(own)]:
+            variants.append((modality, {key: media}))
+        if swaps:
+            baseline[modality] = f"the {modality} of {len(swaps)} other example(s) in turn (mean score)"
+    rows = 1 + len(variants)
+    input_ids = repeat_rows(subject.input_ids, rows)  # (rows, L)
     pixels = _stack(subject.pixel_values, rows)  # (rows * N_img, C, H, W): row r's images are block r
     audio = _stack(subject.input_values, rows)
-    for row, modality in enumerate(modalities, start=1):
-        if modality == "image":
-            _block(pixels, subject.pixel_values, row).zero_()
-        elif modality == "audio":
-            _block(audio, subject.input_values, row).zero_()
-        else:
-            input_ids[row] = masked_text(subject, pad_token_id)[0]
+    for row, (_, parts) in enumerate(variants, start=1):
+        if "input_ids" in parts:
+            input_ids[row] = parts["input_ids"][0]
+        if "pixel_values" in parts:
+            _block(pixels, subject.pixel_values, row).copy_(parts["pixel_values"])
+        if "input_values" in parts:
+            _block(audio, subject.input_values, row).copy_(parts["input_values"])
     scores = target(input_ids, repeat_rows(subject.answer_mask, rows), **_media_kwargs(pixels, audio))
-    deltas = {m: float(scores[0] - scores[row]) for row, m in enumerate(modalities, start=1)}
-    return {"score": float(scores[0]), "ablated": {m: float(scores[r]) for r, m in enumerate(modalities, start=1)},
-            "delta": deltas, "share": shares(deltas), "baseline": {m: BASELINES[m] for m in modalities}}
+    ablated = {m: float(torch.stack([scores[r] for r, (v, _) in enumerate(variants, start=1) if v == m]).mean())
+               for m in modalities}
+    deltas = {m: float(scores[0]) - ablated[m] for m in modalities}
+    return {"score": float(scores[0]), "ablated": ablated, "delta": deltas, "share": shares(deltas),
+            "baseline": baseline}
+
+
+def _same_shape(media: torch.Tensor | None, own: torch.Tensor) -> bool:
+    return media is not None and media.shape == own.shape
 
 
 def integrated_gradients(target: Target, subject: Subject, pad_token_id: int, steps: int = 16) -> dict[str, Any]:
