@@ -128,6 +128,8 @@ def train_reward(work: Path, model: Path, data: Path) -> dict:
 
 def hallucination_check(rm: Path, data: Path, count: int) -> dict:
     """Occlusion top cell vs the hallucinated object's cell, for test captions with one hallucinated object."""
+    import torch
+
     from modalign.data.dataset import read_examples
     from modalign.data.shapes.language import object_phrase
     from modalign.data.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene
@@ -156,18 +158,32 @@ def hallucination_check(rm: Path, data: Path, count: int) -> dict:
             objects[i] = Obj(old.shape, rng.choice([c for c in COLOURS if c != old.colour]), old.size, position)
         text = ", ".join(object_phrase(o) for o in objects) + "." + example.answer[example.answer.index(".") + 1:]
         subject = encode_subject(processor, media, example, text, media_token_ids=target.media_token_ids())
-        heat = image_occlusion(target, subject, grid=3)
+        reference = encode_subject(processor, media, example, example.answer, media_token_ids=target.media_token_ids())
         cell = [1, POSITIONS.index(position)]
-        rows[kind].append({"example_id": example.id, "caption": text, "cell": cell, "heatmap": heat["heatmap"],
-                           "most_negative_hit": heat["most_negative_cell"] == cell, "abs_top_hit": heat["top_cell"] == cell,
-                           "column_hit": heat["most_negative_cell"][1] == cell[1]})
+        with torch.no_grad():
+            gap = float(target(reference.input_ids, reference.answer_mask, **reference.media())
+                        - target(subject.input_ids, subject.answer_mask, **subject.media()))
+        row = {"example_id": example.id, "caption": text, "cell": cell, "rm_prefers_reference": gap > 0}
+        for fill, settings in FILLS.items():
+            heat = image_occlusion(target, subject, grid=3, fill=settings["fill"],
+                                   contrast=reference if settings["contrast"] else None)
+            row[fill] = {"heatmap": heat["heatmap"], "most_negative_hit": heat["most_negative_cell"] == cell,
+                         "abs_top_hit": heat["top_cell"] == cell, "column_hit": heat["most_negative_cell"][1] == cell[1]}
+        rows[kind].append(row)
     out = {}
     for kind, items in list(rows.items()) + [("all", rows["extra_object"] + rows["wrong_colour"])]:
-        n = len(items)
-        out[kind] = {"n": n, "most_negative_cell_hit": _rate(items, "most_negative_hit"),
-                     "abs_top_cell_hit": _rate(items, "abs_top_hit"), "column_hit": _rate(items, "column_hit")}
+        out[kind] = {fill: {"n": len(items), **{f"{key}": _rate([item[fill] for item in items], key)
+                                                 for key in ("most_negative_hit", "abs_top_hit", "column_hit")}}
+                     for fill in FILLS}
+        out[kind]["rm_prefers_reference"] = _rate(items, "rm_prefers_reference")
     out["cases"] = rows
     return out
+
+
+# occluded cells show the processor's mean colour or the image's median one (regions.IMAGE_BASELINES); contrast:
+# the heatmap of f(caption) - f(reference caption)
+FILLS = {"mean": {"fill": "mean", "contrast": False}, "median": {"fill": "median", "contrast": False},
+         "mean, contrast": {"fill": "mean", "contrast": True}}
 
 
 def _rate(items: list[dict], key: str) -> float:
@@ -185,12 +201,15 @@ def question_check(rm: Path, data: Path, count: int) -> dict:
     out = {}
     for task, more, less in (("vqa_audio", "audio", "image"), ("vqa_image", "image", "audio")):
         examples = [e for e in read_examples(data, "test") if e.meta.get("task") == task][:count]
-        hits = {"ablation": [], "ig": []}
-        shares = {"ablation": defaultdict(list), "ig": defaultdict(list)}
-        for example in examples:
-            subject = encode_subject(processor, media, example, example.answer,
-                                     media_token_ids=target.media_token_ids())
+        methods = ("ablation", "ablation_others", "ig")
+        hits = {m: [] for m in methods}
+        shares = {m: defaultdict(list) for m in methods}
+        subjects = [encode_subject(processor, media, example, example.answer, media_token_ids=target.media_token_ids())
+                    for example in examples]
+        for index, subject in enumerate(subjects):
+            others = [subjects[(index + k) % len(subjects)] for k in range(1, 5)]  # other scenes' media
             for method, result in (("ablation", ablation(target, subject, pad)),
+                                   ("ablation_others", ablation(target, subject, pad, others)),
                                    ("ig", integrated_gradients(target, subject, pad))):
                 hits[method].append(result["share"][more] > result["share"][less])
                 for modality, value in result["share"].items():
@@ -223,18 +242,36 @@ def markdown(results: dict, args) -> str:
              f"backbone, likelihood feature) on {r['train_pairs']} simulated-panel pairs, held-out pair accuracy "
              f"{r['heldout_accuracy']:.3f}.", "",
              "## Occlusion top cell = the hallucinated object's cell (3 x 3 grid, chance 1/9)", "",
-             "| caption | n | most negative cell | top cell by abs value | right column |", "|---|---|---|---|---|"]
+             "Occluded cells show the processor's mean colour (`mean`, grey) or the image's median colour (`median`, "
+             "the background). Top cell: the cell whose occlusion raises the score most (most negative "
+             "f(x) - f(occluded): the region that lowers the score), or the largest |value|; right column: the "
+             "most negative cell is in the hallucinated object's column.", "",
+             "Contrast: the heatmap of f(caption) - f(reference caption) (`image_occlusion(contrast=...)`). The reward "
+             "model scores the reference caption above the hallucinated one in "
+             + ", ".join(f"{h[k]['rm_prefers_reference']:.0%} ({k})" for k in ("extra_object", "wrong_colour"))
+             + " of the cases.", "",
+             "| caption | fill | n | most negative cell | top cell by abs value | right column |",
+             "|---|---|---|---|---|---|"]
     for kind in ("extra_object", "wrong_colour", "all"):
-        row = h[kind]
-        lines.append(f"| {kind} | {row['n']} | {row['most_negative_cell_hit']:.3f} | {row['abs_top_cell_hit']:.3f} | "
-                     f"{row['column_hit']:.3f} |")
+        for fill, row in h[kind].items():
+            if fill == "rm_prefers_reference":
+                continue
+            lines.append(f"| {kind} | {fill} | {row['n']} | {row['most_negative_hit']:.3f} | {row['abs_top_hit']:.3f} | "
+                         f"{row['column_hit']:.3f} |")
     lines += ["", "## Modality shares of the reward model's score of reference answers", "",
-              "| questions | n | claim | ablation | integrated gradients | mean shares (ablation) | mean shares (IG) |",
-              "|---|---|---|---|---|---|---|"]
+              "Share of questions where the claim holds, by method (ablation: blank image / silent audio / masked "
+              "text; ablation, others: the image / clip of 4 other test questions in turn; IG: integrated gradients "
+              "from the blank / silent / masked baseline), then the mean shares.", "",
+              "| questions | n | claim | ablation | ablation, others | integrated gradients |",
+              "|---|---|---|---|---|---|"]
+    fmt = lambda s: ", ".join(f"{k} {v:.2f}" for k, v in s.items())  # noqa: E731
     for task, row in q.items():
-        fmt = lambda s: ", ".join(f"{k} {v:.2f}" for k, v in s.items())  # noqa: E731
-        lines.append(f"| {task} | {row['n']} | {row['claim']} | {row['ablation_hit']:.3f} | {row['ig_hit']:.3f} | "
-                     f"{fmt(row['ablation_mean_share'])} | {fmt(row['ig_mean_share'])} |")
+        lines.append(f"| {task} | {row['n']} | {row['claim']} | {row['ablation_hit']:.3f} | "
+                     f"{row['ablation_others_hit']:.3f} | {row['ig_hit']:.3f} |")
+    lines += ["", "| questions | mean shares: ablation | ablation, others | integrated gradients |", "|---|---|---|---|"]
+    for task, row in q.items():
+        lines.append(f"| {task} | {fmt(row['ablation_mean_share'])} | {fmt(row['ablation_others_mean_share'])} | "
+                     f"{fmt(row['ig_mean_share'])} |")
     lines += ["", "## Time", "",
               f"`modalign explain` with every method ({t['methods']}) on the built-in reward model: "
               f"{t['seconds_per_example']:.2f} s per example over {t['examples']} test examples "

@@ -90,12 +90,20 @@ def test_occlusion_top_cell_is_the_only_cell_read(shapes, kind):
     policy.model.vision = CellReader(config.vision_hidden_size, config.image_seq_length, row=0, column=2)
     model = ScalarHeadModel(policy.model, likelihood_feature=False) if kind == "reward" else policy.model
     target = Target(model, kind, token=0 if kind == "policy" else None)
-    result = image_occlusion(target, subject_of(policy, shapes), grid=3)
+    subject = subject_of(policy, shapes)
+    result = image_occlusion(target, subject, grid=3)
     heat = torch.tensor(result["heatmap"])
     assert result["top_cell"] == [0, 2]
     assert heat[0, 2].abs() > 1e-5
     others = torch.cat([heat.flatten()[:2], heat.flatten()[3:]])
     assert others.abs().max() < 1e-6
+    if kind == "reward":  # contrastive: against itself nothing differs; against another answer only the cell read
+        itself = torch.tensor(image_occlusion(target, subject, contrast=subject)["heatmap"])
+        assert itself.abs().max() < 1e-6
+        versus = image_occlusion(target, subject, contrast=subject_of(policy, shapes, answer="one low beep."))
+        assert versus["top_cell"] == [0, 2]
+        heat = torch.tensor(versus["heatmap"]).flatten()
+        assert torch.cat([heat[:2], heat[3:]]).abs().max() < 1e-6
 
 
 class WindowReader(nn.Module):

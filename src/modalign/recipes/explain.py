@@ -37,6 +37,9 @@ class ExplainConfig:
                                                 "explained examples in turn, mean score: in distribution for a model "
                                                 "never trained on silence).")
     background: int = field_doc(4, "Examples whose media serve as baseline with ablation_baseline=others.")
+    contrast: str = field_doc("", "Occlusion heatmap of f(answer) - f(reference answer) with 'reference' (why the "
+                                  "answer scores differently from the reference: e.g. where a hallucination is), "
+                                  "of f(answer) with ''.")
     grid: int = field_doc(3, "Occlusion heatmap: grid x grid cells over the image.")
     audio_windows: int = field_doc(10, "Audio-time curve: windows over the clip.")
     ig_steps: int = field_doc(16, "Integrated gradients: steps of the path integral (Gauss-Legendre).")
@@ -85,8 +88,10 @@ def run_explain(cfg: ExplainConfig) -> dict:
         for index, (example, subject) in enumerate(zip(examples, subjects)):
             begin = time.time()
             others = background_of(subjects, index, cfg.background) if cfg.ablation_baseline == "others" else []
+            contrast = (encode_subject(processor, media, example, example.answer, cfg.max_length,
+                                       target.media_token_ids()) if cfg.contrast else None)
             result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps,
-                                     others)
+                                     others, contrast)
             seconds.append(time.time() - begin)
             result.update(task=example.meta.get("task"), prompt=example.prompt_text, seconds=round(seconds[-1], 3))
             result["figures"] = write_figures(result, example, media, out / "figures")
@@ -121,6 +126,8 @@ def check_config(cfg: ExplainConfig) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods={cfg.methods!r}: use a comma-separated subset of {','.join(METHODS)}")
+    if cfg.contrast not in ("", "reference"):
+        raise ConfigError(f"contrast={cfg.contrast!r}: use reference or ''")
     if cfg.ablation_baseline not in ("blank", "others"):
         raise ConfigError(f"ablation_baseline={cfg.ablation_baseline!r}: use blank or others")
     for key in ("grid", "audio_windows", "ig_steps", "background"):

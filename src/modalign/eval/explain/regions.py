@@ -16,12 +16,23 @@ import torch
 
 from modalign.eval.explain.target import ExplainError, Subject, Target, captum_attr, repeat_rows
 
-IMAGE_BASELINE = "each cell in turn set to pixel_values 0 (the processor's mean colour)"
+IMAGE_BASELINES = {"mean": "each cell in turn set to pixel_values 0 (the processor's mean colour)",
+                   "median": "each cell in turn set to the image's median colour (a flat background)"}
 AUDIO_BASELINE = "each time window in turn set to input_values 0 (silence)"
 
 
-def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int = 0) -> dict[str, Any]:
-    """A grid x grid heatmap of f(x) - f(cell occluded) over image `image` of the subject."""
+def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int = 0, fill: str = "mean",
+                    contrast: Subject | None = None) -> dict[str, Any]:
+    """A grid x grid heatmap of f(x) - f(cell occluded) over image `image` of the subject.
+
+    `fill`: what an occluded cell shows (IMAGE_BASELINES): the processor's mean colour, or the image's median
+    colour per channel (the background of a mostly flat image: the cell looks empty rather than grey).
+    `contrast`: the same example with another answer (e.g. the reference): the heatmap is then of
+    f(answer) - f(contrast answer), the regions that make the model score the answer differently from the
+    contrast (a contrastive explanation, Jacovi et al. 2021), free of what moves both scores alike.
+    """
+    if fill not in IMAGE_BASELINES:
+        raise ExplainError(f"occlusion fill {fill!r}: use {' or '.join(IMAGE_BASELINES)}")
     if subject.pixel_values is None or subject.pixel_values.shape[0] <= image:
         raise ExplainError(f"record {subject.example_id!r} has no image {image} to occlude")
     pixels = subject.pixel_values  # (N_img, C, H, W)
@@ -35,14 +46,23 @@ def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int 
         kwargs = {"pixel_values": stacked}
         if subject.input_values is not None:
             kwargs["input_values"] = subject.input_values.repeat(rows, *([1] * (subject.input_values.dim() - 1)))
-        return target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), **kwargs)
+        scores = target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), **kwargs)
+        if contrast is not None:
+            scores = scores - target(repeat_rows(contrast.input_ids, rows), repeat_rows(contrast.answer_mask, rows),
+                                     **kwargs)
+        return scores
 
-    attribution = _occlude(forward, pixels[image : image + 1], (pixels.shape[1], win_h, win_w),
-                           (pixels.shape[1], stride_h, stride_w), grid * grid)[0]  # (C, H, W)
+    picture = pixels[image : image + 1]  # (1, C, H, W)
+    baseline = 0.0 if fill == "mean" else picture.flatten(2).median(-1).values[..., None, None].expand_as(picture)
+    attribution = _occlude(forward, picture, (pixels.shape[1], win_h, win_w), (pixels.shape[1], stride_h, stride_w),
+                           grid * grid, baseline)[0]  # (C, H, W)
     centres_h, centres_w = _centres(height, win_h, stride_h, grid), _centres(width, win_w, stride_w, grid)
     heat = [[float(attribution[:, y, x].mean()) for x in centres_w] for y in centres_h]
-    return {"grid": grid, "heatmap": heat, "top_cell": _argmax(heat, abs), "most_negative_cell": _argmax(heat, lambda v: -v),
-            "baseline": IMAGE_BASELINE}
+    out = {"grid": grid, "heatmap": heat, "top_cell": _argmax(heat, abs),
+           "most_negative_cell": _argmax(heat, lambda v: -v), "baseline": IMAGE_BASELINES[fill]}
+    if contrast is not None:
+        out["contrast"] = contrast.answer
+    return out
 
 
 def audio_occlusion(target: Target, subject: Subject, windows: int = 10, clip: int = 0) -> dict[str, Any]:
@@ -63,17 +83,19 @@ def audio_occlusion(target: Target, subject: Subject, windows: int = 10, clip: i
         return target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), **kwargs)
 
     other = tuple(audio.shape[1:-1])  # whole feature axes, windows over time only
-    attribution = _occlude(forward, audio[clip : clip + 1], (*other, window), (*[1] * len(other), stride), windows)[0]
+    attribution = _occlude(forward, audio[clip : clip + 1], (*other, window), (*[1] * len(other), stride), windows,
+                           0.0)[0]
     centres = _centres(length, window, stride, windows)
     curve = [float(attribution[..., t].mean()) for t in centres]
     return {"windows": windows, "curve": curve, "window_samples": window, "top_window": _argmax([curve], abs)[1],
             "baseline": AUDIO_BASELINE}
 
 
-def _occlude(forward, inputs: torch.Tensor, window: tuple, strides: tuple, per_eval: int) -> torch.Tensor:
+def _occlude(forward, inputs: torch.Tensor, window: tuple, strides: tuple, per_eval: int, baseline) -> torch.Tensor:
     with torch.no_grad():
-        return captum_attr().Occlusion(forward).attribute(inputs, sliding_window_shapes=window, strides=strides, baselines=0.0,
-                                            perturbations_per_eval=per_eval)
+        return captum_attr().Occlusion(forward).attribute(inputs, sliding_window_shapes=window, strides=strides,
+                                                          baselines=baseline,
+                                                          perturbations_per_eval=per_eval)
 
 
 def _windows(length: int, count: int) -> tuple[int, int]:
