@@ -192,14 +192,18 @@ def test_explain_recipe_writes_attributions_figures_and_report(shapes, reward_fo
 
     root, _ = shapes
     out = tmp_path / "explain"
-    summary = run_explain(ExplainConfig(model=str(reward_folder), data=str(root), out=str(out), max_examples=2,
-                                        grid=2, audio_windows=4, ig_steps=4))
-    assert summary["n_explained"] == 2 and summary["seconds_per_example"] > 0
+    summary = run_explain(ExplainConfig(model=str(reward_folder), data=str(root), out=str(out), max_examples=6,
+                                        grid=2, audio_windows=4, ig_steps=4, ablation_baseline="others",
+                                        background=1, contrast="reference", occlusion_fill="median"))
+    assert summary["n_explained"] == 6 and summary["seconds_per_example"] > 0
     data = json.loads((out / "attributions.json").read_text())
     first = data["examples"][0]
     assert set(first) >= {"ablation", "ig", "occlusion", "audio", "tokens", "figures"}
     assert len(first["occlusion"]["heatmap"]) == 2 and len(first["audio"]["curve"]) == 4
     assert sum(first["ablation"]["share"].values()) == pytest.approx(1.0)
+    # the background is the next example of another scene (a scene's questions share its media)
+    assert "1 other example" in first["ablation"]["baseline"]["image"] and first["occlusion"]["contrast"]
+    assert "median colour" in first["occlusion"]["baseline"]
     for relative in first["figures"].values():
         assert (out / relative).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()

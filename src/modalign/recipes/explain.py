@@ -37,6 +37,9 @@ class ExplainConfig:
                                                 "explained examples in turn, mean score: in distribution for a model "
                                                 "never trained on silence).")
     background: int = field_doc(4, "Examples whose media serve as baseline with ablation_baseline=others.")
+    occlusion_fill: str = field_doc("mean", "What an occluded image cell shows: mean (the processor's mean colour, "
+                                            "pixel_values 0) or median (the image's median colour: its background "
+                                            "when mostly flat).")
     contrast: str = field_doc("", "Occlusion heatmap of f(answer) - f(reference answer) with 'reference' (why the "
                                   "answer scores differently from the reference: e.g. where a hallucination is), "
                                   "of f(answer) with ''.")
@@ -91,7 +94,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
             contrast = (encode_subject(processor, media, example, example.answer, cfg.max_length,
                                        target.media_token_ids()) if cfg.contrast else None)
             result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps,
-                                     others, contrast)
+                                     others, contrast, cfg.occlusion_fill)
             seconds.append(time.time() - begin)
             result.update(task=example.meta.get("task"), prompt=example.prompt_text, seconds=round(seconds[-1], 3))
             result["figures"] = write_figures(result, example, media, out / "figures")
@@ -126,6 +129,8 @@ def check_config(cfg: ExplainConfig) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods={cfg.methods!r}: use a comma-separated subset of {','.join(METHODS)}")
+    if cfg.occlusion_fill not in ("mean", "median"):
+        raise ConfigError(f"occlusion_fill={cfg.occlusion_fill!r}: use mean or median")
     if cfg.contrast not in ("", "reference"):
         raise ConfigError(f"contrast={cfg.contrast!r}: use reference or ''")
     if cfg.ablation_baseline not in ("blank", "others"):
@@ -139,8 +144,18 @@ def check_config(cfg: ExplainConfig) -> list[str]:
 
 
 def background_of(subjects: list, index: int, count: int) -> list:
-    """The `count` subjects after `index` (cyclically), never the subject itself."""
-    return [subjects[(index + k) % len(subjects)] for k in range(1, min(count, len(subjects) - 1) + 1)]
+    """Up to `count` subjects after `index` (cyclically) whose media differ from the subject's (the questions of
+    one scene share its image and clip: as a baseline they would change nothing)."""
+    import torch
+
+    own = subjects[index]
+
+    def differs(other) -> bool:
+        return any(a is not None and b is not None and (a.shape != b.shape or not torch.equal(a, b))
+                   for a, b in ((own.pixel_values, other.pixel_values), (own.input_values, other.input_values)))
+
+    ordered = [subjects[(index + k) % len(subjects)] for k in range(1, len(subjects))]
+    return [other for other in ordered if differs(other)][:count]
 
 
 def _data_root(cfg: ExplainConfig, out: Path) -> Path:
