@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=12.0)
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--encoder-layers", type=int, default=2)
+    parser.add_argument("--reward-examples", type=int, default=2500, help="train examples ranked for the reward model")
     parser.add_argument("--test-captions", type=int, default=60)
     parser.add_argument("--test-questions", type=int, default=60)
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
     started = time.time()
     sft = Path(args.sft) if args.sft else train_sft(work / "sft", args)
     model, data = sft / "model", sft / "data"
-    reward = train_reward(work, model, data)
+    reward = train_reward(work, model, data, args.reward_examples)
     results = {"sft": sft_numbers(sft), "reward": reward}
     rm = Path(reward["model"])
     results["hallucination"] = hallucination_check(rm, data, args.test_captions)
@@ -99,7 +100,7 @@ def candidates(example, rng: random.Random, by_question: dict[str, list[str]], k
     return [reference, *rng.sample(sorted(wrong), min(k - 1, len(wrong)))]
 
 
-def train_reward(work: Path, model: Path, data: Path) -> dict:
+def train_reward(work: Path, model: Path, data: Path, count: int) -> dict:
     """Panel rankings of reference vs wrong answers on the train split -> the `reward` recipe."""
     from modalign.data.dataset import read_examples
     from modalign.data.records import Completion
@@ -112,6 +113,7 @@ def train_reward(work: Path, model: Path, data: Path) -> dict:
         return json.loads((folder / "summary.json").read_text())
     examples = read_examples(data, "train")
     by_question, rng = wrong_answers(examples), random.Random(0)
+    examples = examples[:count]
     k = 4
     prompts, completions = [], []
     for example in examples:
