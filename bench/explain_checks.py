@@ -174,8 +174,11 @@ def hallucination_check(rm: Path, data: Path, count: int) -> dict:
         rows[kind].append(row)
     out = {}
     for kind, items in list(rows.items()) + [("all", rows["extra_object"] + rows["wrong_colour"])]:
+        detected = [item for item in items if item["rm_prefers_reference"]]  # the reward model sees the hallucination
         out[kind] = {fill: {"n": len(items), **{f"{key}": _rate([item[fill] for item in items], key)
-                                                 for key in ("most_negative_hit", "abs_top_hit", "column_hit")}}
+                                                 for key in ("most_negative_hit", "abs_top_hit", "column_hit")},
+                            "n_detected": len(detected),
+                            "most_negative_hit_detected": _rate([item[fill] for item in detected], "most_negative_hit")}
                      for fill in FILLS}
         out[kind]["rm_prefers_reference"] = _rate(items, "rm_prefers_reference")
     out["cases"] = rows
@@ -197,6 +200,7 @@ def question_check(rm: Path, data: Path, count: int) -> dict:
     from modalign.data.dataset import read_examples
     from modalign.eval.explain import ablation, encode_subject, integrated_gradients, load_target
     from modalign.models.inputs import MediaStore
+    from modalign.recipes.explain import background_of
 
     target, processor = load_target(rm)
     media, pad = MediaStore(data), processor.tokenizer.pad_token_id
@@ -209,7 +213,7 @@ def question_check(rm: Path, data: Path, count: int) -> dict:
         subjects = [encode_subject(processor, media, example, example.answer, media_token_ids=target.media_token_ids())
                     for example in examples]
         for index, subject in enumerate(subjects):
-            others = [subjects[(index + k) % len(subjects)] for k in range(1, 5)]  # other scenes' media
+            others = background_of(subjects, index, 4)  # the media of 4 other scenes, as `explain` picks them
             for method, result in (("ablation", ablation(target, subject, pad)),
                                    ("ablation_others", ablation(target, subject, pad, others)),
                                    ("ig", integrated_gradients(target, subject, pad))):
@@ -252,14 +256,15 @@ def markdown(results: dict, args) -> str:
              "model scores the reference caption above the hallucinated one in "
              + ", ".join(f"{h[k]['rm_prefers_reference']:.0%} ({k})" for k in ("extra_object", "wrong_colour"))
              + " of the cases.", "",
-             "| caption | fill | n | most negative cell | top cell by abs value | right column |",
-             "|---|---|---|---|---|---|"]
+             "| caption | fill | n | most negative cell | top cell by abs value | right column | most negative cell, "
+             "where the reward model prefers the reference (n) |",
+             "|---|---|---|---|---|---|---|"]
     for kind in ("extra_object", "wrong_colour", "all"):
         for fill, row in h[kind].items():
             if fill == "rm_prefers_reference":
                 continue
             lines.append(f"| {kind} | {fill} | {row['n']} | {row['most_negative_hit']:.3f} | {row['abs_top_hit']:.3f} | "
-                         f"{row['column_hit']:.3f} |")
+                         f"{row['column_hit']:.3f} | {row['most_negative_hit_detected']:.3f} ({row['n_detected']}) |")
     lines += ["", "## Modality shares of the reward model's score of reference answers", "",
               "Share of questions where the claim holds, by method (ablation: blank image / silent audio / masked "
               "text; ablation, others: the image / clip of 4 other test questions in turn; IG: integrated gradients "
