@@ -98,6 +98,23 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    model: Optional[str] = typer.Option(None, help="Reward-model or policy folder (shortcut for --set model=...)."),
+    data: Optional[str] = typer.Option(None, help="Dataset folder, or 'shapes' (shortcut for --set data=...)."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/explain-<time>)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """Why a reward model scored answers so, or what a policy's answers rest on: modality shares (ablation,
+    integrated gradients), image occlusion heatmaps, audio-time curves, token credit; writes OUT/report.html."""
+    from modalign.recipes.explain import ExplainConfig, run_explain
+
+    shortcuts = [f"{key}={value}" for key, value in (("model", model), ("data", data)) if value]
+    _recipe_command(ExplainConfig, run_explain, config, [*(set_ or []), *shortcuts], out, help_config=help_config)
+
+
+@app.command()
 def report(
     runs: List[str] = typer.Argument(..., help="Run folders (sft, dpo, grpo/ppo, reward, eval, loop, demo...)."),
     out: str = typer.Option("report.html", help="HTML file to write."),

@@ -138,6 +138,7 @@ def _dataset_of(run: RunView) -> tuple[Path | None, str]:
 def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | None = None, answers: int = 12,
                       extra_curves: Sequence[tuple[str, str]] = ()) -> Path:
     """Write one self-contained HTML page about the runs, side by side; returns its path."""
+    from modalign.eval.explain.section import explain_section
     from modalign.eval.report import page_html
 
     if not runs:
@@ -147,7 +148,8 @@ def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | 
     sections = [("Summary", summary_section(views)), ("Config", config_section(views)),
                 ("Evaluation", evaluation_section(views)),
                 ("Training curves", curves_section(views, extra_curves)),
-                *[(f"Sample answers: {v.name}", answers_section(v, answers)) for v in views if v.samples]]
+                *[(f"Sample answers: {v.name}", answers_section(v, answers)) for v in views if v.samples],
+                ("Explanations", explain_section([v.path for v in views]))]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page_html(title, [(h, body) for h, body in sections if body]), encoding="utf-8")

@@ -1,0 +1,119 @@
+"""Where in the image and when in the audio the score comes from: occlusion (Zeiler & Fergus 2014).
+
+Captum's `Occlusion` slides a window over the processor's tensor, sets it to the baseline and
+takes f(x) - f(occluded) for every window; all windows of an example go through the model in one
+batch (`perturbations_per_eval`), so an image grid of g x g cells is one forward of g^2 rows.
+A positive cell supports the score (hiding it lowers the score); a negative cell holds what
+lowers it (for a reward: e.g. the object a caption gets wrong).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from modalign.eval.explain.target import ExplainError, Subject, Target, captum_attr, repeat_rows
+
+IMAGE_BASELINES = {"mean": "each cell in turn set to pixel_values 0 (the processor's mean colour)",
+                   "median": "each cell in turn set to the image's median colour (a flat background)"}
+AUDIO_BASELINE = "each time window in turn set to input_values 0 (silence)"
+
+
+def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int = 0, fill: str = "mean",
+                    contrast: Subject | None = None) -> dict[str, Any]:
+    """A grid x grid heatmap of f(x) - f(cell occluded) over image `image` of the subject.
+
+    `fill`: what an occluded cell shows (IMAGE_BASELINES): the processor's mean colour, or the image's median
+    colour per channel (the background of a mostly flat image: the cell looks empty rather than grey).
+    `contrast`: the same example with another answer (e.g. the reference): the heatmap is then of
+    f(answer) - f(contrast answer), the regions that make the model score the answer differently from the
+    contrast (a contrastive explanation, Jacovi et al. 2021), free of what moves both scores alike.
+    """
+    if fill not in IMAGE_BASELINES:
+        raise ExplainError(f"occlusion fill {fill!r}: use {' or '.join(IMAGE_BASELINES)}")
+    if subject.pixel_values is None or subject.pixel_values.shape[0] <= image:
+        raise ExplainError(f"record {subject.example_id!r} has no image {image} to occlude")
+    pixels = subject.pixel_values  # (N_img, C, H, W)
+    height, width = pixels.shape[-2:]
+    (win_h, stride_h), (win_w, stride_w) = _windows(height, grid), _windows(width, grid)
+
+    def forward(variants: torch.Tensor) -> torch.Tensor:  # (K, C, H, W): variants of image `image`
+        rows = variants.shape[0]
+        stacked = pixels.repeat(rows, 1, 1, 1)
+        stacked[image :: pixels.shape[0]] = variants  # row r's images are block r
+        kwargs = {"pixel_values": stacked}
+        if subject.input_values is not None:
+            kwargs["input_values"] = subject.input_values.repeat(rows, *([1] * (subject.input_values.dim() - 1)))
+        scores = target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), **kwargs)
+        if contrast is not None:
+            scores = scores - target(repeat_rows(contrast.input_ids, rows), repeat_rows(contrast.answer_mask, rows),
+                                     **kwargs)
+        return scores
+
+    picture = pixels[image : image + 1]  # (1, C, H, W)
+    baseline = 0.0 if fill == "mean" else picture.flatten(2).median(-1).values[..., None, None].expand_as(picture)
+    attribution = _occlude(forward, picture, (pixels.shape[1], win_h, win_w), (pixels.shape[1], stride_h, stride_w),
+                           grid * grid, baseline)[0]  # (C, H, W)
+    centres_h, centres_w = _centres(height, win_h, stride_h, grid), _centres(width, win_w, stride_w, grid)
+    heat = [[float(attribution[:, y, x].mean()) for x in centres_w] for y in centres_h]
+    out = {"grid": grid, "heatmap": heat, "top_cell": _argmax(heat, abs),
+           "most_negative_cell": _argmax(heat, lambda v: -v), "baseline": IMAGE_BASELINES[fill]}
+    if contrast is not None:
+        out["contrast"] = contrast.answer
+    return out
+
+
+def audio_occlusion(target: Target, subject: Subject, windows: int = 10, clip: int = 0) -> dict[str, Any]:
+    """f(x) - f(window silenced) for `windows` windows over the time axis (the last) of clip `clip`."""
+    if subject.input_values is None or subject.input_values.shape[0] <= clip:
+        raise ExplainError(f"record {subject.example_id!r} has no audio clip {clip} to occlude")
+    audio = subject.input_values  # (N_aud, S) waveforms, or (N_aud, ..., T) features
+    length = audio.shape[-1]
+    window, stride = _windows(length, windows)
+
+    def forward(variants: torch.Tensor) -> torch.Tensor:
+        rows = variants.shape[0]
+        stacked = audio.repeat(rows, *([1] * (audio.dim() - 1)))
+        stacked[clip :: audio.shape[0]] = variants
+        kwargs = {"input_values": stacked}
+        if subject.pixel_values is not None:
+            kwargs["pixel_values"] = subject.pixel_values.repeat(rows, 1, 1, 1)
+        return target(repeat_rows(subject.input_ids, rows), repeat_rows(subject.answer_mask, rows), **kwargs)
+
+    other = tuple(audio.shape[1:-1])  # whole feature axes, windows over time only
+    attribution = _occlude(forward, audio[clip : clip + 1], (*other, window), (*[1] * len(other), stride), windows,
+                           0.0)[0]
+    centres = _centres(length, window, stride, windows)
+    curve = [float(attribution[..., t].mean()) for t in centres]
+    return {"windows": windows, "curve": curve, "window_samples": window, "top_window": _argmax([curve], abs)[1],
+            "baseline": AUDIO_BASELINE}
+
+
+def _occlude(forward, inputs: torch.Tensor, window: tuple, strides: tuple, per_eval: int, baseline) -> torch.Tensor:
+    with torch.no_grad():
+        return captum_attr().Occlusion(forward).attribute(inputs, sliding_window_shapes=window, strides=strides,
+                                                          baselines=baseline,
+                                                          perturbations_per_eval=per_eval)
+
+
+def _windows(length: int, count: int) -> tuple[int, int]:
+    """(window, stride) giving exactly `count` windows that cover `length` (overlapping by a pixel or two
+    when `count` does not divide it)."""
+    if count < 1 or count > length:
+        raise ExplainError(f"cannot cut an axis of {length} into {count} windows")
+    window = math.ceil(length / count)
+    stride = window if count == 1 else (length - window) // (count - 1)
+    return window, stride
+
+
+def _centres(length: int, window: int, stride: int, count: int) -> list[int]:
+    return [min(length - 1, i * stride + window // 2) for i in range(count)]
+
+
+def _argmax(heat: list[list[float]], key) -> list[int]:
+    """[row, column] of the cell with the largest key(value)."""
+    cells = [(key(v), r, c) for r, row in enumerate(heat) for c, v in enumerate(row)]
+    _, row, column = max(cells)
+    return [row, column]
