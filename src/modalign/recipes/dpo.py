@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 
@@ -44,12 +45,14 @@ class DPOConfig:
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
     from modalign import validate
     from modalign.dist import processes
+    from modalign.device import resolve_device
     from modalign.errors import UserError
     from modalign.precision import autocast
     from modalign.recipes.reward import check_store_fast_path, encode_store_pairs, open_store
@@ -69,6 +72,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     policy = validate.load_checked_policy(cfg.policy)
     validate.check_audio_window(audio_seconds, policy.processor)
+    policy.model.to(resolve_device(cfg.device))
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 
 
 @dataclass
@@ -37,6 +38,7 @@ class EvalConfig:
     judge: str = field_doc("", "Judge of the win rate: a reward-model folder, rule:<name>, py:<file_or_module>:<fn>, "
                                "or a weighted sum of those.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_eval(cfg: EvalConfig) -> dict:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
 
@@ -78,6 +79,7 @@ class IterativeDPOConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated after every round (0: all).")
     seed: int = field_doc(0, "Seed of the prompt slices, sampling, the simulated raters and DPO.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 from modalign.feedback.collect import SIMULATED
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -82,6 +83,7 @@ class LoopConfig:
     eval_samples: int = field_doc(4, "Sampled answers per held-out prompt in evaluation.")
     seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_loop(cfg: LoopConfig) -> dict:

@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.precision import PRECISION_HELP, Precision
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
@@ -62,6 +63,7 @@ class OnlineConfig:
                                              "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -76,6 +78,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.objectives import get_objective
+    from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -98,7 +101,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
+    raw, tokenizer = policy.model.to(resolve_device(cfg.device)), policy.processor.tokenizer  # raw: sampling, no-grad
+    place_reward_models(reward, model_device(raw))
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
@@ -134,7 +138,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             # this process's share of the iteration's prompts (each prompt's group stays in one process)
             examples = dist.shard(prompts_at(prompts_all, state["step"], cfg.prompts_per_step, cfg.seed),
                                   "prompts_per_step")
-            prompts = prompt_batch(policy.processor, media_store, examples)
+            prompts = prompt_batch(policy.processor, media_store, examples, model_device(raw))
             raw.eval()
             with autocast(cfg.precision, raw):
                 samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,

@@ -15,6 +15,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RewardConfig:
     likelihood_feature: bool = field_doc(True, "Add w * mean log p(answer) under the backbone to the score.")
     seed: int = field_doc(0, "Seed of the pair order.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def open_store(location: str, run_path: Path | None = None):

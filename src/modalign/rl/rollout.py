@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from modalign.device import to_device
 from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix, target_logprobs
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
@@ -105,10 +106,11 @@ def _packed_response_logprobs(model, samples: Samples, temperature: float, with_
     prompt_part = samples.sequences[:, : samples.prompt_length]
     prompts = [prompt_part[row][samples.attention_mask[row, : samples.prompt_length].bool()] for row in first]
     answers = [[samples.responses[row][samples.response_mask[row].bool()] for row in group] for group in groups]
-    packed = pack(prompts, answers, _pad_id(model))
-    media = samples.media.select_rows(torch.tensor(first)) if samples.media is not None else None
+    device = samples.sequences.device
+    packed = to_device(pack(prompts, answers, _pad_id(model)), device)  # packed on the CPU, moved once
+    media = samples.media.select_rows(torch.tensor(first, device=device)) if samples.media is not None else None
     logprobs, logits = packed_logprobs(model, packed, media, temperature, with_logits)  # (S, A), (S, A, V)
-    order = torch.tensor([row for group in groups for row in group])  # answer s is rollout row order[s]
+    order = torch.tensor([row for group in groups for row in group], device=device)  # answer s is rollout row order[s]
     width = samples.responses.shape[1] - logprobs.shape[1]  # answers are a prefix of each response row
     logprobs = F.pad(logprobs, (0, width))  # (N, T) in packed order
     logprobs = torch.zeros_like(logprobs).index_copy(0, order, logprobs)
