@@ -139,6 +139,8 @@ def _run(func, args, kwargs, mode: "FakeDeviceMode | None"):
     out = func(*plain[0], **plain[1])
     if not on_device or func is aten._local_scalar_dense.default:
         return out
+    if _MODES:
+        _MODES[-1].device_ops += 1
     wrapped = tree_map(lambda t: OnFakeDevice(t) if isinstance(t, torch.Tensor) else t, out)
     return return_and_correct_aliasing(func, args, kwargs, wrapped)
 
@@ -148,7 +150,8 @@ class FakeDeviceMode(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.host_reads: Counter = Counter()
+        self.host_reads: Counter = Counter()  # reads back to the host: .item(), .tolist(), .cpu()
+        self.device_ops = 0  # ops that ran on the device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return _run(func, args, kwargs or {}, self)

@@ -71,6 +71,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
     from modalign import validate
     from modalign.config import ConfigError
+    from modalign.device import resolve_device
     from modalign.dist import processes
     from modalign.reward.model import ScalarHeadModel
     from modalign.runs import RunDir, default_run_dir
@@ -92,7 +93,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
-    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature)
+    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature).to(resolve_device(cfg.device))
     if not cfg.backbone_lr:
         model.backbone.requires_grad_(False)
     console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")

@@ -127,8 +127,8 @@ def train_reward_model(
     for step in range(steps):
         batch = order.sample(list(pairs), min(batch_size, len(pairs)))
         chosen, rejected = pair_scores(model, batch, pad_token_id)
-        loss = bradley_terry_loss(chosen, rejected, torch.tensor([p.margin for p in batch]),
-                                  torch.tensor([p.tie for p in batch]))
+        loss = bradley_terry_loss(chosen, rejected, torch.tensor([p.margin for p in batch], device=chosen.device),
+                                  torch.tensor([p.tie for p in batch], device=chosen.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -206,8 +206,9 @@ def pair_features(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_toke
         hidden, loglik = both[:, :-1], both[:, -1]
     else:
         hidden, loglik = sequence_features(model.backbone, sequences, pad_token_id, batch_size)
-    return PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs], dtype=torch.float),
-                        torch.tensor([p.tie for p in pairs], dtype=torch.bool))
+    return to_device(PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs],
+                                                                                  dtype=torch.float),
+                                  torch.tensor([p.tie for p in pairs], dtype=torch.bool)), hidden.device)
 
 
 @torch.no_grad()
