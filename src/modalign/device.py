@@ -73,3 +73,9 @@ def to_device(value: T, device: torch.device | str) -> T:
         return dataclasses.replace(value, **{f.name: to_device(getattr(value, f.name), device)
                                              for f in dataclasses.fields(value) if f.init})
     return value
+
+
+def placed(policy: T, spec: str) -> T:
+    """`policy` (a `Policy`) with its model moved to the device of `spec` (`resolve_device`), as loaded."""
+    policy.model.to(resolve_device(spec))
+    return policy

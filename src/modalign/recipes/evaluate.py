@@ -59,6 +59,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     started = time.time()
     how = check_config(cfg)
+    device = resolve_device(cfg.device)
     judge = validate.check_reward(cfg.judge, key="judge") if cfg.compare else None
     dist = processes()
     out = Path(cfg.out or default_run_dir("eval"))
@@ -68,7 +69,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     policy = validate.load_checked_policy(cfg.policy)
-    device = resolve_device(cfg.device)
     policy.model.to(device)
     if judge is not None:
         place_reward_models(judge, device)

@@ -89,6 +89,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist)
+    device = resolve_device(cfg.device)
     if cfg.objective:
         validate.registered(get_objective, cfg.objective, "objective")
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
@@ -101,8 +102,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    raw, tokenizer = policy.model.to(resolve_device(cfg.device)), policy.processor.tokenizer  # raw: sampling, no-grad
-    place_reward_models(reward, model_device(raw))
+    raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
+    place_reward_models(reward, device)
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])

@@ -92,6 +92,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("ppo"), dist)
+    device = resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
@@ -106,7 +107,6 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    device = resolve_device(cfg.device)
     raw, processor = policy.model.to(device), policy.processor  # raw: sampling and no-grad passes; model: updates
     reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device) if cfg.reference
                  else frozen_reference(raw))

@@ -84,6 +84,7 @@ def run_reward(cfg: RewardConfig) -> dict:
                           "backbone's features are split over them")
     # validated before the run folder exists: the folder, the store's pairs, the backbone
     out = validate.check_new_run(cfg.out or default_run_dir("reward"), dist)
+    device = resolve_device(cfg.device)
     validate.check_store(cfg.store, cfg.min_votes)
     policy = validate.load_checked_policy(cfg.policy)
     run = RunDir.create(out, cfg, dist.is_main)
@@ -93,7 +94,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
-    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature).to(resolve_device(cfg.device))
+    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature).to(device)
     if not cfg.backbone_lr:
         model.backbone.requires_grad_(False)
     console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")
