@@ -54,6 +54,12 @@ def register() -> None:
     _KERNELS.impl("empty.memory_format", lambda size, **kw: OnFakeDevice(torch.empty(size, dtype=kw.get("dtype"))),
                   "PrivateUse1")
     _KERNELS.impl("_copy_from", _copy_from, "PrivateUse1")
+    _KERNELS.impl("_local_scalar_dense", _item, "PrivateUse1")
+
+
+def _item(tensor: torch.Tensor):
+    _active_reads()["item"] += 1
+    return tensor.elem.item()
 
 
 def _copy_from(src: torch.Tensor, dst: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:

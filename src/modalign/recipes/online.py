@@ -248,7 +248,9 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
             for name, optimizer in optimizers.items():
                 dist.clip_grad_norm(model if name == "policy" else critic, 1.0)
                 optimizer.step()
-            logged.append({k: float(v) for k, v in out.stats.items()} | {"loss": float(out.loss.detach())})
+            # kept on the device: read once per update for the log, not once per minibatch
+            logged.append({k: v.detach() if torch.is_tensor(v) else v for k, v in out.stats.items()}
+                          | {"loss": out.loss.detach()})
     stats = {k: dist.mean(sum(d[k] for d in logged) / len(logged)) for k in logged[0]}
     stats.update(reward_mean=dist.mean(scores.mean()), reward_std=dist.std(scores),
                  kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()))
