@@ -12,6 +12,7 @@ with the models on a second device and fails on any op that mixes devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, TypeVar
 
 import torch
@@ -22,8 +23,10 @@ DEVICE_HELP = ("Device of the models and tensors: auto (accelerate's: cuda:LOCAL
                "cpu, cuda or cuda:N.")
 
 
+@functools.lru_cache(maxsize=None)
 def resolve_device(spec: str = "auto") -> torch.device:
-    """The `device` config value as a torch device; a ConfigError names a device this machine lacks."""
+    """The `device` config value as a torch device, resolved once per process; a ConfigError names a device
+    this machine lacks."""
     from modalign.config import ConfigError
 
     if spec in ("", "auto"):

@@ -67,12 +67,13 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
     # validated before the run folder exists: the folder, the store's pairs, the evaluation data, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist)
+    device = resolve_device(cfg.device)
     validate.check_store(cfg.store, cfg.min_votes, decided=True)
     splits = validate.check_dataset(cfg.data, [cfg.eval_split], cfg.task, modalities=cfg.modalities) if cfg.data else {}
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     policy = validate.load_checked_policy(cfg.policy)
     validate.check_audio_window(audio_seconds, policy.processor)
-    policy.model.to(resolve_device(cfg.device))
+    policy.model.to(device)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once

@@ -98,6 +98,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     cfg = dataclasses.replace(cfg, out=str(out))
     # validated before the folder exists: settings, judge, prompts, both splits' media, the policy
     check_settings(cfg)
+    device = resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
                                     modalities=cfg.modalities)
     prompts = splits[cfg.split]
@@ -106,7 +107,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     if judge is not None:
         from modalign.rl.rewards import place_reward_models
 
-        place_reward_models(judge, resolve_device(cfg.device))  # a reward-model judge scores on the device
+        place_reward_models(judge, device)  # a reward-model judge scores on the device
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:

@@ -101,6 +101,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     cfg = dataclasses.replace(cfg, out=str(out))
     # validated before the folder exists: settings, prompts, both splits' media, the policy
     check_loop_settings(cfg, dist.world)
+    resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     pool = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     check_judge(cfg.judge, pool)
@@ -257,7 +258,8 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
     from modalign.eval.generation import evaluate_split
     from modalign.validate import load_checked_policy
 
-    return evaluate_split(placed(load_checked_policy(policy), cfg.device), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+    return evaluate_split(placed(load_checked_policy(policy), cfg.device), cfg.data, cfg.eval_split, cfg.eval_examples,
+                          cfg.max_new_tokens,
                           temperature=1.0, seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
                           samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 

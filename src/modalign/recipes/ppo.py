@@ -160,7 +160,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                     ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
                     old_values = critic_values(raw_critic, samples)
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
-                penalty = torch.full(finished.shape, cfg.unfinished_penalty, device=device)
+                penalty = torch.full(finished.shape, cfg.unfinished_penalty, device=finished.device)
                 if cfg.dense_reward and hasattr(reward, "token_rewards"):
                     # the reward model's score spread over the tokens that earned it (sums to the score)
                     dense = reward.token_rewards(sampled_examples, answers, samples, prompts).float()

@@ -87,6 +87,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     dist = processes()
     # validated before the run folder exists: the folder, the policy, both splits and their media
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
+    device = resolve_device(cfg.device)
     if cfg.policy == "tinyvlm":
         validate.check_fusion(cfg.fusion)
     else:
@@ -101,7 +102,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
                                 "built-in model" if cfg.policy == "tinyvlm" else f"policy {cfg.policy}")
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
     checked = validate.check_fast_path(policy, train, media)  # before encoding: a fall-back changes the processor
-    policy.model.to(resolve_device(cfg.device))
+    policy.model.to(device)
     encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
