@@ -67,6 +67,20 @@ def test_the_fake_device_refuses_mixed_devices_as_cuda_does():
     assert mode.host_reads["tolist"] == 1
 
 
+def test_the_device_setting_is_resolved_or_refused_with_one_error():
+    from modalign.config import ConfigError
+    from modalign.device import resolve_device
+
+    assert resolve_device("auto") == torch.device("cpu")  # accelerate's device on a machine without a GPU
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(str(DEVICE)) == DEVICE
+    with pytest.raises(ConfigError, match="device='cuda': this machine has no cuda device"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device='gpu0' is not a device"):
+        resolve_device("gpu0")
+    with pytest.raises(ConfigError, match="has 1 fakegpu device"):
+        resolve_device("fakegpu:3")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, sft_model):
     """Simulated rankings of the SFT policy's answers to 3 train captions (built on the CPU)."""
