@@ -104,7 +104,7 @@ class OnFakeDevice(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return _run(func, args, kwargs or {}, None)
+        return _run(func, args, kwargs or {})
 
 
 def _active_reads() -> Counter:
@@ -128,22 +128,24 @@ def _check(func, args, kwargs) -> None:
         raise MixedDevices(f"{func}: tensors on {DEVICE} and on the CPU ({shapes}): a .to(device) is missing")
 
 
-def _run(func, args, kwargs, mode: "FakeDeviceMode | None"):
+def _run(func, args, kwargs):
+    """The op on the CPU values inside; its results on the device when an input (or `device=`) was there."""
     on_device = any(isinstance(t, OnFakeDevice) for t in tree_flatten((args, kwargs))[0])
     wanted = kwargs.get("device")
     if func not in _CROSS_DEVICE:
         _check(func, args, kwargs)
-    if isinstance(wanted, torch.device) and wanted.type == NAME:
+    if isinstance(wanted, torch.device) and wanted.type == NAME:  # a factory or .to(device)
         kwargs, on_device = {**kwargs, "device": torch.device("cpu")}, True
-    elif func is aten._to_copy.default and wanted is not None:
-        on_device = False  # .to("cpu"), .cpu(), .tolist(): a read back to the host
-        if mode is not None and any(isinstance(t, OnFakeDevice) for t in args):
-            mode.host_reads[str(func)] += 1
-    if func is aten._local_scalar_dense.default and mode is not None:
-        mode.host_reads["item"] += 1
+    elif func is aten._to_copy.default and wanted is not None:  # .to("cpu"), .cpu(): back to the host
+        if on_device:
+            _active_reads()["cpu"] += 1
+        on_device = False
+    if func is aten._local_scalar_dense.default:  # .item(), float(t), bool(t)
+        _active_reads()["item"] += 1
+        on_device = False
     plain = tree_map(lambda t: t.elem if isinstance(t, OnFakeDevice) else t, (args, kwargs))
     out = func(*plain[0], **plain[1])
-    if not on_device or func is aten._local_scalar_dense.default:
+    if not on_device:
         return out
     if _MODES:
         _MODES[-1].device_ops += 1
@@ -156,11 +158,11 @@ class FakeDeviceMode(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.host_reads: Counter = Counter()  # reads back to the host: .item(), .tolist(), .cpu()
+        self.host_reads: Counter = Counter()  # reads back to the host: "item", "tolist", "cpu"
         self.device_ops = 0  # ops that ran on the device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return _run(func, args, kwargs or {}, self)
+        return _run(func, args, kwargs or {})
 
     def __enter__(self):
         _MODES.append(self)
@@ -179,10 +181,6 @@ def fake_device():
     """`with fake_device() as mode:` models and tensors may go to `DEVICE`; mixing devices raises."""
     with FakeDeviceMode() as mode:
         yield mode
-
-
-def on_fake_device(tensor: torch.Tensor) -> bool:
-    return isinstance(tensor, OnFakeDevice) and tensor.device == DEVICE
 
 
 torch.serialization.add_safe_globals([OnFakeDevice])  # run checkpoints are read with weights_only=True
