@@ -141,7 +141,8 @@ def _run(func, args, kwargs):
             _active_reads()["cpu"] += 1
         on_device = False
     if func is aten._local_scalar_dense.default:  # .item(), float(t), bool(t)
-        _active_reads()["item"] += 1
+        if on_device:
+            _active_reads()["item"] += 1
         on_device = False
     plain = tree_map(lambda t: t.elem if isinstance(t, OnFakeDevice) else t, (args, kwargs))
     out = func(*plain[0], **plain[1])

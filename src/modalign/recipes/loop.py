@@ -209,7 +209,7 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
         from modalign.reward.ensemble import bootstrap_ensemble_scores
 
         scores = bootstrap_ensemble_scores(cfg.policy, store, owners, completions, media, cfg.ensemble_members,
-                                           seed=cfg.seed + r)
+                                           seed=cfg.seed + r, device=resolve_device(cfg.device))
     grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores,
                               against_top=cfg.selection == "top" and scores is not None)
     strategy = "random" if cfg.selection == "all" else cfg.selection
