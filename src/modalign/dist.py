@@ -236,8 +236,10 @@ class Processes:
         return [parts[i % self.world][i // self.world] for i in range(count)]
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (the value itself with one process)."""
-        return self.accelerator.reduce(value.detach().clone(), "sum") if self.many else value
+        """Sum over processes (the value itself with one process). NCCL reduces GPU tensors only: the value goes
+        to this process's device first (a no-op under gloo on the CPU)."""
+        return self.accelerator.reduce(value.detach().clone().to(self.accelerator.device), "sum") if self.many \
+            else value
 
     def mean(self, value: torch.Tensor | float) -> float:
         tensor = torch.as_tensor(value, dtype=torch.float64)

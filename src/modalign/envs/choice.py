@@ -76,14 +76,15 @@ class MultimodalChoiceEnv(gym.Env):
 @torch.no_grad()
 def prompt_embeddings(policy, media, examples: Sequence[Example], batch_size: int = 64) -> np.ndarray:
     """(N, D) last-layer hidden state at each prompt's last token; media encoded once per example."""
+    from modalign.device import model_device
     from modalign.models.inputs import prompt_batch
 
     model = policy.model.eval()
     parts = []
     for start in range(0, len(examples), batch_size):
-        batch = prompt_batch(policy.processor, media, examples[start : start + batch_size])  # left-padded
+        batch = prompt_batch(policy.processor, media, examples[start : start + batch_size], model_device(model))
         output = model(**batch, output_hidden_states=True)
-        parts.append(output.hidden_states[-1][:, -1].float().numpy())
+        parts.append(output.hidden_states[-1][:, -1].float().cpu().numpy())
     return np.concatenate(parts)
 
 

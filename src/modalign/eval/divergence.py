@@ -25,6 +25,7 @@ def answer_kl(policy: Policy, reference, media: MediaStore, examples: Sequence[E
     """`kl_to_ref` (mean over answers of the KL summed over the answer's tokens, end-of-turn included)
     and `kl_to_ref_per_token`, of `policy` against the `reference` model (same tokenizer)."""
     from modalign.config import ConfigError
+    from modalign.device import model_device
     from modalign.models.inputs import collate_sft, encode_sft_example
     from modalign.rl.kl import kl_exact
 
@@ -37,7 +38,8 @@ def answer_kl(policy: Policy, reference, media: MediaStore, examples: Sequence[E
     try:
         for start in range(0, len(answers), batch_size):
             rows = zip(examples[start : start + batch_size], answers[start : start + batch_size])
-            batch = collate_sft([encode_sft_example(processor, media, e, _NO_TRUNCATION, a) for e, a in rows], pad)
+            batch = collate_sft([encode_sft_example(processor, media, e, _NO_TRUNCATION, a) for e, a in rows], pad,
+                                model_device(policy.model))
             targets = batch.pop("labels")[:, 1:] != -100  # (B, L-1) positions that predict an answer token
             logits, ref_logits = (m(**batch).logits[:, :-1] for m in models)  # (B, L-1, V)
             if logits.shape[-1] != ref_logits.shape[-1]:

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from modalign.data.records import Completion, Example
+from modalign.device import model_device
 from modalign.models.inputs import MediaStore, prompt_batch
 from modalign.models.policy import Policy
 
@@ -37,7 +38,7 @@ def generate_answers(
     try:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            batch = prompt_batch(processor, media, chunk)
+            batch = prompt_batch(processor, media, chunk, model_device(model))
             prompt_length = batch["input_ids"].shape[1]
             output = model.generate(
                 **batch,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from modalign.data.records import Example
+from modalign.device import to_device
 from modalign.models.hf.media import concat_media
 
 
@@ -52,12 +53,14 @@ def eos_text(processor) -> str:
     return processor.tokenizer.eos_token
 
 
-def prompt_batch(processor, media: MediaStore, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts with their media, ready for `generate`."""
+def prompt_batch(processor, media: MediaStore, examples: Sequence[Example],
+                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Left-padded prompts with their media, ready for `generate`, on `device` (the generating model's)."""
     images = [image for example in examples for image in media.images(example)]
     audio = [clip for example in examples for clip in media.audio(example)]
     texts = [render_prompt(processor, example) for example in examples]
-    return dict(processor(text=texts, images=images or None, audio=audio or None, padding_side="left"))
+    return to_device(dict(processor(text=texts, images=images or None, audio=audio or None, padding_side="left")),
+                     device)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ def answer_token_count(tokenizer, prompt: str, answer: str) -> int:
     return count(prompt + answer) - count(prompt)
 
 
-def collate_sft(batch: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with labels = -100 on prompt and padding."""
+def collate_sft(batch: Sequence[EncodedExample], pad_token_id: int,
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels = -100 on prompt and padding, on `device` (the consuming model's)."""
     longest = max(item.input_ids.shape[0] for item in batch)
     input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -155,4 +159,4 @@ def collate_sft(batch: Sequence[EncodedExample], pad_token_id: int) -> dict[str,
         media = concat_media([getattr(item, key) for item in batch])
         if media is not None:
             out[key] = media
-    return out
+    return to_device(out, device)  # built on the CPU, moved once

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 
 from modalign.config import field_doc
+from modalign.device import DEVICE_HELP, placed, resolve_device
 
 
 @dataclass
@@ -34,6 +35,7 @@ class BoNConfig:
     batch_size: int = field_doc(32, "SFT examples per step.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated at the end (0: all).")
     seed: int = field_doc(0, "Seed of sampling and training.")
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_bon(cfg: BoNConfig) -> dict:
@@ -50,6 +52,7 @@ def run_bon(cfg: BoNConfig) -> dict:
     from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.recipes.sft import SFTConfig, run_sft
+    from modalign.rl.rewards import place_reward_models
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console
 
@@ -58,12 +61,14 @@ def run_bon(cfg: BoNConfig) -> dict:
     # validated before the run folder exists: the folder, the prompts and their media, the reward, the policy
     # (the SFT on the winners checks its own data, the test split with its media, before it starts)
     out = validate.check_new_run(cfg.out or default_run_dir("bon"), dist)
+    device = resolve_device(cfg.device)
     examples = validate.select_task(validate.read_split(cfg.data, cfg.split), cfg.task, split_path(cfg.data, cfg.split))
     examples = examples[: cfg.prompts] if cfg.prompts else examples
     if len(examples) < dist.world:
         raise ConfigError(f"{len(examples)} prompts do not split over {dist.world} processes (prompts)")
     validate.check_media(cfg.data, examples, split_path(cfg.data, cfg.split))
     reward = validate.check_reward(cfg.reward_model, examples)
+    place_reward_models(reward, device)
     validate.check_policy(cfg.policy)
     run = RunDir.create(out, cfg, dist.is_main)
     results = dist.unshard(_sample_and_score(cfg, examples[dist.rank :: dist.world], reward), len(examples))
@@ -79,7 +84,7 @@ def run_bon(cfg: BoNConfig) -> dict:
                   f"winners {float(grouped.max(1).values.mean()):.3f}")
     sft = run_sft(SFTConfig(out=str(run.path / "sft"), data=cfg.data, policy=cfg.policy, epochs=cfg.epochs,
                             lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=0, eval_examples=cfg.eval_examples,
-                            seed=cfg.seed, checkpoint_every=0), train_examples=winners)
+                            seed=cfg.seed, checkpoint_every=0, device=cfg.device), train_examples=winners)
     summary = {"stage": "bon", "prompts": len(examples), "n": cfg.n, "sample_score_mean": float(grouped.mean()),
                "winner_score_mean": float(grouped.max(1).values.mean()), "model": sft["model"],
                "eval": sft.get("eval", {}), "wall_seconds": round(time.time() - started, 1)}
@@ -96,7 +101,8 @@ def _sample_and_score(cfg: BoNConfig, examples: list, reward) -> list[tuple]:
     from modalign.validate import load_checked_policy
 
     media = MediaStore(cfg.data)
-    completions = generate_answers(load_checked_policy(cfg.policy), media, examples, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(placed(load_checked_policy(cfg.policy), cfg.device), media, examples,
+                                   max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed, samples_per_example=cfg.n)
     owners = [e for e in examples for _ in range(cfg.n)]
     scores = score_texts(reward, owners, [c.text for c in completions], media)

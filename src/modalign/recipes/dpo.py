@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -46,12 +47,14 @@ class DPOConfig:
     gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of the pair order and evaluation sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     """Train on the store's pairs; save `model/`; evaluate; write `summary.json`."""
     from modalign import validate
     from modalign.dist import processes
+    from modalign.device import resolve_device
     from modalign.errors import UserError
     from modalign.precision import autocast
     from modalign.recipes.reward import check_store_fast_path, encode_store_pairs, open_store
@@ -66,11 +69,13 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
     # validated before the run folder exists: the folder, the store's pairs, the evaluation data, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist)
+    device = resolve_device(cfg.device)
     validate.check_store(cfg.store, cfg.min_votes, decided=True)
     splits = validate.check_dataset(cfg.data, [cfg.eval_split], cfg.task, modalities=cfg.modalities) if cfg.data else {}
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     policy = validate.load_checked_policy(cfg.policy)
     validate.check_audio_window(audio_seconds, policy.processor)
+    policy.model.to(device)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     raw, pad = policy.model, policy.processor.tokenizer.pad_token_id
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 
 
 @dataclass
@@ -37,6 +38,7 @@ class EvalConfig:
     judge: str = field_doc("", "Judge of the win rate: a reward-model folder, rule:<name>, py:<file_or_module>:<fn>, "
                                "or a weighted sum of those.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -47,14 +49,17 @@ def run_eval(cfg: EvalConfig) -> dict:
     process scores and writes (`eval.generation.generate_split`).
     """
     from modalign.config import save_config
+    from modalign.device import resolve_device
     from modalign.dist import processes
     from modalign.eval.generation import generate_split, write_samples
     from modalign.eval.metrics import score_completions
+    from modalign.rl.rewards import place_reward_models
     from modalign import validate
     from modalign.runs import default_run_dir, write_json_atomic
 
     started = time.time()
     how = check_config(cfg)
+    device = resolve_device(cfg.device)
     judge = validate.check_reward(cfg.judge, key="judge") if cfg.compare else None
     dist = processes()
     out = Path(cfg.out or default_run_dir("eval"))
@@ -64,6 +69,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     policy = validate.load_checked_policy(cfg.policy)
+    policy.model.to(device)
+    if judge is not None:
+        place_reward_models(judge, device)
     k = cfg.samples_per_prompt
 
     def answer(model, label: str) -> list:  # both policies answer the same prompts with the same seed
@@ -72,6 +80,8 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     completions = answer(policy, "eval")
     other = validate.load_checked_policy(cfg.compare, "compare") if cfg.compare else None
+    if other is not None:
+        other.model.to(device)
     other_completions = answer(other, "eval B") if other is not None else None
     summary = {"stage": "eval", "policy": cfg.policy, "data": str(data_root), "split": cfg.split, "task": cfg.task,
                "processes": dist.world, "decoding": how}
@@ -169,7 +179,10 @@ def reference_kl(policy, reference: str, data_root: Path, examples: list, comple
     from modalign.eval.divergence import answer_kl
     from modalign.eval.generation import media_store
 
-    return answer_kl(policy, validate.load_checked_policy(reference, "reference").model, media_store(policy, data_root), examples,
+    from modalign.device import model_device
+
+    reference_model = validate.load_checked_policy(reference, "reference").model.to(model_device(policy.model))
+    return answer_kl(policy, reference_model, media_store(policy, data_root), examples,
                      [c.text for c in completions], batch_size=max(1, batch_size // 4))
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
 
@@ -78,6 +79,7 @@ class IterativeDPOConfig:
     eval_examples: int = field_doc(0, "Held-out examples evaluated after every round (0: all).")
     seed: int = field_doc(0, "Seed of the prompt slices, sampling, the simulated raters and DPO.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
@@ -96,11 +98,16 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     cfg = dataclasses.replace(cfg, out=str(out))
     # validated before the folder exists: settings, judge, prompts, both splits' media, the policy
     check_settings(cfg)
+    device = resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
                                     modalities=cfg.modalities)
     prompts = splits[cfg.split]
     check_judge(cfg.judge, prompts)
     judge = judge_from(cfg.judge)
+    if judge is not None:
+        from modalign.rl.rewards import place_reward_models
+
+        place_reward_models(judge, device)  # a reward-model judge scores on the device
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
@@ -206,7 +213,8 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     for suffix in ("", "-wal", "-shm"):  # a killed run's partial store: build it again
         Path(f"{folder / 'feedback.db'}{suffix}").unlink(missing_ok=True)
     media, k = MediaStore(cfg.data), cfg.samples_per_prompt
-    completions = generate_answers(load_checked_policy(policy_path), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(placed(load_checked_policy(policy_path), cfg.device), media, prompts,
+                                   max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
@@ -244,7 +252,7 @@ def round_dpo_config(cfg: IterativeDPOConfig, policy_path: str, folder: Path) ->
                      batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                      checkpoint_every=cfg.checkpoint_every, data=cfg.data, eval_split=cfg.eval_split,
                      eval_examples=cfg.eval_examples, task=cfg.task, max_new_tokens=cfg.max_new_tokens,
-                     seed=cfg.seed, modalities=cfg.modalities)
+                     seed=cfg.seed, modalities=cfg.modalities, device=cfg.device)
 
 
 def round_row(stats: dict, dpo: dict) -> dict:

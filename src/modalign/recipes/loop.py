@@ -31,6 +31,7 @@ from pathlib import Path
 
 from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.feedback.collect import SIMULATED
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -82,6 +83,7 @@ class LoopConfig:
     eval_samples: int = field_doc(4, "Sampled answers per held-out prompt in evaluation.")
     seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_loop(cfg: LoopConfig) -> dict:
@@ -99,6 +101,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     cfg = dataclasses.replace(cfg, out=str(out))
     # validated before the folder exists: settings, prompts, both splits' media, the policy
     check_loop_settings(cfg, dist.world)
+    resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     pool = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     check_judge(cfg.judge, pool)
@@ -136,7 +139,7 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
                            lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
     reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
         out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
-        steps=cfg.reward_steps, seed=cfg.seed + r, modalities=cfg.modalities)), everyone=True)
+        steps=cfg.reward_steps, seed=cfg.seed + r, modalities=cfg.modalities, device=cfg.device)), everyone=True)
     rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"),
                      everyone=True)
     metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
@@ -164,7 +167,8 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
     count = cfg.first_round_prompts if r == 1 and cfg.first_round_prompts else cfg.prompts_per_round
     prompts = prompts_at(pool, r - 1, min(count, len(pool)), cfg.seed)
     media = MediaStore(cfg.data)
-    completions = generate_answers(load_checked_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    completions = generate_answers(placed(load_checked_policy(policy), cfg.device), media, prompts,
+                                   max_new_tokens=cfg.max_new_tokens,
                                    temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
     write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
     if cfg.selection == "all" and cfg.judge == SIMULATED:
@@ -196,15 +200,16 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     scores = None
     owners = [e for e in prompts for _ in range(cfg.samples_per_prompt)]
     if cfg.selection == "margin" and r > 1:  # round 1 has no judgments yet: its pairs are random
-        from modalign.rl.rewards import reward_source_from, score_texts
+        from modalign.rl.rewards import place_reward_models, reward_source_from, score_texts
 
         source = reward_source_from(str(round_dir(cfg, r - 1) / "reward" / "model"))
+        place_reward_models(source, resolve_device(cfg.device))
         scores = score_texts(source, owners, [c.text for c in completions], media).tolist()
     if cfg.selection in ("ensemble", "top") and r > 1:
         from modalign.reward.ensemble import bootstrap_ensemble_scores
 
         scores = bootstrap_ensemble_scores(cfg.policy, store, owners, completions, media, cfg.ensemble_members,
-                                           seed=cfg.seed + r)
+                                           seed=cfg.seed + r, device=resolve_device(cfg.device))
     grouped = candidate_pairs(prompts, completions, cfg.samples_per_prompt, scores,
                               against_top=cfg.selection == "top" and scores is not None)
     strategy = "random" if cfg.selection == "all" else cfg.selection
@@ -227,7 +232,8 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
 
     resume = resumable(folder)
     common = dict(out=str(folder), policy=policy, data=cfg.data, task=cfg.task, eval_examples=1, seed=cfg.seed,
-                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision, modalities=cfg.modalities)
+                  max_new_tokens=cfg.max_new_tokens, precision=cfg.precision, modalities=cfg.modalities,
+                  device=cfg.device)
     if cfg.method == "ppo":
         from modalign.recipes.ppo import PPOConfig, run_ppo
 
@@ -252,7 +258,8 @@ def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:
     from modalign.eval.generation import evaluate_split
     from modalign.validate import load_checked_policy
 
-    return evaluate_split(load_checked_policy(policy), cfg.data, cfg.eval_split, cfg.eval_examples, cfg.max_new_tokens,
+    return evaluate_split(placed(load_checked_policy(policy), cfg.device), cfg.data, cfg.eval_split, cfg.eval_examples,
+                          cfg.max_new_tokens,
                           temperature=1.0, seed=cfg.seed, samples_path=stem.with_name(stem.name + "_samples.jsonl"),
                           samples_per_example=cfg.eval_samples, modalities=cfg.modalities)
 

@@ -17,6 +17,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -64,6 +65,7 @@ class OnlineConfig:
                                              "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -78,6 +80,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.objectives import get_objective
+    from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -88,6 +91,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir(cfg.algorithm), dist)
+    device = resolve_device(cfg.device)
     if cfg.objective:
         validate.registered(get_objective, cfg.objective, "objective")
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], cfg.task,  # each of cfg.task
@@ -100,7 +104,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    raw, tokenizer = policy.model, policy.processor.tokenizer  # raw: sampling and no-grad passes
+    raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
+    place_reward_models(reward, device)
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
@@ -137,7 +142,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             # this process's share of the iteration's prompts (each prompt's group stays in one process)
             examples = dist.shard(prompts_at(prompts_all, state["step"], cfg.prompts_per_step, cfg.seed),
                                   "prompts_per_step")
-            prompts = prompt_batch(policy.processor, media_store, examples)
+            prompts = prompt_batch(policy.processor, media_store, examples, model_device(raw))
             raw.eval()
             # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
             with dist.gathered(model), autocast(cfg.precision, raw):
@@ -249,7 +254,9 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
             for name, optimizer in optimizers.items():
                 dist.clip_grad_norm(model if name == "policy" else critic, 1.0)
                 optimizer.step()
-            logged.append({k: float(v) for k, v in out.stats.items()} | {"loss": float(out.loss.detach())})
+            # kept on the device: read once per update for the log, not once per minibatch
+            logged.append({k: v.detach() if torch.is_tensor(v) else v for k, v in out.stats.items()}
+                          | {"loss": out.loss.detach()})
     stats = {k: dist.mean(sum(d[k] for d in logged) / len(logged)) for k in logged[0]}
     stats.update(reward_mean=dist.mean(scores.mean()), reward_std=dist.std(scores),
                  kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()))

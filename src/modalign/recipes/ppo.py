@@ -16,6 +16,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -69,6 +70,7 @@ class PPOConfig:
                                              "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -83,6 +85,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController, kl_k3_per_answer
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
+    from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -91,6 +94,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("ppo"), dist)
+    device = resolve_device(cfg.device)
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     prompts_all = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     validate.select_task(splits[cfg.eval_split], cfg.task, split_path(cfg.data, cfg.eval_split))
@@ -105,9 +109,10 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    raw, processor = policy.model, policy.processor  # raw: sampling and no-grad passes; model: updates
-    reference = (validate.load_checked_policy(cfg.reference, "reference").model if cfg.reference
+    raw, processor = policy.model.to(device), policy.processor  # raw: sampling and no-grad passes; model: updates
+    reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device) if cfg.reference
                  else frozen_reference(raw))
+    place_reward_models(reward, device)
     reference.eval().requires_grad_(False)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw))
     for module in raw.media_encoder_modules() + raw_critic.backbone.media_encoder_modules():
@@ -142,7 +147,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         while step < cfg.steps:
             # this process's share of the iteration's prompts
             examples = dist.shard(prompts_at(prompts_all, step, cfg.prompts_per_step, cfg.seed), "prompts_per_step")
-            prompts = prompt_batch(processor, media_store, examples)
+            prompts = prompt_batch(processor, media_store, examples, model_device(raw))
             # 1. rollout: answers sampled with the KV cache, media encoded once per prompt
             raw.eval()
             # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
@@ -159,7 +164,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                     ref_logprobs = response_logprobs(reference, samples, cfg.temperature)
                     old_values = critic_values(raw_critic, samples)
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
-                penalty = torch.full(finished.shape, cfg.unfinished_penalty)
+                penalty = torch.full(finished.shape, cfg.unfinished_penalty, device=finished.device)
                 if cfg.dense_reward and hasattr(reward, "token_rewards"):
                     # the reward model's score spread over the tokens that earned it (sums to the score)
                     dense = reward.token_rewards(sampled_examples, answers, samples, prompts).float()
@@ -362,7 +367,7 @@ def ptx_batch_loss(model, processor, media_store, pool: list, index: int, cfg: P
     size = size or cfg.minibatch_size
     examples = batch_at(pool, index, size, max(1, len(pool) // size), cfg.seed)
     encoded = [encode_sft_example(processor, media_store, e, 128 + cfg.max_new_tokens) for e in examples]
-    return model(**collate_sft(encoded, processor.tokenizer.pad_token_id)).loss
+    return model(**collate_sft(encoded, processor.tokenizer.pad_token_id, model_device(model))).loss
 
 
 def prompts_at(examples: list, step: int, count: int, seed: int) -> list:

@@ -15,6 +15,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RewardConfig:
     likelihood_feature: bool = field_doc(True, "Add w * mean log p(answer) under the backbone to the score.")
     seed: int = field_doc(0, "Seed of the pair order.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def open_store(location: str, run_path: Path | None = None):
@@ -69,6 +71,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     """Train and save `model/` (ScalarHeadModel); returns the summary with held-out accuracy."""
     from modalign import validate
     from modalign.config import ConfigError
+    from modalign.device import resolve_device
     from modalign.dist import processes
     from modalign.reward.model import ScalarHeadModel
     from modalign.runs import RunDir, default_run_dir
@@ -81,6 +84,7 @@ def run_reward(cfg: RewardConfig) -> dict:
                           "backbone's features are split over them")
     # validated before the run folder exists: the folder, the store's pairs, the backbone
     out = validate.check_new_run(cfg.out or default_run_dir("reward"), dist)
+    device = resolve_device(cfg.device)
     validate.check_store(cfg.store, cfg.min_votes)
     policy = validate.load_checked_policy(cfg.policy)
     run = RunDir.create(out, cfg, dist.is_main)
@@ -90,7 +94,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
     train = [p for p in encoded if not _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]
-    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature)
+    model = ScalarHeadModel(policy.model, likelihood_feature=cfg.likelihood_feature).to(device)
     if not cfg.backbone_lr:
         model.backbone.requires_grad_(False)
     console.print(f"[bold]reward[/] {len(train)} train pairs, {len(heldout)} held-out pairs -> {run.path}")

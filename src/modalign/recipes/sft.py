@@ -15,6 +15,7 @@ import torch
 
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
+from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
@@ -70,6 +71,7 @@ class SFTConfig:
                                                "train split), 'train+test' (both splits; the test answers' words get "
                                                "tokens too) or a text file path (one document per line).")
     modalities: str = field_doc("", MODALITIES_HELP)
+    device: str = field_doc("auto", DEVICE_HELP)
 
 
 def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | None = None) -> dict:
@@ -87,6 +89,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     dist = processes()
     # validated before the run folder exists: the folder, the policy, both splits and their media
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
+    device = resolve_device(cfg.device)
     if cfg.policy == "tinyvlm":
         validate.check_fusion(cfg.fusion)
     else:
@@ -101,6 +104,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
                                 "built-in model" if cfg.policy == "tinyvlm" else f"policy {cfg.policy}")
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
     checked = validate.check_fast_path(policy, train, media)  # before encoding: a fall-back changes the processor
+    policy.model.to(device)
     encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
@@ -130,7 +134,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
         while step < total_steps:
             # the global batch, then this process's rows of it
             rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed), "batch_size")
-            batch = collate_sft(rows, pad_id)
+            batch = collate_sft(rows, pad_id, model_device(policy.model))
             tick = time.time()
             # mean over this process's answer tokens, rescaled so DDP's average is the mean over all of them
             with autocast(cfg.precision, policy.model):  # forward only: backward and the step run outside

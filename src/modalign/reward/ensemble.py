@@ -21,15 +21,16 @@ from modalign.reward.train import PairFeatures, pair_features, sequence_features
 
 def bootstrap_ensemble_scores(policy_path: str, store, examples: Sequence[Example], completions: Sequence[Completion],
                               media, members: int = 5, steps: int = 1000, seed: int = 0,
-                              max_length: int = 128) -> torch.Tensor:
-    """Scores (K, N) of the N answers (`completions[i]` answers `examples[i]`) under K bootstrap heads."""
+                              max_length: int = 128, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scores (K, N) of the N answers (`completions[i]` answers `examples[i]`) under K bootstrap heads, on the
+    CPU (they choose the pairs to judge); the backbone and the heads run on `device`."""
     from modalign.models.inputs import encode_sft_example
     from modalign.models.policy import load_policy
     from modalign.recipes.reward import encode_store_pairs
 
     policy = load_policy(policy_path)
     pad = policy.processor.tokenizer.pad_token_id
-    policy.model.requires_grad_(False)
+    policy.model.requires_grad_(False).to(device)  # heads follow their backbone's device
     features = pair_features(ScalarHeadModel(policy.model), encode_store_pairs(store, policy.processor, 1, max_length),
                              pad)
     answers = [encode_sft_example(policy.processor, media, e, max_length, c.text) for e, c in zip(examples, completions)]
@@ -41,7 +42,7 @@ def bootstrap_ensemble_scores(policy_path: str, store, examples: Sequence[Exampl
         train_head_on_features(head, resample(features, rng), steps, seed=seed * 1000 + member)
         with torch.no_grad():
             scores.append(head.score_features(hidden, loglik)[:, 0])
-    return torch.stack(scores)  # (K, N)
+    return torch.stack(scores).cpu()  # (K, N)
 
 
 def resample(features: PairFeatures, rng: random.Random) -> PairFeatures:

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from modalign.device import model_device
+
 HEAD_FILE = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
 
@@ -43,6 +45,7 @@ class ScalarHeadModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("norm_mean", torch.zeros(len(self.head_names)))
         self.register_buffer("norm_std", torch.ones(len(self.head_names)))
+        self.to(model_device(backbone))  # the head on the backbone's device (a critic copied from a placed policy)
 
     def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **media: Any) -> torch.Tensor:
         """Scores for every position: (B, L, K). A critic reads its values here."""
@@ -109,7 +112,7 @@ class ScalarHeadModel(nn.Module):
                    "norm_mean": self.norm_mean.contiguous(), "norm_std": self.norm_std.contiguous()}
         if self.likelihood_weight is not None:
             tensors["likelihood_weight"] = self.likelihood_weight.detach().contiguous()
-        save_file(tensors, str(path / HEAD_FILE))
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(path / HEAD_FILE))  # from any device
         (path / HEAD_CONFIG).write_text(json.dumps({"head_names": list(self.head_names),
                                                     "likelihood_feature": self.likelihood_feature}))
         return path

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from modalign.data.records import Example
+from modalign.device import model_device, to_device
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, concat_media, encode_sft_example
 from modalign.models.shared_prefix import pack, packed_logprobs, supports_shared_prefix
 from modalign.reward.losses import bradley_terry_loss
@@ -54,12 +55,12 @@ def pair_batch(policy_model, batch: Sequence[EncodedPair], pad_token_id: int):
 
     Returns (tensors of `collate_sft`, MediaFeatures for the 2B rows).
     """
-    size = len(batch)
-    tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
-    chosen_pixels = concat_media([p.chosen.pixel_values for p in batch])
-    chosen_audio = concat_media([p.chosen.input_values for p in batch])
+    size, device = len(batch), model_device(policy_model)
+    tensors = collate_sft([p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id, device)
+    chosen_pixels = to_device(concat_media([p.chosen.pixel_values for p in batch]), device)
+    chosen_audio = to_device(concat_media([p.chosen.input_values for p in batch]), device)
     media = policy_model.encode_media(tensors["input_ids"][:size], chosen_pixels, chosen_audio)
-    return tensors, media.select_rows(torch.arange(size).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
+    return tensors, media.select_rows(torch.arange(size, device=device).repeat(2))  # rows B..2B-1 reuse rows 0..B-1
 
 
 def pair_scores(model: ScalarHeadModel, batch: Sequence[EncodedPair], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +84,10 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
     prompts = [p.chosen.input_ids[: p.chosen.prompt_length] for p in batch]
     answers = [[p.chosen.input_ids[p.chosen.prompt_length :], p.rejected.input_ids[p.rejected.prompt_length :]]
                for p in batch]
-    packed = pack(prompts, answers, pad_token_id)
-    media = model.encode_media(packed.input_ids, concat_media([p.chosen.pixel_values for p in batch]),
-                               concat_media([p.chosen.input_values for p in batch]))
+    device = model_device(model)
+    packed = to_device(pack(prompts, answers, pad_token_id), device)
+    media = model.encode_media(packed.input_ids, to_device(concat_media([p.chosen.pixel_values for p in batch]), device),
+                               to_device(concat_media([p.chosen.input_values for p in batch]), device))
     logprobs, _ = packed_logprobs(model, packed, media, sampled=False)  # (2B, A): pair 0 chosen, rejected, pair 1 ...
     sums = logprobs.sum(1).view(len(batch), 2)
     return sums[:, 0], sums[:, 1]
@@ -125,8 +127,8 @@ def train_reward_model(
     for step in range(steps):
         batch = order.sample(list(pairs), min(batch_size, len(pairs)))
         chosen, rejected = pair_scores(model, batch, pad_token_id)
-        loss = bradley_terry_loss(chosen, rejected, torch.tensor([p.margin for p in batch]),
-                                  torch.tensor([p.tie for p in batch]))
+        loss = bradley_terry_loss(chosen, rejected, torch.tensor([p.margin for p in batch], device=chosen.device),
+                                  torch.tensor([p.tie for p in batch], device=chosen.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -204,8 +206,9 @@ def pair_features(model: ScalarHeadModel, pairs: Sequence[EncodedPair], pad_toke
         hidden, loglik = both[:, :-1], both[:, -1]
     else:
         hidden, loglik = sequence_features(model.backbone, sequences, pad_token_id, batch_size)
-    return PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs], dtype=torch.float),
-                        torch.tensor([p.tie for p in pairs], dtype=torch.bool))
+    return to_device(PairFeatures(hidden, loglik, chosen, rejected, torch.tensor([p.margin for p in pairs],
+                                                                                  dtype=torch.float),
+                                  torch.tensor([p.tie for p in pairs], dtype=torch.bool)), hidden.device)
 
 
 @torch.no_grad()
@@ -220,14 +223,14 @@ def sequence_features(backbone, sequences: Sequence[EncodedExample], pad_token_i
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         chunk = [sequences[i] for i in rows]
-        tensors = collate_sft(chunk, pad_token_id)
+        tensors = collate_sft(chunk, pad_token_id, device := model_device(backbone))
         owner_of: dict[str, int] = {}
         owners = [owner_of.setdefault(e.example_id, i) for i, e in enumerate(chunk)]  # first row of each example
         firsts = sorted(set(owners))
         media = backbone.encode_media(tensors["input_ids"][firsts],
-                                      concat_media([chunk[i].pixel_values for i in firsts]),
-                                      concat_media([chunk[i].input_values for i in firsts]))
-        media = media.select_rows(torch.tensor([firsts.index(o) for o in owners]))
+                                      to_device(concat_media([chunk[i].pixel_values for i in firsts]), device),
+                                      to_device(concat_media([chunk[i].input_values for i in firsts]), device))
+        media = media.select_rows(torch.tensor([firsts.index(o) for o in owners], device=device))
         output = backbone(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
                           output_hidden_states=True, media=media)
         answer_mask = tensors["labels"] != -100

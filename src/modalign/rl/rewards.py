@@ -9,6 +9,7 @@ import torch
 
 from modalign.config import ConfigError
 from modalign.data.records import Example
+from modalign.device import model_device, to_device
 from modalign.reward.model import ScalarHeadModel
 from modalign.rl.rollout import Samples
 
@@ -35,8 +36,10 @@ class RewardModelSource:
 
     @torch.no_grad()
     def token_rewards(self, examples, answers, samples: Samples, prompts) -> torch.Tensor:
-        """The score spread over the response tokens (N, T), summing to the score (dense rewards)."""
-        backbone = self.model.backbone
+        """The score spread over the response tokens (N, T), summing to the score (dense rewards), on the
+        rollout's device (the reward model may sit on another one: its inputs are moved to it)."""
+        backbone, rollout_device = self.model.backbone, samples.sequences.device
+        samples, prompts = to_device((samples, prompts), model_device(self.model))
         repeats = samples.sequences.shape[0] // prompts["input_ids"].shape[0]
         media = backbone.encode_media(prompts["input_ids"], prompts.get("pixel_values"), prompts.get("input_values"))
         media = media.repeat_interleave(repeats, prompts["input_ids"].shape[0])
@@ -44,7 +47,7 @@ class RewardModelSource:
                                  samples.response_mask], dim=1)  # (N, P + T)
         dense = self.model.dense_scores(samples.sequences, samples.attention_mask, normalize=self.normalize,
                                         answer_mask=answer_mask, media=media)[..., 0]  # (N, P + T)
-        return dense[:, samples.prompt_length :]
+        return dense[:, samples.prompt_length :].to(rollout_device)
 
 
 class FunctionSource:
@@ -54,7 +57,7 @@ class FunctionSource:
         self.fn = fn
 
     def __call__(self, examples, answers, samples, prompts) -> torch.Tensor:
-        return torch.tensor([float(self.fn(e, a)) for e, a in zip(examples, answers)])
+        return torch.tensor([float(self.fn(e, a)) for e, a in zip(examples, answers)], device=_device_of(samples))
 
 
 class PythonSource:
@@ -75,7 +78,20 @@ class PythonSource:
         from modalign.plugins import check_scores
 
         scores = self.fn(list(examples), list(answers))
-        return torch.tensor(check_scores(self.spec, scores, len(answers), f"{len(answers)} completions"))
+        return torch.tensor(check_scores(self.spec, scores, len(answers), f"{len(answers)} completions"),
+                            device=_device_of(samples))
+
+
+def _device_of(samples: Samples | None) -> torch.device:
+    """Where a rollout's scores go: its device (`score_texts` passes no rollout: the CPU)."""
+    return samples.sequences.device if samples is not None else torch.device("cpu")
+
+
+def place_reward_models(source: RewardSource, device: torch.device) -> None:
+    """Move the reward models of `source` (a weighted sum's too) to `device`, the policy's."""
+    for part in [p for _, _, p in source.parts] if isinstance(source, CompositeSource) else [source]:
+        if isinstance(part, RewardModelSource):
+            part.model.to(device)
 
 
 # Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
@@ -270,6 +286,7 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
 
 
 def _reward_model_scores(source: "RewardModelSource", examples, answers, media, batch_size: int) -> torch.Tensor:
+    from modalign.device import model_device
     from modalign.models.inputs import collate_sft, encode_sft_example
     from modalign.models.policy import load_processor
 
@@ -281,7 +298,8 @@ def _reward_model_scores(source: "RewardModelSource", examples, answers, media, 
     scores = []
     for start in range(0, len(answers), batch_size):
         chunk = zip(examples[start : start + batch_size], answers[start : start + batch_size])
-        batch = collate_sft([encode_sft_example(source.processor, media, e, 256, a) for e, a in chunk], pad)
+        batch = collate_sft([encode_sft_example(source.processor, media, e, 256, a) for e, a in chunk], pad,
+                            model_device(source.model))
         answer_mask = batch.pop("labels") != -100
         scores.append(source.model(**batch, normalize=source.normalize, answer_mask=answer_mask)[:, 0])
-    return torch.cat(scores)
+    return torch.cat(scores).cpu()  # texts scored for a choice made on the host (best-of-N, tables)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from modalign.device import to_device
 from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix, target_logprobs
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
@@ -99,16 +100,22 @@ def response_logprobs(
 
 
 def _packed_response_logprobs(model, samples: Samples, temperature: float, with_logits: bool):
-    """`response_logprobs` with the answers of each prompt packed behind one copy of it."""
-    groups = [part for group in prompt_groups(samples) for part in _row_parts(group, samples)]
+    """`response_logprobs` with the answers of each prompt packed behind one copy of it.
+
+    Packing is bookkeeping in Python over each row's tokens: the token ids and masks come to the
+    host in one copy each (not one read per row), and the packed rows go back to the device at once."""
+    device = samples.sequences.device
+    host = Samples(samples.sequences.cpu(), samples.attention_mask.cpu(), samples.response_mask.cpu(),
+                   samples.prompt_length, samples.media)
+    groups = [part for group in prompt_groups(host) for part in _row_parts(group, host)]
     first = [group[0] for group in groups]
-    prompt_part = samples.sequences[:, : samples.prompt_length]
-    prompts = [prompt_part[row][samples.attention_mask[row, : samples.prompt_length].bool()] for row in first]
-    answers = [[samples.responses[row][samples.response_mask[row].bool()] for row in group] for group in groups]
-    packed = pack(prompts, answers, _pad_id(model))
-    media = samples.media.select_rows(torch.tensor(first)) if samples.media is not None else None
+    prompt_part = host.sequences[:, : host.prompt_length]
+    prompts = [prompt_part[row][host.attention_mask[row, : host.prompt_length].bool()] for row in first]
+    answers = [[host.responses[row][host.response_mask[row].bool()] for row in group] for group in groups]
+    packed = to_device(pack(prompts, answers, _pad_id(model)), device)  # packed on the host, moved once
+    media = samples.media.select_rows(torch.tensor(first, device=device)) if samples.media is not None else None
     logprobs, logits = packed_logprobs(model, packed, media, temperature, with_logits)  # (S, A), (S, A, V)
-    order = torch.tensor([row for group in groups for row in group])  # answer s is rollout row order[s]
+    order = torch.tensor([row for group in groups for row in group], device=device)  # answer s is rollout row order[s]
     width = samples.responses.shape[1] - logprobs.shape[1]  # answers are a prefix of each response row
     logprobs = F.pad(logprobs, (0, width))  # (N, T) in packed order
     logprobs = torch.zeros_like(logprobs).index_copy(0, order, logprobs)

@@ -89,7 +89,7 @@ def _unpack_patches(packed: torch.Tensor) -> dict[str, torch.Tensor]:
         grids.append(grid)
         rows.append(packed[position + 1 : position + 1 + count])
         position += 1 + count
-    return {"pixel_values": torch.cat(rows), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}
+    return {"pixel_values": torch.cat(rows), "image_grid_thw": torch.tensor(grids, dtype=torch.long, device=packed.device)}
 
 
 def _pack_tiles(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,14 @@ class MediaFeatures:
         return MediaFeatures(image, image_rows, audio, audio_rows)
 
     def repeat_interleave(self, times: int, batch_size: int) -> "MediaFeatures":
-        rows = torch.arange(batch_size).repeat_interleave(times)
+        rows = torch.arange(batch_size, device=self.device).repeat_interleave(times)
         return self.select_rows(rows)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the features are (the encoding model's device); the CPU when there are none."""
+        rows = self.image_rows if self.image_rows is not None else self.audio_rows
+        return rows.device if rows is not None else torch.device("cpu")
 
     def detach(self) -> "MediaFeatures":
         return MediaFeatures(
@@ -48,13 +54,9 @@ class MediaFeatures:
 def _select(items: torch.Tensor | None, item_rows: torch.Tensor | None, rows: torch.Tensor):
     if items is None or item_rows is None:
         return None, None
-    picked, new_rows = [], []
-    for new_row, old_row in enumerate(rows.tolist()):
-        index = (item_rows == old_row).nonzero(as_tuple=True)[0]
-        picked.append(index)
-        new_rows.append(torch.full_like(index, new_row))
-    order = torch.cat(picked)
-    return items[order], torch.cat(new_rows).to(item_rows.device)
+    # (R, N_items) item i belongs to new row r; nonzero lists them row by row, items in order within a row
+    new_rows, order = (item_rows[None, :] == rows.to(item_rows.device)[:, None]).nonzero(as_tuple=True)
+    return items[order], new_rows
 
 
 def place_media_tokens(
