@@ -38,7 +38,7 @@ def sharded(tmp_path_factory, sft_model, store):  # noqa: F811 (the fixture impo
 
 def one_process(run, config) -> None:
     """A recipe in this process (one process: no wrapper, no sharding), its random state left as it was."""
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # CPU only: a fake device registered by another test has no RNG
         run(config)
 
 
@@ -76,7 +76,7 @@ def test_fsdp_grpo_update_equals_one_process(tmp_path, sft_model, sharded):
     from modalign.models.policy import load_policy
 
     model, data = sft_model
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # CPU only: a fake device registered by another test has no RNG
         mp_ppo_update.main(str(model), str(data), str(tmp_path / "one.pt"), "grpo")
     start = load_policy(model).model.state_dict()
     one = torch.load(tmp_path / "one.pt")["policy"]
