@@ -30,13 +30,15 @@ class JudgedGroups:
 
     `groups[i]` are the stored answers of `examples[i]`; `verdicts[i]` its (annotator, order)
     entries, `order` indexing `groups[i]` best first. `pairwise`: a verdict is one pairwise
-    judgment (the reward judge), else a ranking judgment (the simulated panel).
+    judgment (the reward judge), else a ranking judgment (the simulated panel). `provenance[i][j]`
+    (model judges) is stored with verdict j of group i.
     """
 
     examples: list[Example]
     groups: list[list[Completion]]
     verdicts: list[list[tuple[str, tuple[int, ...]]]]
     pairwise: bool
+    provenance: list[list[dict]] | None = None
 
     @property
     def judgments(self) -> int:
@@ -85,6 +87,10 @@ def check_judge(spec: str, examples: Sequence[Example]) -> None:
         require_panel_data(examples)
     elif is_plugin(spec):
         load_callable(spec, positional=2)
+    elif spec.strip().startswith("model:"):  # a model judge (feedback.judges.model_judge): the model is there
+        from modalign.feedback.judges.model_judge import check_model_judge
+
+        check_model_judge(spec)
     elif spec != "people":
         from modalign.rl.rewards import check_reward
 
@@ -173,15 +179,17 @@ def write_feedback(store: "FeedbackStore", feedback: JudgedGroups, data_root: st
     store.add_examples(feedback.examples, root=data_root)
     ids = iter(store.add_candidates([c for group in feedback.groups for c in group]))
     judgments = []
-    for example, group, verdicts in zip(feedback.examples, feedback.groups, feedback.verdicts):
+    provenance = feedback.provenance or [[None] * len(v) for v in feedback.verdicts]
+    for example, group, verdicts, origins in zip(feedback.examples, feedback.groups, feedback.verdicts, provenance):
         group_ids = [next(ids) for _ in group]
-        for annotator, order in verdicts:
+        for (annotator, order), origin in zip(verdicts, origins):
             ranked = tuple(group_ids[i] for i in order)
             if feedback.pairwise:
-                judgments.append(PairwiseJudgment(example_id=example.id, annotator=annotator,
+                judgments.append(PairwiseJudgment(example_id=example.id, annotator=annotator, provenance=origin,
                                                   candidate_a=ranked[0], candidate_b=ranked[1], choice="a"))
             else:
-                judgments.append(RankingJudgment(example_id=example.id, annotator=annotator, ranking=ranked))
+                judgments.append(RankingJudgment(example_id=example.id, annotator=annotator, ranking=ranked,
+                                                 provenance=origin))
     store.add_judgments(judgments)
 
 

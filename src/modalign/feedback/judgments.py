@@ -1,14 +1,15 @@
 """Judgment records: what an annotator said about candidates of one example.
 
 Every judgment names its annotator, the guideline version they followed, and when.
-Candidate ids refer to candidates in the feedback store.
+Candidate ids refer to candidates in the feedback store. A judgment made by a model carries its
+`provenance` (e.g. judge model, template hash, the results of both orders; `feedback.judges`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 
 class JudgmentError(ValueError):
@@ -26,6 +27,7 @@ class Judgment:
     guideline_version: str = "v1"
     created_at: datetime = field(default_factory=_now)
     task_id: int | None = None
+    provenance: Mapping[str, Any] | None = None  # how a model judge decided (JSON); None for people and the panel
 
 
 @dataclass(frozen=True, kw_only=True)

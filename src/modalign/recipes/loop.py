@@ -59,8 +59,15 @@ class LoopConfig:
     ensemble_members: int = field_doc(5, "ensemble/top: bootstrap reward heads whose disagreement picks the pairs.")
     judge: str = field_doc("simulated", "simulated (the simulated panel; ShapesWorld data only, other data is refused "
                                         "up front), people (tasks for `annotators` in the store's queue; the round "
-                                        "waits for their judgments) or py:<module or file.py>:<fn> (your judge "
-                                        "fn(example, completions) -> scores, see docs/plugins.md).")
+                                        "waits for their judgments), py:<module or file.py>:<fn> (your judge "
+                                        "fn(example, completions) -> scores, see docs/plugins.md) or "
+                                        "model:<folder or hub id> (a model judge, docs/ai-feedback.md).")
+    judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
+                                        "(docs/ai-feedback.md).")
+    judge_disagreement: str = field_doc("tie", "model judge: a pair whose two orders disagree is a tie or dropped "
+                                               "(tie|drop); ties are not stored (they teach nothing).")
+    judge_ranking: str = field_doc("pairwise", "model judge, selection=all: rankings from pairwise judgments in both "
+                                               "orders or from per-answer ratings (pairwise|rating).")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
     overlap: int = field_doc(1, "people: annotators per task.")
     wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
@@ -102,6 +109,12 @@ def run_loop(cfg: LoopConfig) -> dict:
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     pool = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     check_judge(cfg.judge, pool)
+    if cfg.judge.startswith("model:"):
+        from modalign.feedback.judges.model_judge import check_model_judge, check_settings
+
+        check_settings("ranking", cfg.judge_disagreement, cfg.judge_ranking)
+        check_model_judge(cfg.judge, cfg.judge_template, cfg.judge_ranking,
+                          task="ranking" if cfg.selection == "all" else "pairwise")
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
     start_rounds_folder(cfg, out)
@@ -167,17 +180,31 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
     completions = generate_answers(load_checked_policy(policy), media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
     write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
+    judge = model_judge(cfg) if cfg.judge.startswith("model:") else None
+    extra = {}
     if cfg.selection == "all" and cfg.judge == SIMULATED:
         feedback, _ = judge_with_panel(prompts, completions, k, cfg.seed + r)
     elif cfg.selection == "all" and is_plugin(cfg.judge):
         feedback, _ = judge_with_function(cfg.judge, python_judge(cfg.judge), prompts, completions, k)
+    elif cfg.selection == "all" and judge is not None:
+        from modalign.feedback.judges.model_judge import judge_round
+
+        feedback, _, extra["judge_report"] = judge_round(judge, prompts, completions, k, seed=cfg.seed + r)
     else:
-        feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store)
+        feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store, judge, extra)
     # people's judgments are stored as they arrive; a killed run may have stored the others already
     if store.count_judgments() == prior_judgments and cfg.judge != "people":
         write_feedback(store, feedback, cfg.data)
     return {"round": r, "prompts": len(prompts), "judgments": store.count_judgments() - prior_judgments,
-            **panel_agreement(feedback), "seconds": round(time.time() - started, 1)}
+            **panel_agreement(feedback), **extra, "seconds": round(time.time() - started, 1)}
+
+
+def model_judge(cfg: LoopConfig):
+    """The round's model judge (`judge=model:...`, `feedback.judges.model_judge`) over the loop's data."""
+    from modalign.feedback.judges.model_judge import load_model_judge
+
+    return load_model_judge(cfg.judge, cfg.data, cfg.judge_template, cfg.judge_disagreement, cfg.judge_ranking,
+                            task="ranking" if cfg.selection == "all" else "pairwise")
 
 
 def prompt_pool(cfg: LoopConfig) -> list:
@@ -188,8 +215,9 @@ def prompt_pool(cfg: LoopConfig) -> list:
             if not cfg.task or e.meta.get("task") == cfg.task]
 
 
-def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):
-    """Pairs chosen by the selection strategy, judged by the simulated panel or by people (waits)."""
+def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store, judge=None, extra=None):
+    """Pairs chosen by the selection strategy, judged by the simulated panel, a Python or model judge (`judge`;
+    its report goes to `extra`) or by people (waits)."""
     from modalign.feedback.select import candidate_pairs, judge_pairs_with_panel, select_pairs
     from modalign.plugins import is_plugin
 
@@ -212,6 +240,12 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     chosen = select_pairs(grouped, count, strategy, cfg.seed + r)
     if cfg.judge == SIMULATED:
         return judge_pairs_with_panel(chosen, cfg.seed + r)
+    if judge is not None:
+        from modalign.feedback.judges.model_judge import judge_round
+
+        feedback, _, extra["judge_report"] = judge_round(judge, prompts, completions, cfg.samples_per_prompt,
+                                                         pairs=chosen, seed=cfg.seed + r)
+        return feedback
     if is_plugin(cfg.judge):
         from modalign.feedback.collect import judge_pairs_with_function, python_judge
 
@@ -268,8 +302,9 @@ def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:
         raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"selection {cfg.selection!r}: choose one of {', '.join(SELECTIONS)}")
-    if cfg.judge not in (SIMULATED, "people") and not is_plugin(cfg.judge):
-        raise ConfigError(f"judge {cfg.judge!r}: choose simulated, people or py:<module or file.py>:<function>")
+    if cfg.judge not in (SIMULATED, "people") and not is_plugin(cfg.judge) and not cfg.judge.startswith("model:"):
+        raise ConfigError(f"judge {cfg.judge!r}: choose simulated, people, py:<module or file.py>:<function> or "
+                          f"model:<folder or hub id>")
     if cfg.judge == "people" and world > 1:
         raise ConfigError("judge=people runs in one process: the other processes would wait for people past the "
                           "process group's timeout; launch `modalign loop` without accelerate for people")
