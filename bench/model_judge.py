@@ -1,0 +1,141 @@
+"""Issue 19's model-judge numbers on ShapesWorld: a trained SFT policy as the judge of its own sampled captions.
+
+    .venv/bin/python bench/model_judge.py [--policy DIR --data DIR] [--prompts 40] [--work DIR]
+
+Without --policy, builds a ShapesWorld dataset and trains a small SFT policy on it (the demo's
+noisy captions, a smaller world and model so that it takes minutes on 2 cores). Then samples 4
+answers per held-out caption prompt (temperature 1) and runs `modalign judge` (`recipes.judge.run_judge`)
+over them with several judge settings:
+
+    pairwise         the default pairwise template (options A / B), every pair in both orders, ties kept
+    pairwise-drop    the same, position-inconsistent pairs dropped
+    ranking-rating   rankings from the default rating template (options 1..5), one question per answer
+    rating-yes-no    a rating template in the world's own words: "<question> <answer> is that right?"
+                     with options no / yes (a 2-point rating), one question per answer
+
+and reports per setting: gold accuracy (pairs whose ShapesWorld gold utilities differ; a tie counts
+half), agreement with the simulated panel (share equal to its majority, Cohen's kappa), the share of
+position-inconsistent pairs, judge forward passes per stored judgment, and wall/CPU seconds.
+Writes bench/results/model_judge.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+YES_NO = "prompt: '{question} {answer} is that right?'\noptions: [no, 'yes']\n"
+SETTINGS = {
+    "pairwise": dict(task="pairwise"),
+    "pairwise-drop": dict(task="pairwise", judge_disagreement="drop"),
+    "ranking-rating": dict(task="ranking", judge_ranking="rating"),
+    "rating-yes-no": dict(task="ranking", judge_ranking="rating", judge_template="yes_no.yaml"),
+}
+SHOWN = ("judgments", "pairs", "gold_accuracy", "panel_agreement", "panel_kappa", "position_inconsistent_share",
+         "forwards_per_judgment", "wall_seconds", "cpu_seconds")
+
+
+def train_policy(work: Path, seed: int) -> tuple[str, str]:
+    """A small SFT policy on noisy ShapesWorld captions (the demo's recipe at a smaller size)."""
+    from modalign.recipes.sft import SFTConfig, run_sft
+
+    cfg = SFTConfig(out=str(work / "sft"), seed=seed, eval_examples=1, epochs=6.0, caption_noise=0.3)
+    cfg.shapes_train_scenes, cfg.shapes_test_scenes = 400, 60
+    cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
+    summary = run_sft(cfg)
+    return str(work / "sft" / "model"), summary["data"]
+
+
+def sample_captions(policy: str, data: str, prompts: int, path: Path, seed: int) -> int:
+    """4 answers per held-out caption prompt, as `{example_id, text}` rows; returns the number of prompts."""
+    from modalign.eval.generation import generate_answers, media_store
+    from modalign.eval.generation import select_examples
+    from modalign.validate import load_checked_policy
+
+    loaded = load_checked_policy(policy)
+    examples = select_examples(data, "test", "caption", prompts)
+    answers = generate_answers(loaded, media_store(loaded, data), examples, max_new_tokens=40, temperature=1.0,
+                               seed=seed, samples_per_example=4)
+    path.write_text("".join(json.dumps(a.to_dict()) + "\n" for a in answers))
+    return len(examples)
+
+
+def judge_once(name: str, policy: str, data: str, samples: Path, work: Path, seed: int) -> dict:
+    from modalign.recipes.judge import JudgeConfig, run_judge
+
+    fields = dict(SETTINGS[name])
+    if fields.get("judge_template"):
+        fields["judge_template"] = str(work / fields["judge_template"])
+    wall, cpu = time.time(), time.process_time()
+    summary = run_judge(JudgeConfig(out=str(work / f"judge-{name}"), judge=f"model:{policy}", samples=str(samples),
+                                    data=data, seed=seed, **fields))
+    return {**summary["judge_report"], "examples": summary["examples"],
+            "wall_seconds": round(time.time() - wall, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def write_results(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "model_judge.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Model judges on ShapesWorld (bench/model_judge.py)", "",
+             f"Judge: {results['judge']} (also the policy whose answers are judged). "
+             f"{results['prompts']} held-out caption prompts x 4 sampled answers (temperature 1); "
+             f"an example's distinct answers are judged together. torch threads: {results['threads']}.", "",
+             "| setting | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+    for name, report in results["settings"].items():
+        cells = [report.get(key) for key in SHOWN]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                                 for v in cells) + " |")
+    lines += ["", "Reference: the simulated panel's own raters on these pairs: " + results["panel_note"], ""]
+    (RESULTS / "model_judge.md").write_text("\n".join(lines) + "\n")
+
+
+def panel_reference(samples: Path, data: str, seed: int) -> str:
+    """How the simulated panel's majority does against gold on the same kind of pairs (context for the judge)."""
+    from modalign.feedback.agreement import majority_vote
+    from modalign.feedback.judges.report import gold_labels, pair_label, panel_labels
+    from modalign.recipes.judge import dataset_examples, read_answers
+
+    groups = read_answers(str(samples))
+    examples = dataset_examples(data, "test", groups)
+    keys = {pair_label(i, a.text, b.text)[0] for i, answers in groups.items()
+            for n, a in enumerate(answers) for b in answers[n + 1:]}
+    gold, panel = gold_labels(keys, examples), panel_labels(keys, examples, seed)
+    decided = [k for k in keys if gold[k] in ("a", "b")]
+    right = sum(majority_vote(list(panel[k].values())) == gold[k] for k in decided)
+    return f"majority right on {right} of {len(decided)} gold-decided pairs ({right / max(1, len(decided)):.3f})."
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--policy", default="")
+    parser.add_argument("--data", default="")
+    parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work or tempfile.mkdtemp(prefix="model_judge_"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "yes_no.yaml").write_text(YES_NO)
+    policy, data = (args.policy, args.data) if args.policy else train_policy(work, args.seed)
+    samples = work / "samples.jsonl"
+    prompts = sample_captions(policy, data, args.prompts, samples, args.seed)
+    results = {"judge": "SFT policy (bench/model_judge.py train_policy)" if not args.policy else args.policy,
+               "prompts": prompts, "threads": args.threads, "settings": {},
+               "panel_note": panel_reference(samples, data, args.seed)}
+    for name in SETTINGS:
+        results["settings"][name] = judge_once(name, policy, data, samples, work, args.seed)
+        write_results(results)
+    print((RESULTS / "model_judge.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
