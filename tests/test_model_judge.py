@@ -220,3 +220,20 @@ def test_iterative_dpo_with_a_model_judge_stores_its_rankings(sft_model, tmp_pat
         best, worst = (store.get_candidate(i).text for i in judgment.ranking)
         score = {s["text"]: s["score"] for s in samples if s["example_id"] == judgment.example_id}
         assert score[best] > score[worst]
+
+
+def test_loop_round_with_a_model_judge_on_selected_pairs(sft_model, tmp_path):
+    from modalign.recipes.loop import LoopConfig, collect_round_feedback
+
+    model, data = sft_model
+    cfg = LoopConfig(out=str(tmp_path / "loop"), policy=str(model), data=str(data), task="caption",
+                     prompts_per_round=4, samples_per_prompt=2, selection="random", pairs_per_round=3,
+                     max_new_tokens=10, judge=f"model:{model}", judge_disagreement="drop")
+    store = FeedbackStore.sqlite(tmp_path / "loop" / "feedback.db")
+    stats = collect_round_feedback(cfg, 1, str(model), store, 0)
+    report = stats["judge_report"]
+    assert report["task"] == "pairwise" and report["questions"] == 2 * report["pairs"] <= 6
+    # ties and drops are not stored: what is stored is every pair whose two orders agreed on a winner
+    stored = store.judgments()
+    assert len(stored) == stats["judgments"] == report["judgments"] <= report["pairs"] - report["position_inconsistent"]
+    assert all(isinstance(j, PairwiseJudgment) and j.provenance["consistent"] for j in stored)
