@@ -95,7 +95,7 @@ class Verdict:
 
 def check_settings(task: str, disagreement: str, ranking_from: str, key: str = "judge") -> None:
     if task not in TASKS:
-        raise ConfigError(f"{key}_task={task!r}: choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"task={task!r}: choose one of {', '.join(TASKS)}")
     if disagreement not in DISAGREEMENTS:
         raise ConfigError(f"{key}_disagreement={disagreement!r}: choose tie or drop")
     if ranking_from not in RANKING_FROM:
