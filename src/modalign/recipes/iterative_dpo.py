@@ -63,7 +63,9 @@ class IterativeDPOConfig:
                                       "py:<module or file.py>:<fn> (your judge fn(example, completions) -> scores; "
                                       "its ranking of each prompt's answers is stored, see docs/plugins.md), or a "
                                       "reward: rule:<name>, a reward-model folder or a weighted sum (a py: reward: "
-                                      "1*py:...); its best and worst distinct answer per prompt become one pair.")
+                                      "1*py:...); its best and worst distinct answer per prompt become one pair; or "
+                                      "claims:<model folder or self> (claim-level verification, self: the round's "
+                                      "policy; every pair of distinct answers judged, docs/ai-feedback.md).")
     temperature: float = field_doc(1.0, "Sampling temperature of the answers judged.")
     max_new_tokens: int = field_doc(40, "Longest answer, sampled for feedback and in evaluation.")
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")
@@ -158,8 +160,12 @@ def judge_from(spec: str) -> "RewardSource | Callable | None":
     from modalign.plugins import PluginError, is_plugin
     from modalign.rl.rewards import reward_source_from
 
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, is_claims
+
     if spec == SIMULATED:
         return None
+    if is_claims(spec):
+        return ClaimJudgeSpec.parse(spec)  # the judge is built each round (claims:self judges with the round's policy)
     if is_plugin(spec):
         try:
             return python_judge(spec)
@@ -192,6 +198,8 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     """
     from modalign.eval.generation import generate_answers
     from modalign.feedback.collect import judge_with_function, judge_with_panel, judge_with_reward, write_feedback
+    from modalign.feedback.judges.cache import ClaimCache
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, claim_judge, judge_with_claims
     from modalign.feedback.store import FeedbackStore
     from modalign.models.inputs import MediaStore
     from modalign.plugins import is_plugin
@@ -206,10 +214,15 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     for suffix in ("", "-wal", "-shm"):  # a killed run's partial store: build it again
         Path(f"{folder / 'feedback.db'}{suffix}").unlink(missing_ok=True)
     media, k = MediaStore(cfg.data), cfg.samples_per_prompt
-    completions = generate_answers(load_checked_policy(policy_path), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    sampler = load_checked_policy(policy_path)
+    completions = generate_answers(sampler, media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    elif isinstance(judge, ClaimJudgeSpec):
+        claims = claim_judge(cfg.judge, prompts, media, sampler, policy_path,
+                             ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+        feedback, scores = judge_with_claims(claims, prompts, completions, k)
     elif is_plugin(cfg.judge):
         feedback, scores = judge_with_function(cfg.judge, judge, prompts, completions, k)
     else:
