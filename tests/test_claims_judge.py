@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -189,3 +190,46 @@ def test_scores_pairs_and_ties_follow_the_verified_and_refuted_claims(shapes, tm
                         "expected": "blue", "answer": "red", "p_expected": round(math.exp(-5) / (1 + 3 * math.exp(-5)), 4),
                         "verified": False}]
     del policy.model.forward
+
+
+def test_iterative_dpo_with_claims_self_stores_the_policys_own_verdicts(tmp_path, sft_model):
+    from modalign.recipes.iterative_dpo import IterativeDPOConfig, run_iterative_dpo
+
+    model, data = sft_model
+    out = tmp_path / "run"
+    summary = run_iterative_dpo(IterativeDPOConfig(
+        out=str(out), policy=str(model), data=str(data), task="caption", rounds=1, prompts_per_round=6,
+        samples_per_prompt=3, batch_size=2, max_new_tokens=16, eval_examples=1,
+        judge="claims:self?splitter=sentences"))  # the tiny SFT's answers are not yet ShapesWorld's grammar
+    judgments = FeedbackStore.sqlite(out / "feedback.db").judgments()
+    assert summary["judgments"] == len(judgments) > 0
+    assert {j.annotator for j in judgments} == {f"claims:{model}"}  # round 1's policy: the SFT one
+    for judgment in judgments:
+        answers = judgment.provenance["answers"]
+        scores = [answer["score"] for answer in answers]
+        assert judgment.choice == ("tie" if scores[0] == scores[1] else "a") and scores[0] >= scores[1]
+        for answer in answers:
+            assert answer["score"] == answer["verified"] - 2 * answer["refuted"]
+            assert all(c["question"] == "" and c["expected"] == "yes" for c in answer["claims"])  # the template's
+    asked = (out / "claims-cache.jsonl").read_text().splitlines()
+    assert len(asked) == len({json.loads(line)["key"] for line in asked}) > 0  # each question asked once
+
+
+def test_a_judge_reward_scores_answers_by_their_claims_and_reuses_its_cache(shapes):
+    from modalign.rl.rewards import ClaimJudgeSource, bind_judges, reward_source_from
+
+    root, examples, policy = shapes
+    source = reward_source_from("0.5*judge:claims:self + 1*rule:format")
+    bind_judges(source, policy, MediaStore(root))
+    example = next(e for e in examples if e.meta["task"] == "caption")
+    answers = ["a large red circle on the left.", "a small blue square on the right. two low beeps."]
+    rewards = source([example, example], answers, None, None)
+    claims = source.parts[0][2]
+    assert isinstance(claims, ClaimJudgeSource) and claims.judge.name.endswith("@start")  # a frozen copy judges
+    expected = ClaimJudge(policy, MediaStore(root), "shapes", "check").scores([example, example], answers)
+    torch.testing.assert_close(rewards, 0.5 * torch.tensor(expected) + 1.0)
+    asked = claims.judge.cache.asked
+    source([example], answers[:1], None, None)
+    assert claims.judge.cache.asked == asked  # scored from the cache
+    with pytest.raises(ConfigError, match="judge:claims"):
+        reward_source_from("judge:model:x")

@@ -228,7 +228,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     else:
         feedback, scores = judge_with_reward(judge, cfg.judge, prompts, completions, k, media)
     write_scored_samples(folder / "samples.jsonl", completions, scores)
-    if not feedback.examples:
+    if not feedback.examples or (feedback.ties and all(feedback.ties)):  # a tie teaches DPO nothing
         raise ConfigError(f"round {r}: judge {cfg.judge!r} decided no pair among {len(prompts)} prompts x {k} "
                           f"answers (all identical or tied, see {folder / 'samples.jsonl'}); raise "
                           f"samples_per_prompt or prompts_per_round")

@@ -268,10 +268,11 @@ def _pair_judgments(judge: ClaimJudge, pairs) -> "JudgedGroups":
 
     annotator = f"claims:{judge.name}"[:200]
     examples, groups, verdicts, ties, provenance = [], [], [], [], []
-    for example, (a, verified_a), (b, verified_b) in pairs:
+    for example, first, second in pairs:
+        (a, verified_a), (b, verified_b) = (first, second) if first[1].score >= second[1].score else (second, first)
         examples.append(example)
-        groups.append([a, b])
-        verdicts.append([(annotator, (0, 1) if verified_a.score >= verified_b.score else (1, 0))])
+        groups.append([a, b])  # the winner first, so the provenance's answers are candidate_a's, candidate_b's
+        verdicts.append([(annotator, (0, 1))])
         ties.append(verified_a.score == verified_b.score)
         provenance.append(judge.provenance([verified_a, verified_b]))
     return JudgedGroups(examples, groups, verdicts, pairwise=True, ties=ties, provenance=provenance)
