@@ -233,7 +233,7 @@ def test_loop_round_with_a_model_judge_on_selected_pairs(sft_model, tmp_path):
     stats = collect_round_feedback(cfg, 1, str(model), store, 0)
     report = stats["judge_report"]
     assert report["task"] == "pairwise" and report["questions"] == 2 * report["pairs"] <= 6
-    # ties and drops are not stored: what is stored is every pair whose two orders agreed on a winner
+    # dropped pairs are not stored: what is stored is every pair whose two orders agreed
     stored = store.judgments()
-    assert len(stored) == stats["judgments"] == report["judgments"] <= report["pairs"] - report["position_inconsistent"]
+    assert len(stored) == stats["judgments"] == report["judgments"] == report["pairs"] - report["position_inconsistent"]
     assert all(isinstance(j, PairwiseJudgment) and j.provenance["consistent"] for j in stored)

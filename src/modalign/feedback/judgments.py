@@ -1,8 +1,7 @@
 """Judgment records: what an annotator said about candidates of one example.
 
 Every judgment names its annotator, the guideline version they followed, and when.
-Candidate ids refer to candidates in the feedback store. A judgment made by a model carries its
-`provenance` (e.g. judge model, template hash, the results of both orders; `feedback.judges`).
+Candidate ids refer to candidates in the feedback store.
 """
 
 from __future__ import annotations
@@ -22,12 +21,14 @@ def _now() -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Judgment:
+    """`provenance`: how a machine judge made it (judge model, template hash, per-claim results); {} for people."""
+
     example_id: str
     annotator: str
     guideline_version: str = "v1"
     created_at: datetime = field(default_factory=_now)
     task_id: int | None = None
-    provenance: Mapping[str, Any] | None = None  # how a model judge decided (JSON); None for people and the panel
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

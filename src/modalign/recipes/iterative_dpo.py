@@ -63,8 +63,10 @@ class IterativeDPOConfig:
                                       "py:<module or file.py>:<fn> (your judge fn(example, completions) -> scores; "
                                       "its ranking of each prompt's answers is stored, see docs/plugins.md), or a "
                                       "reward: rule:<name>, a reward-model folder or a weighted sum (a py: reward: "
-                                      "1*py:...); its best and worst distinct answer per prompt become one pair; "
-                                      "or model:<folder or hub id>, a model judge ranking each prompt's answers "
+                                      "1*py:...); its best and worst distinct answer per prompt become one pair; or "
+                                      "claims:<model folder or self> (claim-level verification, self: the round's "
+                                      "policy; every pair of distinct answers judged, docs/ai-feedback.md); or "
+                                      "model:<folder or hub id>, a model judge ranking each prompt's answers "
                                       "(docs/ai-feedback.md).")
     judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
                                         "(docs/ai-feedback.md).")
@@ -168,8 +170,12 @@ def judge_from(spec: str) -> "RewardSource | Callable | None":
     from modalign.plugins import PluginError, is_plugin
     from modalign.rl.rewards import reward_source_from
 
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, is_claims
+
     if spec == SIMULATED:
         return None
+    if is_claims(spec):
+        return ClaimJudgeSpec.parse(spec)  # the judge is built each round (claims:self judges with the round's policy)
     if is_plugin(spec):
         try:
             return python_judge(spec)
@@ -202,6 +208,8 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     """
     from modalign.eval.generation import generate_answers
     from modalign.feedback.collect import judge_with_function, judge_with_panel, judge_with_reward, write_feedback
+    from modalign.feedback.judges.cache import ClaimCache
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, claim_judge, judge_with_claims
     from modalign.feedback.judges.model_judge import is_model_judge, judge_round
     from modalign.feedback.store import FeedbackStore
     from modalign.models.inputs import MediaStore
@@ -217,11 +225,16 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     for suffix in ("", "-wal", "-shm"):  # a killed run's partial store: build it again
         Path(f"{folder / 'feedback.db'}{suffix}").unlink(missing_ok=True)
     media, k = MediaStore(cfg.data), cfg.samples_per_prompt
-    completions = generate_answers(load_checked_policy(policy_path), media, prompts, max_new_tokens=cfg.max_new_tokens,
+    sampler = load_checked_policy(policy_path)
+    completions = generate_answers(sampler, media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
     judge_report = None
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    elif isinstance(judge, ClaimJudgeSpec):
+        claims = claim_judge(cfg.judge, prompts, media, sampler, policy_path,
+                             ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+        feedback, scores = judge_with_claims(claims, prompts, completions, k)
     elif is_plugin(cfg.judge):
         feedback, scores = judge_with_function(cfg.judge, judge, prompts, completions, k)
     elif is_model_judge(cfg.judge):
@@ -229,7 +242,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     else:
         feedback, scores = judge_with_reward(judge, cfg.judge, prompts, completions, k, media)
     write_scored_samples(folder / "samples.jsonl", completions, scores)
-    if not feedback.examples:
+    if not feedback.examples or (feedback.ties and all(feedback.ties)):  # a tie teaches DPO nothing
         raise ConfigError(f"round {r}: judge {cfg.judge!r} decided no pair among {len(prompts)} prompts x {k} "
                           f"answers (all identical or tied, see {folder / 'samples.jsonl'}); raise "
                           f"samples_per_prompt or prompts_per_round")

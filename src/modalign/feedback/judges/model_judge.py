@@ -213,25 +213,25 @@ def judge_with_model(judge: ModelJudge, prompts: Sequence[Example], completions:
             examples.append(example)
             groups.append(distinct)
             verdicts.append([(judge.name, found[0].candidates)])
-            provenance.append([found[0].provenance])
+            provenance.append(found[0].provenance)
     return JudgedGroups(examples, groups, verdicts, pairwise=False, provenance=provenance), scores
 
 
 def judge_pairs_with_model(judge: ModelJudge, pairs) -> "JudgedGroups":
-    """Each selected pair (`feedback.select.CandidatePair`) judged in both orders; pairs that end in a tie or
-    are dropped are left out (as `feedback.queue.judged_tasks` leaves out people's ties), and counted in
-    the judge's `counts`."""
+    """Each selected pair (`feedback.select.CandidatePair`) judged in both orders: a winner, a tie (stored as a
+    tie: the reward model's loss takes ties, DPO leaves them out), or nothing when dropped."""
     from modalign.feedback.collect import JudgedGroups
 
-    examples, groups, verdicts, provenance = [], [], [], []
+    examples, groups, verdicts, ties, provenance = [], [], [], [], []
     for pair in pairs:
         found, _ = judge_group(judge, pair.example, [pair.a.text, pair.b.text], "pairwise")
-        if found and found[0].choice in ("a", "b"):
+        if found:
             examples.append(pair.example)
             groups.append([pair.a, pair.b])
-            verdicts.append([(judge.name, (0, 1) if found[0].choice == "a" else (1, 0))])
-            provenance.append([found[0].provenance])
-    return JudgedGroups(examples, groups, verdicts, pairwise=True, provenance=provenance)
+            verdicts.append([(judge.name, (1, 0) if found[0].choice == "b" else (0, 1))])
+            ties.append(found[0].choice == "tie")
+            provenance.append(found[0].provenance)
+    return JudgedGroups(examples, groups, verdicts, pairwise=True, ties=ties, provenance=provenance)
 
 
 def judge_round(judge: ModelJudge, prompts: Sequence[Example], completions: Sequence[Completion], k: int,

@@ -59,10 +59,11 @@ def labels_from_verdicts(example_id: str, texts: Sequence[str], verdicts: Sequen
 def labels_from_groups(feedback) -> dict[PairKey, dict[str, str]]:
     """key -> {annotator: label} of `feedback.collect.JudgedGroups` (rankings as their pairs)."""
     labels: dict[PairKey, dict[str, str]] = defaultdict(dict)
-    for example, group, verdicts in zip(feedback.examples, feedback.groups, feedback.verdicts):
+    for g, (example, group, verdicts) in enumerate(zip(feedback.examples, feedback.groups, feedback.verdicts)):
+        tie = bool(feedback.ties and feedback.ties[g])
         for annotator, order in verdicts:
             for i, j in combinations(range(len(order)), 2):
-                key, label = pair_label(example.id, group[order[i]].text, group[order[j]].text)
+                key, label = pair_label(example.id, group[order[i]].text, group[order[j]].text, tie)
                 labels[key][annotator] = label
     return dict(labels)
 
