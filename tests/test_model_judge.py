@@ -63,7 +63,7 @@ def test_both_orders_are_asked_and_a_disagreement_is_a_tie_or_dropped():
     assert [(v.candidates, v.choice) for v in verdicts] == [((0, 1), "tie")]
     assert verdicts[0].provenance["consistent"] is False
     assert [o["winner"] for o in verdicts[0].provenance["orders"]] == ["x", "y"]
-    assert judge.counts == {"questions": 2, "forwards": 2, "pairs": 1, "position_inconsistent": 1}
+    assert judge.counts == {"questions": 2, "forwards": 2, "both_orders": 1, "position_inconsistent": 1}
 
     dropping = fake_judge(first_shown, disagreement="drop")
     assert judge_group(dropping, EXAMPLE, ["a red circle", "a blue square"], "pairwise")[0] == []
@@ -232,8 +232,8 @@ def test_loop_round_with_a_model_judge_on_selected_pairs(sft_model, tmp_path):
     store = FeedbackStore.sqlite(tmp_path / "loop" / "feedback.db")
     stats = collect_round_feedback(cfg, 1, str(model), store, 0)
     report = stats["judge_report"]
-    assert report["task"] == "pairwise" and report["questions"] == 2 * report["pairs"] <= 6
+    assert report["task"] == "pairwise" and report["questions"] == 2 * report["both_orders"] <= 6
     # dropped pairs are not stored: what is stored is every pair whose two orders agreed
     stored = store.judgments()
-    assert len(stored) == stats["judgments"] == report["judgments"] == report["pairs"] - report["position_inconsistent"]
+    assert len(stored) == stats["judgments"] == report["judgments"] == report["both_orders"] - report["position_inconsistent"]
     assert all(isinstance(j, PairwiseJudgment) and j.provenance["consistent"] for j in stored)

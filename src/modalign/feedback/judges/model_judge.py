@@ -57,7 +57,7 @@ class ModelJudge:
     disagreement: str = "tie"
     ranking_from: str = "pairwise"
     packed: bool = True  # options packed behind one prompt: one forward per question
-    counts: dict = field(default_factory=lambda: {"questions": 0, "forwards": 0, "pairs": 0,
+    counts: dict = field(default_factory=lambda: {"questions": 0, "forwards": 0, "both_orders": 0,
                                                   "position_inconsistent": 0})
 
     def scores(self, template: JudgeTemplate, example: Example, fields: Sequence[dict]) -> torch.Tensor:
@@ -72,7 +72,7 @@ class ModelJudge:
         self.counts = {key: 0 for key in self.counts}
 
     def count_pairs(self, results: Sequence[PairResult]) -> None:
-        self.counts["pairs"] += len(results)
+        self.counts["both_orders"] += len(results)  # pairs asked in both orders
         self.counts["position_inconsistent"] += sum(not r.consistent for r in results)
 
     def provenance(self, task: str, template: JudgeTemplate, **details) -> dict:
@@ -255,5 +255,5 @@ def usage(judge: ModelJudge, judgments: int) -> dict:
     counts = judge.counts
     return {**counts, "judgments": judgments,
             "forwards_per_judgment": counts["forwards"] / judgments if judgments else math.nan,
-            "position_inconsistent_share": (counts["position_inconsistent"] / counts["pairs"]
-                                            if counts["pairs"] else math.nan)}
+            "position_inconsistent_share": (counts["position_inconsistent"] / counts["both_orders"]
+                                            if counts["both_orders"] else math.nan)}

@@ -11,7 +11,8 @@ stored as different candidates (another run, another store) meet; label "a" mean
 - agreement with the simulated panel (ShapesWorld) and with people (the store's annotator accounts):
   the share of pairs where the judge equals their majority, Cohen's kappa against that majority, and
   Krippendorff's alpha of the judge with them and of them alone (`feedback.agreement`).
-- position-inconsistent share: pairs whose two orders disagreed, of all pairs judged in both orders.
+- position-inconsistent share: pairs whose two orders disagreed, of all pairs judged in both orders
+  (`both_orders`; `pairs` is the number of answer pairs the judge's verdicts decide, compared above).
 - cost: judge forward passes per stored judgment (`model_judge.usage`).
 """
 
