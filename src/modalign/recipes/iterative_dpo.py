@@ -2,8 +2,8 @@
 
 Round r: its prompts (a seeded slice of the split, disjoint from the other rounds') -> answers
 sampled from the policy of round r-1 (round 1: the SFT policy) -> a judge (the simulated
-annotator panel on ShapesWorld, your Python judge `py:...` ranking each prompt's answers, or a
-reward whose best and worst distinct answer per prompt make one pair)
+annotator panel on ShapesWorld, your Python judge `py:...` or a model judge `model:...` ranking each
+prompt's answers, or a reward whose best and worst distinct answer per prompt make one pair)
 -> the feedback stores -> `run_dpo` from that policy on that round's pairs only -> the policy
 of round r+1.
 

@@ -3,7 +3,8 @@
 Round r: answers sampled from the current policy (round 1: the start policy, usually SFT) ->
 the pairs or groups sent for feedback (all, random, or those the reward model is least sure
 of) -> judged by the simulated panel (ShapesWorld), by your Python judge (`judge=py:...`,
-docs/plugins.md), or by people through `modalign annotate` (tasks pushed to the store's
+docs/plugins.md), by a model judge (`judge=model:...`, docs/ai-feedback.md), or by people through
+`modalign annotate` (tasks pushed to the store's
 queue, the round waits for their judgments) -> a reward model trained again on every
 judgment so far -> the RL method from the current policy against it, KL to the start policy ->
 gold evaluation -> round r+1.
