@@ -35,6 +35,8 @@ SETTINGS = {
     "pairwise-drop": dict(task="pairwise", judge_disagreement="drop"),
     "ranking-rating": dict(task="ranking", judge_ranking="rating"),
     "rating-yes-no": dict(task="ranking", judge_ranking="rating", judge_template="yes_no.yaml"),
+    "trained-pairwise": dict(task="pairwise", judge="trained"),
+    "trained-pairwise-drop": dict(task="pairwise", judge="trained", judge_disagreement="drop"),
 }
 SHOWN = ("judgments", "pairs", "gold_accuracy", "panel_agreement", "panel_kappa", "position_inconsistent_share",
          "forwards_per_judgment", "wall_seconds", "cpu_seconds")
@@ -47,8 +49,46 @@ def train_policy(work: Path, seed: int) -> tuple[str, str]:
     cfg = SFTConfig(out=str(work / "sft"), seed=seed, eval_examples=1, epochs=6.0, caption_noise=0.3)
     cfg.shapes_train_scenes, cfg.shapes_test_scenes = 400, 60
     cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
-    summary = run_sft(cfg)
-    return str(work / "sft" / "model"), summary["data"]
+    run_sft(cfg)
+    return str(work / "sft" / "model"), str(work / "sft" / "data")
+
+
+def judge_examples(data: str, scenes: int, variants: int, seed: int) -> list:
+    """A judge's own training data (LLaVA-Critic style, from the train split's ground truth): for each caption
+    scene, the true caption against `variants` captions with exactly one hallucination each (`noisy_caption`),
+    in the default pairwise template, in both orders, the better one's letter as the answer."""
+    import random
+
+    from modalign.data.records import Example, assistant_turn, user_turn
+    from modalign.data.shapes.language import caption, noisy_caption
+    from modalign.data.shapes.world import Scene
+    from modalign.eval.generation import select_examples
+    from modalign.feedback.judges.templates import DEFAULTS
+
+    rng, template, rows = random.Random(seed), DEFAULTS["pairwise"], []
+    for example in select_examples(data, "train", "caption", scenes):
+        scene = Scene.from_dict(example.meta["scene"])
+        true = caption(scene)
+        for variant in range(variants):
+            wrong = noisy_caption(scene, rng)[0]
+            for first, second, letter in ((true, wrong, "A"), (wrong, true, "B")):
+                prompt = template.render(question=example.prompt_text, answer_a=first, answer_b=second)
+                turn = user_turn(prompt, len(example.media_of("image")), len(example.media_of("audio")))
+                rows.append(Example(f"{example.id}-judge-{variant}-{letter}", (turn, assistant_turn(letter)),
+                                    example.media, {"task": "judge"}))
+    return rows
+
+
+def train_judge(policy: str, data: str, work: Path, scenes: int, variants: int, epochs: float, seed: int) -> str:
+    """The SFT policy fine-tuned on `judge_examples` (gold-labelled pairs of train captions; the judged answers are
+    on held-out prompts): a judge that was taught the pairwise format."""
+    from modalign.data.dataset import write_examples
+    from modalign.recipes.sft import SFTConfig, run_sft
+
+    write_examples(data, "judge_train", judge_examples(data, scenes, variants, seed))
+    run_sft(SFTConfig(out=str(work / "judge-sft"), data=data, train_split="judge_train", policy=policy, epochs=epochs,
+                      max_length=384, warmup_steps=50, lr=1e-3, eval_examples=1, seed=seed))
+    return str(work / "judge-sft" / "model")
 
 
 def sample_captions(policy: str, data: str, prompts: int, path: Path, seed: int) -> int:
@@ -68,7 +108,8 @@ def sample_captions(policy: str, data: str, prompts: int, path: Path, seed: int)
 def judge_once(name: str, policy: str, data: str, samples: Path, work: Path, seed: int) -> dict:
     from modalign.recipes.judge import JudgeConfig, run_judge
 
-    fields = dict(SETTINGS[name])
+    fields = {key: value for key, value in SETTINGS[name].items() if key != "judge"}
+    policy = str(work / "judge-sft" / "model") if SETTINGS[name].get("judge") == "trained" else policy
     if fields.get("judge_template"):
         fields["judge_template"] = str(work / fields["judge_template"])
     wall, cpu = time.time(), time.process_time()
@@ -120,6 +161,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="")
+    parser.add_argument("--judge-scenes", type=int, default=400, help="train scenes the trained judge learns from")
+    parser.add_argument("--judge-variants", type=int, default=3, help="hallucinated captions per scene")
+    parser.add_argument("--judge-epochs", type=float, default=8.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="model_judge_"))
@@ -128,9 +172,13 @@ def main() -> None:
     policy, data = (args.policy, args.data) if args.policy else train_policy(work, args.seed)
     samples = work / "samples.jsonl"
     prompts = sample_captions(policy, data, args.prompts, samples, args.seed)
-    results = {"judge": "SFT policy (bench/model_judge.py train_policy)" if not args.policy else args.policy,
+    results = {"judge": args.policy or "a small SFT policy (train_policy: 400 scenes, 6 epochs, hidden 64, 2 layers)",
                "prompts": prompts, "threads": args.threads, "settings": {},
                "panel_note": panel_reference(samples, data, args.seed)}
+    started = time.process_time()
+    train_judge(policy, data, work, args.judge_scenes, args.judge_variants, args.judge_epochs, args.seed)
+    results["trained_judge"] = {"scenes": args.judge_scenes, "examples": 2 * args.judge_scenes * args.judge_variants,
+                                "epochs": args.judge_epochs, "cpu_seconds": round(time.process_time() - started, 1)}
     for name in SETTINGS:
         results["settings"][name] = judge_once(name, policy, data, samples, work, args.seed)
         write_results(results)

@@ -4,10 +4,9 @@ Round r: answers sampled from the current policy (round 1: the start policy, usu
 the pairs or groups sent for feedback (all, random, or those the reward model is least sure
 of) -> judged by the simulated panel (ShapesWorld), by your Python judge (`judge=py:...`,
 docs/plugins.md), by a model judge (`judge=model:...`, docs/ai-feedback.md), or by people through
-`modalign annotate` (tasks pushed to the store's
-queue, the round waits for their judgments) -> a reward model trained again on every
-judgment so far -> the RL method from the current policy against it, KL to the start policy ->
-gold evaluation -> round r+1.
+`modalign annotate` (tasks pushed to the store's queue, the round waits for their judgments) ->
+a reward model trained again on every judgment so far -> the RL method from the current policy
+against it, KL to the start policy -> gold evaluation -> round r+1.
 
 Bai et al. 2022, "Training a Helpful and Harmless Assistant with RLHF", sec. 4.5 (iterated
 online RLHF: preference models retrained on the current policy's samples each round); Touvron
