@@ -94,6 +94,7 @@ class Verdict:
 
 
 def check_settings(task: str, disagreement: str, ranking_from: str, key: str = "judge") -> None:
+    """The task, disagreement rule and ranking source are ones the judge has; else a ConfigError naming the field."""
     if task not in TASKS:
         raise ConfigError(f"task={task!r}: choose one of {', '.join(TASKS)}")
     if disagreement not in DISAGREEMENTS:
