@@ -252,3 +252,15 @@ def test_a_loop_round_with_claims_self_judges_and_trains_on_the_verdicts(tmp_pat
     feedback = json.loads((out / "round-1" / "feedback.json").read_text())
     assert feedback["claims_asked"] == len((out / "claims-cache.jsonl").read_text().splitlines()) > 0
     assert (out / "round-1" / "rl" / "summary.json").is_file()
+
+
+def test_the_model_splitter_keeps_only_claims_made_of_the_answers_words(shapes):
+    from modalign.feedback.judges.splitters import ModelSplitter
+
+    root, examples, policy = shapes
+    splitter = ModelSplitter(policy, max_new_tokens=12)
+    answer = "a red circle on the left and two beeps."
+    claims = splitter(examples[0], answer)
+    assert splitter.generations == 1 and claims
+    words = set(answer.rstrip(".").split())
+    assert all(set(claim.lower().split()) <= words for claim in claims)  # an untrained judge: the fallback
