@@ -1,6 +1,7 @@
 """Issue 19's experiment: self-alignment by claim verification (RLAIF-V style) vs the simulated panel.
 
     PYTHONPATH=src .venv/bin/python bench/ai_feedback.py --sft runs/sft [--seeds 0,1,2] [--work DIR]
+    (or one process per seed, --seeds 1 --out /tmp/s1 ..., then --merge /tmp/s0.json,/tmp/s1.json,...)
 
 From one SFT policy (`--sft`: an SFT run folder with model/ and data/, ShapesWorld), per seed:
 
@@ -47,7 +48,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "ai_feedback"))
+    parser.add_argument("--merge", default="", help="comma-separated result .json files (one per seed, run in "
+                                                    "parallel) to combine into --out; nothing is run")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(path).read_text()) for path in args.merge.split(",")]
+        merged = {"settings": {**parts[0]["settings"], "seeds": ",".join(s for p in parts for s in p["seeds"])},
+                  "seeds": {seed: row for part in parts for seed, row in part["seeds"].items()}}
+        write(merged, Path(args.out))
+        return
 
     import torch
 

@@ -233,3 +233,34 @@ def test_a_judge_reward_scores_answers_by_their_claims_and_reuses_its_cache(shap
     assert claims.judge.cache.asked == asked  # scored from the cache
     with pytest.raises(ConfigError, match="judge:claims"):
         reward_source_from("judge:model:x")
+
+
+@pytest.mark.parametrize("selection", ["all", "random"])
+def test_a_loop_round_with_claims_self_judges_and_trains_on_the_verdicts(tmp_path, sft_model, selection):
+    from modalign.recipes.loop import LoopConfig, run_loop
+
+    model, data = sft_model
+    out = tmp_path / "loop"
+    summary = run_loop(LoopConfig(
+        out=str(out), policy=str(model), data=str(data), rounds=1, judge="claims:self?splitter=sentences",
+        selection=selection, pairs_per_round=4, prompts_per_round=4, samples_per_prompt=3, reward_steps=4,
+        rl_steps=1, prompts_per_step=2, rl_samples_per_prompt=2, max_new_tokens=8, eval_examples=2, eval_samples=1))
+    judgments = FeedbackStore.sqlite(out / "feedback.db").judgments()
+    assert summary["judgments"] == len(judgments) > 0
+    assert {j.annotator for j in judgments} == {f"claims:{model}"}
+    assert all(j.provenance["splitter"] == "sentences" for j in judgments)
+    feedback = json.loads((out / "round-1" / "feedback.json").read_text())
+    assert feedback["claims_asked"] == len((out / "claims-cache.jsonl").read_text().splitlines()) > 0
+    assert (out / "round-1" / "rl" / "summary.json").is_file()
+
+
+def test_the_model_splitter_keeps_only_claims_made_of_the_answers_words(shapes):
+    from modalign.feedback.judges.splitters import ModelSplitter
+
+    root, examples, policy = shapes
+    splitter = ModelSplitter(policy, max_new_tokens=12)
+    answer = "a red circle on the left and two beeps."
+    claims = splitter(examples[0], answer)
+    assert splitter.generations == 1 and claims
+    words = set(answer.rstrip(".").split())
+    assert all(set(claim.lower().split()) <= words for claim in claims)  # an untrained judge: the fallback

@@ -233,9 +233,12 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
                               f"and online RL have one)")
         name = policy_name or getattr(policy, "name", "") or "self"
     else:
+        from modalign.models.inputs import MediaStore
         from modalign.validate import load_checked_policy
 
         policy, name = load_checked_policy(parsed.model), parsed.model
+        extractor = getattr(policy.processor, "feature_extractor", None)  # audio at the judge's own rate
+        media = MediaStore(media.root, sample_rate=int(getattr(extractor, "sampling_rate", media.sample_rate)))
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache)
 
