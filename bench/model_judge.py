@@ -35,9 +35,23 @@ SETTINGS = {
     "pairwise-drop": dict(task="pairwise", judge_disagreement="drop"),
     "ranking-rating": dict(task="ranking", judge_ranking="rating"),
     "rating-yes-no": dict(task="ranking", judge_ranking="rating", judge_template="yes_no.yaml"),
-    "trained-pairwise": dict(task="pairwise", judge="trained"),
-    "trained-pairwise-drop": dict(task="pairwise", judge="trained", judge_disagreement="drop"),
+    "trained-pairwise": dict(task="pairwise", judge="pairwise"),
+    "trained-pairwise-drop": dict(task="pairwise", judge="pairwise", judge_disagreement="drop"),
+    "trained-yes-no": dict(task="ranking", judge_ranking="rating", judge_template="yes_no.yaml", judge="yes-no"),
 }
+NOTES = [
+    "Columns (`feedback/judges/report.py`):",
+    "- gold_accuracy: on the answer pairs whose ShapesWorld gold utilities differ, the share the judge ordered "
+    "right, a tie counting half (0.5: chance, or all ties).",
+    "- panel_agreement / panel_kappa: the share of pairs where the judge equals the simulated panel's majority, "
+    "and Cohen's kappa against it (the panel's raters judge from ground truth, with noise).",
+    "- position_inconsistent_share: pairs whose two orders (x shown as A, then y shown as A) disagreed.",
+    "- forwards_per_judgment: judge forward passes per stored judgment; the built-in model packs the options "
+    "behind each prompt, so one forward per question: 2 per pairwise judgment (both orders), n per ranking of "
+    "n answers from ratings, n(n-1) from pairs; a dropped pair costs its 2 without a judgment.",
+    "- pairs: the answer pairs the stored verdicts order (a ranking of n answers orders n(n-1)/2).",
+    "",
+]
 SHOWN = ("judgments", "pairs", "gold_accuracy", "panel_agreement", "panel_kappa", "position_inconsistent_share",
          "forwards_per_judgment", "wall_seconds", "cpu_seconds")
 
@@ -53,10 +67,12 @@ def train_policy(work: Path, seed: int) -> tuple[str, str]:
     return str(work / "sft" / "model"), str(work / "sft" / "data")
 
 
-def judge_examples(data: str, scenes: int, variants: int, seed: int) -> list:
+def judge_examples(data: str, scenes: int, variants: int, seed: int, kind: str = "pairwise") -> list:
     """A judge's own training data (LLaVA-Critic style, from the train split's ground truth): for each caption
-    scene, the true caption against `variants` captions with exactly one hallucination each (`noisy_caption`),
-    in the default pairwise template, in both orders, the better one's letter as the answer."""
+    scene, the true caption against `variants` captions with exactly one hallucination each (`noisy_caption`).
+    pairwise: in the default pairwise template, in both orders, the better one's letter as the answer;
+    yes-no: each caption alone in the `YES_NO` template, answered yes (true) or no (hallucinated)."""
+    import yaml
     import random
 
     from modalign.data.records import Example, assistant_turn, user_turn
@@ -73,22 +89,31 @@ def judge_examples(data: str, scenes: int, variants: int, seed: int) -> list:
             wrong = noisy_caption(scene, rng)[0]
             for first, second, letter in ((true, wrong, "A"), (wrong, true, "B")):
                 prompt = template.render(question=example.prompt_text, answer_a=first, answer_b=second)
+                if kind == "yes-no":  # the caption shown first, alone: yes when it is the true one
+                    prompt = yaml.safe_load(YES_NO)["prompt"].format(question=example.prompt_text, answer=first)
+                    letter = "yes" if letter == "A" else "no"
                 turn = user_turn(prompt, len(example.media_of("image")), len(example.media_of("audio")))
                 rows.append(Example(f"{example.id}-judge-{variant}-{letter}", (turn, assistant_turn(letter)),
                                     example.media, {"task": "judge"}))
     return rows
 
 
-def train_judge(policy: str, data: str, work: Path, scenes: int, variants: int, epochs: float, seed: int) -> str:
-    """The SFT policy fine-tuned on `judge_examples` (gold-labelled pairs of train captions; the judged answers are
-    on held-out prompts): a judge that was taught the pairwise format."""
+def judge_folder(work: Path, kind: str) -> Path:
+    return work / ("judge-sft" if kind == "pairwise" else f"judge-sft-{kind}")
+
+
+def train_judge(policy: str, data: str, work: Path, scenes: int, variants: int, epochs: float, seed: int,
+                kind: str = "pairwise") -> str:
+    """The SFT policy fine-tuned on `judge_examples` (gold-labelled train captions; the judged answers are on
+    held-out prompts): a judge that was taught the format it is asked in."""
     from modalign.data.dataset import write_examples
     from modalign.recipes.sft import SFTConfig, run_sft
 
-    write_examples(data, "judge_train", judge_examples(data, scenes, variants, seed))
-    run_sft(SFTConfig(out=str(work / "judge-sft"), data=data, train_split="judge_train", policy=policy, epochs=epochs,
+    split = f"judge_train_{kind}".replace("-", "_")
+    write_examples(data, split, judge_examples(data, scenes, variants, seed, kind))
+    run_sft(SFTConfig(out=str(judge_folder(work, kind)), data=data, train_split=split, policy=policy, epochs=epochs,
                       max_length=384, warmup_steps=50, lr=1e-3, eval_examples=1, seed=seed))
-    return str(work / "judge-sft" / "model")
+    return str(judge_folder(work, kind) / "model")
 
 
 def sample_captions(policy: str, data: str, prompts: int, path: Path, seed: int) -> int:
@@ -109,7 +134,8 @@ def judge_once(name: str, policy: str, data: str, samples: Path, work: Path, see
     from modalign.recipes.judge import JudgeConfig, run_judge
 
     fields = {key: value for key, value in SETTINGS[name].items() if key != "judge"}
-    policy = str(work / "judge-sft" / "model") if SETTINGS[name].get("judge") == "trained" else policy
+    if SETTINGS[name].get("judge"):
+        policy = str(judge_folder(work, SETTINGS[name]["judge"]) / "model")
     if fields.get("judge_template"):
         fields["judge_template"] = str(work / fields["judge_template"])
     wall, cpu = time.time(), time.process_time()
@@ -132,6 +158,16 @@ def write_results(results: dict) -> None:
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
                                                  for v in cells) + " |")
     lines += ["", "Reference: the simulated panel's own raters on these pairs: " + results["panel_note"], ""]
+    for kind, trained in results.get("trained_judges", {}).items():
+        how = ("the true caption against a caption with one hallucination, in the default pairwise template, in "
+               "both orders, answered A or B" if kind == "pairwise" else
+               "the true caption and captions with one hallucination, each alone in the yes/no template, answered "
+               "yes or no")
+        lines += [f"Trained {kind} judge (`trained-{kind}*`): the same SFT policy fine-tuned for {trained['epochs']:g} "
+                  f"epochs on {trained['examples']} gold-labelled examples from {trained['scenes']} train scenes ({how}; "
+                  f"{trained['cpu_seconds']:.0f} CPU s). The judged answers are the SFT policy's, on held-out prompts.",
+                  ""]
+    lines += NOTES
     (RESULTS / "model_judge.md").write_text("\n".join(lines) + "\n")
 
 
@@ -164,6 +200,9 @@ def main() -> None:
     parser.add_argument("--judge-scenes", type=int, default=400, help="train scenes the trained judge learns from")
     parser.add_argument("--judge-variants", type=int, default=3, help="hallucinated captions per scene")
     parser.add_argument("--judge-epochs", type=float, default=8.0)
+    parser.add_argument("--trained", default="pairwise,yes-no", help="judges to train: pairwise, yes-no")
+    parser.add_argument("--settings", default="", help="settings to run (default: all); others are kept from the "
+                                                       "last results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="model_judge_"))
@@ -173,14 +212,20 @@ def main() -> None:
     samples = work / "samples.jsonl"
     prompts = sample_captions(policy, data, args.prompts, samples, args.seed)
     results = {"judge": args.policy or "a small SFT policy (train_policy: 400 scenes, 6 epochs, hidden 64, 2 layers)",
-               "prompts": prompts, "threads": args.threads, "settings": {},
-               "panel_note": panel_reference(samples, data, args.seed)}
-    started = time.process_time()
-    train_judge(policy, data, work, args.judge_scenes, args.judge_variants, args.judge_epochs, args.seed)
-    results["trained_judge"] = {"scenes": args.judge_scenes, "examples": 2 * args.judge_scenes * args.judge_variants,
-                                "epochs": args.judge_epochs, "cpu_seconds": round(time.process_time() - started, 1)}
-    for name in SETTINGS:
-        results["settings"][name] = judge_once(name, policy, data, samples, work, args.seed)
+               "prompts": prompts, "threads": args.threads, "panel_note": panel_reference(samples, data, args.seed)}
+    trained, settings = {}, {}
+    for kind in filter(None, args.trained.split(",")):
+        started = time.process_time()
+        train_judge(policy, data, work, args.judge_scenes, args.judge_variants, args.judge_epochs, args.seed, kind)
+        trained[kind] = {"scenes": args.judge_scenes, "epochs": args.judge_epochs,
+                         "examples": 2 * args.judge_scenes * args.judge_variants,
+                         "cpu_seconds": round(time.process_time() - started, 1)}
+    for name in (args.settings.split(",") if args.settings else SETTINGS):
+        settings[name] = judge_once(name, policy, data, samples, work, args.seed)
+        # --settings: the other settings' rows are kept from the results file as it is now
+        previous = json.loads((RESULTS / "model_judge.json").read_text()) if args.settings else {}
+        results["trained_judges"] = {**previous.get("trained_judges", {}), **trained}
+        results["settings"] = {**previous.get("settings", {}), **settings}
         write_results(results)
     print((RESULTS / "model_judge.md").read_text())
 
