@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-YES_NO = "prompt: '{question} {answer} is that right?'\noptions: [no, 'yes']\n"
+YES_NO = "prompt: '{question} {answer} is that right?'\noptions: ['no', 'yes']\n"
 SETTINGS = {
     "pairwise": dict(task="pairwise"),
     "pairwise-drop": dict(task="pairwise", judge_disagreement="drop"),

@@ -132,6 +132,9 @@ def test_a_template_file_replaces_the_prompt_and_options(tmp_path):
     assert template.render(question="q", answer_a="x {y}", answer_b="z") == "q first: x {y} second: z which?"
     (tmp_path / "plain.txt").write_text("{question}\n{answer}\nscore it")
     assert load_template("rating", str(tmp_path / "plain.txt")).options == DEFAULTS["rating"].options
+    (tmp_path / "bool.yaml").write_text("prompt: '{question} {answer} right?'\noptions: [no, yes]\n")
+    with pytest.raises(ConfigError, match="bool.yaml.*quote"):  # YAML's bare no/yes are booleans
+        load_template("rating", str(tmp_path / "bool.yaml"))
     with pytest.raises(ConfigError, match="bad.txt.*answer_a"):
         (tmp_path / "bad.txt").write_text("{question} {answer}")
         load_template("pairwise", str(tmp_path / "bad.txt"))

@@ -147,7 +147,7 @@ def rate_answers(judge: ModelJudge, example: Example, texts: Sequence[str]) -> l
     """One rating verdict per answer: the most likely option's rating, the expected rating in the provenance."""
     template = judge.rating
     scores = judge.scores(template, example, [dict(question=example.prompt_text, answer=t) for t in texts])  # (N, K)
-    probabilities = torch.softmax(scores, dim=-1)
+    probabilities = torch.softmax(scores.double(), dim=-1)  # float64: a confident judge's 1 - 1e-12 is not 1
     values = torch.arange(1, len(template.options) + 1, dtype=probabilities.dtype)
     verdicts = []
     for i, (row, p) in enumerate(zip(scores.tolist(), probabilities)):
@@ -175,7 +175,7 @@ def judge_group(judge: ModelJudge, example: Example, texts: Sequence[str], task:
         if task == "rating":
             return ratings, scores
         order = tuple(sorted(range(len(texts)), key=lambda i: -scores[i]))
-        decided = max(scores) - min(scores) > 1e-9
+        decided = max(scores) > min(scores)
         details = {"expected": scores, "ratings": [v.rating for v in ratings]}
         return ([Verdict("ranking", order, judge.provenance("ranking", judge.rating, ranking_from="rating", **details))]
                 if decided else []), scores

@@ -90,6 +90,9 @@ def _structured(text: str, file: Path, key: str, default_options: tuple[str, ...
     options = raw.get("options", list(default_options))
     if not isinstance(options, list) or not all(isinstance(o, (str, int)) for o in options):
         raise ConfigError(f"{key}={str(file)!r}: 'options' must be a list of strings")
+    if any(isinstance(o, bool) for o in options):  # YAML reads a bare no / yes / on / off as a boolean
+        raise ConfigError(f"{key}={str(file)!r}: options {options} hold a boolean: quote yes/no/on/off "
+                          f"(options: [\"no\", \"yes\"])")
     return raw["prompt"], [str(o) for o in options]
 
 
