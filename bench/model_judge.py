@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +139,7 @@ def judge_once(name: str, policy: str, data: str, samples: Path, work: Path, see
         policy = str(judge_folder(work, SETTINGS[name]["judge"]) / "model")
     if fields.get("judge_template"):
         fields["judge_template"] = str(work / fields["judge_template"])
+    shutil.rmtree(work / f"judge-{name}", ignore_errors=True)  # a rerun of the setting replaces its run
     wall, cpu = time.time(), time.process_time()
     summary = run_judge(JudgeConfig(out=str(work / f"judge-{name}"), judge=f"model:{policy}", samples=str(samples),
                                     data=data, seed=seed, **fields))
@@ -167,7 +169,7 @@ def write_results(results: dict) -> None:
                   f"epochs on {trained['examples']} gold-labelled examples from {trained['scenes']} train scenes ({how}; "
                   f"{trained['cpu_seconds']:.0f} CPU s). The judged answers are the SFT policy's, on held-out prompts.",
                   ""]
-    lines += NOTES
+    lines += NOTES + [line for line in results.get("reading", [])]
     (RESULTS / "model_judge.md").write_text("\n".join(lines) + "\n")
 
 
