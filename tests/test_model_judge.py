@@ -4,6 +4,7 @@ ratings, template files, `modalign judge` end to end on a tiny built-in model, a
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -17,12 +18,14 @@ from modalign.data.dataset import read_examples
 from modalign.data.records import Completion, Example, user_turn
 from modalign.data.shapes.world import COLOURS
 from modalign.feedback.collect import write_feedback
-from modalign.feedback.judges.model_judge import ModelJudge, judge_group, judge_with_model
+from modalign.feedback.judges.model_judge import ModelJudge, judge_group, judge_with_model, load_model_judge
 from modalign.feedback.judges.templates import DEFAULTS, load_template
 from modalign.feedback.judgments import PairwiseJudgment, RankingJudgment, RatingJudgment
 from modalign.feedback.schema import AnnotatorRow
 from modalign.feedback.store import FeedbackStore
 from modalign.recipes.judge import store_verdicts
+
+from hf_tiny import shapes, tiny  # noqa: F401  (module fixtures: a tiny Hugging Face VLM, built once)
 
 EXAMPLE = Example("scene-1", (user_turn("Describe the scene."),))
 SHOWN = re.compile(r"Answer A: (.*)\nAnswer B: (.*)\n")
@@ -240,3 +243,24 @@ def test_loop_round_with_a_model_judge_on_selected_pairs(sft_model, tmp_path):
     stored = store.judgments()
     assert len(stored) == stats["judgments"] == report["judgments"] == report["both_orders"] - report["position_inconsistent"]
     assert all(isinstance(j, PairwiseJudgment) and j.provenance["consistent"] for j in stored)
+
+
+def test_a_hugging_face_vlm_judges_through_the_same_path(tiny):
+    model, data = tiny("qwen2_vl")
+    judge = load_model_judge(f"model:{model}", str(data), disagreement="tie")
+    example = read_examples(data, "test")[0]
+    verdicts, _ = judge_group(judge, example, ["a red circle", "a blue square"], "pairwise")
+    assert len(verdicts) == 1 and verdicts[0].choice in ("a", "b", "tie")
+    orders = verdicts[0].provenance["orders"]
+    assert [o["shown"] for o in orders] == ["xy", "yx"] and all(math.isfinite(v) for o in orders for v in o["logprobs"])
+    assert judge.counts["questions"] == 2 and judge.counts["forwards"] == (2 if judge.packed else 4)
+
+
+def test_modalign_report_finds_the_judge_reports_of_a_loop_and_of_iterative_dpo():
+    from modalign.feedback.judges.report import judge_reports
+
+    loop = {"rounds": [{"round": 1, "feedback": {"judge_report": {"gold_accuracy": 0.75}}}, {"round": 2, "feedback": {}}]}
+    iterative = {"rounds": [{"round": 1, "judge_report": {"position_inconsistent_share": 0.5}}]}
+    assert judge_reports(loop) == {"round 1": {"gold_accuracy": 0.75}}
+    assert judge_reports(iterative) == {"round 1": {"position_inconsistent_share": 0.5}}
+    assert judge_reports({"judge_report": {"pairs": 3}}) == {"judge": {"pairs": 3}}
