@@ -232,6 +232,24 @@ def bon(
     _recipe_command(BoNConfig, run_bon, config, set_, out, help_config=help_config)
 
 
+@app.command()
+def judge(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    judge_: Optional[str] = typer.Option(None, "--judge", help="model:<folder or hub id> (shortcut for --set judge=...)."),
+    samples: Optional[str] = typer.Option(None, help="Answers: JSONL files or folders, comma-separated (--set samples=...)."),
+    data: Optional[str] = typer.Option(None, help="Dataset folder of the answered examples (--set data=...)."),
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/judge-<time>)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List the config fields and exit."),
+) -> None:
+    """A model judges sampled answers (pairwise in both orders, ranking or rating); the judgments go to a
+    feedback store (store=...) and the summary reports gold accuracy, agreement, position bias and cost."""
+    from modalign.recipes.judge import JudgeConfig, run_judge
+
+    shortcuts = [f"{key}={value}" for key, value in (("judge", judge_), ("samples", samples), ("data", data)) if value]
+    _recipe_command(JudgeConfig, run_judge, config, [*(set_ or []), *shortcuts], out, help_config=help_config)
+
+
 def _online_command(algorithm: str, summary: str) -> None:
     """Register `modalign <algorithm>`: the online recipe with `algorithm` preset."""
 

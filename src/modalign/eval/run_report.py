@@ -147,7 +147,7 @@ def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | 
     title = title or "modalign report: " + ", ".join(v.name for v in views)
     sections = [("Summary", summary_section(views)), ("Config", config_section(views)),
                 ("Evaluation", evaluation_section(views)),
-                ("Training curves", curves_section(views, extra_curves)),
+                ("Training curves", curves_section(views, extra_curves)), ("Model judge", judge_section(views)),
                 *[(f"Sample answers: {v.name}", answers_section(v, answers)) for v in views if v.samples],
                 ("Explanations", explain_section([v.path for v in views]))]
     path = Path(out)
@@ -231,6 +231,19 @@ def evaluation_section(views: Sequence[RunView]) -> str:
                 parts.append(f"<h3>{name}, by {kind}</h3>" + table_html(
                     columns, [(group, [row.get(c) for c in columns]) for group, row in rows.items()]))
     return "".join(parts)
+
+
+def judge_section(views: Sequence[RunView]) -> str:
+    """The model judges' reports (`modalign judge`, a loop's rounds): gold accuracy, agreement with the panel and
+    people, position-inconsistent share, cost; one column per report. Empty when no run used a model judge."""
+    from modalign.eval.report import table_html
+    from modalign.feedback.judges.report import SHOWN, judge_reports
+
+    columns = {(f"{view.name}: {label}" if len(views) > 1 else label): report
+               for view in views for label, report in judge_reports(view.summary).items()}
+    keys = [key for key in SHOWN if any(key in report for report in columns.values())]
+    return table_html(list(columns), [(key, [report.get(key) for report in columns.values()]) for key in keys]) \
+        if columns else ""
 
 
 def curves_section(views: Sequence[RunView], extra: Sequence[tuple[str, str]] = ()) -> str:

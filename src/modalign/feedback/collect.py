@@ -31,12 +31,16 @@ class JudgedGroups:
     `groups[i]` are the stored answers of `examples[i]`; `verdicts[i]` its (annotator, order)
     entries, `order` indexing `groups[i]` best first. `pairwise`: a verdict is one pairwise
     judgment (the reward judge), else a ranking judgment (the simulated panel).
+    `ties[i]`: group i's pairwise verdicts are ties (the claim judge's equal scores); `provenance[i]`:
+    what its judgments record of how they were made (judge model, template, per-claim results).
     """
 
     examples: list[Example]
     groups: list[list[Completion]]
     verdicts: list[list[tuple[str, tuple[int, ...]]]]
     pairwise: bool
+    ties: list[bool] | None = None
+    provenance: list[dict] | None = None
 
     @property
     def judgments(self) -> int:
@@ -74,17 +78,25 @@ def check_judge(spec: str, examples: Sequence[Example]) -> None:
     """Fail before any work when judge `spec` cannot judge `examples` (the prompts it will see).
 
     `simulated` needs ShapesWorld ground truth; `py:` must load and take (example, completions);
+    `claims:...` is checked by `judges.claims.check_claims_judge`;
     `people` is checked by its recipe (annotators); anything else is a reward spec (`check_reward`).
     Raises a ConfigError subclass naming the judge (and the first record it cannot judge).
     """
+    from modalign.feedback.judges.claims import check_claims_judge, is_claims
     from modalign.plugins import is_plugin, load_callable
 
-    if spec == SIMULATED:
+    if is_claims(spec):
+        check_claims_judge(spec, examples)
+    elif spec == SIMULATED:
         from modalign.feedback.simulated import require_panel_data
 
         require_panel_data(examples)
     elif is_plugin(spec):
         load_callable(spec, positional=2)
+    elif spec.strip().startswith("model:"):  # a model judge (feedback.judges.model_judge): the model is there
+        from modalign.feedback.judges.model_judge import check_model_judge
+
+        check_model_judge(spec)
     elif spec != "people":
         from modalign.rl.rewards import check_reward
 
@@ -173,15 +185,18 @@ def write_feedback(store: "FeedbackStore", feedback: JudgedGroups, data_root: st
     store.add_examples(feedback.examples, root=data_root)
     ids = iter(store.add_candidates([c for group in feedback.groups for c in group]))
     judgments = []
-    for example, group, verdicts in zip(feedback.examples, feedback.groups, feedback.verdicts):
+    for g, (example, group, verdicts) in enumerate(zip(feedback.examples, feedback.groups, feedback.verdicts)):
         group_ids = [next(ids) for _ in group]
+        provenance = feedback.provenance[g] if feedback.provenance else {}
         for annotator, order in verdicts:
             ranked = tuple(group_ids[i] for i in order)
             if feedback.pairwise:
-                judgments.append(PairwiseJudgment(example_id=example.id, annotator=annotator,
-                                                  candidate_a=ranked[0], candidate_b=ranked[1], choice="a"))
+                choice = "tie" if feedback.ties and feedback.ties[g] else "a"
+                judgments.append(PairwiseJudgment(example_id=example.id, annotator=annotator, candidate_a=ranked[0],
+                                                  candidate_b=ranked[1], choice=choice, provenance=provenance))
             else:
-                judgments.append(RankingJudgment(example_id=example.id, annotator=annotator, ranking=ranked))
+                judgments.append(RankingJudgment(example_id=example.id, annotator=annotator, ranking=ranked,
+                                                 provenance=provenance))
     store.add_judgments(judgments)
 
 
@@ -194,11 +209,12 @@ def panel_agreement(feedback: JudgedGroups) -> dict:
 
     has_truth = all(truth_problem(e) is None for e in feedback.examples)
     units, agree_gold, decided = [], 0, 0
-    for example, group, verdicts in zip(feedback.examples, feedback.groups, feedback.verdicts):
+    for g, (example, group, verdicts) in enumerate(zip(feedback.examples, feedback.groups, feedback.verdicts)):
         orders = [order for _, order in verdicts]
         utilities = [gold_utility(example, c.text) if has_truth else 0.0 for c in group]
+        tie = bool(feedback.ties and feedback.ties[g])
         for i, j in combinations(range(len(group)), 2):
-            choices = ["a" if order.index(i) < order.index(j) else "b" for order in orders]
+            choices = ["tie" if tie else "a" if order.index(i) < order.index(j) else "b" for order in orders]
             units.append(choices)
             if utilities[i] != utilities[j]:
                 better = "a" if utilities[i] > utilities[j] else "b"

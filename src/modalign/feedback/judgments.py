@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 
 class JudgmentError(ValueError):
@@ -26,11 +26,14 @@ def _now() -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Judgment:
+    """`provenance`: how a machine judge made it (judge model, template hash, per-claim results); {} for people."""
+
     example_id: str
     annotator: str
     guideline_version: str = "v1"
     created_at: datetime = field(default_factory=_now)
     task_id: int | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -229,6 +229,8 @@ def judgment_row(judgment: Judgment) -> JudgmentRow:
     """The table row of a judgment, for callers that write it inside their own transaction (the web app)."""
     kind = next(name for name, cls in KINDS.items() if isinstance(judgment, cls))
     payload = {k: v for k, v in dataclasses.asdict(judgment).items() if k not in COMMON}
+    if not payload.get("provenance"):  # only machine judges have one: other rows stay as they were
+        payload.pop("provenance", None)
     return JudgmentRow(kind=kind, example_id=judgment.example_id, annotator=judgment.annotator,
                        guideline_version=judgment.guideline_version, created_at=judgment.created_at,
                        task_id=judgment.task_id, payload=json.loads(json.dumps(payload)))

@@ -2,8 +2,8 @@
 
 Round r: its prompts (a seeded slice of the split, disjoint from the other rounds') -> answers
 sampled from the policy of round r-1 (round 1: the SFT policy) -> a judge (the simulated
-annotator panel on ShapesWorld, your Python judge `py:...` ranking each prompt's answers, or a
-reward whose best and worst distinct answer per prompt make one pair)
+annotator panel on ShapesWorld, your Python judge `py:...` or a model judge `model:...` ranking each
+prompt's answers, or a reward whose best and worst distinct answer per prompt make one pair)
 -> the feedback stores -> `run_dpo` from that policy on that round's pairs only -> the policy
 of round r+1.
 
@@ -64,7 +64,17 @@ class IterativeDPOConfig:
                                       "py:<module or file.py>:<fn> (your judge fn(example, completions) -> scores; "
                                       "its ranking of each prompt's answers is stored, see docs/plugins.md), or a "
                                       "reward: rule:<name>, a reward-model folder or a weighted sum (a py: reward: "
-                                      "1*py:...); its best and worst distinct answer per prompt become one pair.")
+                                      "1*py:...); its best and worst distinct answer per prompt become one pair; or "
+                                      "claims:<model folder or self> (claim-level verification, self: the round's "
+                                      "policy; every pair of distinct answers judged, docs/ai-feedback.md); or "
+                                      "model:<folder or hub id>, a model judge ranking each prompt's answers "
+                                      "(docs/ai-feedback.md).")
+    judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
+                                        "(docs/ai-feedback.md).")
+    judge_disagreement: str = field_doc("tie", "model judge: a pair whose two orders disagree is a tie or dropped "
+                                               "(tie|drop).")
+    judge_ranking: str = field_doc("pairwise", "model judge: rankings from pairwise judgments in both orders or from "
+                                               "per-answer ratings (pairwise|rating).")
     temperature: float = field_doc(1.0, "Sampling temperature of the answers judged.")
     max_new_tokens: int = field_doc(40, "Longest answer, sampled for feedback and in evaluation.")
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")
@@ -87,6 +97,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     from modalign import validate
     from modalign.dist import processes
     from modalign.feedback.collect import check_judge
+    from modalign.feedback.judges.model_judge import is_model_judge, load_model_judge
     from modalign.feedback.store import FeedbackStore
     from modalign.recipes.dpo import run_dpo
     from modalign.runs import default_run_dir, resumable, start_rounds_folder, write_json_atomic, write_jsonl_atomic
@@ -103,8 +114,9 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
                                     modalities=cfg.modalities)
     prompts = splits[cfg.split]
     check_judge(cfg.judge, prompts)
-    judge = judge_from(cfg.judge)
-    if judge is not None:
+    judge = judge_from(cfg.judge) if not is_model_judge(cfg.judge) else load_model_judge(
+        cfg.judge, cfg.data, cfg.judge_template, cfg.judge_disagreement, cfg.judge_ranking, device=cfg.device)
+    if judge is not None and not is_model_judge(cfg.judge):
         from modalign.rl.rewards import place_reward_models
 
         place_reward_models(judge, device)  # a reward-model judge scores on the device
@@ -165,8 +177,12 @@ def judge_from(spec: str) -> "RewardSource | Callable | None":
     from modalign.plugins import PluginError, is_plugin
     from modalign.rl.rewards import reward_source_from
 
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, is_claims
+
     if spec == SIMULATED:
         return None
+    if is_claims(spec):
+        return ClaimJudgeSpec.parse(spec)  # the judge is built each round (claims:self judges with the round's policy)
     if is_plugin(spec):
         try:
             return python_judge(spec)
@@ -199,6 +215,9 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     """
     from modalign.eval.generation import generate_answers
     from modalign.feedback.collect import judge_with_function, judge_with_panel, judge_with_reward, write_feedback
+    from modalign.feedback.judges.cache import ClaimCache
+    from modalign.feedback.judges.claims import ClaimJudgeSpec, claim_judge, judge_with_claims
+    from modalign.feedback.judges.model_judge import is_model_judge, judge_round
     from modalign.feedback.store import FeedbackStore
     from modalign.models.inputs import MediaStore
     from modalign.plugins import is_plugin
@@ -213,17 +232,24 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     for suffix in ("", "-wal", "-shm"):  # a killed run's partial store: build it again
         Path(f"{folder / 'feedback.db'}{suffix}").unlink(missing_ok=True)
     media, k = MediaStore(cfg.data), cfg.samples_per_prompt
-    completions = generate_answers(placed(load_checked_policy(policy_path), cfg.device), media, prompts,
-                                   max_new_tokens=cfg.max_new_tokens,
+    sampler = placed(load_checked_policy(policy_path), cfg.device)
+    completions = generate_answers(sampler, media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, seed=cfg.seed + r, samples_per_example=k)
+    judge_report = None
     if judge is None:
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
+    elif isinstance(judge, ClaimJudgeSpec):
+        claims = claim_judge(cfg.judge, prompts, media, sampler, policy_path,
+                             ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+        feedback, scores = judge_with_claims(claims, prompts, completions, k)
     elif is_plugin(cfg.judge):
         feedback, scores = judge_with_function(cfg.judge, judge, prompts, completions, k)
+    elif is_model_judge(cfg.judge):
+        feedback, scores, judge_report = judge_round(judge, prompts, completions, k, seed=cfg.seed + r)
     else:
         feedback, scores = judge_with_reward(judge, cfg.judge, prompts, completions, k, media)
     write_scored_samples(folder / "samples.jsonl", completions, scores)
-    if not feedback.examples:
+    if not feedback.examples or (feedback.ties and all(feedback.ties)):  # a tie teaches DPO nothing
         raise ConfigError(f"round {r}: judge {cfg.judge!r} decided no pair among {len(prompts)} prompts x {k} "
                           f"answers (all identical or tied, see {folder / 'samples.jsonl'}); raise "
                           f"samples_per_prompt or prompts_per_round")
@@ -238,7 +264,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     stats = {"round": r, "policy": policy_path, "prompts": len(prompts), "judged_prompts": len(feedback.examples),
              "candidates": sum(map(len, feedback.groups)), "judgments": feedback.judgments,
              "sample_score_mean": sum(scores) / len(scores), "score": "gold" if judge is None else cfg.judge,
-             "seconds": round(time.time() - started, 1)}
+             "seconds": round(time.time() - started, 1), **({"judge_report": judge_report} if judge_report else {})}
     write_json_atomic(folder / "feedback.json", stats)
     return stats
 
@@ -260,7 +286,8 @@ def round_row(stats: dict, dpo: dict) -> dict:
     return {"round": stats["round"], "policy": stats["policy"], "prompts": stats["prompts"],
             "judgments": stats["judgments"], "pairs": dpo["pairs"], "sample_score_mean": stats["sample_score_mean"],
             "score": stats["score"], "dpo_steps": dpo["steps"], "model": dpo["model"], "eval": dpo["eval"],
-            "seconds": round(stats["seconds"] + dpo["wall_seconds"], 1)}
+            "seconds": round(stats["seconds"] + dpo["wall_seconds"], 1),
+            **({"judge_report": stats["judge_report"]} if "judge_report" in stats else {})}
 
 
 def print_round(row: dict, rounds: int) -> None:

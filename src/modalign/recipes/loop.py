@@ -3,10 +3,10 @@
 Round r: answers sampled from the current policy (round 1: the start policy, usually SFT) ->
 the pairs or groups sent for feedback (all, random, or those the reward model is least sure
 of) -> judged by the simulated panel (ShapesWorld), by your Python judge (`judge=py:...`,
-docs/plugins.md), or by people through `modalign annotate` (tasks pushed to the store's
-queue, the round waits for their judgments) -> a reward model trained again on every
-judgment so far -> the RL method from the current policy against it, KL to the start policy ->
-gold evaluation -> round r+1.
+docs/plugins.md), by a model judge (`judge=model:...`, docs/ai-feedback.md), or by people through
+`modalign annotate` (tasks pushed to the store's queue, the round waits for their judgments) ->
+a reward model trained again on every judgment so far -> the RL method from the current policy
+against it, KL to the start policy -> gold evaluation -> round r+1.
 
 Bai et al. 2022, "Training a Helpful and Harmless Assistant with RLHF", sec. 4.5 (iterated
 online RLHF: preference models retrained on the current policy's samples each round); Touvron
@@ -60,8 +60,17 @@ class LoopConfig:
     ensemble_members: int = field_doc(5, "ensemble/top: bootstrap reward heads whose disagreement picks the pairs.")
     judge: str = field_doc("simulated", "simulated (the simulated panel; ShapesWorld data only, other data is refused "
                                         "up front), people (tasks for `annotators` in the store's queue; the round "
-                                        "waits for their judgments) or py:<module or file.py>:<fn> (your judge "
-                                        "fn(example, completions) -> scores, see docs/plugins.md).")
+                                        "waits for their judgments), py:<module or file.py>:<fn> (your judge "
+                                        "fn(example, completions) -> scores, see docs/plugins.md) or "
+                                        "claims:<model folder or self> (claim-level verification by a model, "
+                                        "self: the round's policy; docs/ai-feedback.md) or model:<folder or hub id> "
+                                        "(a model judge, docs/ai-feedback.md).")
+    judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
+                                        "(docs/ai-feedback.md).")
+    judge_disagreement: str = field_doc("tie", "model judge: a pair whose two orders disagree is a tie or dropped "
+                                               "(tie|drop).")
+    judge_ranking: str = field_doc("pairwise", "model judge, selection=all: rankings from pairwise judgments in both "
+                                               "orders or from per-answer ratings (pairwise|rating).")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
     overlap: int = field_doc(1, "people: annotators per task.")
     wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
@@ -105,6 +114,12 @@ def run_loop(cfg: LoopConfig) -> dict:
     splits = validate.check_dataset(cfg.data, [cfg.split, cfg.eval_split], modalities=cfg.modalities)
     pool = validate.select_task(splits[cfg.split], cfg.task, split_path(cfg.data, cfg.split))
     check_judge(cfg.judge, pool)
+    if cfg.judge.startswith("model:"):
+        from modalign.feedback.judges.model_judge import check_model_judge, check_settings
+
+        check_settings("ranking", cfg.judge_disagreement, cfg.judge_ranking)
+        check_model_judge(cfg.judge, cfg.judge_template, cfg.judge_ranking,
+                          task="ranking" if cfg.selection == "all" else "pairwise")
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
     start_rounds_folder(cfg, out)
@@ -155,6 +170,7 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
     from modalign.feedback.collect import (
         judge_with_function, judge_with_panel, panel_agreement, python_judge, write_feedback,
     )
+    from modalign.feedback.judges.claims import is_claims, judge_with_claims
     from modalign.models.inputs import MediaStore
     from modalign.plugins import is_plugin
     from modalign.recipes.ppo import prompts_at
@@ -167,21 +183,49 @@ def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_ju
     count = cfg.first_round_prompts if r == 1 and cfg.first_round_prompts else cfg.prompts_per_round
     prompts = prompts_at(pool, r - 1, min(count, len(pool)), cfg.seed)
     media = MediaStore(cfg.data)
-    completions = generate_answers(placed(load_checked_policy(policy), cfg.device), media, prompts,
-                                   max_new_tokens=cfg.max_new_tokens,
+    sampler = placed(load_checked_policy(policy), cfg.device)
+    completions = generate_answers(sampler, media, prompts, max_new_tokens=cfg.max_new_tokens,
                                    temperature=1.0, seed=cfg.seed + 1000 * r, samples_per_example=k)
     write_jsonl_atomic(folder / "samples.jsonl", [c.to_dict() for c in completions])
+    claims = round_claim_judge(cfg, policy, sampler, media, prompts) if is_claims(cfg.judge) else None
+    judge = model_judge(cfg) if cfg.judge.startswith("model:") else None
+    extra = {}
     if cfg.selection == "all" and cfg.judge == SIMULATED:
         feedback, _ = judge_with_panel(prompts, completions, k, cfg.seed + r)
     elif cfg.selection == "all" and is_plugin(cfg.judge):
         feedback, _ = judge_with_function(cfg.judge, python_judge(cfg.judge), prompts, completions, k)
+    elif cfg.selection == "all" and claims is not None:
+        feedback, _ = judge_with_claims(claims, prompts, completions, k)
+    elif cfg.selection == "all" and judge is not None:
+        from modalign.feedback.judges.model_judge import judge_round
+
+        feedback, _, extra["judge_report"] = judge_round(judge, prompts, completions, k, seed=cfg.seed + r)
     else:
-        feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store)
+        feedback = judge_selected_pairs(cfg, r, prompts, completions, media, store, claims, judge, extra)
     # people's judgments are stored as they arrive; a killed run may have stored the others already
     if store.count_judgments() == prior_judgments and cfg.judge != "people":
         write_feedback(store, feedback, cfg.data)
+    asked = {"claims_asked": claims.cache.asked, "claims_cached": claims.cache.hits} if claims else {}
     return {"round": r, "prompts": len(prompts), "judgments": store.count_judgments() - prior_judgments,
-            **panel_agreement(feedback), "seconds": round(time.time() - started, 1)}
+            **panel_agreement(feedback), **asked, **extra, "seconds": round(time.time() - started, 1)}
+
+
+def round_claim_judge(cfg: LoopConfig, policy_path: str, policy, media, prompts):
+    """The claim judge of a `claims:` loop: the round's policy for claims:self, else the named model;
+    its answers are cached in `out/claims-cache.jsonl` (a resumed round asks nothing again)."""
+    from modalign.feedback.judges.cache import ClaimCache
+    from modalign.feedback.judges.claims import claim_judge
+
+    return claim_judge(cfg.judge, prompts, media, policy, policy_path,
+                       ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+
+
+def model_judge(cfg: LoopConfig):
+    """The round's model judge (`judge=model:...`, `feedback.judges.model_judge`) over the loop's data."""
+    from modalign.feedback.judges.model_judge import load_model_judge
+
+    return load_model_judge(cfg.judge, cfg.data, cfg.judge_template, cfg.judge_disagreement, cfg.judge_ranking,
+                            task="ranking" if cfg.selection == "all" else "pairwise", device=cfg.device)
 
 
 def prompt_pool(cfg: LoopConfig) -> list:
@@ -192,8 +236,10 @@ def prompt_pool(cfg: LoopConfig) -> list:
             if not cfg.task or e.meta.get("task") == cfg.task]
 
 
-def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store):
-    """Pairs chosen by the selection strategy, judged by the simulated panel or by people (waits)."""
+def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, store, claims=None, judge=None,
+                         extra=None):
+    """Pairs chosen by the selection strategy, judged by the simulated panel, a Python judge, the claim judge
+    `claims`, the model judge `judge` (its report goes to `extra`) or by people (waits)."""
     from modalign.feedback.select import candidate_pairs, judge_pairs_with_panel, select_pairs
     from modalign.plugins import is_plugin
 
@@ -217,6 +263,16 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     chosen = select_pairs(grouped, count, strategy, cfg.seed + r)
     if cfg.judge == SIMULATED:
         return judge_pairs_with_panel(chosen, cfg.seed + r)
+    if claims is not None:
+        from modalign.feedback.judges.claims import judge_pairs_with_claims
+
+        return judge_pairs_with_claims(claims, chosen)
+    if judge is not None:
+        from modalign.feedback.judges.model_judge import judge_round
+
+        feedback, _, extra["judge_report"] = judge_round(judge, prompts, completions, cfg.samples_per_prompt,
+                                                         pairs=chosen, seed=cfg.seed + r)
+        return feedback
     if is_plugin(cfg.judge):
         from modalign.feedback.collect import judge_pairs_with_function, python_judge
 
@@ -275,8 +331,12 @@ def check_loop_settings(cfg: LoopConfig, world: int = 1) -> None:
         raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"selection {cfg.selection!r}: choose one of {', '.join(SELECTIONS)}")
-    if cfg.judge not in (SIMULATED, "people") and not is_plugin(cfg.judge):
-        raise ConfigError(f"judge {cfg.judge!r}: choose simulated, people or py:<module or file.py>:<function>")
+    from modalign.feedback.judges.claims import is_claims
+
+    if (cfg.judge not in (SIMULATED, "people") and not is_plugin(cfg.judge) and not is_claims(cfg.judge)
+            and not cfg.judge.startswith("model:")):
+        raise ConfigError(f"judge {cfg.judge!r}: choose simulated, people, py:<module or file.py>:<function>, "
+                          f"claims:<model folder or self> or model:<folder or hub id>")
     if cfg.judge == "people" and world > 1:
         raise ConfigError("judge=people runs in one process: the other processes would wait for people past the "
                           "process group's timeout; launch `modalign loop` without accelerate for people")

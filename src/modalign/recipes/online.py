@@ -79,6 +79,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.precision import autocast
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
+    from modalign.rl.rewards import bind_judges
     from modalign.rl.objectives import get_objective
     from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, sample_answers
@@ -102,6 +103,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
+    bind_judges(reward, policy, media_store)  # judge:claims:... rewards judge with this policy / these media
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
     raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes

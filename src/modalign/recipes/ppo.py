@@ -82,6 +82,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.models.policy import frozen_reference
     from modalign.precision import autocast
     from modalign.reward.model import ScalarHeadModel
+    from modalign.rl.rewards import bind_judges
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController, kl_k3_per_answer
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
@@ -107,6 +108,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
+    bind_judges(reward, policy, media_store)  # judge:claims:... rewards judge with this policy / these media
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
     raw, processor = policy.model.to(device), policy.processor  # raw: sampling and no-grad passes; model: updates

@@ -94,6 +94,55 @@ def place_reward_models(source: RewardSource, device: torch.device) -> None:
             part.model.to(device)
 
 
+JUDGE_PREFIX = "judge:"
+
+
+class ClaimJudgeSource:
+    """`judge:claims:<model folder | self>[?options]`: each answer's claim-verification score
+    (`feedback.judges.claims`: verified - refute_weight x refuted claims), batched and cached.
+
+    The recipe binds it to its policy and media (`bind_judges`) before the first call. `claims:self`
+    judges with a frozen copy of the policy as the run starts (the reference): a judge that moved with
+    every update would score the same claim differently from step to step, and nothing could be cached.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.judge, self._bound = spec, None, None
+
+    def bind(self, policy, media) -> None:
+        self._bound, self.judge = (policy, media), None
+
+    def __call__(self, examples, answers, samples=None, prompts=None) -> torch.Tensor:
+        return torch.tensor(self._judge(examples).scores(list(examples), list(answers)))
+
+    def score(self, examples, answers, media) -> torch.Tensor:
+        """Scores without a rollout (`score_texts`): `media` is a MediaStore over the examples' root."""
+        if self._bound is None:
+            self._bound = (None, media)
+        return self(examples, answers)
+
+    def _judge(self, examples):
+        from modalign.feedback.judges.claims import ClaimJudgeSpec, claim_judge
+
+        if self.judge is None:
+            if self._bound is None:
+                raise ValueError(f"reward {JUDGE_PREFIX}{self.spec}: bind it to the run's policy and media first")
+            policy, media = self._bound
+            if ClaimJudgeSpec.parse(self.spec).is_self and policy is not None:
+                from modalign.models.policy import Policy, frozen_reference
+
+                policy = Policy(frozen_reference(policy.model), policy.processor, f"{policy.name or 'policy'}@start")
+            self.judge = claim_judge(self.spec, examples, media, policy, getattr(policy, "name", ""))
+        return self.judge
+
+
+def bind_judges(source, policy, media) -> None:
+    """Give the model-judge terms of a reward (`judge:claims:...`) the run's policy and media."""
+    for part in ([p for _, _, p in source.parts] if isinstance(source, CompositeSource) else [source]):
+        if isinstance(part, ClaimJudgeSource):
+            part.bind(policy, media)
+
+
 # Rule rewards by name, for configs ("rule:shapes_gold"). A rule is fn(example, answer) -> float.
 RULES: dict = {}
 # Rules that read ShapesWorld ground truth (meta.scene / meta.answer of meta.world == "shapes"), and
@@ -228,7 +277,18 @@ def _single_source(name: str) -> RewardSource:
         return FunctionSource(RULES[rule])
     if is_plugin(name):
         return PythonSource(name)
+    if name.startswith(JUDGE_PREFIX):
+        return _judge_source(name)
     return RewardModelSource(ScalarHeadModel.load(name))
+
+
+def _judge_source(name: str) -> RewardSource:
+    from modalign.feedback.judges.claims import is_claims
+
+    spec = name[len(JUDGE_PREFIX):]
+    if not is_claims(spec):
+        raise ConfigError(f"reward {name!r}: a judge reward is judge:claims:<model folder or self>")
+    return ClaimJudgeSource(spec)
 
 
 
@@ -252,6 +312,11 @@ def check_reward(spec: str, examples: Sequence[Example], key: str = "reward_mode
                     require_shapes_truth(examples, name, RULE_ALTERNATIVE)
             elif is_plugin(name):
                 load_callable(name, positional=2)
+            elif name.startswith(JUDGE_PREFIX):
+                from modalign.feedback.judges.claims import check_claims_judge
+
+                _judge_source(name)
+                check_claims_judge(name[len(JUDGE_PREFIX):], examples)
             elif not Path(name).is_dir():
                 raise ConfigError(f"no reward-model folder {name} (or write rule:<name> or py:<file.py>:<function>)")
         except ShapesTruthError:
@@ -280,6 +345,8 @@ def score_texts(source: RewardSource, examples: Sequence[Example], answers: Sequ
         return total
     if isinstance(source, RewardModelSource):
         return _reward_model_scores(source, examples, answers, media, batch_size)
+    if isinstance(source, ClaimJudgeSource):
+        return source.score(examples, answers, media)
     if callable(source):
         return torch.tensor([float(source(e, a)) for e, a in zip(examples, answers)])
     raise ValueError(f"reward source {source!r} cannot score texts")

@@ -1,0 +1,281 @@
+"""Claim-level verification (`judge: claims:<model>`, `claims:self`): an answer is split into atomic claims,
+each claim is asked about the media as a question to a judge model, and the answer is scored by its
+verified and refuted claims. RLAIF-V (Yu et al. 2024, "RLAIF-V: Open-Source AI Feedback Leads to
+Super GPT-4V Trustworthiness", sec. 3.2) scores responses this way, with the policy itself as the
+labeler in its self-alignment setting (`claims:self`).
+
+Score of an answer (the documented formula):
+
+    score = verified - refute_weight * refuted        (refute_weight 2 by default; 0 claims: 0)
+
+A claim is verified when the judge's most likely option (`ask.score_options`, renormalised over the
+options) is the claim's expected one, refuted otherwise. Stating more true facts raises the score,
+each hallucinated fact costs twice what a true one earns, like the ShapesWorld gold utility.
+
+Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>]`
+- splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
+  `shapes` on ShapesWorld data, else `model`.
+- template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
+  default `DEFAULT_TEMPLATE`. Claims that carry their own question (the `shapes` splitter) ignore it.
+- refute: refute_weight.
+
+Judgments (`judge_with_claims`): every pair of a prompt's distinct answers is one pairwise judgment,
+the higher score winning and equal scores a tie, each with provenance (judge model, template sha256,
+splitter, both answers' scores and per-claim results). Every claim goes through a `ClaimCache`, keyed
+by (judge, media sha256, question, options): a claim is never asked twice of the same judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from modalign.config import ConfigError
+from modalign.data.records import Completion, Example
+from modalign.feedback.judges.cache import ClaimCache, MediaDigests
+from modalign.feedback.judges.splitters import Claim, as_claims, auto_splitter, splitter_from
+
+if TYPE_CHECKING:
+    from modalign.feedback.collect import JudgedGroups
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import Policy
+
+PREFIX = "claims:"
+SELF = "self"
+DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
+
+
+def is_claims(spec: str) -> bool:
+    return spec.strip().startswith(PREFIX)
+
+
+@dataclass(frozen=True)
+class ClaimJudgeSpec:
+    """A parsed `claims:...` spec (see the module docstring)."""
+
+    model: str
+    splitter: str = "auto"
+    template: str = ""
+    refute_weight: float = 2.0
+
+    @classmethod
+    def parse(cls, spec: str) -> "ClaimJudgeSpec":
+        body = spec.strip().removeprefix(PREFIX)
+        model, _, query = body.partition("?")
+        if not model:
+            raise ConfigError(f"judge {spec!r}: name the judge model, claims:<folder or hub id> or claims:{SELF}")
+        options: dict[str, Any] = {}
+        for item in filter(None, query.split("&")):
+            key, _, value = item.partition("=")
+            if key not in ("splitter", "template", "refute") or not value:
+                raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file> or "
+                                  f"refute=<weight>")
+            options[key] = value
+        try:
+            refute = float(options.get("refute", 2.0))
+        except ValueError:
+            raise ConfigError(f"judge {spec!r}: refute={options['refute']!r} is not a number") from None
+        return cls(model, options.get("splitter", "auto"), options.get("template", ""), refute)
+
+    @property
+    def is_self(self) -> bool:
+        return self.model == SELF
+
+    def template_text(self) -> str:
+        if not self.template:
+            return DEFAULT_TEMPLATE
+        path = Path(self.template)
+        if not path.is_file():
+            raise ConfigError(f"claim question template {self.template}: no such file")
+        text = path.read_text(encoding="utf-8").strip()
+        if "{claim}" not in text:
+            raise ConfigError(f"claim question template {self.template} has no {{claim}} placeholder")
+        return text
+
+
+def check_claims_judge(spec: str, examples: Sequence[Example]) -> ClaimJudgeSpec:
+    """Fail before any work on a claims spec that cannot run: options, template, splitter, model folder."""
+    from modalign.plugins import PluginError
+
+    parsed = ClaimJudgeSpec.parse(spec)
+    parsed.template_text()
+    name = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
+    if name != "model":
+        try:
+            splitter_from(name)
+        except PluginError as err:
+            raise PluginError(f"judge {spec!r}: claim splitter {err}") from None
+    if not parsed.is_self and Path(parsed.model).exists() and not (Path(parsed.model) / "config.json").is_file():
+        raise ConfigError(f"judge {spec!r}: {parsed.model} has no config.json: not a saved model")
+    return parsed
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The judge's answer to one claim: the option it found most likely and the expected option's probability."""
+
+    claim: Claim
+    answer: str
+    probability: float
+
+    @property
+    def verified(self) -> bool:
+        return self.answer == self.claim.expected
+
+    def to_dict(self) -> dict:
+        return {"claim": self.claim.text, "question": self.claim.question, "expected": self.claim.expected,
+                "answer": self.answer, "p_expected": round(self.probability, 4), "verified": self.verified}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One answer's claims as judged, and its score."""
+
+    results: tuple[ClaimResult, ...]
+    score: float
+
+    @property
+    def verified(self) -> int:
+        return sum(r.verified for r in self.results)
+
+    @property
+    def refuted(self) -> int:
+        return len(self.results) - self.verified
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "verified": self.verified, "refuted": self.refuted,
+                "claims": [r.to_dict() for r in self.results]}
+
+
+class ClaimJudge:
+    """Verifies answers claim by claim with `policy` as the judge; batched, cached.
+
+    `name` identifies the judge in the cache keys and the provenance (its folder; for `claims:self`
+    the round's policy folder). `media`: a MediaStore over the examples' dataset root.
+    """
+
+    def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
+                 template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
+                 batch_size: int = 32) -> None:
+        self.policy, self.media, self.name = policy, media, name
+        self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
+        self.template, self.refute_weight = template, refute_weight
+        self.cache = cache if cache is not None else ClaimCache()
+        self.batch_size = batch_size
+        self.digests = MediaDigests(media.root)
+
+    @property
+    def template_sha(self) -> str:
+        return hashlib.sha256(self.template.encode()).hexdigest()[:16]
+
+    def question(self, claim: Claim) -> str:
+        return claim.question or self.template.format(claim=claim.text)
+
+    def verify(self, examples: Sequence[Example], answers: Sequence[str]) -> list[Verification]:
+        """Each answer's claims, asked (only the ones not in the cache) in batches; one Verification per answer."""
+        claims = [as_claims(self.splitter(e, a), self.splitter_name) for e, a in zip(examples, answers)]
+        keys = [[self._key(e, c) for c in own] for e, own in zip(examples, claims)]
+        pending: dict[str, tuple[Example, Claim]] = {}
+        for example, own, own_keys in zip(examples, claims, keys):
+            for claim, key in zip(own, own_keys):
+                if key not in pending and self.cache.get(key) is None:
+                    pending[key] = (example, claim)
+        self._ask(pending)
+        return [self._verification(own, own_keys) for own, own_keys in zip(claims, keys)]
+
+    def scores(self, examples: Sequence[Example], answers: Sequence[str]) -> list[float]:
+        return [v.score for v in self.verify(examples, answers)]
+
+    def provenance(self, verifications: Sequence[Verification]) -> dict:
+        return {"judge": f"claims:{self.name}", "template_sha256": self.template_sha, "splitter": self.splitter_name,
+                "refute_weight": self.refute_weight, "answers": [v.to_dict() for v in verifications]}
+
+    def _key(self, example: Example, claim: Claim) -> str:
+        return ClaimCache.key(self.name, self.digests.of(example), self.question(claim), claim.options)
+
+    def _ask(self, pending: dict[str, tuple[Example, Claim]]) -> None:
+        """Ask every pending claim, grouped by its options and, within a group, by example (media encoded once)."""
+        from modalign.feedback.judges.ask import Query, media_key, score_options
+
+        by_options: dict[tuple[str, ...], list[str]] = {}
+        for key, (_, claim) in pending.items():
+            by_options.setdefault(claim.options, []).append(key)
+        for options, group in by_options.items():
+            group.sort(key=lambda k: media_key(pending[k][0]))
+            queries = [Query(pending[k][0], self.question(pending[k][1])) for k in group]
+            scores = score_options(self.policy, queries, options, self.media, self.batch_size)  # (N, K)
+            self.cache.put({k: row for k, row in zip(group, scores.tolist())})
+
+    def _verification(self, claims: Sequence[Claim], keys: Sequence[str]) -> Verification:
+        results = []
+        for claim, key in zip(claims, keys):
+            scores = torch.tensor(self.cache.entries[key])
+            probabilities = torch.softmax(scores, dim=0)
+            answer = claim.options[int(scores.argmax())]
+            results.append(ClaimResult(claim, answer, float(probabilities[claim.options.index(claim.expected)])))
+        verified = sum(r.verified for r in results)
+        return Verification(tuple(results), float(verified - self.refute_weight * (len(results) - verified)))
+
+
+def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", policy: "Policy | None" = None,
+                policy_name: str = "", cache: ClaimCache | None = None) -> ClaimJudge:
+    """The ClaimJudge of `spec`: for `claims:self` over `policy` (the current one, named `policy_name`),
+    else over the model the spec names (loaded here)."""
+    parsed = check_claims_judge(spec, examples)
+    if parsed.is_self:
+        if policy is None:
+            raise ConfigError(f"judge {spec!r}: claims:self needs the current policy (only the loop, iterative DPO "
+                              f"and online RL have one)")
+        name = policy_name or getattr(policy, "name", "") or "self"
+    else:
+        from modalign.models.inputs import MediaStore
+        from modalign.validate import load_checked_policy
+
+        policy, name = load_checked_policy(parsed.model), parsed.model
+        extractor = getattr(policy.processor, "feature_extractor", None)  # audio at the judge's own rate
+        media = MediaStore(media.root, sample_rate=int(getattr(extractor, "sampling_rate", media.sample_rate)))
+    splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
+    return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache)
+
+
+def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions: Sequence[Completion],
+                      k: int) -> tuple["JudgedGroups", list[float]]:
+    """Verify every answer (one batched pass), then every pair of a prompt's distinct answers is one pairwise
+    judgment: the higher score wins, equal scores are a tie. Returns the judgments and every answer's score."""
+    owners = [e for e in prompts for _ in range(k)]
+    verifications = judge.verify(owners, [c.text for c in completions])
+    scores = [v.score for v in verifications]
+    pairs = []
+    for i, example in enumerate(prompts):
+        distinct = list({c.text: (c, v) for c, v in zip(completions[k * i : k * i + k],
+                                                        verifications[k * i : k * i + k])}.values())
+        pairs += [(example, a, b) for a, b in combinations(distinct, 2)]
+    return _pair_judgments(judge, pairs), scores
+
+
+def judge_pairs_with_claims(judge: ClaimJudge, pairs) -> "JudgedGroups":
+    """The claim judge chooses in every selected pair (`feedback.select.CandidatePair`); equal scores are ties."""
+    verifications = judge.verify([p.example for p in pairs for _ in range(2)],
+                                 [c.text for p in pairs for c in (p.a, p.b)])
+    return _pair_judgments(judge, [(p.example, (p.a, verifications[2 * i]), (p.b, verifications[2 * i + 1]))
+                                   for i, p in enumerate(pairs)])
+
+
+def _pair_judgments(judge: ClaimJudge, pairs) -> "JudgedGroups":
+    from modalign.feedback.collect import JudgedGroups
+
+    annotator = f"claims:{judge.name}"[:200]
+    examples, groups, verdicts, ties, provenance = [], [], [], [], []
+    for example, first, second in pairs:
+        (a, verified_a), (b, verified_b) = (first, second) if first[1].score >= second[1].score else (second, first)
+        examples.append(example)
+        groups.append([a, b])  # the winner first, so the provenance's answers are candidate_a's, candidate_b's
+        verdicts.append([(annotator, (0, 1))])
+        ties.append(verified_a.score == verified_b.score)
+        provenance.append(judge.provenance([verified_a, verified_b]))
+    return JudgedGroups(examples, groups, verdicts, pairwise=True, ties=ties, provenance=provenance)
