@@ -231,7 +231,7 @@ def _without_password(message: str, url: str) -> str:
 
     try:
         password = make_url(url).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return message
     return message.replace(password, "***") if password else message
 

@@ -7,6 +7,7 @@ everywhere. Errors name the setting and the URL with its password masked.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,14 +33,14 @@ def is_url(spec: str) -> bool:
 
 
 def masked(url: str) -> str:
-    """`url` with its password as *** (for messages and logs); anything unparsable is shown as is."""
+    """`url` with its password as *** (for messages and logs), even when SQLAlchemy cannot parse it."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return re.sub(r"(://[^/@]*?:)[^/]*@", r"\1***@", url)
 
 
 def store_url(spec: str, default_path: str | Path | None = None, key: str = "store", must_exist: bool = False) -> str:
@@ -63,7 +64,7 @@ def store_url(spec: str, default_path: str | Path | None = None, key: str = "sto
                 spec = "postgresql+psycopg://" + spec[len(plain):]
         try:
             make_url(spec)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise StoreError(f"{key} {masked(spec)!r} is not an SQLAlchemy URL (dialect+driver://user@host/db)") from None
         return spec
     path = Path(spec).expanduser().resolve()
