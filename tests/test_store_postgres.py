@@ -61,6 +61,14 @@ def test_a_store_that_cannot_be_opened_is_one_error_naming_key_and_url(url, says
     assert SECRET not in message
 
 
+def test_password_from_pgpassword_keeps_it_out_of_the_url(postgres, monkeypatch):
+    url = postgres.url("postgres").replace(f":{postgres.password}@", "@")
+    with pytest.raises(StoreError, match="no password supplied"):
+        open_store(url)
+    monkeypatch.setenv("PGPASSWORD", postgres.password)  # libpq reads it (and ~/.pgpass)
+    assert open_store(url).count_judgments() == 0
+
+
 def test_wrong_password_and_missing_database_on_a_real_server(postgres):
     wrong = postgres.url("postgres").replace(postgres.password, SECRET)
     with pytest.raises(StoreError, match="password authentication failed") as caught:

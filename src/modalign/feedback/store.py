@@ -25,7 +25,7 @@ from modalign.feedback.judgments import (
     CritiqueJudgment, ImplicitJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment, RatingJudgment,
 )
 from modalign.feedback.schema import Base, CandidateRow, ExampleRow, JudgmentRow
-from modalign.feedback.store_spec import StoreError, masked
+from modalign.feedback.store_spec import StoreError, masked, with_driver
 
 KINDS = {"pairwise": PairwiseJudgment, "ranking": RankingJudgment, "rating": RatingJudgment,
          "critique": CritiqueJudgment, "implicit": ImplicitJudgment}
@@ -53,7 +53,7 @@ class FeedbackStore:
     """
 
     def __init__(self, url: str, key: str = "store") -> None:
-        self.url = url
+        self.url = url = with_driver(url)
         self.engine = _engine(url, key)
         try:
             _create_tables(self.engine)

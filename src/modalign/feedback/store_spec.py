@@ -43,12 +43,20 @@ def masked(url: str) -> str:
         return re.sub(r"(://[^/@]*?:)[^/]*@", r"\1***@", url)
 
 
+def with_driver(url: str) -> str:
+    """`url`, with psycopg 3 as the driver of a libpq-style `postgresql://` or `postgres://` URL."""
+    for plain in PLAIN_POSTGRES:
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
 def store_url(spec: str, default_path: str | Path | None = None, key: str = "store", must_exist: bool = False) -> str:
     """The SQLAlchemy URL of the store `spec` names ('' means `default_path`).
 
     A URL is kept (a libpq-style `postgresql://` gets the psycopg driver); a folder means its
-    `feedback.db`; any other path is an SQLite file, made absolute (its folder is created unless
-    `must_exist`, which requires the file).
+    `feedback.db`; any other path is an SQLite file, made absolute, its folder created (`must_exist`:
+    the file must exist).
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -59,9 +67,7 @@ def store_url(spec: str, default_path: str | Path | None = None, key: str = "sto
             raise StoreError(f"{key} is empty: set it to {STORE_HELP}")
         spec = str(default_path)
     if is_url(spec):
-        for plain in PLAIN_POSTGRES:
-            if spec.startswith(plain):
-                spec = "postgresql+psycopg://" + spec[len(plain):]
+        spec = with_driver(spec)
         try:
             make_url(spec)
         except (ArgumentError, ValueError):
