@@ -38,7 +38,7 @@ def postgres_url(postgres):
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
+def backend_url(request, tmp_path):
     """A new feedback store's URL: a feedback.db in tmp_path, then a PostgreSQL database (same tests on both)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.db'}"

@@ -16,11 +16,11 @@ from modalign.feedback.store import FeedbackStore
 
 
 @pytest.fixture
-def store(tmp_path, store_url):
+def store(tmp_path, backend_url):
     """A store with one example and three candidates, on SQLite and on PostgreSQL."""
     (tmp_path / "img.png").write_bytes(b"x")
     (tmp_path / "a.wav").write_bytes(b"x")
-    store = FeedbackStore(store_url)
+    store = FeedbackStore(backend_url)
     example = Example("e1", (user_turn("describe the scene.", 1, 1), assistant_turn("ref")),
                       media=(MediaRef("image", "img.png"), MediaRef("audio", "a.wav")))
     store.add_examples([example], root=tmp_path)

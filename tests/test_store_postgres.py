@@ -144,3 +144,18 @@ def test_loop_refuses_a_store_it_cannot_open_before_making_its_folder(sft_model,
     with pytest.raises(StoreError, match=r"store 'postgresql\+psycopg://ann:\*\*\*@127.0.0.1"):
         run_loop(LoopConfig(out=str(tmp_path / "loop"), policy=str(model), data=str(data), store=url))
     assert not (tmp_path / "loop").exists()
+
+
+def test_iterative_dpo_collects_its_rounds_in_a_postgres_store_that_held_judgments(postgres_url, sft_model, tmp_path):
+    from test_iterative_dpo import config
+
+    from modalign.recipes.iterative_dpo import run_iterative_dpo
+
+    store = FeedbackStore(postgres_url)
+    _one_pair(store, tmp_path)  # an earlier judgment: the round's are counted from it
+    summary = run_iterative_dpo(config(tmp_path / "run", sft_model, rounds=1, store=postgres_url))
+    assert summary["judgments"] > 0 and store.count_judgments() == 1 + summary["judgments"]
+    assert json.loads((tmp_path / "run" / "store.json").read_text())["judgments_at_start"] == 1
+    assert not (tmp_path / "run" / "feedback.db").exists() and summary["feedback"] == store.display_url
+    rerun = run_iterative_dpo(config(tmp_path / "run", sft_model, rounds=1, store=postgres_url))  # done: nothing added
+    assert rerun["judgments"] == summary["judgments"] and store.count_judgments() == 1 + summary["judgments"]
