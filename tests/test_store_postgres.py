@@ -36,7 +36,7 @@ def test_a_path_is_sqlite_a_folder_its_feedback_db_and_a_url_is_kept(tmp_path, m
     assert store_url("postgresql+psycopg://ann@h/l") == "postgresql+psycopg://ann@h/l"
     with pytest.raises(StoreError, match="loop_store is empty"):
         store_url("", key="loop_store")
-    with pytest.raises(StoreError, match="'gone.db': no feedback store there"):
+    with pytest.raises(FileNotFoundError, match="'gone.db': no feedback store there"):
         store_url("gone.db", must_exist=True)
 
 

@@ -56,7 +56,7 @@ def store_url(spec: str, default_path: str | Path | None = None, key: str = "sto
 
     A URL is kept (a libpq-style `postgresql://` gets the psycopg driver); a folder means its
     `feedback.db`; any other path is an SQLite file, made absolute, its folder created (`must_exist`:
-    the file must exist).
+    the file must exist, else FileNotFoundError, which the CLI prints as one line too).
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -77,7 +77,7 @@ def store_url(spec: str, default_path: str | Path | None = None, key: str = "sto
     if path.is_dir():
         path = path / STORE_FILE
     if must_exist and not path.is_file():
-        raise StoreError(f"{key} {spec!r}: no feedback store there (a run's {STORE_FILE}, or an SQLAlchemy URL)")
+        raise FileNotFoundError(f"{key} {spec!r}: no feedback store there (a run's {STORE_FILE}, or an SQLAlchemy URL)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
