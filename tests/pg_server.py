@@ -98,7 +98,7 @@ def start_postgres(durable: bool = False) -> PostgresServer:
 
 
 def _pg_ctl_start(bindir: Path, run_as: list[str], folder: Path, port: int, durable: bool) -> bool:
-    options = [f"-c listen_addresses=127.0.0.1", f"-c port={port}", f"-c unix_socket_directories={folder}",
+    options = ["-c listen_addresses=127.0.0.1", f"-c port={port}", f"-c unix_socket_directories={folder}",
                "-c max_connections=200"]
     if not durable:
         options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
