@@ -91,6 +91,9 @@ def critique_stall(folder: Path, crafted: bool) -> dict:
     return {"critique_save_s": took["writer"], "other_save_s": took["other"]}
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "annotation_load.json"
+
+
 def load_run(store_url: str, clients: int, per_client: int, postgres=None) -> dict:
     """One run on the empty store at `store_url` (None: a feedback.db in a temp folder)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -168,9 +171,13 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite", help="sqlite, postgres (a throwaway server) or an empty database URL")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--record", help="label of these runs in bench/results/annotation_load.json")
+    parser.add_argument("--render", action="store_true", help="print the recorded runs as a Markdown table (medians)")
     parser.add_argument("--critique", action="store_true")
     parser.add_argument("--crafted", action="store_true")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(RESULTS.read_text())))
+        return
     if args.critique:
         with tempfile.TemporaryDirectory() as folder:
             print(json.dumps(critique_stall(Path(folder), args.crafted)))
@@ -193,14 +200,35 @@ def record(args, runs: list[dict]) -> None:
     """Append the runs under their label to bench/results/annotation_load.json."""
     import subprocess
 
-    path = Path(__file__).resolve().parent / "results" / "annotation_load.json"
-    results = json.loads(path.read_text()) if path.is_file() else []
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     code = subprocess.run(["git", "-C", str(Path(modalign.__file__).parent), "log", "-1", "--format=%h"],
                           capture_output=True, text=True).stdout.strip()
     results.append({"label": args.record, "store": args.store if "://" not in args.store else "url",
                     "code": code, "clients": args.clients, "per_client": args.per_client, "cpus": os.cpu_count(),
                     "runs": runs})
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def render(results: list[dict]) -> str:
+    """One row per label: the median of its runs (each run's own figures are in the JSON)."""
+    by_label: dict[str, list[dict]] = {}
+    for entry in results:
+        by_label.setdefault(entry["label"], []).extend(entry["runs"])
+    rows = ["| code, store | runs | judgments/s | p50 ms | p99 ms | app server CPU ms / judgment | "
+            "PostgreSQL CPU ms / judgment | CPU / wall | load average (1 min) |", "|---" * 9 + "|"]
+    for label, runs in by_label.items():
+        def median(get):
+            values = [get(run) for run in runs if get(run) is not None]
+            return statistics.median(values) if values else None
+
+        pg = median(lambda r: r["cpu_ms_per_judgment"]["postgres"])
+        loads = [x for run in runs for x in run["loadavg_1min"]]
+        rows.append(f"| {label} | {len(runs)} | {median(lambda r: r['judgments_per_s']):.1f} | "
+                    f"{median(lambda r: r['p50_ms']):.0f} | {median(lambda r: r['p99_ms']):.0f} | "
+                    f"{median(lambda r: r['cpu_ms_per_judgment']['server']):.1f} | "
+                    f"{'-' if pg is None else f'{pg:.1f}'} | {median(lambda r: r['cpu_per_wall']):.2f} | "
+                    f"{min(loads):.0f}-{max(loads):.0f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
