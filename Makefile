@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench browsers clean
+.PHONY: demo test bench browsers postgres clean
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ $(STAMP):
 demo: $(STAMP)
 	$(BIN)/modalign demo
 
-test: $(STAMP) browsers
-	$(BIN)/python -m pytest -q
+# MODALIGN_REQUIRE_POSTGRES: the PostgreSQL tests fail, not skip, when the server `make postgres` installed cannot start.
+test: $(STAMP) browsers postgres
+	MODALIGN_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 # TRL is a bench-only extra (`.[bench]`), installed here and not by `make test`.
 bench: $(STAMP)
@@ -32,6 +33,13 @@ bench: $(STAMP)
 browsers:
 	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's PostgreSQL server for the store tests (tests/pg_server.py runs initdb + pg_ctl in a temp folder;
+# the package's own cluster is not used).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

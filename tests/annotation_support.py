@@ -54,11 +54,12 @@ def build_shapes(folder: Path, scenes: int = 10) -> Path:
     return build_shapes_dataset(folder, n_train=scenes, n_test=0, seed=0, questions_per_scene=1)
 
 
-def build_world(folder: Path, root: Path | None = None) -> World:
-    """A fresh store in `folder` over the ShapesWorld at `root` (built in `folder` when None)."""
+def build_world(folder: Path, root: Path | None = None, store_url: str | None = None) -> World:
+    """A fresh store over the ShapesWorld at `root` (built in `folder` when None): `folder/feedback.db`, or the
+    empty database at `store_url` (e.g. PostgreSQL)."""
     root = root or build_shapes(folder / "data")
     examples = read_examples(root, "train")
-    store = FeedbackStore.sqlite(folder / "feedback.db")
+    store = FeedbackStore(store_url) if store_url else FeedbackStore.sqlite(folder / "feedback.db")
     store.add_examples(examples, root=root)
     texts = [(e.id, t) for e in examples for t in (e.answer, f"{e.answer} and a red star", "i cannot tell.")]
     ids = store.add_candidates([Completion(example_id, text, "sft-v0") for example_id, text in texts])

@@ -17,3 +17,29 @@ def sft_model(tmp_path_factory):
     run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
                       encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
     return root / "sft" / "model", data
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (tests/pg_server.py), stopped at the end;
+    tests using it skip with the reason when none can be started."""
+    from pg_server import postgres_or_skip
+
+    yield from postgres_or_skip()
+
+
+_databases = iter(range(10**6))
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """The SQLAlchemy URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_url(request, tmp_path):
+    """A new feedback store's URL: a feedback.db in tmp_path, then a PostgreSQL database (same tests on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feedback.db'}"
+    return request.getfixturevalue("postgres_url")

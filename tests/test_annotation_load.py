@@ -3,7 +3,8 @@
 20 concurrent clients each submit 200 judgments: none is lost, none duplicated, each stored as sent.
 Then a second run is cut short by SIGKILL; after a restart on the same store, every judgment
 that got a 2xx answer is there, each task is either answered or still queued, and new answers
-are taken without duplicates.
+are taken without duplicates. The same on a real PostgreSQL server (tests/pg_server.py) with 20
+clients x 25 judgments (the checks are the same, exact ones; fewer judgments for the suite's time).
 """
 
 from __future__ import annotations
@@ -13,17 +14,26 @@ import random
 import signal
 import sqlite3
 import threading
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from annotation_support import build_world, free_port, start_process_server
 
-CLIENTS, PER_RUN = 20, 200
-KILL_AFTER = 1000  # acknowledged judgments in the second run before the SIGKILL
+CLIENTS = 20
 FINISH = 10  # judgments per client after the restart
+
+
+@dataclass(frozen=True)
+class Load:
+    backend: str  # sqlite or postgres
+    per_run: int  # judgments per client in the first run (and the most in the second)
+    kill_after: int  # acknowledged judgments in the second run before the SIGKILL
+
+
+LOADS = [Load("sqlite", 200, 1000), Load("postgres", 25, 125)]
 
 
 class Client:
@@ -58,11 +68,21 @@ def run_all(clients: list[Client], count: int, on_ack=None) -> None:
             future.result()
 
 
-def stored_rows(db: Path) -> list[tuple[int, int, str, str]]:
-    """(judgment id, task id, annotator, choice), read with plain sqlite3 as a second opinion."""
-    with sqlite3.connect(db) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return connection.execute("SELECT id, task_id, annotator, json_extract(payload, '$.choice') FROM judgments").fetchall()
+def stored_rows(url: str) -> list[tuple[int, int, str, str]]:
+    """(judgment id, task id, annotator, choice), read with the plain driver (sqlite3, psycopg) as a second opinion."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        with sqlite3.connect(parsed.database) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            return connection.execute("SELECT id, task_id, annotator, json_extract(payload, '$.choice') "
+                                      "FROM judgments").fetchall()
+    import psycopg
+
+    libpq_url = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq_url) as connection:
+        return connection.execute("SELECT id, task_id, annotator, payload->>'choice' FROM judgments").fetchall()
 
 
 def check_acknowledged(clients: list[Client], rows) -> None:
@@ -74,20 +94,23 @@ def check_acknowledged(clients: list[Client], rows) -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_clients_lose_nothing_even_across_a_kill(tmp_path):
-    world = build_world(tmp_path)
+@pytest.mark.parametrize("load", LOADS, ids=[load.backend for load in LOADS])
+def test_concurrent_clients_lose_nothing_even_across_a_kill(tmp_path, request, load):
+    per_run, kill_after = load.per_run, load.kill_after
+    url = request.getfixturevalue("postgres_url") if load.backend == "postgres" else None
+    world = build_world(tmp_path, store_url=url)
     names = [f"rater{i:02d}" for i in range(CLIENTS)]
     world.add_accounts(*names)
-    world.tasks("pairwise", CLIENTS * PER_RUN, 2, names, overlap=2)  # 400 open tasks per annotator
-    db, port, log = tmp_path / "feedback.db", free_port(), tmp_path / "server.log"
+    world.tasks("pairwise", CLIENTS * per_run, 2, names, overlap=2)  # 2 x per_run open tasks per annotator
+    port, log = free_port(), tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
 
     server = start_process_server(world.store.url, port, log)
     try:
         clients = [Client(base, name, world.tokens[name]) for name in names]
-        run_all(clients, PER_RUN)
-        rows = stored_rows(db)
-        assert len(rows) == CLIENTS * PER_RUN and all(len(c.acked) == PER_RUN for c in clients)
+        run_all(clients, per_run)
+        rows = stored_rows(world.store.url)
+        assert len(rows) == CLIENTS * per_run and all(len(c.acked) == per_run for c in clients)
         check_acknowledged(clients, rows)
         _racing_double_submits_store_one(clients[0])
 
@@ -97,12 +120,12 @@ def test_concurrent_clients_lose_nothing_even_across_a_kill(tmp_path):
         def count_ack() -> None:
             with lock:
                 acks[0] += 1
-                if acks[0] >= KILL_AFTER:
+                if acks[0] >= kill_after:
                     enough.set()
 
         second = [Client(base, name, world.tokens[name]) for name in names]
         with ThreadPoolExecutor(CLIENTS) as pool:
-            futures = [pool.submit(client.run, PER_RUN, count_ack) for client in second]
+            futures = [pool.submit(client.run, per_run, count_ack) for client in second]
             assert enough.wait(timeout=60), "the second run stalled"
             os.kill(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
@@ -114,21 +137,21 @@ def test_concurrent_clients_lose_nothing_even_across_a_kill(tmp_path):
 
     server = start_process_server(world.store.url, port, log)  # same store, same port
     try:
-        rows = stored_rows(db)
+        rows = stored_rows(world.store.url)
         acked_second = sum(len(c.acked) for c in second)
-        assert KILL_AFTER <= acked_second < CLIENTS * PER_RUN  # the kill really cut the run short
+        assert kill_after <= acked_second < CLIENTS * per_run  # the kill really cut the run short
         check_acknowledged(clients + second, rows)
         # Answers committed but not acknowledged (in flight at the kill) are stored *and* off the
         # queue: a task is either answered or still queued, never both, never neither.
         finish = [Client(base, name, world.tokens[name]) for name in names]
         for client in finish:
             answered, queued = {t for _, t, who, _ in rows if who == client.name}, set(client.queue())
-            assert not answered & queued and len(answered | queued) == 2 * PER_RUN
+            assert not answered & queued and len(answered | queued) == 2 * per_run
         run_all(finish, FINISH)  # the restarted server takes new answers
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=20)
-    final = stored_rows(db)
+    final = stored_rows(world.store.url)
     assert len(final) == len({(task, who) for _, task, who, _ in final}) == len(rows) + CLIENTS * FINISH
     check_acknowledged(clients + second + finish, final)
 

@@ -16,10 +16,11 @@ from modalign.feedback.store import FeedbackStore
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, backend_url):
+    """A store with one example and three candidates, on SQLite and on PostgreSQL."""
     (tmp_path / "img.png").write_bytes(b"x")
     (tmp_path / "a.wav").write_bytes(b"x")
-    store = FeedbackStore.sqlite(tmp_path / "feedback.db")
+    store = FeedbackStore(backend_url)
     example = Example("e1", (user_turn("describe the scene.", 1, 1), assistant_turn("ref")),
                       media=(MediaRef("image", "img.png"), MediaRef("audio", "a.wav")))
     store.add_examples([example], root=tmp_path)
@@ -42,10 +43,10 @@ def test_every_kind_round_trips(store):
     assert store.count_judgments("pairwise") == 1 and store.count_judgments() == 5
 
 
-def test_durable_for_another_process(store, tmp_path):
+def test_durable_for_another_process(store):
     a, b, _ = store.ids
     store.add_judgment(PairwiseJudgment(example_id="e1", annotator="ann", candidate_a=a, candidate_b=b, choice="b"))
-    code = f"from modalign.feedback.store import FeedbackStore; print(FeedbackStore.sqlite(r'{tmp_path / 'feedback.db'}').count_judgments())"
+    code = f"from modalign.feedback.store import FeedbackStore; print(FeedbackStore({store.url!r}).count_judgments())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
 
 

@@ -87,14 +87,17 @@ def simulated_annotator(base_url, token, data, stop):
             client.post(f"/api/tasks/{task['id']}/judgment", json={"choice": choice}).raise_for_status()
 
 
-def test_loop_waits_for_people_and_trains_on_their_judgments(sft_model, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_loop_waits_for_people_and_trains_on_their_judgments(sft_model, tmp_path, request, backend):
+    """The loop's default store (OUT/feedback.db), and `store=` a PostgreSQL database that the app serves."""
     from annotation_support import thread_server
 
     from modalign.feedback.server import create_account
 
     model, data = sft_model
     out = tmp_path / "loop"
-    store = FeedbackStore.sqlite(out / "feedback.db")
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    store = FeedbackStore(url) if url else FeedbackStore.sqlite(out / "feedback.db")
     tokens = {name: create_account(store, name) for name in ("ann", "bob")}
     stop = threading.Event()
     with thread_server(store.url) as base_url:
@@ -105,7 +108,7 @@ def test_loop_waits_for_people_and_trains_on_their_judgments(sft_model, tmp_path
         try:
             summary = run_loop(LoopConfig(out=str(out), policy=str(model), data=str(data), rounds=1, judge="people",
                                           annotators="ann,bob", overlap=2, selection="random", pairs_per_round=4,
-                                          **TINY))
+                                          store=url, **TINY))
         finally:
             stop.set()
     tasks = json.loads((out / "round-1" / "tasks.json").read_text())["task_ids"]
@@ -113,6 +116,9 @@ def test_loop_waits_for_people_and_trains_on_their_judgments(sft_model, tmp_path
     assert 0 < len(tasks) <= 4 and len(judged) == 2 * len(tasks)  # overlap 2: both answered every task
     assert summary["rounds"][0]["judgments"] == len(judged)
     assert json.loads((out / "round-1" / "reward" / "summary.json").read_text())["train_pairs"] > 0
+    assert (out / "feedback.db").is_file() == (backend == "sqlite")  # nothing written beside a named store
+    if backend == "postgres":
+        assert summary["feedback"] == store.display_url and ":***@" in summary["feedback"]  # password masked
 
 
 def test_ensemble_priority_is_minus_the_members_disagreement(sft_model):

@@ -318,11 +318,13 @@ def demo(
     seed: int = typer.Option(0, help="Seed of data, model and sampling."),
     quick: bool = typer.Option(False, help="A small version for tests (under 90 s)."),
     resume: Optional[str] = typer.Option(None, help="Continue a killed demo in this folder (its seed and size kept)."),
+    store: str = typer.Option("", help="Feedback store of the judgments (default OUT/loop/feedback.db): a path or an "
+                                       "SQLAlchemy URL such as postgresql+psycopg://user@host/db."),
 ) -> None:
     """The main job, no arguments needed."""
     from modalign.recipes.demo import run_demo
 
-    _run(lambda: run_demo(out=out, seed=seed, quick=quick, resume=resume))
+    _run(lambda: run_demo(out=out, seed=seed, quick=quick, resume=resume, store=store))
 
 
 @app.command()

@@ -284,18 +284,18 @@ def check_store(location: str, min_votes: int = 1, decided: bool = False, key: s
         if not count:
             raise UserError(f"{key} {location!r}: the TRL preference file holds no rows")
         return count
-    from modalign.feedback.store import FeedbackStore
-
     from sqlalchemy.exc import SQLAlchemyError
 
+    from modalign.feedback.store_spec import masked, open_store
+
+    store = open_store(location, key=key, must_exist=True)  # a URL it cannot open: one error naming key and URL
     try:
-        store = FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
         pairs = [p for p in store.preference_pairs(min_votes) if not (decided and p.tie)]
     except SQLAlchemyError as err:
-        raise UserError(f"{key} {location!r}: not a readable feedback store ({first_line(err)})") from None
+        raise UserError(f"{key} {masked(location)!r}: not a readable feedback store ({first_line(err)})") from None
     if not pairs:
         kind = "decided (not tied) preference pairs" if decided else "pairwise or ranking judgments"
-        raise UserError(f"{key} {location!r}: the feedback store holds no {kind} with at least {min_votes} vote(s) "
+        raise UserError(f"{key} {masked(location)!r}: the feedback store holds no {kind} with at least {min_votes} vote(s) "
                         f"(min_votes)")
     return len(pairs)
 

@@ -53,7 +53,7 @@ def wait_for_answers(store: "FeedbackStore", task_ids: Sequence[int], wait_secon
     deadline, shown = time.monotonic() + wait_seconds, -1
     while (left := open_assignments(store, task_ids)) > 0:
         if left != shown:
-            console.print(f"waiting for {left} judgment(s) from annotators (modalign annotate --store {store.url})")
+            console.print(f"waiting for {left} judgment(s) from annotators (modalign annotate --store {store.display_url})")
             shown = left
         if time.monotonic() > deadline:
             raise TimeoutError(f"{left} of the round's assignments are still unanswered after {wait_seconds:.0f} s; "

@@ -1,7 +1,8 @@
 """The feedback store: examples, candidate answers and judgments in any SQLAlchemy database.
 
-SQLite (WAL, synchronous=FULL) in the run folder by default; every `add_*` call commits
-before it returns, so a judgment that got a success answer survives a crash.
+SQLite (WAL, synchronous=FULL) in the run folder by default, or a server such as PostgreSQL
+(`store=postgresql+psycopg://...`); every `add_*` call commits before it returns, so a
+judgment that got a success answer survives a crash.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from modalign.data.records import Completion, Example
+from modalign.errors import first_line
 from modalign.feedback.agreement import majority_vote
 from modalign.feedback.judgments import (
     STRENGTHS, CritiqueJudgment, ImplicitJudgment, Judgment, JudgmentError, PairwiseJudgment, RankingJudgment,
     RatingJudgment,
 )
 from modalign.feedback.schema import Base, CandidateRow, ExampleRow, JudgmentRow, SkipRow
+from modalign.feedback.store_spec import StoreError, masked, with_driver
 
 KINDS = {"pairwise": PairwiseJudgment, "ranking": RankingJudgment, "rating": RatingJudgment,
          "critique": CritiqueJudgment, "implicit": ImplicitJudgment}
 COMMON = {"example_id", "annotator", "guideline_version", "created_at", "task_id"}
+CONNECT_TIMEOUT = 10  # seconds: an unreachable server is an error, not a hang
+SCHEMA_LOCK = 0x6D6F64616C  # PostgreSQL advisory-lock key of table creation ("modal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +48,25 @@ class StoredPair:
 
 
 class FeedbackStore:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = create_engine(url)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+    """The store at an SQLAlchemy URL (`store_spec.open_store` turns a `store=` setting into one).
+
+    `key`: the setting the URL came from, named with the masked URL when it cannot be opened.
+    """
+
+    def __init__(self, url: str, key: str = "store") -> None:
+        self.url = url = with_driver(url)
+        self.engine = _engine(url, key)
+        try:
+            _create_tables(self.engine)
+        except SQLAlchemyError as err:
+            self.engine.dispose()
+            raise StoreError(f"{key} {masked(url)!r}: not a readable feedback store "
+                             f"({_without_password(first_line(getattr(err, 'orig', None) or err), url)})") from None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for messages."""
+        return masked(self.url)
 
     @classmethod
     def sqlite(cls, path: str | Path) -> "FeedbackStore":
@@ -194,6 +212,47 @@ class FeedbackStore:
         if path is not None:
             Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
         return rows
+
+
+def _engine(url: str, key: str) -> Engine:
+    """An engine for `url`: SQLite with durable WAL pragmas; servers with a connect timeout and a ping
+    before reusing a pooled connection (a restarted server would otherwise fail the next request)."""
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT} if "psycopg" in url and "connect_timeout" not in url else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except NoSuchModuleError:
+        raise StoreError(f"{key} {masked(url)!r}: SQLAlchemy knows no such database kind (use a feedback.db path, "
+                         f"sqlite:///path or postgresql+psycopg://user@host/db)") from None
+    except ImportError as err:
+        extra = " (pip install 'modalign[postgres]')" if url.startswith("postgres") else ""
+        raise StoreError(f"{key} {masked(url)!r}: its database driver is not installed{extra}: "
+                         f"{first_line(err)}") from None
+    except ArgumentError as err:
+        raise StoreError(f"{key} {masked(url)!r}: not a valid store URL ({first_line(err)})") from None
+
+
+def _create_tables(engine: Engine) -> None:
+    """The tables, created if missing. On PostgreSQL under an advisory lock: two processes starting on
+    one new database at once (the loop and `modalign annotate`) would otherwise race on CREATE TABLE."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        Base.metadata.create_all(connection)
+
+
+def _without_password(message: str, url: str) -> str:
+    """A driver's message with the URL's password (should the driver quote it) masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return message
+    return message.replace(password, "***") if password else message
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -10,12 +10,17 @@ resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 
-def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume: str | None = None) -> dict:
+def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume: str | None = None,
+             store: str = "") -> dict:
     """The main job; `resume` continues a killed demo in its folder (finished stages are read back).
+
+    `store`: where the judgments go ('': OUT/loop/feedback.db), a path or an SQLAlchemy URL (kept in
+    demo.json, so a resumed demo uses the same).
 
     Under `accelerate launch` its SFT, reward models and PPO run on every process; the main process
     alone samples and judges feedback, evaluates and writes the report (`modalign loop`).
@@ -28,7 +33,8 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
     started = time.time()
     dist = processes()
     out_dir = Path(resume or out or default_run_dir("demo"))
-    seed, quick = dist.broadcast(demo_settings(out_dir, seed, quick, resume is not None) if dist.is_main else None)
+    seed, quick, store = dist.broadcast(demo_settings(out_dir, seed, quick, resume is not None, store)
+                                        if dist.is_main else None)
     console.print("[bold]modalign demo[/]: ShapesWorld -> SFT (noisy captions) -> 2 rounds of feedback -> reward model "
                   "-> PPO -> gold eval")
 
@@ -38,7 +44,7 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
 
     # 2-5. two rounds of online RLHF (recipes/loop.py): the panel ranks the current policy's answers, the
     # reward model is trained again on every judgment so far, PPO continues from the current policy.
-    loop = run_loop(demo_loop_config(out_dir, sft["model"], data_root, seed, quick))
+    loop = run_loop(dataclasses.replace(demo_loop_config(out_dir, sft["model"], data_root, seed, quick), store=store))
 
     # 6. gold numbers of the SFT and final policies (the loop evaluated both on the same held-out prompts)
     last = loop["rounds"][-1]
@@ -61,8 +67,8 @@ def run_demo(out: str | None = None, seed: int = 0, quick: bool = False, resume:
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy", "audio_accuracy", "bleu", "rouge_l")
 
 
-def demo_settings(out_dir: Path, seed: int, quick: bool, resuming: bool) -> tuple[int, bool]:
-    """`demo.json` keeps a demo's seed and size, so `--resume DIR` continues it as it was started."""
+def demo_settings(out_dir: Path, seed: int, quick: bool, resuming: bool, store: str = "") -> tuple[int, bool, str]:
+    """`demo.json` keeps a demo's seed, size and store, so `--resume DIR` continues it as it was started."""
     import json
 
     saved = out_dir / "demo.json"
@@ -70,12 +76,12 @@ def demo_settings(out_dir: Path, seed: int, quick: bool, resuming: bool) -> tupl
         if not saved.is_file():
             raise FileNotFoundError(f"{out_dir} is not a demo folder (no demo.json): nothing to resume")
         settings = json.loads(saved.read_text())
-        return settings["seed"], settings["quick"]
+        return settings["seed"], settings["quick"], settings.get("store", "")
     if saved.is_file():
         raise FileExistsError(f"{out_dir} already holds a demo: continue it with --resume {out_dir} or pick another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"seed": seed, "quick": quick}))
-    return seed, quick
+    saved.write_text(json.dumps({"seed": seed, "quick": quick, "store": store}))
+    return seed, quick, store
 
 
 def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
@@ -136,12 +142,12 @@ def collect_feedback(policy, media, prompts, data_root: Path, store_path: Path, 
     """
     from modalign.eval.generation import generate_answers
     from modalign.feedback.collect import judge_with_panel, panel_agreement, write_feedback
-    from modalign.feedback.store import FeedbackStore
+    from modalign.feedback.store_spec import open_store
 
     k = samples_per_prompt
     completions = generate_answers(policy, media, prompts, temperature=1.0, seed=seed, samples_per_example=k)
     feedback, _ = judge_with_panel(prompts, completions, k, seed)
-    write_feedback(FeedbackStore.sqlite(store_path), feedback, data_root)
+    write_feedback(open_store(str(store_path)), feedback, data_root)
     return panel_agreement(feedback)
 
 

@@ -40,6 +40,7 @@ from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
+from modalign.feedback.store_spec import STORE_HELP
 
 if TYPE_CHECKING:
     from modalign.feedback.store import FeedbackStore
@@ -85,6 +86,8 @@ class IterativeDPOConfig:
     lr: float = field_doc(5e-5, "AdamW learning rate of each round.")
     max_length: int = field_doc(128, "Longest training sequence (media tokens included).")
     checkpoint_every: int = field_doc(50, "DPO steps between checkpoints within a round (0: only at the end).")
+    store: str = field_doc("", "Feedback store that collects every round's judgments ('': out/feedback.db): "
+                               + STORE_HELP + ". Each round's DPO reads the round's own round-r/feedback.db.")
     eval_split: str = field_doc("test", "Held-out split evaluated after every round.")
     eval_examples: int = field_doc(0, "Held-out examples evaluated after every round (0: all).")
     seed: int = field_doc(0, "Seed of the prompt slices, sampling, the simulated raters and DPO.")
@@ -98,7 +101,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     from modalign.dist import processes
     from modalign.feedback.collect import check_judge
     from modalign.feedback.judges.model_judge import is_model_judge, load_model_judge
-    from modalign.feedback.store import FeedbackStore
+    from modalign.feedback.store_spec import judgments_at_start, open_store
     from modalign.recipes.dpo import run_dpo
     from modalign.runs import default_run_dir, resumable, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
@@ -125,8 +128,10 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
     if len(prompts) < cfg.rounds * cfg.prompts_per_round:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
                           f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
+    all_rounds = dist.main_first(lambda: open_store(cfg.store, out / "feedback.db"))  # before the folder: a bad URL
+    new_run = not (out / "config.yaml").is_file()
     start_rounds_folder(cfg, out)
-    all_rounds = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
+    at_start = judgments_at_start(out, all_rounds, new_run) if dist.is_main else 0
     console.print(f"[bold]iterative {cfg.loss}[/] {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x "
                   f"{cfg.samples_per_prompt} answers, judge {cfg.judge} -> {out}")
 
@@ -140,7 +145,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
         else:
             stats = dist.broadcast(collect_round(
                 cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed), judge, all_rounds,
-                prior_judgments=sum(row["judgments"] for row in rows)) if dist.is_main else None)
+                prior_judgments=at_start + sum(row["judgments"] for row in rows)) if dist.is_main else None)
             dpo_dir = folder / "dpo"
             # killed during DPO: resume it
             row = round_row(stats, dist.broadcast(run_dpo(round_dpo_config(cfg, policy, folder),
@@ -151,7 +156,7 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
             write_jsonl_atomic(out / "rounds.jsonl", rows)
 
     summary = {"stage": f"iterative_{cfg.loss}", "rounds": rows, "model": rows[-1]["model"], "policy": cfg.policy,
-               "judge": cfg.judge, "feedback": str(out / "feedback.db"),
+               "judge": cfg.judge, "feedback": all_rounds.display_url,
                "judgments": sum(row["judgments"] for row in rows), "eval": rows[-1]["eval"],
                "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
     if dist.is_main:
@@ -258,7 +263,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
     if held == prior_judgments:
         write_feedback(all_rounds, feedback, cfg.data)
     elif held != prior_judgments + feedback.judgments:
-        raise ValueError(f"{all_rounds.url} holds {held} judgments, expected {prior_judgments} from rounds before "
+        raise ValueError(f"{all_rounds.display_url} holds {held} judgments, expected {prior_judgments} from rounds before "
                          f"{r} (or {prior_judgments + feedback.judgments} with round {r}'s): it was changed outside "
                          f"this run; use another out")
     stats = {"round": r, "policy": policy_path, "prompts": len(prompts), "judged_prompts": len(feedback.examples),

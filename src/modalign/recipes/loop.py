@@ -15,7 +15,8 @@ model on the current policy's answers is what stops the policy exploiting it: on
 reward model trained on SFT answers alone never saw true objects dropped, and PPO learned to drop
 them.
 
-Folder `out/`: `config.yaml`, `feedback.db` (every round's judgments), `eval-start.json`,
+Folder `out/`: `config.yaml`, `feedback.db` (every round's judgments; or the `store` you name, e.g. a
+PostgreSQL database that `modalign annotate` serves), `store.json` (its judgments at the start), `eval-start.json`,
 `round-r/` (`samples.jsonl`, `feedback.json`, `reward/`, `rl/`, `eval.json`, `round.json`), `rounds.jsonl`,
 `summary.json`. Resume: rerun with the same settings (only `rounds` may change); finished
 stages are read back, a killed RL run resumes from its last checkpoint.
@@ -33,6 +34,7 @@ from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.feedback.collect import SIMULATED
+from modalign.feedback.store_spec import STORE_HELP
 from modalign.precision import PRECISION_HELP, Precision
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
@@ -71,6 +73,8 @@ class LoopConfig:
                                                "(tie|drop).")
     judge_ranking: str = field_doc("pairwise", "model judge, selection=all: rankings from pairwise judgments in both "
                                                "orders or from per-answer ratings (pairwise|rating).")
+    store: str = field_doc("", "Feedback store of every round's judgments ('': out/feedback.db): " + STORE_HELP
+                               + ". people: the store `modalign annotate --store` serves.")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
     overlap: int = field_doc(1, "people: annotators per task.")
     wait_seconds: float = field_doc(86400.0, "people: longest wait for a round's judgments before stopping.")
@@ -101,7 +105,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.feedback.collect import check_judge
-    from modalign.feedback.store import FeedbackStore
+    from modalign.feedback.store_spec import judgments_at_start, open_store
     from modalign.runs import default_run_dir, start_rounds_folder, write_json_atomic, write_jsonl_atomic
     from modalign.ui import console
 
@@ -122,14 +126,16 @@ def run_loop(cfg: LoopConfig) -> dict:
                           task="ranking" if cfg.selection == "all" else "pairwise")
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
+    store = dist.main_first(lambda: open_store(cfg.store, out / "feedback.db"))  # before the folder: a bad URL
+    new_run = not (out / "config.yaml").is_file()
     start_rounds_folder(cfg, out)
-    store = dist.main_first(lambda: FeedbackStore.sqlite(out / "feedback.db"))
+    at_start = dist.broadcast(judgments_at_start(out, store, new_run) if dist.is_main else None)
     console.print(f"[bold]loop[/] {cfg.rounds} rounds: {cfg.selection} feedback by {cfg.judge} -> reward model -> "
                   f"{cfg.method} -> {out}")
     start = cached_json(out / "eval-start.json", lambda: evaluate_policy(cfg, cfg.policy, out / "eval-start"))
     rows: list[dict] = []
     for r in range(1, cfg.rounds + 1):
-        prior = sum(row["judgments"] for row in rows)
+        prior = at_start + sum(row["judgments"] for row in rows)
         row = cached_json(round_dir(cfg, r) / "round.json", lambda: run_round(cfg, r, store, prior), everyone=True)
         rows.append(row)
         if dist.is_main:
@@ -137,7 +143,7 @@ def run_loop(cfg: LoopConfig) -> dict:
         print_round(row, cfg.rounds, start)
     summary = {"stage": "loop", "start": start, "rounds": rows, "model": rows[-1]["model"],
                "eval": rows[-1]["eval"], "judgments": sum(row["judgments"] for row in rows),
-               "feedback": str(out / "feedback.db"), "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
+               "feedback": store.display_url, "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
     if dist.is_main:
         write_json_atomic(out / "summary.json", summary)
     return summary
@@ -153,10 +159,10 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
     feedback = cached_json(folder / "feedback.json",
                            lambda: collect_round_feedback(cfg, r, policy, store, prior_judgments))
     reward = cached_json(folder / "reward" / "summary.json", lambda: run_reward(RewardConfig(
-        out=str(fresh(folder / "reward")), policy=cfg.policy, store=str(Path(cfg.out) / "feedback.db"),
+        out=str(fresh(folder / "reward")), policy=cfg.policy, store=store.url,
         steps=cfg.reward_steps, seed=cfg.seed + r, modalities=cfg.modalities, device=cfg.device)), everyone=True)
-    rl = cached_json(folder / "rl" / "summary.json", lambda: run_rl(cfg, policy, reward["model"], folder / "rl"),
-                     everyone=True)
+    rl = cached_json(folder / "rl" / "summary.json",
+                     lambda: run_rl(cfg, policy, reward["model"], folder / "rl", store.url), everyone=True)
     metrics = cached_json(folder / "eval.json", lambda: evaluate_policy(cfg, rl["model"], folder / "eval"))
     return {"round": r, "policy": policy, "judgments": feedback["judgments"], "feedback": feedback,
             "reward_heldout_accuracy": reward["heldout_accuracy"], "rl_steps": rl.get("steps"),
@@ -282,8 +288,9 @@ def judge_selected_pairs(cfg: LoopConfig, r: int, prompts, completions, media, s
     return judgments_from_people(store, chosen, cfg, r)
 
 
-def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dict:
-    """The round's RL run from `policy`; a killed run resumes from its last checkpoint."""
+def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path, store_url: str) -> dict:
+    """The round's RL run from `policy` (dpo: on every judgment in `store_url`); a killed run resumes from its
+    last checkpoint."""
     from modalign.runs import resumable
 
     resume = resumable(folder)
@@ -301,7 +308,7 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path) -> dic
     if cfg.method == "dpo":
         from modalign.recipes.dpo import DPOConfig, run_dpo
 
-        return run_dpo(DPOConfig(**common, store=str(Path(cfg.out) / "feedback.db"), lr=cfg.lr), resume=resume)
+        return run_dpo(DPOConfig(**common, store=store_url, lr=cfg.lr), resume=resume)
     from modalign.recipes.online import OnlineConfig, run_online
 
     return run_online(OnlineConfig(**common, algorithm=cfg.method, reward_model=reward_model, steps=cfg.rl_steps,

@@ -45,16 +45,11 @@ def open_store(location: str, run_path: Path | None = None):
     its rows only - the media stay where they are, relative paths read from the file's folder,
     never copied into the run.
     """
+    from modalign.feedback import store_spec
     from modalign.feedback.store import FeedbackStore
 
-    if "://" in location:
-        return FeedbackStore(location)
-    if Path(location).is_dir():
-        if not (Path(location) / "feedback.db").is_file():
-            raise FileNotFoundError(f"feedback store folder {location} holds no feedback.db")
-        return FeedbackStore.sqlite(Path(location) / "feedback.db")
-    if not location.endswith(".jsonl"):
-        return FeedbackStore.sqlite(location)
+    if store_spec.is_url(location) or not location.endswith(".jsonl"):
+        return store_spec.open_store(location, must_exist=True)
     from modalign.feedback.trl_import import import_trl_preferences
 
     if run_path is None:

@@ -102,14 +102,14 @@ def _export_dataset(root: Path, out: Path, fmt: str, split: str | None) -> dict[
 
 
 def _export_store(location: str, out: Path, fmt: str) -> dict[str, Any]:
-    from modalign.feedback.store import FeedbackStore
+    from modalign.feedback.store_spec import masked, open_store
 
     path = Path(location) / "feedback.db" if Path(location).is_dir() else Path(location)
     if "://" not in location and not path.is_file():
         raise FileNotFoundError(f"{location}: no such feedback store")
-    rows = (FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(path)).export_trl()
+    rows = open_store(location, key="LOCATION", must_exist=True).export_trl()
     if not rows:
-        raise SourceError(f"{location}: the feedback store holds no decided preference pairs to export")
+        raise SourceError(f"{masked(location)}: the feedback store holds no decided preference pairs to export")
     if fmt == "hf":
         import datasets
 

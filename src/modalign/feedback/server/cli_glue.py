@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from modalign.feedback import store_spec
 from modalign.feedback.store import FeedbackStore
 
 ADMIN_TOKEN_ENV = "MODALIGN_ADMIN_TOKEN"
@@ -12,13 +12,7 @@ ADMIN_TOKEN_ENV = "MODALIGN_ADMIN_TOKEN"
 
 def store_url(store: str, must_exist: bool = False) -> str:
     """An SQLAlchemy URL as is; anything else is the path of an SQLite file (made absolute)."""
-    if "://" in store:
-        return store
-    path = Path(store).resolve()
-    if must_exist and not path.is_file():
-        raise FileNotFoundError(f"no feedback store at {path} (a run's feedback.db, or an SQLAlchemy URL)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return store_spec.store_url(store, key="--store", must_exist=must_exist)
 
 
 def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000, guidelines: str | None = None) -> None:
@@ -31,9 +25,10 @@ def annotate_command(store: str, host: str = "127.0.0.1", port: int = 8000, guid
     admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
         raise SystemExit(f"error: ${ADMIN_TOKEN_ENV} is {len(admin_token)} characters; use at least {MIN_ADMIN_TOKEN}")
-    url = store_url(store, must_exist=True)
+    url = store_spec.open_store(store, key="--store", must_exist=True).url  # a store it cannot open: one error
     texts = guidelines_from(guidelines) if guidelines else None
-    print(f"annotation app on http://{host}:{port}/ (store {store}); log in with a token from add-annotator")
+    print(f"annotation app on http://{host}:{port}/ (store {store_spec.masked(url)}); log in with a token from "
+          "add-annotator")
     serve(url, host=host, port=port, admin_token=admin_token, guidelines=texts)
 
 
@@ -53,7 +48,7 @@ def add_annotator_command(store: str, name: str, role: str = "annotator") -> str
     from modalign.feedback.server.accounts import AccountError, create_account
 
     try:
-        token = create_account(FeedbackStore(store_url(store)), name, role)
+        token = create_account(FeedbackStore(store_url(store), key="--store"), name, role)
     except AccountError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"{role} {name!r} created. Token (shown only now, keep it safe):\n{token}")
@@ -65,7 +60,7 @@ def reset_token_command(store: str, name: str) -> str:
     from modalign.feedback.server.accounts import AccountError, reset_token
 
     try:
-        token = reset_token(FeedbackStore(store_url(store, must_exist=True)), name)
+        token = reset_token(FeedbackStore(store_url(store, must_exist=True), key="--store"), name)
     except (AccountError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"new token for {name!r} (shown only now; the old token and its sessions no longer work):\n{token}")
