@@ -17,6 +17,7 @@ import torch
 from modalign.config import field_doc
 from modalign.data.modalities import MODALITIES_HELP
 from modalign.precision import PRECISION_HELP, Precision
+from modalign.rl.monitors import MonitorConfig
 
 
 @dataclass
@@ -67,6 +68,8 @@ class PPOConfig:
                                              "sampled (the summary says which).")
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
+    monitors: MonitorConfig = field_doc(MonitorConfig(), "Reward-hacking monitors and alarms (monitors.<key>, "
+                                                         "docs/monitors.md).")
 
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -80,6 +83,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController, kl_k3_per_answer
+    from modalign.rl.monitors import IterationBatch, alarm_summary, build_monitor, sampled_entropy
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
     from modalign.runs import RunDir, default_run_dir, set_rng_state
@@ -96,6 +100,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     validate.check_answers(ptx_examples, split_path(cfg.data, cfg.split), needed_by="PPO-ptx (ptx_coef > 0)")
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
+    monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
     if cfg.reference:
         validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
@@ -130,6 +135,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         kl_ctl.load_state_dict(state["kl"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
+        if state.get("monitor"):
+            monitor.load_state_dict(state["monitor"])
         console.print(f"resumed at step {step}")
     if resume:
         run.rewind(step)  # steps logged after the last checkpoint are redone
@@ -203,15 +210,23 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             if ptx_losses:
                 metrics["ppo/ptx_loss"] = dist.mean(torch.stack(ptx_losses).mean())
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
+            metrics |= monitor.observe(step, IterationBatch(
+                sampled_examples, answers, scores, mask.sum(1), finished,
+                dist.mean(sampled_entropy(old_logprobs, mask)), kl_per_answer))
+            if monitor.fired:
+                metrics[f"alarm/{monitor.fired.name}"] = 1.0
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
             if kl_budget.passed(kl_per_answer, step, cfg.steps):
                 break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if monitor.fired or cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint({"policy": raw.state_dict(), "critic": raw_critic.state_dict(),
                                      "policy_opt": policy_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
-                                     "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step},
+                                     "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step,
+                                     "monitor": monitor.state_dict()},
                                     step)
+            if monitor.stop(cfg.steps):
+                break
 
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
         run.close()
@@ -225,7 +240,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task,
                              modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
-    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps, "processes": dist.world,
+    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps and not monitor.fired,
+               **alarm_summary(monitor.fired), "processes": dist.world,
                "model": str(run.path / "model"), "eval": metrics, "kl_estimator": "k3, summed over each answer",
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
