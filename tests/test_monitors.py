@@ -127,6 +127,13 @@ def test_an_alarm_stops_a_ppo_run_and_says_why(tmp_path, sft_model):
     assert (tmp_path / "run" / "model").is_dir() and "eval" in summary
     for key in ("entropy", "unfinished", "kl_spike", "heldout/gold", "gold_coverage", "proxy_gap", "disagreement"):
         assert lines[-1][f"monitor/{key}"] is not None, key
+    # the report's monitors section names the alarm, its iteration and each monitor
+    from modalign.eval.monitor_report import monitors_section
+    from modalign.eval.run_report import load_run
+
+    section = monitors_section([load_run(tmp_path / "run")])
+    assert f"alarm at iteration {summary['steps']}" in section and "|correlation of the reward" in section
+    assert all(f"<th>{key}</th>" in section for key in ("length_corr", "entropy", "proxy_gap", "gold_coverage"))
 
 
 def test_monitors_off_leave_the_run_unchanged(tmp_path, sft_model):

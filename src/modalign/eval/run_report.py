@@ -138,6 +138,7 @@ def _dataset_of(run: RunView) -> tuple[Path | None, str]:
 def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | None = None, answers: int = 12,
                       extra_curves: Sequence[tuple[str, str]] = ()) -> Path:
     """Write one self-contained HTML page about the runs, side by side; returns its path."""
+    from modalign.eval.monitor_report import monitors_section
     from modalign.eval.report import page_html
 
     if not runs:
@@ -147,6 +148,7 @@ def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | 
     sections = [("Summary", summary_section(views)), ("Config", config_section(views)),
                 ("Evaluation", evaluation_section(views)),
                 ("Training curves", curves_section(views, extra_curves)),
+                ("Reward-hacking monitors", monitors_section(views)),
                 *[(f"Sample answers: {v.name}", answers_section(v, answers)) for v in views if v.samples]]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
