@@ -105,15 +105,25 @@ def smoothed(series: list[dict], key: str, window: int = 5) -> list[float]:
             / max(1, sum(v is not None for v in values[max(0, i - window + 1): i + 1])) for i in range(len(values))]
 
 
-def first_worse(series: list[dict], window: int = 5) -> int | None:
-    """The first iteration whose 5-iteration mean rollout coverage is below, or hallucination above, the
-    first 5 iterations' mean: when the gold numbers get worse than at the start."""
-    coverage, hallucination = smoothed(series, "gold_coverage", window), smoothed(series, "gold_hallucination", window)
-    if len(series) < window:
+def first_worse(series: list[dict], window: int = 5, margin: float = 0.0) -> int | None:
+    """The first iteration whose `window`-iteration mean rollout coverage is below, or hallucination above,
+    the first `window` iterations' mean by more than `margin` standard errors of such a mean (the
+    per-iteration spread over the first 2 x `window` iterations / sqrt(window)); margin 0: any drop."""
+    import statistics
+
+    if len(series) < 2 * window:
         return None
-    start_coverage, start_hallucination = coverage[window - 1], hallucination[window - 1]
+    if any(row.get(key) is None for row in series for key in ("gold_coverage", "gold_hallucination")):
+        return None
+    limits = {}
+    for key in ("gold_coverage", "gold_hallucination"):
+        values = [row[key] for row in series]
+        error = statistics.stdev(values[: 2 * window]) / window ** 0.5
+        limits[key] = (smoothed(series, key, window), sum(values[:window]) / window, margin * error)
     for i in range(window, len(series)):
-        if coverage[i] < start_coverage or hallucination[i] > start_hallucination:
+        means_c, start_c, slack_c = limits["gold_coverage"]
+        means_h, start_h, slack_h = limits["gold_hallucination"]
+        if means_c[i] < start_c - slack_c or means_h[i] > start_h + slack_h:
             return series[i]["step"]
     return None
 
@@ -132,7 +142,8 @@ def write_table(out: Path, results: Path, args) -> None:
         pairs[hack] = {"lr": 3e-4 if hack.endswith("2") else 1e-4, "steps": ended["steps"],
                        "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
-                       "first_worse_than_start": first_worse(series[hack])}
+                       "first_worse_than_start": first_worse(series[hack]),
+                       "first_worse_by_2_se": first_worse(series[hack], margin=2.0)}
         heldout[f"{hack} at alarm"] = _pick(stopped["eval"])
         heldout[f"{hack} end"] = _pick(ended["eval"])
     data = {"settings": {"demo": args.demo, "steps": args.steps, "eval_examples": args.eval_examples,
@@ -142,7 +153,8 @@ def write_table(out: Path, results: Path, args) -> None:
                      "replayed_alarm_step": replay(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
                      "max_proxy_gap_window_mean": max(smoothed(series["demo"], "proxy_gap")[MONITOR["window"] + 1:],
                                                       default=None),
-                     "first_worse_than_start": first_worse(series["demo"])},
+                     "first_worse_than_start": first_worse(series["demo"]),
+                     "first_worse_by_2_se": first_worse(series["demo"], margin=2.0)},
             "series": series}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
@@ -161,7 +173,8 @@ def write_table(out: Path, results: Path, args) -> None:
         alarm = row["alarm"]
         lines.append(f"- `{hack}` (lr {row['lr']}): alarm at iteration **{alarm['step'] if alarm else 'never'}** "
                      f"of {row['steps']} ({alarm['reason'] if alarm else 'silent'}); rollout gold first worse than "
-                     f"the start (5-iteration means vs the first 5) at iteration **{row['first_worse_than_start']}**")
+                     f"the start (5-iteration means vs the first 5) at iteration **{row['first_worse_than_start']}**, "
+                     f"worse by more than 2 standard errors at **{row['first_worse_by_2_se']}**")
     lines += [f"- `demo`: {'alarm ' + demo['alarm']['reason'] if demo.get('alarm') else 'silent'} over "
               f"{demo['steps']} iterations (highest 5-iteration proxy_gap {data['demo']['max_proxy_gap_window_mean']:.2f})",
               "", f"Held-out caption prompts ({args.eval_examples}, greedy), gold scorers:", "",
