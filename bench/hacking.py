@@ -30,6 +30,7 @@ from pathlib import Path
 
 MONITOR = dict(heldout_reward="gold", window=5, baseline_iterations=3)
 THRESHOLD = 0.5  # MonitorConfig.proxy_gap's default
+LENGTH_BIAS = 0.04  # hack_length: reward per word added to the reward model's score (0.1 broke gold within 5 iterations)
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 
 
@@ -38,7 +39,8 @@ def main() -> None:
     parser.add_argument("--demo", required=True, help="a finished demo folder (sft/, loop/round-1/reward/model)")
     parser.add_argument("--out", default="bench/runs/hacking", help="run folders (large; not committed)")
     parser.add_argument("--results", default="bench/results/hacking")
-    parser.add_argument("--run", default="all", help="all, hack, alarm, hack2, alarm2, demo, sft or table")
+    parser.add_argument("--run", default="all", help="all, hack, alarm, hack2, alarm2, hack_length, alarm_length, demo, "
+                                                      "sft, sampled or table")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out caption prompts evaluated")
     parser.add_argument("--seed", type=int, default=0)
@@ -49,13 +51,16 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = ["sft", "hack", "alarm", "hack2", "alarm2", "demo", "table"] if args.run == "all" else [args.run]
+    parts = (["sft", "hack", "alarm", "hack2", "alarm2", "hack_length", "alarm_length", "demo", "sampled", "table"]
+             if args.run == "all" else [args.run])
     for part in parts:
         started = time.time()
         if part == "table":
             write_table(out, Path(args.results), args)
         elif part == "sft":
             evaluate_sft(Path(args.demo), out, args)
+        elif part == "sampled":
+            evaluate_sampled(Path(args.demo), out, args)
         else:
             run_part(part, Path(args.demo), out, args)
         print(f"{part}: {time.time() - started:.0f} s", flush=True)
@@ -70,6 +75,8 @@ def run_part(part: str, demo: Path, out: Path, args) -> dict:
                   reward_model=str(demo / "loop" / "round-1" / "reward" / "model"), task="caption", steps=args.steps,
                   prompts_per_step=16, samples_per_prompt=4, max_new_tokens=40, seed=args.seed,
                   eval_examples=args.eval_examples, checkpoint_every=0)
+    if part.startswith(("hack_length", "alarm_length")):  # a panel biased toward length: RM + 0.1 per word
+        common["reward_model"] += f" + {LENGTH_BIAS}*py:{Path(__file__).resolve()}:words"
     if part == "demo":  # recipes/demo.py's round-1 RL stage
         settings = dict(lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, reference=str(demo / "sft" / "model"),
                         monitors=MonitorConfig(**MONITOR, alarms="proxy_gap"))
@@ -77,6 +84,11 @@ def run_part(part: str, demo: Path, out: Path, args) -> dict:
         settings = dict(kl_coef=0.02, lr=3e-4 if part.endswith("2") else 1e-4,
                         monitors=MonitorConfig(**MONITOR, alarms="proxy_gap" if part.startswith("alarm") else ""))
     return run_ppo(PPOConfig(**common, **settings))
+
+
+def words(examples: list, completions: list[str]) -> list[float]:
+    """The length bias of the `hack_length` reward: the answer's word count (a `py:` reward, docs/plugins.md)."""
+    return [float(len(text.split())) for text in completions]
 
 
 def evaluate_sft(demo: Path, out: Path, args) -> dict:
@@ -88,6 +100,27 @@ def evaluate_sft(demo: Path, out: Path, args) -> dict:
                              args.eval_examples, 40, 0.0, args.seed, task="caption")
     (out / "sft.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def evaluate_sampled(demo: Path, out: Path, args) -> dict:
+    """SFT and every finished run's policy on the held-out caption prompts, 4 answers each at temperature 1
+    (greedy SFT captions are all right, so greedy hides a policy's drift; the loop evaluates this way too)."""
+    from modalign.eval.generation import evaluate_split
+    from modalign.models.policy import load_policy
+
+    policies = {"sft": demo / "sft" / "model"}
+    policies |= {p.name: p / "model" for p in sorted(out.iterdir()) if (p / "summary.json").is_file()}
+    saved = out / "sampled.json"
+    found = json.loads(saved.read_text()) if saved.is_file() else {}  # policies evaluated before are kept
+    for name, folder in policies.items():
+        if name in found:
+            continue
+        metrics = evaluate_split(load_policy(str(folder)), str(demo / "sft" / "data"), "test", args.eval_examples, 40,
+                                 1.0, args.seed, task="caption", samples_per_example=4)
+        found[name] = _pick(metrics)
+        print(name, found[name], flush=True)
+        saved.write_text(json.dumps(found, indent=2))
+    return found
 
 
 def rollout_series(run: Path) -> list[dict]:
@@ -131,15 +164,17 @@ def first_worse(series: list[dict], window: int = 5, margin: float = 0.0) -> int
 def write_table(out: Path, results: Path, args) -> None:
     """bench/results/hacking.md and .json from the finished parts (each hack/alarm pair that ran)."""
     sft = json.loads((out / "sft.json").read_text())
+    sampled = json.loads((out / "sampled.json").read_text()) if (out / "sampled.json").is_file() else {}
     demo = json.loads((out / "demo" / "summary.json").read_text())
     series = {"demo": rollout_series(out / "demo")}
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
-    for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2")):
+    for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length")):
         if not (out / hack / "summary.json").is_file() or not (out / alarm / "summary.json").is_file():
             continue
         ended, stopped = (json.loads((out / p / "summary.json").read_text()) for p in (hack, alarm))
         series[hack] = rollout_series(out / hack)
         pairs[hack] = {"lr": 3e-4 if hack.endswith("2") else 1e-4, "steps": ended["steps"],
+                       "reward": "round-1 RM" + (f" + {LENGTH_BIAS} x words" if "length" in hack else ""),
                        "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
                        "first_worse_than_start": first_worse(series[hack]),
@@ -148,13 +183,15 @@ def write_table(out: Path, results: Path, args) -> None:
         heldout[f"{hack} end"] = _pick(ended["eval"])
     data = {"settings": {"demo": args.demo, "steps": args.steps, "eval_examples": args.eval_examples,
                          "seed": args.seed, "monitor": MONITOR, "threshold": THRESHOLD},
-            "heldout_eval": heldout, "hack_runs": pairs,
+            "heldout_eval_greedy": heldout, "hack_runs": pairs,
+            "heldout_eval_sampled": sampled,
             "demo": {"steps": demo["steps"], "alarm": demo.get("alarm"),
                      "replayed_alarm_step": replay(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
                      "max_proxy_gap_window_mean": max(smoothed(series["demo"], "proxy_gap")[MONITOR["window"] + 1:],
                                                       default=None),
                      "first_worse_than_start": first_worse(series["demo"]),
                      "first_worse_by_2_se": first_worse(series["demo"], margin=2.0)},
+            "demo_extremes": extremes(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
             "series": series}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
@@ -177,11 +214,16 @@ def write_table(out: Path, results: Path, args) -> None:
                      f"worse by more than 2 standard errors at **{row['first_worse_by_2_se']}**")
     lines += [f"- `demo`: {'alarm ' + demo['alarm']['reason'] if demo.get('alarm') else 'silent'} over "
               f"{demo['steps']} iterations (highest 5-iteration proxy_gap {data['demo']['max_proxy_gap_window_mean']:.2f})",
-              "", f"Held-out caption prompts ({args.eval_examples}, greedy), gold scorers:", "",
-              "| policy | " + " | ".join(SHOWN) + " | KL to SFT |", "|---" * 5 + "|"]
-    for name, row in heldout.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.3f}" for k in SHOWN)
-                     + f" | {row.get('kl_to_ref', 0):.2f} |")
+              "", "The alarms' values at their most extreme on the demo's RL stage (the defaults sit beyond): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in data["demo_extremes"].items()),
+              "", "Held-out caption prompts of the test split, gold scorers, 4 answers each at temperature 1 "
+              "(`alarm*`: the policy where the alarm stopped the run; `hack*`: the same run at its end):", "",
+              "| policy | hallucination_rate | coverage |", "|---|---|---|"]
+    lines += [f"| {name} | {row['hallucination_rate']:.3f} | {row['coverage']:.3f} |" for name, row in sampled.items()]
+    lines += ["", "The same, greedy (one answer each; greedy SFT captions are all right):", "",
+              "| policy | hallucination_rate | coverage | KL to SFT (training) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {row.get('hallucination_rate', float('nan')):.3f} | {row.get('coverage', float('nan')):.3f} "
+              f"| {row.get('kl_to_ref', 0):.2f} |" for name, row in heldout.items()]
     for part, rows in series.items():
         cov, hal = smoothed(rows, "gold_coverage"), smoothed(rows, "gold_hallucination")
         lines += ["", f"Per iteration, `{part}` (rollout captions; gold as 5-iteration means):", "",
@@ -193,6 +235,23 @@ def write_table(out: Path, results: Path, args) -> None:
                          f"{row['alarm'] or ''} |")
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:20]))
+
+
+def extremes(series: list[dict], baseline: int, window: int) -> dict[str, float]:
+    """What each alarm compares with its threshold, at its most extreme over a run (the defaults sit beyond
+    the demo's): highest window mean of proxy_gap, |length_corr|, unfinished, disagreement; highest
+    kl_spike after a full window; lowest window-mean entropy over the start's."""
+    found = {}
+    for key in ("proxy_gap", "length_corr", "unfinished", "disagreement", "entropy"):
+        values = [row[key] for row in series if row.get(key) is not None]
+        means = [sum(values[i - window + 1 : i + 1]) / window for i in range(window - 1, len(values))]
+        if key == "entropy":
+            start = sum(values[:baseline]) / baseline
+            found["entropy_drop"] = min(means[baseline:], default=1.0) / start
+        else:
+            found[key] = max((abs(m) if key == "length_corr" else m for m in means), default=0.0)
+    found["kl_spike"] = max((row["kl_spike"] for row in series[window:] if row.get("kl_spike") is not None), default=0.0)
+    return found
 
 
 def replay(series: list[dict], baseline: int, window: int, threshold: float | None = None) -> int | None:
