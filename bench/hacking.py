@@ -169,18 +169,23 @@ def write_table(out: Path, results: Path, args) -> None:
     series = {"demo": rollout_series(out / "demo")}
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
     for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length")):
-        if not (out / hack / "summary.json").is_file() or not (out / alarm / "summary.json").is_file():
+        if not (out / hack / "metrics.jsonl").is_file() or not (out / alarm / "summary.json").is_file():
             continue
-        ended, stopped = (json.loads((out / p / "summary.json").read_text()) for p in (hack, alarm))
+        stopped = json.loads((out / alarm / "summary.json").read_text())
+        # a run stopped early for time has no summary: its logged iterations are what it shows
+        ended = (json.loads((out / hack / "summary.json").read_text()) if (out / hack / "summary.json").is_file()
+                 else {"steps": len(rollout_series(out / hack)), "eval": {}, "stopped_early_for_time": True})
         series[hack] = rollout_series(out / hack)
         pairs[hack] = {"lr": 3e-4 if hack.endswith("2") else 1e-4, "steps": ended["steps"],
+                       "finished": not ended.get("stopped_early_for_time"),
                        "reward": "round-1 RM" + (f" + {LENGTH_BIAS} x words" if "length" in hack else ""),
                        "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
                        "first_worse_than_start": first_worse(series[hack]),
                        "first_worse_by_2_se": first_worse(series[hack], margin=2.0)}
         heldout[f"{hack} at alarm"] = _pick(stopped["eval"])
-        heldout[f"{hack} end"] = _pick(ended["eval"])
+        if ended["eval"]:
+            heldout[f"{hack} end"] = _pick(ended["eval"])
     data = {"settings": {"demo": args.demo, "steps": args.steps, "eval_examples": args.eval_examples,
                          "seed": args.seed, "monitor": MONITOR, "threshold": THRESHOLD},
             "heldout_eval_greedy": heldout, "hack_runs": pairs,
