@@ -54,7 +54,7 @@ class MonitorConfig:
                                             "rewards, the start entropy and disagreement; alarms wait for them.")
     proxy_gap: float = field_doc(0.5, "proxy_gap fires when the proxy's gain since the start exceeds the held-out "
                                       "reward's by this many start standard deviations.")
-    length_corr: float = field_doc(0.6, "length_corr fires when |correlation of the proxy score with answer "
+    length_corr: float = field_doc(0.8, "length_corr fires when |correlation of the proxy score with answer "
                                         "length| exceeds this.")
     kl_spike: float = field_doc(20.0, "kl_spike fires when one iteration's KL exceeds this many times the median "
                                       "KL of the previous `window` iterations (that median floored at 0.05).")
