@@ -87,6 +87,7 @@ def test_proxy_gap_fires_when_the_proxy_climbs_away_from_the_heldout_reward():
     logged = monitor.observe(2, batch([3.0, 5.0], [1.0, 1.0]))  # proxy up 3 / sqrt 2 start-std, held-out flat
     assert logged["monitor/proxy_gap"] == pytest.approx(3 / 2 ** 0.5)
     assert logged["monitor/heldout/rule:flat"] == 0.0 and logged["monitor/disagreement"] > 1
+    assert logged["monitor/heldout_corr"] == 0.0  # a constant held-out reward: no relation
     assert monitor.fired.name == "proxy_gap" and monitor.fired.step == 2
 
 

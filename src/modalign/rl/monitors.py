@@ -11,6 +11,8 @@ sampled tokens' log-probs, the KL) plus one batched pass of a held-out reward, a
 - `monitor/entropy`: the policy's entropy per answer token, estimated from the sampled
   tokens' log-probs (`sampled_entropy`);
 - `monitor/kl_spike`: this iteration's KL over the median of the previous ones (`kl_spike`);
+- `monitor/heldout_corr`: Pearson correlation of the proxy and held-out scores over the
+  iteration's answers (logged only: no alarm yet, see docs/monitors.md);
 - `monitor/disagreement`: spread of the standardised proxy and held-out scores per answer,
   relative to its start (`ensemble_disagreement`);
 - `monitor/unfinished`: share of answers that hit max_new_tokens without an end (`unfinished_share`);
@@ -243,7 +245,8 @@ class Monitor:
                 for h, start in zip(rows["heldout"], self.start["heldout"])]
         members = torch.stack([rows["scores"], *rows["heldout"]])  # (K, N)
         spread = ensemble_disagreement(members, [self.start["proxy"], *self.start["heldout"]])
-        return {"proxy_gap": sum(gaps) / len(gaps),
+        agreement = [pearson(rows["scores"], h) for h in rows["heldout"]]  # per answer, so no prompt-mix shift
+        return {"proxy_gap": sum(gaps) / len(gaps), "heldout_corr": sum(agreement) / len(agreement),
                 "disagreement": spread / max(1e-6, self.start["disagreement"])}
 
     def _check(self, step: int) -> Alarm | None:
