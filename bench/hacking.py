@@ -30,7 +30,8 @@ from pathlib import Path
 
 MONITOR = dict(heldout_reward="gold", window=5, baseline_iterations=3)
 THRESHOLD = 0.5  # MonitorConfig.proxy_gap's default
-LENGTH_BIAS = 0.04  # hack_length: reward per word added to the reward model's score (0.1 broke gold within 5 iterations)
+LENGTH_BIAS = 0.04  # hack_length: reward per word added to the reward model's score
+STRONG_LENGTH_BIAS = 0.07  # hack_length_strong (0.1 broke the rollout's gold within 5 iterations)
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 
 
@@ -75,13 +76,14 @@ def run_part(part: str, demo: Path, out: Path, args) -> dict:
                   reward_model=str(demo / "loop" / "round-1" / "reward" / "model"), task="caption", steps=args.steps,
                   prompts_per_step=16, samples_per_prompt=4, max_new_tokens=40, seed=args.seed,
                   eval_examples=args.eval_examples, checkpoint_every=0)
-    if part.startswith(("hack_length", "alarm_length")):  # a panel biased toward length: RM + 0.1 per word
-        common["reward_model"] += f" + {LENGTH_BIAS}*py:{Path(__file__).resolve()}:words"
+    if part.startswith(("hack_length", "alarm_length")):  # a reward biased toward length: RM + b per word
+        bias = STRONG_LENGTH_BIAS if part.endswith("_strong") else LENGTH_BIAS
+        common["reward_model"] += f" + {bias}*py:{Path(__file__).resolve()}:words"
     if part == "demo":  # recipes/demo.py's round-1 RL stage
         settings = dict(lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, reference=str(demo / "sft" / "model"),
                         monitors=MonitorConfig(**MONITOR, alarms="proxy_gap"))
     else:  # weak KL, no PPO-ptx (and for hack2/alarm2 a 3x learning rate): the reward model's blind spot is reachable
-        settings = dict(kl_coef=0.02, lr=3e-4 if part.endswith("2") else 1e-4,
+        settings = dict(kl_coef=0.02, lr=3e-4 if part in ("hack2", "alarm2") else 1e-4,
                         monitors=MonitorConfig(**MONITOR, alarms="proxy_gap" if part.startswith("alarm") else ""))
     return run_ppo(PPOConfig(**common, **settings))
 
@@ -168,7 +170,8 @@ def write_table(out: Path, results: Path, args) -> None:
     demo = json.loads((out / "demo" / "summary.json").read_text())
     series = {"demo": rollout_series(out / "demo")}
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
-    for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length")):
+    for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length"),
+                        ("hack_length_strong", "alarm_length_strong")):
         if not (out / hack / "metrics.jsonl").is_file() or not (out / alarm / "summary.json").is_file():
             continue
         stopped = json.loads((out / alarm / "summary.json").read_text())
@@ -176,9 +179,10 @@ def write_table(out: Path, results: Path, args) -> None:
         ended = (json.loads((out / hack / "summary.json").read_text()) if (out / hack / "summary.json").is_file()
                  else {"steps": len(rollout_series(out / hack)), "eval": {}, "stopped_early_for_time": True})
         series[hack] = rollout_series(out / hack)
-        pairs[hack] = {"lr": 3e-4 if hack.endswith("2") else 1e-4, "steps": ended["steps"],
+        pairs[hack] = {"lr": 3e-4 if hack == "hack2" else 1e-4, "steps": ended["steps"],
                        "finished": not ended.get("stopped_early_for_time"),
-                       "reward": "round-1 RM" + (f" + {LENGTH_BIAS} x words" if "length" in hack else ""),
+                       "reward": "round-1 RM" + (f" + {STRONG_LENGTH_BIAS if 'strong' in hack else LENGTH_BIAS} x words"
+                                                 if "length" in hack else ""),
                        "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
                        "first_worse_than_start": first_worse(series[hack]),
