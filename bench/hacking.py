@@ -208,9 +208,11 @@ def write_table(out: Path, results: Path, args) -> None:
              f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo}` (a full `modalign demo` "
              "folder, seed 0). From its SFT policy, against its round-1 reward model (trained on the SFT policy's "
              f"answers only), {args.steps} PPO iterations of 16 caption prompts x 4 answers each:", "",
-             "- `hack` / `hack2`: kl_coef 0.02, no PPO-ptx, lr 1e-4 / 3e-4, monitors logged, no alarm (runs to the end);",
-             "- `alarm` / `alarm2`: the same runs with `monitors.alarms=proxy_gap` (identical until the alarm: the "
-             "monitors draw no random numbers), stopped by it;",
+             "- `hack_length` / `hack_length_strong`: kl_coef 0.02, no PPO-ptx, lr 1e-4, against the reward model "
+             f"plus {LENGTH_BIAS} / {STRONG_LENGTH_BIAS} per word (a judge biased toward length), monitors logged, "
+             "no alarm (runs to the end);",
+             "- `alarm_length` / `alarm_length_strong`: the same runs with `monitors.alarms=proxy_gap` (identical "
+             "until the alarm: the monitors draw no random numbers), stopped by it if it fires;",
              "- `demo`: the demo's own round-1 RL stage (lr 1e-4, kl_coef 0.1, kl_budget 1.5, PPO-ptx 1.0) with "
              "`monitors.alarms=proxy_gap`.", "",
              f"Monitor: `heldout_reward=gold` (ShapesWorld's gold utility of the rollout answers), window "
