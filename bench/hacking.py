@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out caption prompts evaluated")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policies", default="", help="sampled: the run names to evaluate ('': sft and every finished run)")
     args = parser.parse_args()
 
     import torch
@@ -112,16 +113,16 @@ def evaluate_sampled(demo: Path, out: Path, args) -> dict:
 
     policies = {"sft": demo / "sft" / "model"}
     policies |= {p.name: p / "model" for p in sorted(out.iterdir()) if (p / "summary.json").is_file()}
-    saved = out / "sampled.json"
-    found = json.loads(saved.read_text()) if saved.is_file() else {}  # policies evaluated before are kept
-    for name, folder in policies.items():
-        if name in found:
-            continue
-        metrics = evaluate_split(load_policy(str(folder)), str(demo / "sft" / "data"), "test", args.eval_examples, 40,
-                                 1.0, args.seed, task="caption", samples_per_example=4)
-        found[name] = _pick(metrics)
+    wanted = [n for n in args.policies.split(",") if n] or list(policies)
+    found = {}
+    for name in wanted:
+        saved = out / f"sampled-{name}.json"  # one file per policy: several evaluations may run at once
+        if not saved.is_file():
+            metrics = evaluate_split(load_policy(str(policies[name])), str(demo / "sft" / "data"), "test",
+                                     args.eval_examples, 40, 1.0, args.seed, task="caption", samples_per_example=4)
+            saved.write_text(json.dumps(_pick(metrics), indent=2))
+        found[name] = json.loads(saved.read_text())
         print(name, found[name], flush=True)
-        saved.write_text(json.dumps(found, indent=2))
     return found
 
 
@@ -166,7 +167,8 @@ def first_worse(series: list[dict], window: int = 5, margin: float = 0.0) -> int
 def write_table(out: Path, results: Path, args) -> None:
     """bench/results/hacking.md and .json from the finished parts (each hack/alarm pair that ran)."""
     sft = json.loads((out / "sft.json").read_text())
-    sampled = json.loads((out / "sampled.json").read_text()) if (out / "sampled.json").is_file() else {}
+    sampled = {p.stem.removeprefix("sampled-"): json.loads(p.read_text()) for p in sorted(out.glob("sampled-*.json"))}
+    sampled = {"sft": sampled.pop("sft"), **sampled} if "sft" in sampled else sampled
     demo = json.loads((out / "demo" / "summary.json").read_text())
     series = {"demo": rollout_series(out / "demo")}
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
