@@ -174,9 +174,10 @@ def write_table(out: Path, results: Path, args) -> None:
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
     for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length"),
                         ("hack_length_strong", "alarm_length_strong")):
-        if not (out / hack / "metrics.jsonl").is_file() or not (out / alarm / "summary.json").is_file():
+        if not (out / hack / "metrics.jsonl").is_file():
             continue
-        stopped = json.loads((out / alarm / "summary.json").read_text())
+        stopped = (json.loads((out / alarm / "summary.json").read_text()) if (out / alarm / "summary.json").is_file()
+                   else {"steps": None, "eval": {}})  # not finished in time: the replayed alarm step stands in
         # a run stopped early for time has no summary: its logged iterations are what it shows
         ended = (json.loads((out / hack / "summary.json").read_text()) if (out / hack / "summary.json").is_file()
                  else {"steps": len(rollout_series(out / hack)), "eval": {}, "stopped_early_for_time": True})
@@ -189,7 +190,8 @@ def write_table(out: Path, results: Path, args) -> None:
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
                        "first_worse_than_start": first_worse(series[hack]),
                        "first_worse_by_2_se": first_worse(series[hack], margin=2.0)}
-        heldout[f"{hack} at alarm"] = _pick(stopped["eval"])
+        if stopped.get("alarm"):
+            heldout[f"{hack} at alarm"] = _pick(stopped["eval"])
         if ended["eval"]:
             heldout[f"{hack} end"] = _pick(ended["eval"])
     data = {"settings": {"demo": args.demo, "steps": args.steps, "eval_examples": args.eval_examples,
