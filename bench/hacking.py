@@ -211,7 +211,7 @@ def write_table(out: Path, results: Path, args) -> None:
     lines = ["# Reward-hacking alarm vs gold (issue 20)", "",
              f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo}` (a full `modalign demo` "
              "folder, seed 0). From its SFT policy, against its round-1 reward model (trained on the SFT policy's "
-             f"answers only), {args.steps} PPO iterations of 16 caption prompts x 4 answers each:", "",
+             "answers only), PPO iterations of 16 caption prompts x 4 answers each (how many: below):", "",
              "- `hack_length` / `hack_length_strong`: kl_coef 0.02, no PPO-ptx, lr 1e-4, against the reward model "
              f"plus {LENGTH_BIAS} / {STRONG_LENGTH_BIAS} per word (a judge biased toward length), monitors logged, "
              "no alarm (runs to the end);",
