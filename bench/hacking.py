@@ -232,7 +232,8 @@ def write_table(out: Path, results: Path, args) -> None:
               "", "The alarms' values at their most extreme on the demo's RL stage (the defaults sit beyond): "
               + ", ".join(f"{k} {v:.2f}" for k, v in data["demo_extremes"].items()),
               "", "Held-out caption prompts of the test split, gold scorers, 4 answers each at temperature 1 "
-              "(`alarm*`: the policy where the alarm stopped the run; `hack*`: the same run at its end):", "",
+              "(`alarm*`: the alarm twin's policy, where the alarm stopped it or at its end when it stayed silent; "
+              "`hack*`: the run at its end):", "",
               "| policy | hallucination_rate | coverage |", "|---|---|---|"]
     lines += [f"| {name} | {row['hallucination_rate']:.3f} | {row['coverage']:.3f} |" for name, row in sampled.items()]
     lines += ["", "The same, greedy (one answer each; greedy SFT captions are all right):", "",
