@@ -63,9 +63,25 @@ def main() -> None:
             evaluate_sft(Path(args.demo), out, args)
         elif part == "sampled":
             evaluate_sampled(Path(args.demo), out, args)
+        elif part.startswith("grpo"):
+            run_grpo_part(part, Path(args.demo), out, args)
         else:
             run_part(part, Path(args.demo), out, args)
         print(f"{part}: {time.time() - started:.0f} s", flush=True)
+
+
+def run_grpo_part(part: str, demo: Path, out: Path, args) -> dict:
+    """GRPO against the round-1 reward model with bench/algorithms.py's settings (kl_coef 0.1, lr 1e-4), which
+    there cut coverage 0.93 -> 0.58 in 120 iterations; `grpo_alarm` adds `alarms=proxy_gap`."""
+    from modalign.recipes.online import OnlineConfig, run_online
+    from modalign.rl.monitors import MonitorConfig
+
+    return run_online(OnlineConfig(
+        out=str(out / part), algorithm="grpo", policy=str(demo / "sft" / "model"), data=str(demo / "sft" / "data"),
+        reward_model=str(demo / "loop" / "round-1" / "reward" / "model"), task="caption", steps=args.steps,
+        prompts_per_step=16, samples_per_prompt=4, lr=1e-4, kl_coef=0.1, minibatch_size=32, max_new_tokens=40,
+        seed=args.seed, eval_examples=args.eval_examples, checkpoint_every=0,
+        monitors=MonitorConfig(**MONITOR, alarms="proxy_gap" if part == "grpo_alarm" else "")))
 
 
 def run_part(part: str, demo: Path, out: Path, args) -> dict:
@@ -130,7 +146,8 @@ def rollout_series(run: Path) -> list[dict]:
     """Per iteration: the monitor values and the rollout's gold numbers, from metrics.jsonl."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [{"step": r["step"], **{k.removeprefix("monitor/"): v for k, v in r.items() if k.startswith("monitor/")},
-             "reward": r.get("ppo/reward_mean"), "kl": r.get("ppo/kl_to_ref"),
+             "reward": r.get("ppo/reward_mean", r.get("grpo/reward_mean")),
+             "kl": r.get("ppo/kl_to_ref", r.get("grpo/kl_to_ref")),
              "alarm": next((k for k in r if k.startswith("alarm/")), None)} for r in rows]
 
 
@@ -173,7 +190,7 @@ def write_table(out: Path, results: Path, args) -> None:
     series = {"demo": rollout_series(out / "demo")}
     pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
     for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length"),
-                        ("hack_length_strong", "alarm_length_strong")):
+                        ("hack_length_strong", "alarm_length_strong"), ("grpo_hack", "grpo_alarm")):
         if not (out / hack / "metrics.jsonl").is_file():
             continue
         stopped = (json.loads((out / alarm / "summary.json").read_text()) if (out / alarm / "summary.json").is_file()
@@ -184,8 +201,7 @@ def write_table(out: Path, results: Path, args) -> None:
         series[hack] = rollout_series(out / hack)
         pairs[hack] = {"lr": 3e-4 if hack == "hack2" else 1e-4, "steps": ended["steps"],
                        "finished": not ended.get("stopped_early_for_time"),
-                       "reward": "round-1 RM" + (f" + {STRONG_LENGTH_BIAS if 'strong' in hack else LENGTH_BIAS} x words"
-                                                 if "length" in hack else ""),
+                       "reward": reward_label(hack),
                        "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
                        "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
                        "first_worse_than_start": first_worse(series[hack]),
@@ -268,6 +284,15 @@ def extremes(series: list[dict], baseline: int, window: int) -> dict[str, float]
             found[key] = max((abs(m) if key == "length_corr" else m for m in means), default=0.0)
     found["kl_spike"] = max((row["kl_spike"] for row in series[window:] if row.get("kl_spike") is not None), default=0.0)
     return found
+
+
+def reward_label(run: str) -> str:
+    """What a hack run was trained against."""
+    if run == "grpo_hack":
+        return "round-1 RM (GRPO, kl_coef 0.1)"
+    if "length" in run:
+        return f"round-1 RM + {STRONG_LENGTH_BIAS if 'strong' in run else LENGTH_BIAS} x words"
+    return "round-1 RM"
 
 
 def replay(series: list[dict], baseline: int, window: int, threshold: float | None = None) -> int | None:
