@@ -180,7 +180,8 @@ class Monitor:
 
         self.cfg, self.heldout, self.media, self.dist = cfg, list(heldout), media, dist or processes()
         self.alarms = parse_alarms(cfg.alarms)
-        self.recent: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=cfg.window))
+        self.recent: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=cfg.window))  # monitor -> its last `window` values
         self.kls: collections.deque = collections.deque(maxlen=cfg.window)
         self.start_rows: list[dict] = []  # the baseline iterations' gathered rows
         self.start: dict | None = None
