@@ -72,7 +72,8 @@ def main() -> None:
 
 def run_grpo_part(part: str, demo: Path, out: Path, args) -> dict:
     """GRPO against the round-1 reward model with bench/algorithms.py's settings (kl_coef 0.1, lr 1e-4), which
-    there cut coverage 0.93 -> 0.58 in 120 iterations; `grpo_alarm` adds `alarms=proxy_gap`."""
+    there cut coverage 0.93 -> 0.58 in 120 iterations; `grpo_alarm` adds `alarms=proxy_gap`, and
+    `grpo_alarm_coverage` takes coverage (`rule:shapes_accuracy`) as its held-out reward instead."""
     from modalign.recipes.online import OnlineConfig, run_online
     from modalign.rl.monitors import MonitorConfig
 
@@ -81,7 +82,8 @@ def run_grpo_part(part: str, demo: Path, out: Path, args) -> dict:
         reward_model=str(demo / "loop" / "round-1" / "reward" / "model"), task="caption", steps=args.steps,
         prompts_per_step=16, samples_per_prompt=4, lr=1e-4, kl_coef=0.1, minibatch_size=32, max_new_tokens=40,
         seed=args.seed, eval_examples=args.eval_examples, checkpoint_every=0,
-        monitors=MonitorConfig(**MONITOR, alarms="proxy_gap" if part == "grpo_alarm" else "")))
+        monitors=MonitorConfig(**{**MONITOR, **({"heldout_reward": "rule:shapes_accuracy"} if "coverage" in part else {})},
+                               alarms="proxy_gap" if "alarm" in part else "")))
 
 
 def run_part(part: str, demo: Path, out: Path, args) -> dict:
