@@ -224,6 +224,11 @@ def write_table(out: Path, results: Path, args) -> None:
                      "first_worse_by_2_se": first_worse(series["demo"], margin=2.0)},
             "demo_extremes": extremes(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
             "series": series}
+    coverage_run = out / "grpo_alarm_coverage" / "summary.json"
+    if coverage_run.is_file():  # the GRPO run again, coverage as the held-out reward: where its alarm fires
+        stopped = json.loads(coverage_run.read_text())
+        data["grpo_alarm_coverage"] = {"alarm": stopped.get("alarm"), "steps": stopped["steps"],
+                                       "heldout_eval_greedy": _pick(stopped["eval"])}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
     lines = ["# Reward-hacking alarm vs gold (issue 20)", "",
@@ -245,6 +250,11 @@ def write_table(out: Path, results: Path, args) -> None:
                      f"of {row['steps']} ({alarm['reason'] if alarm else 'silent'}); rollout gold first worse than "
                      f"the start (5-iteration means vs the first 5) at iteration **{row['first_worse_than_start']}**, "
                      f"worse by more than 2 standard errors at **{row['first_worse_by_2_se']}**")
+    if "grpo_alarm_coverage" in data:
+        alarm = data["grpo_alarm_coverage"]["alarm"]
+        lines.append(f"- `grpo_alarm_coverage` (the GRPO run with `heldout_reward=rule:shapes_accuracy`, coverage): "
+                     f"alarm at iteration **{alarm['step'] if alarm else 'never'}** "
+                     f"({alarm['reason'] if alarm else 'silent'})")
     lines += [f"- `demo`: {'alarm ' + demo['alarm']['reason'] if demo.get('alarm') else 'silent'} over "
               f"{demo['steps']} iterations (highest 5-iteration proxy_gap {data['demo']['max_proxy_gap_window_mean']:.2f})",
               "", "The alarms' values at their most extreme on the demo's RL stage (the defaults sit beyond): "
