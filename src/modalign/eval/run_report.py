@@ -139,6 +139,7 @@ def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | 
                       extra_curves: Sequence[tuple[str, str]] = ()) -> Path:
     """Write one self-contained HTML page about the runs, side by side; returns its path."""
     from modalign.eval.explain.section import explain_section
+    from modalign.eval.monitor_report import monitors_section
     from modalign.eval.report import page_html
 
     if not runs:
@@ -148,6 +149,7 @@ def write_runs_report(runs: Sequence[str | Path], out: str | Path, title: str | 
     sections = [("Summary", summary_section(views)), ("Config", config_section(views)),
                 ("Evaluation", evaluation_section(views)),
                 ("Training curves", curves_section(views, extra_curves)), ("Model judge", judge_section(views)),
+                ("Reward-hacking monitors", monitors_section(views)),
                 *[(f"Sample answers: {v.name}", answers_section(v, answers)) for v in views if v.samples],
                 ("Explanations", explain_section([v.path for v in views]))]
     path = Path(out)

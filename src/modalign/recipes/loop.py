@@ -36,6 +36,7 @@ from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.feedback.collect import SIMULATED
 from modalign.feedback.store_spec import STORE_HELP
 from modalign.precision import PRECISION_HELP, Precision
+from modalign.rl.monitors import MonitorConfig
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "a2c", "dpo")
 SELECTIONS = ("all", "random", "margin", "ensemble", "top")
@@ -97,6 +98,9 @@ class LoopConfig:
     seed: int = field_doc(0, "Seed of prompts, sampling, raters and training.")
     modalities: str = field_doc("", MODALITIES_HELP)
     device: str = field_doc("auto", DEVICE_HELP)
+    monitors: MonitorConfig = field_doc(MonitorConfig(), "ppo and online methods: each round's reward-hacking "
+                                                         "monitors and alarms (monitors.<key>, docs/monitors.md); a "
+                                                         "fired alarm ends the loop after its round.")
 
 
 def run_loop(cfg: LoopConfig) -> dict:
@@ -141,6 +145,9 @@ def run_loop(cfg: LoopConfig) -> dict:
         if dist.is_main:
             write_jsonl_atomic(out / "rounds.jsonl", rows)
         print_round(row, cfg.rounds, start)
+        if row.get("alarm"):  # the round's RL stopped on a reward-hacking alarm: no more rounds on this policy
+            console.print(f"[yellow]loop stopped after round {r}: {row['alarm']['reason']}")
+            break
     summary = {"stage": "loop", "start": start, "rounds": rows, "model": rows[-1]["model"],
                "eval": rows[-1]["eval"], "judgments": sum(row["judgments"] for row in rows),
                "feedback": store.display_url, "wall_seconds": round(sum(row["seconds"] for row in rows), 1)}
@@ -167,7 +174,7 @@ def run_round(cfg: LoopConfig, r: int, store, prior_judgments: int) -> dict:
     return {"round": r, "policy": policy, "judgments": feedback["judgments"], "feedback": feedback,
             "reward_heldout_accuracy": reward["heldout_accuracy"], "rl_steps": rl.get("steps"),
             "kl_to_ref": rl.get("eval", {}).get("kl_to_ref"), "model": rl["model"], "eval": metrics,
-            "seconds": round(time.time() - started, 1)}
+            **({"alarm": rl["alarm"]} if rl.get("alarm") else {}), "seconds": round(time.time() - started, 1)}
 
 
 def collect_round_feedback(cfg: LoopConfig, r: int, policy: str, store, prior_judgments: int) -> dict:
@@ -303,7 +310,7 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path, store_
         return run_ppo(PPOConfig(**common, reference=cfg.policy, reward_model=reward_model, steps=cfg.rl_steps,
                                  prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
                                  lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget, ptx_coef=cfg.ptx_coef,
-                                 critic_warmup=cfg.critic_warmup),
+                                 critic_warmup=cfg.critic_warmup, monitors=cfg.monitors),
                        resume=resume)
     if cfg.method == "dpo":
         from modalign.recipes.dpo import DPOConfig, run_dpo
@@ -313,7 +320,8 @@ def run_rl(cfg: LoopConfig, policy: str, reward_model: str, folder: Path, store_
 
     return run_online(OnlineConfig(**common, algorithm=cfg.method, reward_model=reward_model, steps=cfg.rl_steps,
                                    prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.rl_samples_per_prompt,
-                                   lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget), resume=resume)
+                                   lr=cfg.lr, kl_coef=cfg.kl_coef, kl_budget=cfg.kl_budget, monitors=cfg.monitors),
+                      resume=resume)
 
 
 def evaluate_policy(cfg: LoopConfig, policy: str, stem: Path) -> dict:

@@ -20,6 +20,7 @@ from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
+from modalign.rl.monitors import MonitorConfig
 
 ALGORITHMS = ("grpo", "rloo", "reinforce", "a2c")
 
@@ -66,6 +67,8 @@ class OnlineConfig:
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
     device: str = field_doc("auto", DEVICE_HELP)
+    monitors: MonitorConfig = field_doc(MonitorConfig(), "Reward-hacking monitors and alarms (monitors.<key>, "
+                                                         "docs/monitors.md).")
 
 
 def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -80,6 +83,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import bind_judges
+    from modalign.rl.monitors import IterationBatch, alarm_summary, build_monitor
     from modalign.rl.objectives import get_objective
     from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, sample_answers
@@ -100,6 +104,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     prompts_all = splits[cfg.split]
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
+    monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
@@ -108,6 +113,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     run.write_json("self_check.json", checked)
     raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
     place_reward_models(reward, device)
+    monitor.place(device)  # held-out reward models score where the rollout is
     reference = frozen_reference(raw)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
@@ -134,6 +140,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             dist.load_optimizer_state(raw if name == "policy" else raw_critic, optimizer, saved["optimizers"][name])
         set_rng_state(saved["rng"], dist.rank)
         state = saved["state"]
+        if saved.get("monitor"):
+            monitor.load_state_dict(saved["monitor"])
         console.print(f"resumed at step {state['step']}")
     if resume:
         run.rewind(state["step"])
@@ -157,18 +165,27 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                 finished = (samples.responses == tokenizer.eos_token_id).any(1)
                 scores = torch.where(finished, scores, torch.full_like(scores, cfg.unfinished_penalty))
             stats = update_policy(cfg, model, reference, critic, optimizers, samples, scores, state, dist)
+            entropy = stats.pop("sampled_entropy")
             state["step"] += 1
             components = {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
+            components |= monitor.observe(state["step"], IterationBatch(
+                owners, answers, scores, samples.response_mask.sum(1), finished, entropy, stats["kl_to_ref"]))
+            if monitor.fired:
+                components[f"alarm/{monitor.fired.name}"] = 1.0
             run.log(state["step"], {f"{cfg.algorithm}/{k}": v for k, v in stats.items()} | components)
             advance(1, reward=stats["reward_mean"], kl=stats["kl_to_ref"])
             if kl_budget.passed(stats["kl_to_ref"], state["step"], cfg.steps):
                 break
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps:
+            every = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps
+            if every or monitor.fired:
                 run.save_checkpoint({"policy": dist.model_state(raw),
                                      "critic": dist.model_state(raw_critic) if raw_critic else None,
                                      "optimizers": {k: dist.optimizer_state(raw if k == "policy" else raw_critic, o)
                                                     for k, o in optimizers.items()},
-                                     "rng": dist.rng_states(), "state": dict(state)}, state["step"])
+                                     "rng": dist.rng_states(), "state": dict(state),
+                                     "monitor": monitor.state_dict()}, state["step"])
+            if monitor.stop(cfg.steps):
+                break
 
     policy.model = dist.whole(model)  # FSDP: the gathered weights, for the main process to save and evaluate
     if not dist.is_main:  # the main process saves, evaluates and writes the summary
@@ -180,7 +197,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task,
                              modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run, key=f"{cfg.algorithm}/kl_to_ref")
-    summary = {"stage": cfg.algorithm, "steps": state["step"], "stopped_at_kl_budget": state["step"] < cfg.steps,
+    summary = {"stage": cfg.algorithm, "steps": state["step"],
+               "stopped_at_kl_budget": state["step"] < cfg.steps and not monitor.fired, **alarm_summary(monitor.fired),
                "processes": dist.world, "kl_estimator": "k3, mean over answer tokens",
                "model": str(run.path / "model"), "eval": metrics,
                "wall_seconds": round(time.time() - started, 1)}
@@ -200,6 +218,7 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
     from modalign.dist import processes
     from modalign.precision import autocast
     from modalign.rl.advantages import gae
+    from modalign.rl.monitors import sampled_entropy
     from modalign.rl.objectives import (ObjectiveInputs, baseline_advantages, broadcast_to_tokens,
                                         group_relative_advantages, leave_one_out_advantages)
     from modalign.rl.ppo import critic_values, subset, token_rewards
@@ -261,7 +280,8 @@ def update_policy(cfg: OnlineConfig, model, reference, critic, optimizers, sampl
                           | {"loss": out.loss.detach()})
     stats = {k: dist.mean(sum(d[k] for d in logged) / len(logged)) for k in logged[0]}
     stats.update(reward_mean=dist.mean(scores.mean()), reward_std=dist.std(scores),
-                 kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()))
+                 kl_to_ref=dist.mean(kl.mean()), answer_length=dist.mean(mask.sum(1).mean()),
+                 sampled_entropy=dist.mean(sampled_entropy(old_logprobs, mask)))  # for the monitors
     return stats
 
 

@@ -19,6 +19,7 @@ from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, model_device, resolve_device
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
+from modalign.rl.monitors import MonitorConfig
 
 
 @dataclass
@@ -71,6 +72,8 @@ class PPOConfig:
     seed: int = field_doc(0, "Seed of prompt order and sampling.")
     modalities: str = field_doc("", MODALITIES_HELP)
     device: str = field_doc("auto", DEVICE_HELP)
+    monitors: MonitorConfig = field_doc(MonitorConfig(), "Reward-hacking monitors and alarms (monitors.<key>, "
+                                                         "docs/monitors.md).")
 
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> dict:
@@ -85,6 +88,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.rl.rewards import bind_judges
     from modalign.rl.advantages import gae, whiten
     from modalign.rl.kl import AdaptiveKLController, FixedKLController, kl_k3_per_answer
+    from modalign.rl.monitors import IterationBatch, alarm_summary, build_monitor, sampled_entropy
     from modalign.rl.ppo import critic_values, explained_variance, token_rewards
     from modalign.rl.rewards import place_reward_models
     from modalign.rl.rollout import decode_answers, response_logprobs, sample_answers
@@ -103,6 +107,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     validate.check_answers(ptx_examples, split_path(cfg.data, cfg.split), needed_by="PPO-ptx (ptx_coef > 0)")
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
+    monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
     if cfg.reference:
         validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
@@ -115,6 +120,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device) if cfg.reference
                  else frozen_reference(raw))
     place_reward_models(reward, device)
+    monitor.place(device)  # held-out reward models score where the rollout is
     reference.eval().requires_grad_(False)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw))
     for module in raw.media_encoder_modules() + raw_critic.backbone.media_encoder_modules():
@@ -140,6 +146,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         kl_ctl.load_state_dict(state["kl"])
         set_rng_state(state["rng"], dist.rank)
         step = state["step"]
+        if state.get("monitor"):
+            monitor.load_state_dict(state["monitor"])
         console.print(f"resumed at step {step}")
     if resume:
         run.rewind(step)  # steps logged after the last checkpoint are redone
@@ -214,16 +222,24 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
             if ptx_losses:
                 metrics["ppo/ptx_loss"] = dist.mean(torch.stack(ptx_losses).mean())
             metrics |= {f"reward/{k}": v for k, v in getattr(reward, "last_components", {}).items()}
+            metrics |= monitor.observe(step, IterationBatch(
+                sampled_examples, answers, scores, mask.sum(1), finished,
+                dist.mean(sampled_entropy(old_logprobs, mask)), kl_per_answer))
+            if monitor.fired:
+                metrics[f"alarm/{monitor.fired.name}"] = 1.0
             run.log(step, metrics)
             advance(1, reward=metrics["ppo/reward_mean"], kl=kl_per_answer)
             if kl_budget.passed(kl_per_answer, step, cfg.steps):
                 break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if monitor.fired or cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint({"policy": dist.model_state(raw), "critic": dist.model_state(raw_critic),
                                      "policy_opt": dist.optimizer_state(raw, policy_opt),
                                      "critic_opt": dist.optimizer_state(raw_critic, critic_opt),
-                                     "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step},
+                                     "kl": kl_ctl.state_dict(), "rng": dist.rng_states(), "step": step,
+                                     "monitor": monitor.state_dict()},
                                     step)
+            if monitor.stop(cfg.steps):
+                break
 
     # FSDP: the gathered weights, for the main process to save and evaluate
     policy.model, raw_critic = dist.whole(model), dist.whole(critic)
@@ -239,7 +255,8 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
                              cfg.eval_temperature, cfg.seed, run.path / "samples" / "eval.jsonl", cfg.task,
                              modalities=cfg.modalities)
     metrics["kl_to_ref"] = mean_kl_to_reference(run)
-    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps, "processes": dist.world,
+    summary = {"stage": "ppo", "steps": step, "stopped_at_kl_budget": step < cfg.steps and not monitor.fired,
+               **alarm_summary(monitor.fired), "processes": dist.world,
                "model": str(run.path / "model"), "eval": metrics, "kl_estimator": "k3, summed over each answer",
                "wall_seconds": round(time.time() - started, 1)}
     run.write_summary(summary)
