@@ -43,9 +43,22 @@ def register() -> None:
     """Make `fakegpu` a device type torch knows (once per process; PrivateUse1 can be renamed once)."""
     if torch._C._get_privateuse1_backend_name() == NAME:
         return
-    from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
+    from torch.utils.backend_registration import _DummyBackendModule, _setup_privateuseone_for_python_backend
 
-    _setup_privateuseone_for_python_backend(NAME)
+    class FakeBackendModule(_DummyBackendModule):
+        """What torch asks of a device's module beyond the dummy's: the device stays registered for the rest
+        of the process, so later tests' autocast (gradient checkpointing) and `fork_rng` ask it too."""
+
+        def get_amp_supported_dtype(self) -> list:
+            return [torch.bfloat16]
+
+        def get_rng_state(self, device=None) -> torch.Tensor:
+            return torch.get_rng_state()  # the values live on the CPU: so does their random state
+
+        def set_rng_state(self, state, device=None) -> None:
+            torch.set_rng_state(state)
+
+    _setup_privateuseone_for_python_backend(NAME, backend_module=FakeBackendModule())
     # torch.tensor(data, device=...) and indexing with a list build the tensor below the Python dispatch
     # key, so those calls reach the backend's own kernels: allocation and the copy of the values.
     _KERNELS.impl("empty_strided", lambda size, stride, **kw: OnFakeDevice(torch.empty_strided(size, stride,

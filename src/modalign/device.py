@@ -52,9 +52,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of `model`'s parameters (any wrapper with `parameters()`); the CPU if it has none."""
+    """The device of `model`'s parameters (any wrapper with `parameters()`), else its `device` (a view
+    such as a LoRA policy's `AdapterDisabled`); the CPU if it has neither."""
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return param.device if param is not None else torch.device("cpu")
+    if param is not None:
+        return param.device
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
 
 
 def to_device(value: T, device: torch.device | str) -> T:

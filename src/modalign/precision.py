@@ -51,7 +51,9 @@ def autocast(precision: str, model) -> contextlib.AbstractContextManager:
     """bf16 autocast on the device of `model`'s parameters for 'bf16' (`autocast_settings`); nothing for 'fp32'."""
     import torch
 
-    settings = autocast_settings(precision, next(model.parameters()).device)
+    from modalign.device import model_device
+
+    settings = autocast_settings(precision, model_device(model))
     if settings is None:
         return contextlib.nullcontext()
     device_type, dtype = settings

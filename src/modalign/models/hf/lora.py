@@ -124,6 +124,10 @@ class AdapterDisabled:
         return self.policy_model.generation_config
 
     @property
+    def device(self):
+        return self.policy_model.device
+
+    @property
     def supports_shared_prefix(self) -> bool:
         return self.policy_model.supports_shared_prefix
 
