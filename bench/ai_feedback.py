@@ -53,8 +53,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(Path(path).read_text()) for path in args.merge.split(",")]
-        merged = {"settings": {**parts[0]["settings"], "seeds": ",".join(s for p in parts for s in p["seeds"])},
-                  "seeds": {seed: row for part in parts for seed, row in part["seeds"].items()}}
+        merged = {"settings": {**parts[0]["settings"], "judges": args.judges}, "seeds": {}}
+        for part in parts:  # a seed's judges may come from several files
+            for seed, row in part["seeds"].items():
+                merged["seeds"].setdefault(seed, {}).update(row)
+        merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
         return
 
