@@ -53,8 +53,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(Path(path).read_text()) for path in args.merge.split(",")]
-        merged = {"settings": {**parts[0]["settings"], "seeds": ",".join(s for p in parts for s in p["seeds"])},
-                  "seeds": {seed: row for part in parts for seed, row in part["seeds"].items()}}
+        merged = {"settings": {**parts[0]["settings"], "judges": args.judges}, "seeds": {}}
+        for part in parts:  # a seed's judges may come from several files
+            for seed, row in part["seeds"].items():
+                merged["seeds"].setdefault(seed, {}).update(row)
+        merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
         return
 
@@ -190,13 +193,13 @@ def table(results: dict) -> str:
                      f"{vqa:+.1f} | {statistics.mean(r[judge]['judgments'] for r in done):.0f} |")
     quality = [row[j]["claim_judge"] for row in seeds.values() for j in judges if j in row and "claim_judge" in row[j]]
     if quality:
-        lines += ["", "| seed | claims judged | true | verified precision | verified recall | refuted precision | "
-                      "refuted recall | questions asked |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| seed | judge | claims judged | true | verified precision | verified recall | refuted precision "
+                      "| refuted recall | questions asked |", "|---|---|---|---|---|---|---|---|---|"]
         for seed, row in seeds.items():
             for j in judges:
                 q = row.get(j, {}).get("claim_judge")
                 if q:
-                    lines.append(f"| {seed} | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
+                    lines.append(f"| {seed} | {j} | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
                                  f"{q['verified_recall']:.3f} | {q['refuted_precision']:.3f} | "
                                  f"{q['refuted_recall']:.3f} | {q['questions_asked']} |")
     return "\n".join(lines) + "\n"
