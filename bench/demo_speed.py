@@ -81,7 +81,8 @@ def main() -> None:
         for i in range(args.steps):
             step(3 + i)
     cpu, wall = cpu_seconds() - t0, time.time() - w0
-    print(f"{args.precision} batch {cfg.batch_size}: {cpu / args.steps:.3f} cpu s/step, {wall / args.steps:.3f} wall s/step "
+    per_epoch = cpu / args.steps * steps_per_epoch
+    print(f"{args.precision} batch {cfg.batch_size}: {per_epoch:.0f} cpu s/epoch, {cpu / args.steps:.3f} cpu s/step, {wall / args.steps:.3f} wall s/step "
           f"(contention cpu/wall {cpu / wall:.2f}); 2340 steps ~ {cpu / args.steps * 2340:.0f} cpu s")
 
 
