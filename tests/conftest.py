@@ -7,19 +7,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
-def sft_model(tmp_path_factory):
-    """A tiny SFT policy on a tiny ShapesWorld: (model folder, data folder), shared by the RL tests."""
-    from modalign.data.shapes import build_shapes_dataset
-    from modalign.recipes.sft import SFTConfig, run_sft
-
-    root = tmp_path_factory.mktemp("tiny_sft")
-    data = build_shapes_dataset(root / "data", n_train=30, n_test=4, seed=0, caption_noise=0.3)
-    run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
-                      encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
-    return root / "sft" / "model", data
-
-
-@pytest.fixture(scope="session")
 def media_sft(tmp_path_factory):
     """A small SFT policy that has learned to read the image and the audio: (model folder, data folder).
 
@@ -35,3 +22,17 @@ def media_sft(tmp_path_factory):
                       encoder_layers=1, vocab_size=300, batch_size=32, max_steps=400, lr=3e-3, eval_examples=1,
                       warmup_steps=10, log_every=50))
     return root / "sft" / "model", data
+
+
+@pytest.fixture(scope="session")
+def sft_model(tmp_path_factory):
+    """A tiny SFT policy on a tiny ShapesWorld: (model folder, data folder), shared by the RL tests."""
+    from modalign.data.shapes import build_shapes_dataset
+    from modalign.recipes.sft import SFTConfig, run_sft
+
+    root = tmp_path_factory.mktemp("tiny_sft")
+    data = build_shapes_dataset(root / "data", n_train=30, n_test=4, seed=0, caption_noise=0.3)
+    run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
+                      encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
+    return root / "sft" / "model", data
+
