@@ -18,4 +18,3 @@ def sft_model(tmp_path_factory):
     run_sft(SFTConfig(out=str(root / "sft"), data=str(data), hidden_size=32, num_layers=1, num_heads=2,
                       encoder_layers=1, vocab_size=300, batch_size=8, max_steps=20, eval_examples=1, lr=3e-3))
     return root / "sft" / "model", data
-
