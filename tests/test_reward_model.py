@@ -47,7 +47,7 @@ def caption_pairs(examples, seed, per_example=1):
 
 @pytest.mark.slow
 def test_reward_model_uses_image_and_audio(tmp_path, media_sft):
-    sft_folder, root = media_sft  # 400 SFT steps on 300 noise-free scenes (conftest), shared with test_sft
+    sft_folder, root = media_sft  # 400 SFT steps on 300 noise-free scenes (shared_runs.py), shared with test_sft
     policy = load_policy(sft_folder)
     pad = policy.processor.tokenizer.pad_token_id
     model = ScalarHeadModel(policy.model)
