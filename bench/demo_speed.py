@@ -82,7 +82,8 @@ def main() -> None:
             step(3 + i)
     cpu, wall = cpu_seconds() - t0, time.time() - w0
     per_epoch = cpu / args.steps * steps_per_epoch
-    print(f"{args.precision} batch {cfg.batch_size}: {per_epoch:.0f} cpu s/epoch, {cpu / args.steps:.3f} cpu s/step, {wall / args.steps:.3f} wall s/step "
+    print(f"{args.precision} batch {cfg.batch_size}: {per_epoch:.0f} cpu s/epoch, {cpu / args.steps:.3f} cpu s/step, "
+          f"{wall / args.steps:.3f} wall s/step "
           f"(contention cpu/wall {cpu / wall:.2f}); 2340 steps ~ {cpu / args.steps * 2340:.0f} cpu s")
 
 

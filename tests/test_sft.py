@@ -91,7 +91,7 @@ class SilentAudio(MediaStore):
 
 @pytest.mark.slow
 def test_audio_really_matters(media_sft):
-    model_folder, root = media_sft  # 400 SFT steps on 300 noise-free scenes (shared_runs.py), shared with the reward test
+    model_folder, root = media_sft  # 400 SFT steps on 300 noise-free scenes, shared with test_reward_model
     policy = load_policy(model_folder)
     audio_questions = [e for e in read_examples(root, "test") if e.meta["task"] == "vqa_audio"]
     assert len(audio_questions) >= 20
