@@ -22,10 +22,10 @@ def cpu_seconds() -> float:
 def main() -> None:
     import torch
 
+    from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
     from modalign.recipes.sft import SFTConfig, batch_at, make_optimizer, make_policy, prepare_data, tokenizer_corpus
-    from modalign.data.dataset import read_examples
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
