@@ -4,6 +4,7 @@ from pathlib import Path
 
 # Tests share small builders (e.g. `test_tinyvlm.make_policy`).
 sys.path.insert(0, str(Path(__file__).parent))
+from shared_runs import media_sft  # noqa: E402,F401  (one media-aware SFT for test_sft and test_reward_model)
 
 
 @pytest.fixture(scope="session")

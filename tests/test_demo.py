@@ -18,6 +18,7 @@ def test_quick_demo_writes_summary_and_report(tmp_path):
                        ("annotators", "agreement")]:
         assert key in saved[stage], (stage, key)
     assert saved["wall_seconds"] == summary["wall_seconds"] > 0
+    assert 0 < saved["cpu_seconds"] == summary["cpu_seconds"]
     page = (tmp_path / "demo" / "report.html").read_text()
     assert "<audio controls" in page and "data:image/png;base64" in page and "hallucination_rate" in page
     from modalign.feedback.store import FeedbackStore

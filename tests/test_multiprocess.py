@@ -38,6 +38,15 @@ def launch(args: list[str], processes: int = 2, timeout: float = 600,
     return done
 
 
+def one_process(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """The same command as one plain process, as a user runs it without `accelerate launch` (the launcher alone
+    costs ~3.5 s of CPU; the 1-process references need none of it); one torch thread."""
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def cli(command: str, out: Path, settings: dict) -> list[str]:
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     return ["-m", "modalign.cli", command, "--out", str(out), *sets]
@@ -80,9 +89,7 @@ def test_dpo_two_processes_equal_one(tmp_path, sft_model, store):
     model, _ = sft_model
     settings = {"policy": model, "store": store, "data": "", "batch_size": 4, "epochs": 1.0, "lr": 1e-3,
                 "checkpoint_every": 0}
-    one = subprocess.run([sys.executable, *cli("dpo", tmp_path / "one", settings)], capture_output=True, text=True,
-                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert one.returncode == 0, one.stderr[-3000:]
+    one_process(cli("dpo", tmp_path / "one", settings))
     launch(cli("dpo", tmp_path / "two", settings))
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] >= 3
@@ -120,7 +127,7 @@ def test_update_two_processes_equal_one(tmp_path, sft_model, method):
     """
     model, data = sft_model
     script = str(ROOT / "tests" / "mp_ppo_update.py")
-    launch([script, str(model), str(data), str(tmp_path / "one.pt"), method], processes=1)
+    one_process([script, str(model), str(data), str(tmp_path / "one.pt"), method])
     two = launch([script, str(model), str(data), str(tmp_path / "two.pt"), method])
     # the processes print at once and their lines may run together: find the counts anywhere
     counts = dict(re.findall(r"process (\d): (\d+) of", two.stdout))
@@ -174,7 +181,7 @@ def test_sft_two_processes_equal_one(tmp_path, sft_model):
     model, data = sft_model
     settings = {"policy": model, "data": data, "batch_size": 8, "max_steps": 4, "lr": 1e-3, "warmup_steps": 0,
                 "log_every": 1, "checkpoint_every": 0, "eval_examples": 1, "max_new_tokens": 8}
-    launch(cli("sft", tmp_path / "one", settings), processes=1)
+    one_process(cli("sft", tmp_path / "one", settings))
     launch(cli("sft", tmp_path / "two", settings))
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     assert_same_weights(model, tmp_path / "one" / "model", tmp_path / "two" / "model")
@@ -197,7 +204,7 @@ def test_online_two_processes_end_to_end(tmp_path, sft_model, algorithm):
 def test_reward_two_processes_equal_one(tmp_path, sft_model, store):
     """The frozen backbone's passes split over 2 processes and gathered: the same head and accuracy."""
     settings = {"policy": sft_model[0], "store": store, "steps": 200, "heldout_fraction": 0.3}
-    launch(cli("reward", tmp_path / "one", settings), processes=1)
+    one_process(cli("reward", tmp_path / "one", settings))
     launch(cli("reward", tmp_path / "two", settings))
     one, two = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
     assert two["processes"] == 2 and one["train_pairs"] == two["train_pairs"] > 0

@@ -90,13 +90,9 @@ class SilentAudio(MediaStore):
 
 
 @pytest.mark.slow
-def test_audio_really_matters(tmp_path):
-    root = build_shapes_dataset(tmp_path / "data", n_train=150, n_test=30, seed=1, caption_noise=0.0)
-    cfg = SFTConfig(out=str(tmp_path / "run"), data=str(root), hidden_size=64, num_layers=2, num_heads=2,
-                    encoder_layers=1, vocab_size=300, batch_size=32, max_steps=300, lr=3e-3, eval_examples=1,
-                    warmup_steps=10, log_every=50)
-    run_sft(cfg)
-    policy = load_policy(tmp_path / "run" / "model")
+def test_audio_really_matters(media_sft):
+    model_folder, root = media_sft  # 400 SFT steps on 300 noise-free scenes, shared with test_reward_model
+    policy = load_policy(model_folder)
     audio_questions = [e for e in read_examples(root, "test") if e.meta["task"] == "vqa_audio"]
     assert len(audio_questions) >= 20
 

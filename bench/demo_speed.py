@@ -1,0 +1,91 @@
+"""Where the demo's SFT spends its CPU time: a few steps of the demo's SFT at its real size, profiled.
+
+    PYTHONPATH=src OMP_NUM_THREADS=2 python bench/demo_speed.py --steps 30 [--precision bf16] [--profile]
+
+Reports process CPU seconds per step (not wall: the machine may be shared), and with --profile the
+top operators by CPU time (torch.profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+
+def cpu_seconds() -> float:
+    self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
+
+
+def main() -> None:
+    import torch
+
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
+    from modalign.precision import autocast
+    from modalign.recipes.sft import SFTConfig, batch_at, make_optimizer, make_policy, prepare_data, tokenizer_corpus
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
+    parser.add_argument("--work", default="/tmp/demo_speed")
+    args = parser.parse_args()
+
+    cfg = SFTConfig(seed=0, epochs=10.0, batch_size=args.batch_size, precision=args.precision)
+    t0 = cpu_seconds()
+    root = prepare_data(cfg, Path(args.work))
+    t_data = cpu_seconds() - t0
+    train = read_examples(root, "train")
+    policy = make_policy(cfg, tokenizer_corpus(cfg, root, train))
+    media = MediaStore(root)
+    t0 = cpu_seconds()
+    encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
+    t_encode = cpu_seconds() - t0
+    lengths = torch.tensor([e.input_ids.shape[0] for e in encoded]).float()
+    print(f"data {t_data:.1f} s cpu, encode {len(encoded)} examples {t_encode:.1f} s cpu; "
+          f"length mean {lengths.mean():.1f} max {lengths.max():.0f}")
+    steps_per_epoch = len(encoded) // cfg.batch_size
+    optimizer, scheduler = make_optimizer(policy.model, cfg, 2340)
+    if args.fused:
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, False
+    pad = policy.processor.tokenizer.pad_token_id
+    model = policy.model.train()
+
+    def step(i: int) -> None:
+        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed), pad)
+        with autocast(cfg.precision, model):
+            loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+
+    for i in range(3):  # warm-up
+        step(i)
+    t0, w0 = cpu_seconds(), time.time()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(args.steps):
+                step(3 + i)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    else:
+        for i in range(args.steps):
+            step(3 + i)
+    cpu, wall = cpu_seconds() - t0, time.time() - w0
+    per_epoch = cpu / args.steps * steps_per_epoch
+    print(f"{args.precision} batch {cfg.batch_size}: {per_epoch:.0f} cpu s/epoch, {cpu / args.steps:.3f} cpu s/step, "
+          f"{wall / args.steps:.3f} wall s/step "
+          f"(contention cpu/wall {cpu / wall:.2f}); 2340 steps ~ {cpu / args.steps * 2340:.0f} cpu s")
+
+
+if __name__ == "__main__":
+    main()
