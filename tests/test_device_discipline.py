@@ -168,6 +168,39 @@ def test_grpo_update_on_device(tmp_path, sft_model):
     assert summary["steps"] == 1 and ran_on_device(mode)
 
 
+def test_grpo_against_a_claims_self_judge_on_device(tmp_path, sft_model):
+    """The judge reward asks the policy about its own claims (feedback/judges/ask.py) on the device."""
+    from modalign.recipes.online import OnlineConfig, run_online
+
+    model, data = sft_model
+    with on_device() as mode:
+        summary = run_online(OnlineConfig(out=str(tmp_path / "run"), algorithm="grpo", policy=str(model),
+                                          data=str(data), reward_model="judge:claims:self", steps=1,
+                                          prompts_per_step=2, samples_per_prompt=2, minibatch_size=2,
+                                          max_new_tokens=8, eval_examples=1, device=str(DEVICE)))
+    assert summary["steps"] == 1 and ran_on_device(mode)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_judge_is_asked_on_device(sft_model, monkeypatch, packed):
+    """`score_options` (model judges and claim verification) scores packed and unpacked options there."""
+    from modalign.data.dataset import read_examples
+    from modalign.feedback.judges.ask import Query, score_options
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+
+    if not packed:
+        monkeypatch.setattr("modalign.feedback.judges.ask.supports_shared_prefix", lambda model: False)
+    model, data = sft_model
+    examples = read_examples(data, "test")[:2]
+    with on_device() as mode:
+        policy = load_policy(model)
+        policy.model.to(DEVICE)
+        scores = score_options(policy, [Query(e, "is there a red circle?") for e in examples], ["yes", "no"],
+                               MediaStore(data))
+    assert scores.shape == (2, 2) and scores.device == DEVICE and mode.device_ops > 100
+
+
 def test_grpo_on_a_hugging_face_vlm_on_device(tmp_path, tiny):
     from modalign.recipes.online import OnlineConfig, run_online
 

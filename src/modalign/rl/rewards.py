@@ -113,7 +113,8 @@ class ClaimJudgeSource:
         self._bound, self.judge = (policy, media), None
 
     def __call__(self, examples, answers, samples=None, prompts=None) -> torch.Tensor:
-        return torch.tensor(self._judge(examples).scores(list(examples), list(answers)))
+        scores = self._judge(examples).scores(list(examples), list(answers))
+        return torch.tensor(scores, device=_device_of(samples))  # on the rollout's device, as rule rewards are
 
     def score(self, examples, answers, media) -> torch.Tensor:
         """Scores without a rollout (`score_texts`): `media` is a MediaStore over the examples' root."""

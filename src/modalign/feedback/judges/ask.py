@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from modalign.data.records import Example, user_turn
+from modalign.device import model_device, to_device
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, concat_media, encode_sft_example
 from modalign.models.policy import Policy
 from modalign.models.shared_prefix import pack, packed_logprobs, supports_shared_prefix
@@ -77,26 +78,28 @@ def option_probabilities(scores: torch.Tensor) -> torch.Tensor:
 def _score_chunk(policy: Policy, queries: Sequence[Query], options: Sequence[str], media: MediaStore,
                  max_length: int) -> torch.Tensor:
     model, processor = policy.model, policy.processor
-    pad = processor.tokenizer.pad_token_id
+    pad, device = processor.tokenizer.pad_token_id, model_device(policy.model)
     encoded = [[encode_sft_example(processor, media, question_example(q), max_length, o) for o in options]
                for q in queries]  # (N, K) EncodedExample
-    features = _media_once(model, queries, [row[0] for row in encoded], pad)  # one row per query
+    features = _media_once(model, queries, [row[0] for row in encoded], pad, device)  # one row per query
     n, k = len(queries), len(options)
     if supports_shared_prefix(model) and all(_same_prompt(row) for row in encoded):
         prompts = [row[0].input_ids[: row[0].prompt_length] for row in encoded]
         answers = [[e.input_ids[e.prompt_length :] for e in row] for row in encoded]
-        logprobs, _ = packed_logprobs(model, pack(prompts, answers, pad), features, sampled=False)  # (N*K, A)
+        rows = to_device(pack(prompts, answers, pad), device)  # built on the CPU, scored on the model's device
+        logprobs, _ = packed_logprobs(model, rows, features, sampled=False)  # (N*K, A)
         return logprobs.sum(1).view(n, k)
     from modalign.reward.model import answer_token_logprobs
 
-    batch = collate_sft([e for row in encoded for e in row], pad)  # rows q*K .. q*K+K-1 answer query q
-    rows = torch.arange(n).repeat_interleave(k)
+    batch = to_device(collate_sft([e for row in encoded for e in row], pad), device)  # rows q*K.. answer query q
+    rows = torch.arange(n, device=device).repeat_interleave(k)
     row_media = features.select_rows(rows) if features is not None else None
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], media=row_media).logits
     return answer_token_logprobs(logits, batch["input_ids"], batch["labels"] != -100).sum(1).view(n, k)
 
 
-def _media_once(model, queries: Sequence[Query], first_rows: Sequence[EncodedExample], pad: int):
+def _media_once(model, queries: Sequence[Query], first_rows: Sequence[EncodedExample], pad: int,
+                device: torch.device):
     """Media features with one row per query, each distinct example's media encoded once: (N rows) or None."""
     distinct: dict[tuple, int] = {}
     owner = [distinct.setdefault(media_key(q.example), len(distinct)) for q in queries]  # query -> distinct row
@@ -109,8 +112,8 @@ def _media_once(model, queries: Sequence[Query], first_rows: Sequence[EncodedExa
     if pixels is None and audio is None:
         return None
     input_ids = collate_sft(ordered, pad)["input_ids"]  # the placeholders say which row owns each item
-    features = model.encode_media(input_ids, pixels, audio)
-    return features.select_rows(torch.tensor(owner))
+    features = model.encode_media(*to_device((input_ids, pixels, audio), device))
+    return features.select_rows(torch.tensor(owner, device=device))
 
 
 def _same_prompt(row: Sequence[EncodedExample]) -> bool:

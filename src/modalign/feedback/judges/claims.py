@@ -236,7 +236,12 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
         from modalign.models.inputs import MediaStore
         from modalign.validate import load_checked_policy
 
+        from modalign.device import model_device
+
+        device = model_device(policy.model) if policy is not None else None  # the current policy's, if any
         policy, name = load_checked_policy(parsed.model), parsed.model
+        if device is not None:
+            policy.model.to(device)
         extractor = getattr(policy.processor, "feature_extractor", None)  # audio at the judge's own rate
         media = MediaStore(media.root, sample_rate=int(getattr(extractor, "sampling_rate", media.sample_rate)))
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
