@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -69,7 +70,9 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         row = {"sft": evaluate(sft / "model", sft / "data", seed, args.eval_samples)}
         for judge in args.judges.split(","):
-            row[judge] = run_one(args, sft, work / f"seed{seed}-{judge.replace(':', '-')}", judge, seed)
+            # the folder name keeps only word characters: a spec's `?`/`&` would end a sqlite:/// URL early
+            folder = re.sub(r"[^\w.-]+", "-", judge)
+            row[judge] = run_one(args, sft, work / f"seed{seed}-{folder}", judge, seed)
             print(seed, judge, json.dumps(row[judge]), flush=True)
         results["seeds"][str(seed)] = row
         write(results, Path(args.out))

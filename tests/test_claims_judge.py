@@ -83,7 +83,8 @@ from modalign.config import ConfigError  # noqa: E402
 from modalign.data.records import Completion  # noqa: E402
 from modalign.feedback.collect import write_feedback  # noqa: E402
 from modalign.feedback.judges.cache import ClaimCache  # noqa: E402
-from modalign.feedback.judges.claims import ClaimJudge, ClaimJudgeSpec, judge_with_claims  # noqa: E402
+from modalign.feedback.judges.claims import (  # noqa: E402
+    ClaimJudge, ClaimJudgeSpec, ClaimResult, claim_score, judge_with_claims)
 from modalign.feedback.judges.splitters import Claim, sentence_claims, shapes_claims  # noqa: E402
 from modalign.feedback.store import FeedbackStore  # noqa: E402
 
@@ -123,6 +124,18 @@ def test_a_claims_spec_parses_its_options_and_refuses_bad_ones(tmp_path):
     with pytest.raises(ConfigError, match="no {claim} placeholder"):
         spec.template_text()
 
+
+def test_rlaif_v_scoring_counts_refuted_claims_only():
+    said = [Claim(f"there is a {s}") for s in ("circle", "square", "triangle", "star")]
+    results = [ClaimResult(c, answer, 0.5) for c, answer in zip(said, ("yes", "yes", "yes", "no"))]  # 3 verified
+    spec = ClaimJudgeSpec.parse("claims:self?verified=0&refute=1")
+    assert (spec.verified_weight, spec.refute_weight) == (0.0, 1.0)
+    assert claim_score(results, spec.verified_weight, spec.refute_weight) == -1.0  # RLAIF-V: -refuted
+    assert claim_score(results) == 3 - 2 * 1  # the default: verified - 2 x refuted
+    extra = results + [ClaimResult(Claim("there is a heart"), "yes", 0.9)]  # one more verified claim
+    assert claim_score(extra) == 4 - 2 * 1 and claim_score(extra, 0.0, 1.0) == -1.0  # pays by default only
+    with pytest.raises(ConfigError, match="verified='x' is not a number"):
+        ClaimJudgeSpec.parse("claims:self?verified=x")
 
 def forward_calls(model) -> list:
     """Record every forward pass of `model` (the judge's cost)."""

@@ -6,18 +6,25 @@ labeler in its self-alignment setting (`claims:self`).
 
 Score of an answer (the documented formula):
 
-    score = verified - refute_weight * refuted        (refute_weight 2 by default; 0 claims: 0)
+    score = verified_weight * verified - refute_weight * refuted
+            (verified_weight 1, refute_weight 2 by default; 0 claims: 0)
 
 A claim is verified when the judge's most likely option (`ask.score_options`, renormalised over the
 options) is the claim's expected one, refuted otherwise. Stating more true facts raises the score,
 each hallucinated fact costs twice what a true one earns, like the ShapesWorld gold utility.
 
-Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>]`
+`verified=0` scores refuted claims only, as RLAIF-V does (sec. 3.2, "divide-and-conquer": a response's
+score is minus the number of its rejected claims): `claims:self?verified=0&refute=1` gives
+score = -refuted. Paying nothing for a verified claim removes the reward for adding claims, which a
+self-judge that wrongly verifies some of them otherwise turns into extra (hallucinated) objects.
+
+Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
   default `DEFAULT_TEMPLATE`. Claims that carry their own question (the `shapes` splitter) ignore it.
 - refute: refute_weight.
+- verified: verified_weight (0: RLAIF-V's refuted-only score).
 
 Judgments (`judge_with_claims`): every pair of a prompt's distinct answers is one pairwise judgment,
 the higher score winning and equal scores a tie, each with provenance (judge model, template sha256,
@@ -62,6 +69,7 @@ class ClaimJudgeSpec:
     splitter: str = "auto"
     template: str = ""
     refute_weight: float = 2.0
+    verified_weight: float = 1.0
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -72,15 +80,18 @@ class ClaimJudgeSpec:
         options: dict[str, Any] = {}
         for item in filter(None, query.split("&")):
             key, _, value = item.partition("=")
-            if key not in ("splitter", "template", "refute") or not value:
-                raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file> or "
-                                  f"refute=<weight>")
+            if key not in ("splitter", "template", "refute", "verified") or not value:
+                raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
+                                  f"refute=<weight> or verified=<weight>")
             options[key] = value
-        try:
-            refute = float(options.get("refute", 2.0))
-        except ValueError:
-            raise ConfigError(f"judge {spec!r}: refute={options['refute']!r} is not a number") from None
-        return cls(model, options.get("splitter", "auto"), options.get("template", ""), refute)
+        weights = {}
+        for key, default in (("refute", 2.0), ("verified", 1.0)):
+            try:
+                weights[key] = float(options.get(key, default))
+            except ValueError:
+                raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
+        return cls(model, options.get("splitter", "auto"), options.get("template", ""), weights["refute"],
+                   weights["verified"])
 
     @property
     def is_self(self) -> bool:
@@ -161,10 +172,10 @@ class ClaimJudge:
 
     def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, verified_weight: float = 1.0) -> None:
         self.policy, self.media, self.name = policy, media, name
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
-        self.template, self.refute_weight = template, refute_weight
+        self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
         self.digests = MediaDigests(media.root)
@@ -193,7 +204,7 @@ class ClaimJudge:
 
     def provenance(self, verifications: Sequence[Verification]) -> dict:
         return {"judge": f"claims:{self.name}", "template_sha256": self.template_sha, "splitter": self.splitter_name,
-                "refute_weight": self.refute_weight, "answers": [v.to_dict() for v in verifications]}
+                "refute_weight": self.refute_weight, "verified_weight": self.verified_weight, "answers": [v.to_dict() for v in verifications]}
 
     def _key(self, example: Example, claim: Claim) -> str:
         return ClaimCache.key(self.name, self.digests.of(example), self.question(claim), claim.options)
@@ -218,8 +229,13 @@ class ClaimJudge:
             probabilities = torch.softmax(scores, dim=0)
             answer = claim.options[int(scores.argmax())]
             results.append(ClaimResult(claim, answer, float(probabilities[claim.options.index(claim.expected)])))
-        verified = sum(r.verified for r in results)
-        return Verification(tuple(results), float(verified - self.refute_weight * (len(results) - verified)))
+        return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight))
+
+
+def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0) -> float:
+    """The module docstring's formula: verified_weight * verified - refute_weight * refuted (0 claims: 0)."""
+    verified = sum(r.verified for r in results)
+    return float(verified_weight * verified - refute_weight * (len(results) - verified))
 
 
 def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", policy: "Policy | None" = None,
@@ -245,7 +261,8 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
         extractor = getattr(policy.processor, "feature_extractor", None)  # audio at the judge's own rate
         media = MediaStore(media.root, sample_rate=int(getattr(extractor, "sampling_rate", media.sample_rate)))
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
-    return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache)
+    return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
+                      verified_weight=parsed.verified_weight)
 
 
 def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions: Sequence[Completion],
