@@ -99,7 +99,8 @@ JUDGE_PREFIX = "judge:"
 
 class ClaimJudgeSource:
     """`judge:claims:<model folder | self>[?options]`: each answer's claim-verification score
-    (`feedback.judges.claims`: verified - refute_weight x refuted claims), batched and cached.
+    (`feedback.judges.claims.claim_score`: verified_weight x verified - refute_weight x refuted claims), batched
+    and cached.
 
     The recipe binds it to its policy and media (`bind_judges`) before the first call. `claims:self`
     judges with a frozen copy of the policy as the run starts (the reference): a judge that moved with
