@@ -52,7 +52,7 @@ def test_password_is_masked_even_in_urls_sqlalchemy_cannot_parse():
     (f"postgresql://ann:{SECRET}@127.0.0.1:port/labels", "is not an SQLAlchemy URL"),
     (f"nosuchdb://ann:{SECRET}@127.0.0.1/labels", "knows no such database kind"),
     (f"mysql://ann:{SECRET}@127.0.0.1/labels", "driver is not installed"),
-])
+], ids=["refused", "bad-url", "unknown-kind", "no-driver"])  # stable ids: the refused port differs per collection
 def test_a_store_that_cannot_be_opened_is_one_error_naming_key_and_url(url, says):
     with pytest.raises(StoreError) as caught:
         open_store(url, key="store")
