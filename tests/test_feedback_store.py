@@ -88,3 +88,15 @@ def test_dataset_roots_are_stored_absolute(tmp_path, monkeypatch):
     store = FeedbackStore.sqlite(tmp_path / "f.db")
     store.add_examples([Example("r1", (user_turn("describe.", 0, 0), assistant_turn("ref")))], root="data/shapes")
     assert store.example_root("r1") == str(tmp_path / "data" / "shapes")
+
+
+def test_sqlite_paths_with_url_characters_open_that_file(tmp_path):
+    """`?`, `#` and `%` are URL syntax: a folder named with them must still hold the store (not `a`)."""
+    from modalign.feedback.store_spec import open_store
+
+    folder = tmp_path / "a?b#c%d"
+    store = FeedbackStore.sqlite(folder / "feedback.db")
+    store.add_examples([Example("r1", (user_turn("describe.", 0, 0), assistant_turn("ref")))])
+    assert (folder / "feedback.db").is_file() and not (tmp_path / "a").exists()
+    assert open_store(str(folder)).get_example("r1").id == "r1"  # a folder spec: the same file
+    assert FeedbackStore(store.url).get_example("r1").id == "r1"  # its URL names it for other commands

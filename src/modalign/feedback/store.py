@@ -26,7 +26,7 @@ from modalign.feedback.judgments import (
     RatingJudgment,
 )
 from modalign.feedback.schema import Base, CandidateRow, ExampleRow, JudgmentRow, SkipRow
-from modalign.feedback.store_spec import StoreError, masked, with_driver
+from modalign.feedback.store_spec import StoreError, masked, sqlite_url, with_driver
 
 KINDS = {"pairwise": PairwiseJudgment, "ranking": RankingJudgment, "rating": RatingJudgment,
          "critique": CritiqueJudgment, "implicit": ImplicitJudgment}
@@ -70,8 +70,9 @@ class FeedbackStore:
 
     @classmethod
     def sqlite(cls, path: str | Path) -> "FeedbackStore":
+        """The SQLite store in the file `path` (its folder created)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{Path(path).resolve()}")
+        return cls(sqlite_url(path))
 
     # ---- examples and candidates -------------------------------------------------
     def add_examples(self, examples: Iterable[Example], root: str | Path | None = None) -> None:

@@ -79,7 +79,18 @@ def store_url(spec: str, default_path: str | Path | None = None, key: str = "sto
     if must_exist and not path.is_file():
         raise FileNotFoundError(f"{key} {spec!r}: no feedback store there (a run's {STORE_FILE}, or an SQLAlchemy URL)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return sqlite_url(path)
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite file `path` (made absolute).
+
+    Built with `URL.create`, which percent-escapes the path: pasted into `sqlite:///{path}`, a `?`,
+    `#` or `%` in a folder name would be read as URL syntax and open another file.
+    """
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
 def open_store(spec: str, default_path: str | Path | None = None, key: str = "store",
