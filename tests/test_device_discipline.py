@@ -225,3 +225,29 @@ def test_eval_scoring_on_device(tmp_path, sft_model, reward_run):
     assert summary["metrics"]["kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # the policy against itself
     assert summary["win_rate"]["ties"] == 2  # the same greedy answers: every pair ties
     assert ran_on_device(mode)
+
+
+def test_seeded_sampling_gives_back_the_device_random_state(sft_model, monkeypatch):
+    """`generate_answers` samples from its own seed, then restores the random state of the CPU and of the
+    model's device: `torch.manual_seed` reseeds a GPU too, and a GPU left at the seed would make training
+    after each evaluation replay the same random numbers."""
+    from modalign.data.dataset import read_examples
+    from modalign.eval.generation import generate_answers
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+
+    model, data = sft_model
+    with on_device():
+        backend = torch.get_device_module(DEVICE.type)  # the fake device's generator, apart from the CPU's (as CUDA's)
+        state = {"device": torch.Generator().manual_seed(1).get_state()}
+        monkeypatch.setattr(backend, "manual_seed_all",
+                            lambda seed: state.update(device=torch.Generator().manual_seed(seed).get_state()))
+        monkeypatch.setattr(backend, "get_rng_state", lambda device=None: state["device"].clone())
+        monkeypatch.setattr(backend, "set_rng_state", lambda new, device=None: state.update(device=new.clone()))
+        policy = load_policy(model)
+        policy.model.to(DEVICE)
+        device_before, cpu_before = state["device"].clone(), torch.get_rng_state()
+        answers = generate_answers(policy, MediaStore(data), read_examples(data, "test")[:1], max_new_tokens=2,
+                                   temperature=1.0, seed=5)
+    assert len(answers) == 1 and torch.equal(torch.get_rng_state(), cpu_before)
+    assert torch.equal(state["device"], device_before)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 
@@ -31,36 +32,45 @@ def generate_answers(
     model, processor = policy.model, policy.processor
     was_training = model.training
     model.eval()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     completions: list[Completion] = []
     try:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            batch = prompt_batch(processor, media, chunk, model_device(model))
-            prompt_length = batch["input_ids"].shape[1]
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_k=None,
-                top_p=None,
-                pad_token_id=processor.tokenizer.pad_token_id,
-                num_return_sequences=samples_per_example,
-            )
-            texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-            owners = [example for example in chunk for _ in range(samples_per_example)]
-            completions += [
-                Completion(example.id, text.strip(), policy.name, sampling) for example, text in zip(owners, texts)
-            ]
-            if progress is not None:
-                progress(len(chunk))
+        with seeded(seed, model_device(model)):
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                batch = prompt_batch(processor, media, chunk, model_device(model))
+                prompt_length = batch["input_ids"].shape[1]
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_k=None,
+                    top_p=None,
+                    pad_token_id=processor.tokenizer.pad_token_id,
+                    num_return_sequences=samples_per_example,
+                )
+                texts = processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+                owners = [example for example in chunk for _ in range(samples_per_example)]
+                completions += [
+                    Completion(example.id, text.strip(), policy.name, sampling) for example, text in zip(owners, texts)
+                ]
+                if progress is not None:
+                    progress(len(chunk))
     finally:
-        torch.random.set_rng_state(generator_state)
         model.train(was_training)
     return completions
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside, torch's random numbers start from `seed`; after, the CPU's and `device`'s random states are
+    what they were. `torch.manual_seed` reseeds the GPUs too: restoring only the CPU's state would leave the
+    GPU's generator at `seed` after every evaluation, so training would replay the same random numbers."""
+    devices = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=devices, device_type=None if device.type == "cpu" else device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 def write_samples(path, examples: Sequence[Example], completions: Sequence[Completion]) -> None:
