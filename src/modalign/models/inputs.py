@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from modalign.data.records import Example
+from modalign.data.records import Example, RecordError
 from modalign.device import to_device
 from modalign.models.hf.media import concat_media
 
@@ -87,7 +87,8 @@ def encode_sft_example(
     """Tokenize prompt + answer (default: the reference); too long a sequence loses answer tokens, never media."""
     answer = example.answer if answer is None else answer
     if answer is None:
-        raise ValueError(f"record {example.id!r}: SFT needs a final assistant message (the target answer)")
+        raise RecordError(f"record {example.id!r}: SFT needs a final assistant message in 'messages' "
+                          "(the target answer)")
     images, audio = media.images(example), media.audio(example)
     prompt = render_prompt(processor, example)
     full = processor(text=[prompt + answer + eos_text(processor)], images=images or None, audio=audio or None)
@@ -97,9 +98,9 @@ def encode_sft_example(
     prompt_length, end = answer_span(alone, full["input_ids"][0])
     input_ids = full["input_ids"][0][:end]
     if prompt_length >= max_length:
-        raise ValueError(
-            f"record {example.id!r}: the prompt alone takes {prompt_length} tokens (media included), "
-            f"max_length is {max_length}; media tokens are never truncated"
+        raise RecordError(
+            f"record {example.id!r}: the prompt alone takes {prompt_length} tokens ('messages' and its media), "
+            f"max_length is {max_length}: media tokens are never cut, so raise max_length or shorten the prompt"
         )
     return EncodedExample(
         example_id=example.id,
