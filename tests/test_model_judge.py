@@ -264,3 +264,21 @@ def test_modalign_report_finds_the_judge_reports_of_a_loop_and_of_iterative_dpo(
     assert judge_reports(loop) == {"round 1": {"gold_accuracy": 0.75}}
     assert judge_reports(iterative) == {"round 1": {"position_inconsistent_share": 0.5}}
     assert judge_reports({"judge_report": {"pairs": 3}}) == {"judge": {"pairs": 3}}
+
+
+def test_answer_files_are_read_line_by_line_naming_a_bad_line(tmp_path):
+    """`modalign judge` reads answers with the datasets' JSONL reader (`data.dataset.jsonl_rows`): blank lines
+    are skipped but counted, an example's repeated answer is one answer, a bad line is named by file and line."""
+    from modalign.data.records import RecordError
+    from modalign.recipes.judge import read_answers
+
+    samples = tmp_path / "answers.jsonl"
+    samples.write_text('{"example_id": "e1", "text": "a"}\n\n{"example_id": "e1", "text": "b "}\n'
+                       '{"example_id": "e1", "text": "a"}\n')
+    assert [answer.text for answer in read_answers(str(samples))["e1"]] == ["a", "b"]
+    samples.write_text('{"example_id": "e1", "text": "a"}\n\n{oops\n')
+    with pytest.raises(RecordError, match=r"answers\.jsonl:3: not valid JSON"):
+        read_answers(str(samples))
+    samples.write_text('\n["e1", "a"]\n')
+    with pytest.raises(RecordError, match=r"answers\.jsonl:2: an answer row needs 'example_id'"):
+        read_answers(str(samples))

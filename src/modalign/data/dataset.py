@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from modalign.data.records import Example, RecordError
 
@@ -45,18 +45,28 @@ def iter_examples(root: str | Path, split: str) -> Iterator[Example]:
     if not path.is_file():
         available = ", ".join(list_splits(root)) or "none"
         raise FileNotFoundError(f"dataset {root}: no split file {path.name} (splits found: {available})")
-    with path.open(encoding="utf-8") as handle:
+    for line_no, raw in jsonl_rows(path):
+        where = f"{path}:{line_no}"
+        if not isinstance(raw, dict):
+            raise RecordError(f"{where}: a record must be a JSON object")
+        yield Example.from_dict(raw, where=where)
+
+
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file, read line by line.
+
+    A line that is not JSON raises `RecordError` naming the file and line (`answers.jsonl:7`); what
+    a row must hold (an object, which keys) the caller checks, naming the same `path:line`.
+    """
+    with Path(path).open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
-                raw = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as err:
-                raise RecordError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(raw, dict):
-                raise RecordError(f"{where}: a record must be a JSON object")
-            yield Example.from_dict(raw, where=where)
+                raise RecordError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            yield line_no, value
 
 
 def read_examples(root: str | Path, split: str, modalities: str = "") -> list[Example]:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from modalign.data.dataset import split_path, write_examples
+from modalign.data.dataset import jsonl_rows, split_path, write_examples
 from modalign.data.records import Example, RecordError
-from modalign.data.trl_format import example_from_trl, read_jsonl_rows, undecoded_media
+from modalign.data.trl_format import example_from_trl, undecoded_media
 
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -74,7 +74,7 @@ def source_kind(splits: Sequence[SourceSplit]) -> str:
 def _local_file(path: Path, data_split: str | None) -> SourceSplit:
     name = data_split or "train"
     if path.suffix == ".jsonl":
-        rows = [(i, f"{path}:{line}", _mapping(row, f"{path}:{line}")) for i, (line, row) in enumerate(read_jsonl_rows(path))]
+        rows = [(i, f"{path}:{line}", _mapping(row, f"{path}:{line}")) for i, (line, row) in enumerate(jsonl_rows(path))]
         return SourceSplit(name, rows, path.parent)
     if path.suffix == ".json":
         return SourceSplit(name, _json_rows(path), path.parent)
@@ -98,7 +98,7 @@ def _json_rows(path: Path) -> list[Row]:
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # more than one value: JSON Lines
             return [(i, f"{path}:{line}", _mapping(row, f"{path}:{line}"))
-                    for i, (line, row) in enumerate(read_jsonl_rows(path))]
+                    for i, (line, row) in enumerate(jsonl_rows(path))]
         raise RecordError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}); a .json file holds a list of rows") from None
     if not isinstance(value, list):
         raise RecordError(f"{path}: a .json source must hold a list of rows (one object per example)")

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from modalign.data.dataset import jsonl_rows
 from modalign.data.media_items import MediaTarget, media_ref
 from modalign.data.records import (
     Example, RecordError, assistant_turn, fill_media_slots, split_inline_media, user_turn,
@@ -136,25 +137,11 @@ def import_trl_jsonl(path: str | Path, root: str | Path | None, *, relative_to_f
     path = Path(path)
     base = path.parent if relative_to_file else None
     examples = []
-    for line_no, row in read_jsonl_rows(path):
+    for line_no, row in jsonl_rows(path):
         if not isinstance(row, dict):
             raise RecordError(f"{path}:{line_no}: a row must be a JSON object")
         examples.append(example_from_trl(row, len(examples), root, where=f"{path}:{line_no}", base=base))
     return examples
-
-
-def read_jsonl_rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed value) of every non-blank line; bad JSON raises `RecordError` naming file and line."""
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-    return rows
 
 
 def from_hf_dataset(dataset: "datasets.Dataset", root: str | Path | None) -> list[Example]:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from modalign.data.records import Completion, Example, MediaRef, RecordError, message_text
-from modalign.data.trl_format import example_from_trl, read_jsonl_rows, undecoded_media
+from modalign.data.dataset import jsonl_rows
+from modalign.data.trl_format import example_from_trl, undecoded_media
 from modalign.feedback.judgments import PairwiseJudgment
 from modalign.feedback.store import FeedbackStore
 
@@ -151,7 +152,7 @@ def _rows(source: Any) -> list[tuple[int, str, Mapping[str, Any]]]:
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, str, Mapping[str, Any]]]:
-    rows = read_jsonl_rows(path)
+    rows = jsonl_rows(path)
     return [(line_no, f"{path}:{line_no}", _mapping(row, f"{path}:{line_no}")) for line_no, row in rows]
 
 

@@ -14,7 +14,6 @@ Folder `out/`: `config.yaml`, `feedback.db` (unless `store` names another), `sum
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,18 +113,13 @@ def sample_files(samples: str) -> list[Path]:
 
 def read_answers(samples: str) -> dict[str, list[Completion]]:
     """example id -> its distinct answers (first seen first) over every samples file; a bad row names its line."""
+    from modalign.data.dataset import jsonl_rows
+
     groups: dict[str, dict[str, Completion]] = {}
     for file in sample_files(samples):
-        for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{where}: not valid JSON ({err.msg})") from None
+        for line_no, row in jsonl_rows(file):
             if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "example_id" not in row:
-                raise RecordError(f"{where}: an answer row needs 'example_id' and a 'text' string")
+                raise RecordError(f"{file}:{line_no}: an answer row needs 'example_id' and a 'text' string")
             answer = Completion(str(row["example_id"]), row["text"].strip(), str(row.get("policy_version", "")),
                                 row.get("sampling") if isinstance(row.get("sampling"), dict) else {})
             groups.setdefault(answer.example_id, {}).setdefault(answer.text, answer)
