@@ -40,6 +40,7 @@ from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
+from modalign.feedback.judges.help_text import JUDGE_DISAGREEMENT_HELP, JUDGE_RANKING_HELP, JUDGE_TEMPLATE_HELP
 from modalign.feedback.store_spec import STORE_HELP
 
 if TYPE_CHECKING:
@@ -70,12 +71,9 @@ class IterativeDPOConfig:
                                       "policy; every pair of distinct answers judged, docs/ai-feedback.md); or "
                                       "model:<folder or hub id>, a model judge ranking each prompt's answers "
                                       "(docs/ai-feedback.md).")
-    judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
-                                        "(docs/ai-feedback.md).")
-    judge_disagreement: str = field_doc("tie", "model judge: a pair whose two orders disagree is a tie or dropped "
-                                               "(tie|drop).")
-    judge_ranking: str = field_doc("pairwise", "model judge: rankings from pairwise judgments in both orders or from "
-                                               "per-answer ratings (pairwise|rating).")
+    judge_template: str = field_doc("", JUDGE_TEMPLATE_HELP)
+    judge_disagreement: str = field_doc("tie", JUDGE_DISAGREEMENT_HELP)
+    judge_ranking: str = field_doc("pairwise", "model judge: " + JUDGE_RANKING_HELP)
     temperature: float = field_doc(1.0, "Sampling temperature of the answers judged.")
     max_new_tokens: int = field_doc(40, "Longest answer, sampled for feedback and in evaluation.")
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")

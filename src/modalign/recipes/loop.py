@@ -34,6 +34,7 @@ from modalign.config import ConfigError, field_doc
 from modalign.data.modalities import MODALITIES_HELP
 from modalign.device import DEVICE_HELP, placed, resolve_device
 from modalign.feedback.collect import SIMULATED
+from modalign.feedback.judges.help_text import JUDGE_DISAGREEMENT_HELP, JUDGE_RANKING_HELP, JUDGE_TEMPLATE_HELP
 from modalign.feedback.store_spec import STORE_HELP
 from modalign.precision import PRECISION_HELP, Precision
 from modalign.rl.monitors import MonitorConfig
@@ -68,12 +69,9 @@ class LoopConfig:
                                         "claims:<model folder or self> (claim-level verification by a model, "
                                         "self: the round's policy; docs/ai-feedback.md) or model:<folder or hub id> "
                                         "(a model judge, docs/ai-feedback.md).")
-    judge_template: str = field_doc("", "model judge: a prompt template file replacing the default one "
-                                        "(docs/ai-feedback.md).")
-    judge_disagreement: str = field_doc("tie", "model judge: a pair whose two orders disagree is a tie or dropped "
-                                               "(tie|drop).")
-    judge_ranking: str = field_doc("pairwise", "model judge, selection=all: rankings from pairwise judgments in both "
-                                               "orders or from per-answer ratings (pairwise|rating).")
+    judge_template: str = field_doc("", JUDGE_TEMPLATE_HELP)
+    judge_disagreement: str = field_doc("tie", JUDGE_DISAGREEMENT_HELP)
+    judge_ranking: str = field_doc("pairwise", "model judge, selection=all: " + JUDGE_RANKING_HELP)
     store: str = field_doc("", "Feedback store of every round's judgments ('': out/feedback.db): " + STORE_HELP
                                + ". people: the store `modalign annotate --store` serves.")
     annotators: str = field_doc("", "people: comma-separated annotator accounts the tasks are assigned to.")
