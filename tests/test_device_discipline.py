@@ -168,17 +168,29 @@ def test_grpo_update_on_device(tmp_path, sft_model):
     assert summary["steps"] == 1 and ran_on_device(mode)
 
 
-def test_grpo_against_a_claims_self_judge_on_device(tmp_path, sft_model):
-    """The judge reward asks the policy about its own claims (feedback/judges/ask.py) on the device."""
+def test_grpo_against_a_claims_self_judge_on_device(tmp_path, sft_model, monkeypatch):
+    """The judge reward asks the policy about its own claims (feedback/judges/ask.py) on the device, and claims
+    are really asked: an answer without claims scores 0 unasked (the test would be the plain GRPO one), and the
+    `shapes` splitter finds none in this barely trained policy's answers; `sentences` finds one in any text."""
+    import modalign.feedback.judges.ask as ask
     from modalign.recipes.online import OnlineConfig, run_online
 
+    score_options, asked = ask.score_options, []  # asked: the device of each question's scores
+
+    def counted(*args, **kwargs):
+        scores = score_options(*args, **kwargs)  # (questions, options)
+        asked.extend([scores.device] * scores.shape[0])
+        return scores
+
+    monkeypatch.setattr(ask, "score_options", counted)
     model, data = sft_model
     with on_device() as mode:
         summary = run_online(OnlineConfig(out=str(tmp_path / "run"), algorithm="grpo", policy=str(model),
-                                          data=str(data), reward_model="judge:claims:self", steps=1,
-                                          prompts_per_step=2, samples_per_prompt=2, minibatch_size=2,
+                                          data=str(data), reward_model="judge:claims:self?splitter=sentences",
+                                          steps=1, prompts_per_step=2, samples_per_prompt=2, minibatch_size=2,
                                           max_new_tokens=8, eval_examples=1, device=str(DEVICE)))
     assert summary["steps"] == 1 and ran_on_device(mode)
+    assert len(asked) > 0 and set(asked) == {DEVICE}
 
 
 @pytest.mark.parametrize("packed", [True, False])
