@@ -288,6 +288,29 @@ def test_store_round_trips_through_export_and_import(tmp_path):
         assert example.media[0].sha256 == sha256_file(tmp_path / "img" / "a.png")
 
 
+def test_preference_rows_go_to_the_store_named_as_in_every_command(tmp_path):
+    """`--store` takes what `--set store=` takes (`store_spec.open_store`), here an SQLite URL; the media go
+    under --out, which then holds no feedback.db of its own."""
+    (tmp_path / "img").mkdir()
+    photo(9).save(tmp_path / "img" / "a.png")
+    row = {"id": "q1", "prompt": [user_turn("which?", n_images=1)], "chosen": "a", "rejected": "b",
+           "images": ["img/a.png"]}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    url = f"sqlite:///{tmp_path / 'prefs.db'}"
+    result = cli("import", tmp_path / "pairs.jsonl", "--out", tmp_path / "media", "--store", url)
+    assert result.exit_code == 0, result.output
+    assert f"imported 1 preference pairs into {url}  (use --set store={url})" in result.output
+    store = FeedbackStore(url)
+    (pair,) = store.preference_pairs()
+    example, root = store.get_example("q1"), Path(store.example_root("q1"))
+    assert (pair.chosen.text, pair.rejected.text) == ("a", "b") and root == (tmp_path / "media").resolve()
+    assert sha256_file(root / example.media[0].path) == sha256_file(tmp_path / "img" / "a.png")
+    assert not (tmp_path / "media" / "feedback.db").exists()
+    bad = cli("import", tmp_path / "pairs.jsonl", "--out", tmp_path / "other", "--store", "nosuchdb://host/db")
+    assert bad.exit_code == 2 and bad.output.startswith("error: --store 'nosuchdb://host/db'"), bad.output
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("make_source, fragment", [
     (lambda d: d / "missing.jsonl", "missing.jsonl: no such file or folder"),
     (lambda d: _write(d / "rows.csv", "a,b\n"), "cannot import a .csv file"),

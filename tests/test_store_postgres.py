@@ -106,6 +106,13 @@ def test_cli_commands_take_a_postgres_url(postgres_url, tmp_path, monkeypatch):
     assert "--store 'postgresql+psycopg://modalign:***@127.0.0.1" in failed.output
     assert "password authentication failed" in failed.output and SECRET not in failed.output
 
+    row = {"id": "q9", "prompt": [{"role": "user", "content": "which?"}], "chosen": "a", "rejected": "b"}
+    (tmp_path / "prefs.jsonl").write_text(json.dumps(row) + "\n")  # `modalign import --store` takes the URL too
+    imported = runner.invoke(app, ["import", str(tmp_path / "prefs.jsonl"), "--out", str(tmp_path / "media"),
+                                   "--store", plain])
+    assert imported.exit_code == 0 and password not in imported.output, imported.output
+    assert "q9" in {pair.example_id for pair in store.preference_pairs()}
+
 
 def test_reward_and_dpo_count_pairs_in_a_postgres_store(postgres_url, tmp_path):
     from modalign.validate import check_store

@@ -358,24 +358,25 @@ def import_data(
     id_column: str = typer.Option("id", help="Column holding example ids (rows without one get row-<index>)."),
     subset: Optional[str] = typer.Option(None, help="Hub dataset configuration (subset) name."),
     data_split: Optional[str] = typer.Option(None, help="Only this split of the source (default: all of them)."),
+    store: str = typer.Option("", help="Preference rows: the feedback store they go to, as store= of every command "
+                                       "(a feedback.db path, a folder or an SQLAlchemy URL); default OUT/feedback.db. "
+                                       "Their media go under OUT/media/."),
 ) -> None:
     """Import HF `datasets` / TRL rows: SFT rows -> a dataset folder, preference rows -> a feedback store.
 
     Media (PIL images, paths, {"bytes", "path"}, {"array", "sampling_rate"}, inline in messages too)
     are stored once under OUT/media/ by content hash; relative paths resolve against SOURCE's folder.
     """
-    from pathlib import Path
-
     from modalign.recipes.transfer import import_source
 
-    result = _run_transfer(lambda: import_source(source, out, kind, split, id_column, subset, data_split))
+    result = _run_transfer(lambda: import_source(source, out, kind, split, id_column, subset, data_split, store))
     if result["kind"] == "sft":
         counts = ", ".join(f"{name} {n}" for name, n in result["examples"].items())
         typer.echo(f"imported {sum(result['examples'].values())} examples ({counts}) into {out}  "
                    f"(use --set data={out})")
     else:
-        store = Path(out) / "feedback.db"
-        typer.echo(f"imported {result['pairs']} preference pairs into {store}  (use --set store={store})")
+        typer.echo(f"imported {result['pairs']} preference pairs into {result['store']}  "
+                   f"(use --set store={result['store']})")
 
 
 @app.command("export")

@@ -3,7 +3,8 @@
 Import: source -> rows (`modalign.data.importing.read_source`) -> SFT / conversational rows become
 a dataset folder (`out/<split>.jsonl` + `out/media/`), preference rows (`chosen` / `rejected`)
 pairwise judgments in a feedback store (`out/feedback.db` + `out/media/`, annotator
-`import:<source>`). Media are stored once per dataset / store under their content hash
+`import:<source>`; or the judgments in the `store` named as every command names one: path, folder
+or SQLAlchemy URL). Media are stored once per dataset / store under their content hash
 (`media/<sha256[:2]>/<sha256>.<ext>`), so recipes reference them and never copy them per run.
 
 Export: a dataset folder -> TRL conversational rows; a store -> TRL preference rows (majority
@@ -22,36 +23,49 @@ from typing import Any
 
 from modalign.data.dataset import list_splits, read_examples
 from modalign.data.importing import SourceError, import_sft, quiet_datasets, read_source, source_kind, staged
+from modalign.feedback.store_spec import STORE_FILE, is_url, masked, open_store
 
 EXPORT_FORMATS = ("trl-jsonl", "hf")
 
 
 def import_source(
     source: str, out: str, kind: str = "auto", split: str | None = None, id_column: str = "id",
-    config: str | None = None, data_split: str | None = None,
+    config: str | None = None, data_split: str | None = None, store: str = "",
 ) -> dict[str, Any]:
-    """Import `source` into `out`; returns what was written (kind, counts, folder)."""
+    """Import `source` into `out`; returns what was written (kind, counts, folder, store).
+
+    `store`: where preference rows go (`store_spec.open_store`: a feedback.db path, a folder or an
+    SQLAlchemy URL); '' means `out/feedback.db`. Their media go under `out/media/` either way.
+    """
     if kind not in ("auto", "sft", "preference"):
         raise SourceError(f"--kind must be auto, sft or preference, not {kind!r}")
     splits = read_source(source, data_split=data_split, config=config)
     kind = source_kind(splits) if kind == "auto" else kind
     if kind == "sft":
+        if store:
+            raise SourceError(f"--store {masked(store)!r}: the source holds SFT rows, which become a dataset "
+                              f"folder (--out); a store takes preference rows (chosen / rejected)")
         return {"kind": "sft", "out": str(out), "examples": import_sft(splits, out, split=split, id_column=id_column)}
-    return {"kind": "preference", "out": str(out),
-            "pairs": import_preferences(splits, out, annotator=f"import:{_source_name(source)}", id_column=id_column)}
+    store = _named_store(store, Path(out))
+    pairs = import_preferences(splits, out, annotator=f"import:{_source_name(source)}", id_column=id_column,
+                               store_spec=store)
+    return {"kind": "preference", "out": str(out), "pairs": pairs,
+            "store": masked(store) if store else str(Path(out) / STORE_FILE)}
 
 
-def import_preferences(splits, out: str | Path, annotator: str, id_column: str = "id") -> int:
-    """Preference rows of every split into `out/feedback.db` (created, or added to); media under `out/media/`."""
+def import_preferences(splits, out: str | Path, annotator: str, id_column: str = "id", store_spec: str = "") -> int:
+    """Preference rows of every split into the store `store_spec` names (`store_spec.open_store`; '':
+    `out/feedback.db`, created or added to); media under `out/media/`."""
     from modalign.data.records import RecordError
     from modalign.feedback.store import FeedbackStore
     from modalign.feedback.trl_import import add_preference_rows
 
     out = Path(out)
     rows = itertools.chain.from_iterable(split.rows for split in splits)  # read once, lazily
-    existing = out / "feedback.db"
+    existing = out / STORE_FILE
     with staged(out) as staging:
-        store = FeedbackStore.sqlite(existing if existing.is_file() else staging / "feedback.db")
+        store = (open_store(store_spec, key="--store") if store_spec
+                 else FeedbackStore.sqlite(existing if existing.is_file() else staging / STORE_FILE))
         try:
             pairs = add_preference_rows(store, rows, out, annotator, base=splits[0].base, staging=staging,
                                         id_column=id_column)
@@ -60,6 +74,15 @@ def import_preferences(splits, out: str | Path, annotator: str, id_column: str =
         if not pairs:
             raise RecordError(f"{out}: the source holds no preference rows")
     return pairs
+
+
+def _named_store(store: str, out: Path) -> str:
+    """`store`, or '' when it names `out`'s own feedback.db, written through the staging folder as by default
+    (so a failed import leaves no `out` behind)."""
+    if not store.strip() or is_url(store):
+        return store.strip()
+    path = Path(store).expanduser().resolve()
+    return "" if path in (out.resolve(), (out / STORE_FILE).resolve()) else store
 
 
 def export_source(location: str, out: str, fmt: str = "trl-jsonl", split: str | None = None) -> dict[str, Any]:
