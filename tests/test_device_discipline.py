@@ -223,7 +223,8 @@ def test_grpo_on_a_hugging_face_vlm_on_device(tmp_path, tiny):
                                           prompts_per_step=2, samples_per_prompt=2, minibatch_size=2,
                                           max_new_tokens=4, eval_examples=1, device=str(DEVICE)))
     assert summary["steps"] == 1 and ran_on_device(mode)
-    assert json.loads((tmp_path / "run" / "self_check.json").read_text())["self_check"]["path"] == "fast"
+    check = json.loads((tmp_path / "run" / "self_check.json").read_text())["self_check"]
+    assert check["path"] == "fast" and check["device"] == str(DEVICE)  # checked where the run computes
 
 
 def test_eval_scoring_on_device(tmp_path, sft_model, reward_run):

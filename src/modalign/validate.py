@@ -189,11 +189,13 @@ def check_fast_path(policy: Any, examples: Sequence[Example], media: Any) -> dic
 
 
 def load_policy_for(location: str, examples: Sequence[Example], media: Any,
-                    audio_seconds: dict[tuple[str, str], float]) -> tuple[Any, dict]:
+                    audio_seconds: dict[tuple[str, str], float], device: Any = "cpu") -> tuple[Any, dict]:
     """The policy, loaded and checked against the data before any copy of it is made (reference, critic): its
-    audio window (`check_audio_window`) and its fast path (`check_fast_path`). Returns (policy, self-check record)."""
+    audio window (`check_audio_window`) and, on `device` (where it is moved), its fast path (`check_fast_path`).
+    Returns (policy, self-check record)."""
     policy = load_checked_policy(location)
     check_audio_window(audio_seconds, policy.processor)
+    policy.model.to(device)
     return policy, check_fast_path(policy, examples, media)
 
 

@@ -107,7 +107,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
-    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
+    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds, device)
     bind_judges(reward, policy, media_store)  # judge:claims:... rewards judge with this policy / these media
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)

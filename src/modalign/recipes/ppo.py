@@ -112,7 +112,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
         validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
-    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds)
+    policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds, device)
     bind_judges(reward, policy, media_store)  # judge:claims:... rewards judge with this policy / these media
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)

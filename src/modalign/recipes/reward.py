@@ -85,6 +85,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     run = RunDir.create(out, cfg, dist.is_main)
     store = dist.main_first(lambda: open_store(cfg.store, run.path))  # a TRL file is imported once
     pad = policy.processor.tokenizer.pad_token_id
+    policy.model.to(device)  # the self-check runs on the run's device
     run.write_json("self_check.json", check_store_fast_path(store, policy, cfg.min_votes))
     encoded = encode_store_pairs(store, policy.processor, cfg.min_votes, cfg.max_length, cfg.modalities)
     heldout = [p for p in encoded if _is_heldout(p.chosen.example_id, cfg.heldout_fraction)]

@@ -103,8 +103,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     validate.check_audio_window(audio_seconds, policy.processor,
                                 "built-in model" if cfg.policy == "tinyvlm" else f"policy {cfg.policy}")
     media = MediaStore(data_root, sample_rate=_sample_rate(policy))
+    policy.model.to(device)  # before the self-check, which runs on the run's device
     checked = validate.check_fast_path(policy, train, media)  # before encoding: a fall-back changes the processor
-    policy.model.to(device)
     encoded = [encode_sft_example(policy.processor, media, e, cfg.max_length) for e in train]
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)

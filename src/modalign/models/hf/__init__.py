@@ -42,7 +42,9 @@ def load_hf_policy(location: str | Path, dtype: torch.dtype | None = None, chat_
     if model.family.generic and fast_paths_enabled():
         from modalign.models.hf.auto import try_fast_path
 
-        # the `images` fast path, kept only if it gives the model's own outputs
+        # the `images` fast path, kept only if it gives the model's own outputs. This probe (one blank image)
+        # runs here on the CPU, as loaded: a loader knows no run device. The run's own self-check
+        # (`validate.check_fast_path`) runs again on the run's data and device, and falls back there.
         model.load_check = try_fast_path(policy)
     return policy
 

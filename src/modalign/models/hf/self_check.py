@@ -8,9 +8,11 @@ ways, through the fast path and through the model's own forward on every process
 and processor) switches to the generic path, with one warning; either way the result is
 returned for the run's log:
 
-    {"self_check": {"path": "fast" | "generic", "max_abs_diff": float, "tolerance": float}}
+    {"self_check": {"path": "fast" | "generic", "max_abs_diff": float, "tolerance": float, "device": str}}
 
-Call it before the dataset is encoded (the processor's output differs between the two paths).
+Call it before the dataset is encoded (the processor's output differs between the two paths), and
+after the model is on the run's device: the check runs there, so it compares the kernels the run
+will use (a fast path that differs only on a GPU falls back), and a large model is not run on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from modalign.device import model_device, to_device
 from modalign.models.hf.families import generic_family
 from modalign.models.hf.media import ProcessorMedia
 from modalign.models.shared_prefix import pack, packed_logprobs, target_logprobs
@@ -64,7 +67,8 @@ def check_paths(policy, prompts: list[str], answers: list[str], images: list, au
         difference, same_answers, failure = float("inf"), False, f"{type(error).__name__}: {error}".splitlines()[0]
     finally:
         model.train(was_training)
-    record = {"path": "fast", "max_abs_diff": float(difference), "tolerance": tolerance}
+    record = {"path": "fast", "max_abs_diff": float(difference), "tolerance": tolerance,
+              "device": str(model_device(model))}
     if failure:
         record["error"] = failure
     if not (difference <= tolerance and same_answers):  # NaN falls back too
@@ -96,11 +100,12 @@ def compare_paths(policy, prompts: list[str], answers: list[str], images, audio)
     from modalign.models.hf.processing import HFProcessor
 
     model, processor = policy.model, policy.processor
+    device = model_device(model)  # inputs are made on the CPU and moved where the model is
     texts = [p + a for p, a in zip(prompts, answers)]
-    fast = processor(text=texts, images=images, audio=audio, padding_side="right")
+    fast = to_device(dict(processor(text=texts, images=images, audio=audio, padding_side="right")), device)
     kinds = tuple(processor.family.modality.split("+"))
     generic = HFProcessor(processor.processor, generic_family(model.config, kinds))
-    native = generic(text=texts, images=images, audio=audio, padding_side="right")
+    native = to_device(dict(generic(text=texts, images=images, audio=audio, padding_side="right")), device)
     ids, mask = native["input_ids"], native["attention_mask"]
     media: ProcessorMedia = native[generic.family.media_slot]
     reference = model.model(input_ids=ids, attention_mask=mask, **media.model_inputs(),
@@ -120,8 +125,9 @@ def _same_greedy_answers(model, processor, generic, prompts, images, audio) -> b
     """Greedy answers (2 per prompt: the shared prompt cache) of the fast path equal the model's own generate."""
     greedy = dict(max_new_tokens=3, do_sample=False, num_return_sequences=2,
                   suppress_tokens=model.generation_config.suppress_tokens)
-    fast = processor(text=prompts, images=images, audio=audio, padding_side="left")
-    native = generic(text=prompts, images=images, audio=audio, padding_side="left")
+    device = model_device(model)
+    fast = to_device(dict(processor(text=prompts, images=images, audio=audio, padding_side="left")), device)
+    native = to_device(dict(generic(text=prompts, images=images, audio=audio, padding_side="left")), device)
     ours = model.generate(**fast, **greedy)
     media = native[generic.family.media_slot].repeat_interleave(2, len(prompts))
     ids, mask = native["input_ids"].repeat_interleave(2, dim=0), native["attention_mask"].repeat_interleave(2, dim=0)
@@ -133,7 +139,9 @@ def _same_greedy_answers(model, processor, generic, prompts, images, audio) -> b
 
 def _packed_difference(model, ids: torch.Tensor, mask: torch.Tensor, features, theirs: torch.Tensor) -> float:
     """Each row's text after its last media token, up to its last quarter, packed as an answer behind the rest
-    (`models.shared_prefix`), against the native log-probs `theirs` (B, L-1)."""
+    (`models.shared_prefix`), against the native log-probs `theirs` (B, L-1). Packed on the CPU, as rollouts
+    pack, and moved to the model's device."""
+    ids, mask = ids.cpu(), mask.cpu()
     prompts, answers, spans = [], [], []
     media_ids = torch.tensor(model.media_token_ids)
     for r in range(ids.shape[0]):
@@ -145,7 +153,7 @@ def _packed_difference(model, ids: torch.Tensor, mask: torch.Tensor, features, t
         prompts.append(row[:start])
         answers.append([row[start:]])
         spans.append((start, row.shape[0]))
-    packed = pack(prompts, answers, 0)
+    packed = to_device(pack(prompts, answers, 0), model_device(model))
     ours, _ = packed_logprobs(model, packed, features, sampled=False)  # (B, A)
     difference = 0.0
     for r, (start, end) in enumerate(spans):
