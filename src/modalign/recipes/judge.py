@@ -39,8 +39,9 @@ class JudgeConfig:
     judge_disagreement: str = field_doc("tie", "A pair whose two orders disagree: tie (stored as a tie) or drop.")
     judge_ranking: str = field_doc("pairwise", "task=ranking from pairwise judgments (Bradley-Terry, n(n-1) questions "
                                                "for n answers) or from ratings (expected rating, n questions).")
-    store: str = field_doc("", "Feedback store the judgments go to (feedback.db path or SQLAlchemy URL; '': "
-                               "out/feedback.db). Judgments by people already in it are compared with the judge's.")
+    store: str = field_doc("", "Feedback store the judgments go to (feedback.db path, a folder holding one, or "
+                               "SQLAlchemy URL; '': out/feedback.db). Judgments by people already in it are compared "
+                               "with the judge's.")
     max_examples: int = field_doc(0, "Examples judged (0: all).")
     batch_size: int = field_doc(32, "Questions per judge forward batch.")
     seed: int = field_doc(0, "Seed of the simulated panel the judge is compared with (ShapesWorld).")
@@ -49,6 +50,7 @@ class JudgeConfig:
 def run_judge(cfg: JudgeConfig) -> dict:
     """Judge the answers, store the judgments, write the summary (returned) with its judge report."""
     from modalign.feedback.judges.model_judge import check_model_judge, load_model_judge
+    from modalign.feedback.store_spec import STORE_FILE, open_store
     from modalign.runs import RunDir, default_run_dir
     from modalign.ui import console
 
@@ -64,7 +66,7 @@ def run_judge(cfg: JudgeConfig) -> dict:
                           f"with task=rating, or sample several answers per prompt (samples_per_prompt)")
     check_media(cfg.data, [examples[i] for i in chosen])
     run = RunDir.create(cfg.out or default_run_dir("judge"), cfg)
-    store = open_store(cfg.store or str(run.path / "feedback.db"))
+    store = open_store(cfg.store, default_path=run.path / STORE_FILE)
     judge = load_model_judge(cfg.judge, cfg.data, cfg.judge_template, cfg.judge_disagreement, cfg.judge_ranking,
                              cfg.batch_size, task=cfg.task)
     console.print(f"[bold]judge[/] {judge.name}: {cfg.task} on {len(chosen)} examples' answers -> {store.url}")
@@ -144,12 +146,6 @@ def check_media(data: str, examples: list[Example]) -> None:
     from modalign.validate import check_media as check_files
 
     check_files(data, examples, data)
-
-
-def open_store(location: str):
-    from modalign.feedback.store import FeedbackStore
-
-    return FeedbackStore(location) if "://" in location else FeedbackStore.sqlite(location)
 
 
 def judge_answers(judge, example: Example, answers: list[Completion], task: str) -> list:
