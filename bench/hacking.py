@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out caption prompts evaluated")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bias", type=float, default=0.1, help="grpo_length: reward per word added to the reward model's")
     parser.add_argument("--policies", default="", help="sampled: the run names to evaluate ('': sft and every finished run)")
     args = parser.parse_args()
 
@@ -63,6 +64,8 @@ def main() -> None:
             evaluate_sft(Path(args.demo), out, args)
         elif part == "sampled":
             evaluate_sampled(Path(args.demo), out, args)
+        elif part == "grpo_length":
+            run_grpo_length(Path(args.demo), out, args)
         elif part.startswith("grpo"):
             run_grpo_part(part, Path(args.demo), out, args)
         else:
@@ -84,6 +87,26 @@ def run_grpo_part(part: str, demo: Path, out: Path, args) -> dict:
         seed=args.seed, eval_examples=args.eval_examples, checkpoint_every=0,
         monitors=MonitorConfig(**{**MONITOR, **({"heldout_reward": "rule:shapes_accuracy"} if "coverage" in part else {})},
                                alarms="proxy_gap" if "alarm" in part else "")))
+
+
+def length_run_name(bias: float, seed: int) -> str:
+    return f"grpo_length_b{bias:g}_s{seed}"
+
+
+def run_grpo_length(demo: Path, out: Path, args) -> dict:
+    """GRPO (bench/algorithms.py's settings) against the round-1 reward model plus `bias` per word: a judge
+    biased toward length. Monitors logged with gold as the held-out reward, no alarm (each alarm's
+    iteration is replayed on the log with the monitor's own rule, `modalign.rl.monitors.first_alarm`)."""
+    from modalign.recipes.online import OnlineConfig, run_online
+    from modalign.rl.monitors import MonitorConfig
+
+    return run_online(OnlineConfig(
+        out=str(out / length_run_name(args.bias, args.seed)), algorithm="grpo", policy=str(demo / "sft" / "model"),
+        data=str(demo / "sft" / "data"),
+        reward_model=str(demo / "loop" / "round-1" / "reward" / "model") + f" + {args.bias}*py:{Path(__file__).resolve()}:words",
+        task="caption", steps=args.steps, prompts_per_step=16, samples_per_prompt=4, lr=1e-4, kl_coef=0.1,
+        minibatch_size=32, max_new_tokens=40, seed=args.seed, eval_examples=args.eval_examples, checkpoint_every=0,
+        monitors=MonitorConfig(**MONITOR)))
 
 
 def run_part(part: str, demo: Path, out: Path, args) -> dict:
