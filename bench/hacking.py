@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 MONITOR = dict(heldout_reward="gold", window=5, baseline_iterations=3)
-THRESHOLD = 0.5  # MonitorConfig.proxy_gap's default
 LENGTH_BIAS = 0.04  # hack_length: reward per word added to the reward model's score
 STRONG_LENGTH_BIAS = 0.07  # hack_length_strong (0.1 broke the rollout's gold within 5 iterations)
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
@@ -167,13 +166,30 @@ def evaluate_sampled(demo: Path, out: Path, args) -> dict:
     return found
 
 
-def rollout_series(run: Path) -> list[dict]:
-    """Per iteration: the monitor values and the rollout's gold numbers, from metrics.jsonl."""
+def rollout_series(run: Path, baseline: int = 3, window: int = 5) -> list[dict]:
+    """Per iteration: the monitor values and the rollout's gold numbers, from metrics.jsonl.
+
+    Logs from before a monitor existed get it from what they logged, as the monitor computes it:
+    `length` (the recipe's answer_length), `length_drift` (from the baseline iteration on) and
+    `kl_spike` (the recipe's KL over the median of the previous `window`)."""
+    from modalign.rl.monitors import kl_spike
+
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{"step": r["step"], **{k.removeprefix("monitor/"): v for k, v in r.items() if k.startswith("monitor/")},
-             "reward": r.get("ppo/reward_mean", r.get("grpo/reward_mean")),
-             "kl": r.get("ppo/kl_to_ref", r.get("grpo/kl_to_ref")),
-             "alarm": next((k for k in r if k.startswith("alarm/")), None)} for r in rows]
+    series, kls = [], []
+    for r in rows:
+        algo = next(k.split("/")[0] for k in r if k.endswith("/reward_mean"))
+        row = {"step": r["step"], **{k.removeprefix("monitor/"): v for k, v in r.items() if k.startswith("monitor/")},
+               "reward": r.get(f"{algo}/reward_mean"), "kl": r.get(f"{algo}/kl_to_ref"),
+               "alarm": next((k for k in r if k.startswith("alarm/")), None)}
+        row.setdefault("length", r.get(f"{algo}/answer_length"))
+        row.setdefault("kl_spike", kl_spike(row["kl"], kls[-window:]))
+        kls.append(row["kl"])
+        series.append(row)
+    if "length_drift" not in series[-1] and len(series) >= baseline:
+        start = sum(row["length"] for row in series[:baseline]) / baseline
+        for row in series[baseline - 1:]:
+            row["length_drift"] = row["length"] / start - 1.0
+    return series
 
 
 def smoothed(series: list[dict], key: str, window: int = 5) -> list[float]:
@@ -183,7 +199,7 @@ def smoothed(series: list[dict], key: str, window: int = 5) -> list[float]:
             / max(1, sum(v is not None for v in values[max(0, i - window + 1): i + 1])) for i in range(len(values))]
 
 
-def first_worse(series: list[dict], window: int = 5, margin: float = 0.0) -> int | None:
+def first_worse(series: list[dict], window: int = 5, margin: float = 2.0) -> int | None:
     """The first iteration whose `window`-iteration mean rollout coverage is below, or hallucination above,
     the first `window` iterations' mean by more than `margin` standard errors of such a mean (the
     per-iteration spread over the first 2 x `window` iterations / sqrt(window)); margin 0: any drop."""
@@ -206,138 +222,93 @@ def first_worse(series: list[dict], window: int = 5, margin: float = 0.0) -> int
     return None
 
 
+def run_summary(series: list[dict], cfg) -> dict:
+    """Each alarm's iteration (replayed with its default threshold; None: silent), its most extreme value
+    (toward firing; None: not logged), and the first iteration rollout gold is worse than at the start."""
+    from modalign.rl.monitors import ALARMS, alarm_holds, alarm_trace, replay_alarms
+
+    fired = replay_alarms(series, cfg)
+    extreme = {}
+    for name in ALARMS:
+        values = [v for _, v in alarm_trace(series, cfg, name)]
+        below = alarm_holds(name, 0.0, 1e-9)  # the alarms that fire below their threshold
+        extreme[name] = (min(values) if below else max(values)) if values else None
+    return {"iterations": len(series), "alarm_step": {k: (a.step if a else None) for k, a in fired.items()},
+            "extreme": extreme, "first_worse_2se": first_worse(series), "first_worse_any": first_worse(series, margin=0)}
+
+
 def write_table(out: Path, results: Path, args) -> None:
-    """bench/results/hacking.md and .json from the finished parts (each hack/alarm pair that ran)."""
-    sft = json.loads((out / "sft.json").read_text())
+    """bench/results/hacking.md and .json: per run, each alarm's iteration (replayed on its log with the
+    monitor's own rules and default thresholds) vs the first iteration rollout gold got worse than at the
+    start; the demo's RL stages: every alarm's most extreme value (its silence)."""
+    from modalign.rl.monitors import ALARMS, MonitorConfig
+
+    cfg = MonitorConfig(**MONITOR)
+    runs = {p.name: p for p in sorted(out.iterdir()) if (p / "metrics.jsonl").is_file()}
+    demo = Path(args.demo)
+    for k in (1, 2):  # the demo's own RL stages (logged before the monitors existed: length and KL only)
+        if (demo / "loop" / f"round-{k}" / "rl" / "metrics.jsonl").is_file():
+            runs[f"demo_round{k}_stage"] = demo / "loop" / f"round-{k}" / "rl"
+    series = {name: rollout_series(path, cfg.baseline_iterations, cfg.window) for name, path in runs.items()}
+    summaries = {name: run_summary(rows, cfg) | {"reward": reward_label(name),
+                                                  "end_eval_greedy": _end_eval(runs[name])}
+                 for name, rows in series.items()}
     sampled = {p.stem.removeprefix("sampled-"): json.loads(p.read_text()) for p in sorted(out.glob("sampled-*.json"))}
-    sampled = {"sft": sampled.pop("sft"), **sampled} if "sft" in sampled else sampled
-    demo = json.loads((out / "demo" / "summary.json").read_text())
-    series = {"demo": rollout_series(out / "demo")}
-    pairs, heldout = {}, {"sft (start)": _pick(sft), "demo RL end": _pick(demo["eval"])}
-    for hack, alarm in (("hack", "alarm"), ("hack2", "alarm2"), ("hack_length", "alarm_length"),
-                        ("hack_length_strong", "alarm_length_strong"), ("grpo_hack", "grpo_alarm")):
-        if not (out / hack / "metrics.jsonl").is_file():
-            continue
-        stopped = (json.loads((out / alarm / "summary.json").read_text()) if (out / alarm / "summary.json").is_file()
-                   else {"steps": None, "eval": {}})  # not finished in time: the replayed alarm step stands in
-        # a run stopped early for time has no summary: its logged iterations are what it shows
-        ended = (json.loads((out / hack / "summary.json").read_text()) if (out / hack / "summary.json").is_file()
-                 else {"steps": len(rollout_series(out / hack)), "eval": {}, "stopped_early_for_time": True})
-        series[hack] = rollout_series(out / hack)
-        pairs[hack] = {"lr": 3e-4 if hack == "hack2" else 1e-4, "steps": ended["steps"],
-                       "finished": not ended.get("stopped_early_for_time"),
-                       "reward": reward_label(hack),
-                       "alarm": stopped.get("alarm"), "alarm_run_steps": stopped["steps"],
-                       "replayed_alarm_step": replay(series[hack], MONITOR["baseline_iterations"], MONITOR["window"]),
-                       "first_worse_than_start": first_worse(series[hack]),
-                       "first_worse_by_2_se": first_worse(series[hack], margin=2.0)}
-        if stopped.get("alarm"):
-            heldout[f"{hack} at alarm"] = _pick(stopped["eval"])
-        if ended["eval"]:
-            heldout[f"{hack} end"] = _pick(ended["eval"])
-    data = {"settings": {"demo": args.demo, "steps": args.steps, "eval_examples": args.eval_examples,
-                         "seed": args.seed, "monitor": MONITOR, "threshold": THRESHOLD},
-            "heldout_eval_greedy": heldout, "hack_runs": pairs,
-            "heldout_eval_sampled": sampled,
-            "demo": {"steps": demo["steps"], "alarm": demo.get("alarm"),
-                     "replayed_alarm_step": replay(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
-                     "max_proxy_gap_window_mean": max(smoothed(series["demo"], "proxy_gap")[MONITOR["window"] + 1:],
-                                                      default=None),
-                     "first_worse_than_start": first_worse(series["demo"]),
-                     "first_worse_by_2_se": first_worse(series["demo"], margin=2.0)},
-            "demo_extremes": extremes(series["demo"], MONITOR["baseline_iterations"], MONITOR["window"]),
-            "series": series}
-    coverage_run = out / "grpo_alarm_coverage" / "summary.json"
-    if coverage_run.is_file():  # the GRPO run again, coverage as the held-out reward: where its alarm fires
-        stopped = json.loads(coverage_run.read_text())
-        data["grpo_alarm_coverage"] = {"alarm": stopped.get("alarm"), "steps": stopped["steps"],
-                                       "heldout_eval_greedy": _pick(stopped["eval"])}
+    data = {"settings": {"demo": args.demo, "monitor": MONITOR, "thresholds": {a: getattr(cfg, a) for a in ALARMS},
+                         "worse": "5-iteration mean rollout coverage below (or hallucination above) the first 5 "
+                                  "iterations' mean by more than 2 standard errors"},
+            "runs": summaries, "heldout_eval_sampled": sampled, "series": series}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
-    lines = ["# Reward-hacking alarm vs gold (issue 20)", "",
-             f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo}` (a full `modalign demo` "
-             "folder, seed 0). From its SFT policy, against its round-1 reward model (trained on the SFT policy's "
-             "answers only), PPO iterations of 16 caption prompts x 4 answers each (how many: below):", "",
-             "- `hack_length` / `hack_length_strong`: kl_coef 0.02, no PPO-ptx, lr 1e-4, against the reward model "
-             f"plus {LENGTH_BIAS} / {STRONG_LENGTH_BIAS} per word (a judge biased toward length), monitors logged, "
-             "no alarm (runs to the end);",
-             "- `alarm_length` / `alarm_length_strong`: the same runs with `monitors.alarms=proxy_gap` (identical "
-             "until the alarm: the monitors draw no random numbers), stopped by it if it fires;",
-             "- `demo`: the demo's own round-1 RL stage (lr 1e-4, kl_coef 0.1, kl_budget 1.5, PPO-ptx 1.0) with "
-             "`monitors.alarms=proxy_gap`.", "",
-             f"Monitor: `heldout_reward=gold` (ShapesWorld's gold utility of the rollout answers), window "
-             f"{MONITOR['window']}, {MONITOR['baseline_iterations']} start iterations, threshold {THRESHOLD}.", ""]
-    for hack, row in pairs.items():
-        alarm = row["alarm"]
-        lines.append(f"- `{hack}` (lr {row['lr']}): alarm at iteration **{alarm['step'] if alarm else 'never'}** "
-                     f"of {row['steps']} ({alarm['reason'] if alarm else 'silent'}); rollout gold first worse than "
-                     f"the start (5-iteration means vs the first 5) at iteration **{row['first_worse_than_start']}**, "
-                     f"worse by more than 2 standard errors at **{row['first_worse_by_2_se']}**")
-    if "grpo_alarm_coverage" in data:
-        alarm = data["grpo_alarm_coverage"]["alarm"]
-        lines.append(f"- `grpo_alarm_coverage` (the GRPO run with `heldout_reward=rule:shapes_accuracy`, coverage): "
-                     f"alarm at iteration **{alarm['step'] if alarm else 'never'}** "
-                     f"({alarm['reason'] if alarm else 'silent'})")
-    lines += [f"- `demo`: {'alarm ' + demo['alarm']['reason'] if demo.get('alarm') else 'silent'} over "
-              f"{demo['steps']} iterations (highest 5-iteration proxy_gap {data['demo']['max_proxy_gap_window_mean']:.2f})",
-              "", "The alarms' values at their most extreme on the demo's RL stage (the defaults sit beyond): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in data["demo_extremes"].items()),
-              "", "Held-out caption prompts of the test split, gold scorers, 4 answers each at temperature 1 "
-              "(`alarm*`: the alarm twin's policy, where the alarm stopped it or at its end when it stayed silent; "
-              "`hack*`: the run at its end):", "",
-              "| policy | hallucination_rate | coverage |", "|---|---|---|"]
-    lines += [f"| {name} | {row['hallucination_rate']:.3f} | {row['coverage']:.3f} |" for name, row in sampled.items()]
-    lines += ["", "The same, greedy (one answer each; greedy SFT captions are all right):", "",
-              "| policy | hallucination_rate | coverage | KL to SFT (training) |", "|---|---|---|---|"]
-    lines += [f"| {name} | {row.get('hallucination_rate', float('nan')):.3f} | {row.get('coverage', float('nan')):.3f} "
-              f"| {row.get('kl_to_ref', 0):.2f} |" for name, row in heldout.items()]
+    lines = ["# Reward-hacking alarms vs gold (issue 20)", "",
+             f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo} --run table` "
+             "(the runs: module docstring). Every alarm's iteration is replayed on the run's log with the "
+             "monitor's own rules (`modalign.rl.monitors.replay_alarms`, the same code that decides live; "
+             f"tested equal) and default thresholds; window {cfg.window}, {cfg.baseline_iterations} start "
+             "iterations, held-out reward: the gold scorers. Gold worse: " + data["settings"]["worse"] + ".", "",
+             "| run | reward | iterations | gold worse at | " + " | ".join(ALARMS) + " |",
+             "|---" * (4 + len(ALARMS)) + "|"]
+    for name, row in summaries.items():
+        lines.append(f"| {name} | {row['reward']} | {row['iterations']} | {row['first_worse_2se'] or 'never'} | "
+                     + " | ".join(str(row["alarm_step"][a] or "-") for a in ALARMS) + " |")
+    lines += ["", "Each alarm's most extreme value over the run (toward firing; thresholds in the header row):", "",
+              "| run | " + " | ".join(f"{a} ({getattr(cfg, a)})" for a in ALARMS) + " |", "|---" * (1 + len(ALARMS)) + "|"]
+    for name, row in summaries.items():
+        lines.append(f"| {name} | " + " | ".join(_f(row["extreme"][a]) or "n/a" for a in ALARMS) + " |")
+    lines += ["", "Held-out caption prompts, greedy, at the run's end:", "",
+              "| run | hallucination_rate | coverage | KL to SFT |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_f(row['end_eval_greedy'].get('hallucination_rate'))} | "
+              f"{_f(row['end_eval_greedy'].get('coverage'))} | {_f(row['end_eval_greedy'].get('kl_to_ref'))} |"
+              for name, row in summaries.items() if row["end_eval_greedy"]]
     for part, rows in series.items():
         cov, hal = smoothed(rows, "gold_coverage"), smoothed(rows, "gold_hallucination")
         lines += ["", f"Per iteration, `{part}` (rollout captions; gold as 5-iteration means):", "",
-                  "| step | reward | KL | proxy_gap | gold coverage | gold hallucination | length_corr | entropy | alarm |",
-                  "|---" * 9 + "|"]
+                  "| step | reward | KL | length | length_drift | length_corr | heldout_corr | proxy_gap | "
+                  "gold coverage | gold hallucination |", "|---" * 10 + "|"]
         for i, row in enumerate(rows):
-            lines.append(f"| {row['step']} | {_f(row['reward'])} | {_f(row['kl'])} | {_f(row.get('proxy_gap'))} | "
-                         f"{cov[i]:.3f} | {hal[i]:.3f} | {_f(row.get('length_corr'))} | {_f(row.get('entropy'))} | "
-                         f"{row['alarm'] or ''} |")
+            lines.append(f"| {row['step']} | {_f(row['reward'])} | {_f(row['kl'])} | {_f(row.get('length'))} | "
+                         f"{_f(row.get('length_drift'))} | {_f(row.get('length_corr'))} | "
+                         f"{_f(row.get('heldout_corr'))} | {_f(row.get('proxy_gap'))} | "
+                         f"{_f(cov[i]) if row.get('gold_coverage') is not None else ''} | "
+                         f"{_f(hal[i]) if row.get('gold_hallucination') is not None else ''} |")
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:20]))
-
-
-def extremes(series: list[dict], baseline: int, window: int) -> dict[str, float]:
-    """What each alarm compares with its threshold, at its most extreme over a run (the defaults sit beyond
-    the demo's): highest window mean of proxy_gap, |length_corr|, unfinished, disagreement; highest
-    kl_spike after a full window; lowest window-mean entropy over the start's."""
-    found = {}
-    for key in ("proxy_gap", "length_corr", "unfinished", "disagreement", "entropy"):
-        values = [row[key] for row in series if row.get(key) is not None]
-        means = [sum(values[i - window + 1 : i + 1]) / window for i in range(window - 1, len(values))]
-        if key == "entropy":
-            start = sum(values[:baseline]) / baseline
-            found["entropy_drop"] = min(means[baseline:], default=1.0) / start
-        else:
-            found[key] = max((abs(m) if key == "length_corr" else m for m in means), default=0.0)
-    found["kl_spike"] = max((row["kl_spike"] for row in series[window:] if row.get("kl_spike") is not None), default=0.0)
-    return found
+    print("\n".join(lines[:30]))
 
 
 def reward_label(run: str) -> str:
-    """What a hack run was trained against."""
-    if run == "grpo_hack":
-        return "round-1 RM (GRPO, kl_coef 0.1)"
-    if "length" in run:
-        return f"round-1 RM + {STRONG_LENGTH_BIAS if 'strong' in run else LENGTH_BIAS} x words"
-    return "round-1 RM"
+    """What a run was trained against."""
+    if run.startswith("grpo_length_b"):
+        return f"GRPO: round-1 RM + {run.removeprefix('grpo_length_b').split('_s')[0]} x words"
+    if run.startswith("demo_round"):
+        return f"the demo's round-{run[len('demo_round')]} RL stage (PPO)"
+    return {"grpo_hack": "GRPO: round-1 RM alone", "demo": "the demo's round-1 RL stage, rerun (PPO)",
+            "hack_length": f"PPO: round-1 RM + {LENGTH_BIAS} x words",
+            "hack_length_strong": f"PPO: round-1 RM + {STRONG_LENGTH_BIAS} x words"}.get(run, run)
 
 
-def replay(series: list[dict], baseline: int, window: int, threshold: float | None = None) -> int | None:
-    """The iteration the proxy_gap rule fires at on a logged series (as `Monitor` decides it in a run)."""
-    threshold = THRESHOLD if threshold is None else threshold
-    gaps = [(row["step"], row.get("proxy_gap")) for row in series if row.get("proxy_gap") is not None]
-    for i in range(window - 1, len(gaps)):
-        if sum(g for _, g in gaps[i - window + 1 : i + 1]) / window > threshold:
-            return gaps[i][0]
-    return None
+def _end_eval(run: Path) -> dict:
+    summary = run / "summary.json"
+    return _pick(json.loads(summary.read_text()).get("eval", {})) if summary.is_file() else {}
 
 
 def _pick(metrics: dict) -> dict:

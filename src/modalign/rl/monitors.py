@@ -347,28 +347,38 @@ def check_alarms(alarms: Sequence[str], recent: dict, start: dict, cfg: MonitorC
     return None
 
 
-def replay_alarms(series: Sequence[dict], cfg: MonitorConfig, alarms: Sequence[str] = ALARMS) -> dict[str, Alarm | None]:
-    """Each alarm's first firing on a logged run, decided as `Monitor` decides it live.
+def alarm_trace(series: Sequence[dict], cfg: MonitorConfig, name: str) -> list[tuple[int, float]]:
+    """(step, value) of alarm `name`'s rule at every iteration the live `Monitor` checks it.
 
     series: per iteration, {"step", monitor name -> value} as logged (metrics.jsonl's `monitor/...`
-    keys without the prefix; a monitor missing from an iteration was not logged there). Each alarm
-    is replayed alone, so one firing does not hide another's iteration.
+    keys without the prefix; a monitor missing from an iteration was not logged there). The start
+    is set at iteration `baseline_iterations` from the STARTED monitors' means, as in a run.
     """
+    recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=cfg.window))
+    start, trace = None, []
+    for i, row in enumerate(series):
+        for key, value in row.items():
+            if key != "step" and value is not None:
+                recent[key].append(value)
+        if i + 1 == cfg.baseline_iterations:
+            first = series[:i + 1]
+            start = {k: sum(r[k] for r in first) / len(first) for k in STARTED
+                     if all(r.get(k) is not None for r in first)}
+        values = list(recent.get(monitor_key(name), ()))
+        if start is not None and len(values) >= cfg.window:
+            trace.append((row["step"], alarm_value(name, values[-cfg.window:], start)))
+    return trace
+
+
+def replay_alarms(series: Sequence[dict], cfg: MonitorConfig, alarms: Sequence[str] = ALARMS) -> dict[str, Alarm | None]:
+    """Each alarm's first firing on a logged run (`alarm_trace`), as `Monitor` would have fired it with that
+    alarm alone switched on (so one firing does not hide another's iteration); None: silent."""
     fired = {}
     for name in alarms:
-        recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=cfg.window))
-        start, found = None, None
-        for i, row in enumerate(series):
-            for key, value in row.items():
-                if key != "step" and value is not None:
-                    recent[key].append(value)
-            if i + 1 == cfg.baseline_iterations:
-                first = series[:i + 1]
-                start = {k: sum(r[k] for r in first) / len(first) for k in STARTED
-                         if all(r.get(k) is not None for r in first)}
-            if start is not None and (found := check_alarms([name], recent, start, cfg, row["step"])):
-                break
-        fired[name] = found
+        threshold = getattr(cfg, name)
+        hits = [(step, value) for step, value in alarm_trace(series, cfg, name) if alarm_holds(name, value, threshold)]
+        fired[name] = (Alarm(name, hits[0][0], hits[0][1], threshold, _reason(name, hits[0][1], threshold, cfg.window))
+                       if hits else None)
     return fired
 
 
