@@ -122,7 +122,7 @@ def run_part(part: str, demo: Path, out: Path, args) -> dict:
         common["reward_model"] += f" + {bias}*py:{Path(__file__).resolve()}:words"
     if part == "demo":  # recipes/demo.py's round-1 RL stage
         settings = dict(lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, reference=str(demo / "sft" / "model"),
-                        monitors=MonitorConfig(**MONITOR, alarms="proxy_gap"))
+                        monitors=MonitorConfig(**MONITOR))  # no alarm: each is replayed on the log
     else:  # weak KL, no PPO-ptx (and for hack2/alarm2 a 3x learning rate): the reward model's blind spot is reachable
         settings = dict(kl_coef=0.02, lr=3e-4 if part in ("hack2", "alarm2") else 1e-4,
                         monitors=MonitorConfig(**MONITOR, alarms="proxy_gap" if part.startswith("alarm") else ""))
