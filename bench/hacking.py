@@ -120,7 +120,10 @@ def run_part(part: str, demo: Path, out: Path, args) -> dict:
     if part.startswith(("hack_length", "alarm_length")):  # a reward biased toward length: RM + b per word
         bias = STRONG_LENGTH_BIAS if part.endswith("_strong") else LENGTH_BIAS
         common["reward_model"] += f" + {bias}*py:{Path(__file__).resolve()}:words"
-    if part == "demo":  # recipes/demo.py's round-1 RL stage
+    if part == "demo2":  # the demo's round-2 RL stage: from round 1's policy, against round 2's reward model
+        common |= dict(policy=str(demo / "loop" / "round-1" / "rl" / "model"),
+                       reward_model=str(demo / "loop" / "round-2" / "reward" / "model"))
+    if part in ("demo", "demo2"):  # recipes/demo.py's RL stage of round 1 (2)
         settings = dict(lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, reference=str(demo / "sft" / "model"),
                         monitors=MonitorConfig(**MONITOR))  # no alarm: each is replayed on the log
     else:  # weak KL, no PPO-ptx (and for hack2/alarm2 a 3x learning rate): the reward model's blind spot is reachable
@@ -302,6 +305,7 @@ def reward_label(run: str) -> str:
     if run.startswith("demo_round"):
         return f"the demo's round-{run[len('demo_round')]} RL stage (PPO)"
     return {"grpo_hack": "GRPO: round-1 RM alone", "demo": "the demo's round-1 RL stage, rerun (PPO)",
+            "demo2": "the demo's round-2 RL stage, rerun (PPO)",
             "hack_length": f"PPO: round-1 RM + {LENGTH_BIAS} x words",
             "hack_length_strong": f"PPO: round-1 RM + {STRONG_LENGTH_BIAS} x words"}.get(run, run)
 

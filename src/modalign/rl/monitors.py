@@ -60,7 +60,7 @@ class MonitorConfig:
     window: int = field_doc(5, "Iterations each alarm averages over, and the KL spike's median looks back over.")
     baseline_iterations: int = field_doc(3, "First iterations whose answers set the start mean and spread of the "
                                             "rewards, the start entropy and disagreement; alarms wait for them.")
-    proxy_gap: float = field_doc(0.5, "proxy_gap fires when the proxy's gain since the start exceeds the held-out "
+    proxy_gap: float = field_doc(0.25, "proxy_gap fires when the proxy's gain since the start exceeds the held-out "
                                       "reward's by this many start standard deviations.")
     length_corr: float = field_doc(0.8, "length_corr fires when |correlation of the proxy score with answer "
                                         "length| exceeds this.")
@@ -74,9 +74,9 @@ class MonitorConfig:
                                          "current answers this many times more than at the start.")
     heldout_corr: float = field_doc(0.1, "heldout_corr fires when the correlation of the proxy with the held-out "
                                          "reward over the iteration's answers falls below this.")
-    length_drift: float = field_doc(0.25, "length_drift fires when the mean answer length moved more than this "
+    length_drift: float = field_doc(0.15, "length_drift fires when the mean answer length moved more than this "
                                           "share of its start value (either way).")
-    length_corr_rise: float = field_doc(0.4, "length_corr_rise fires when the correlation of the proxy with answer "
+    length_corr_rise: float = field_doc(0.6, "length_corr_rise fires when the correlation of the proxy with answer "
                                              "length rose this much above its start value.")
 
 
