@@ -72,7 +72,7 @@ class MonitorConfig:
                                        "an end.")
     disagreement: float = field_doc(2.0, "disagreement fires when the proxy and held-out rewards disagree on the "
                                          "current answers this many times more than at the start.")
-    heldout_corr: float = field_doc(0.1, "heldout_corr fires when the correlation of the proxy with the held-out "
+    heldout_corr: float = field_doc(0.0, "heldout_corr fires when the correlation of the proxy with the held-out "
                                          "reward over the iteration's answers falls below this.")
     length_drift: float = field_doc(0.15, "length_drift fires when the mean answer length moved more than this "
                                           "share of its start value (either way).")
