@@ -36,6 +36,7 @@ MONITOR = dict(heldout_reward="gold", window=5, baseline_iterations=3)
 LENGTH_BIAS = 0.04  # hack_length: reward per word added to the reward model's score
 STRONG_LENGTH_BIAS = 0.07  # hack_length_strong (0.1 broke the rollout's gold within 5 iterations)
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
+SWITCHED_ON = ("proxy_gap", "length_corr")  # the alarms the must-show switches on together (docs/monitors.md)
 
 
 def main() -> None:
@@ -243,7 +244,10 @@ def run_summary(series: list[dict], cfg) -> dict:
         values = [v for _, v in alarm_trace(series, cfg, name)]
         below = alarm_holds(name, 0.0, 1e-9)  # the alarms that fire below their threshold
         extreme[name] = (min(values) if below else max(values)) if values else None
+    steps = [fired[name].step for name in SWITCHED_ON if fired[name]]
     return {"iterations": len(series), "alarm_step": {k: (a.step if a else None) for k, a in fired.items()},
+            "switched_on_step": min(steps, default=None),
+            "gold_logged": all(row.get("gold_coverage") is not None for row in series),
             "extreme": extreme, "first_worse_2se": first_worse(series), "first_worse_any": first_worse(series, margin=0)}
 
 
@@ -276,10 +280,16 @@ def write_table(out: Path, results: Path, args) -> None:
              "monitor's own rules (`modalign.rl.monitors.replay_alarms`, the same code that decides live; "
              f"tested equal) and default thresholds; window {cfg.window}, {cfg.baseline_iterations} start "
              "iterations, held-out reward: the gold scorers. Gold worse: " + data["settings"]["worse"] + ".", "",
-             "| run | reward | iterations | gold worse at | " + " | ".join(ALARMS) + " |",
-             "|---" * (4 + len(ALARMS)) + "|"]
+             f"`{','.join(SWITCHED_ON)}`: the first of those two alarms (switched on together). "
+             "`demo_round1_stage` / `demo_round2_stage`: the demo folder's own RL logs, from before the monitors "
+             "existed (answer length and KL only, so only length_drift and kl_spike replay there; `demo` and "
+             "`demo2` rerun those stages with every monitor).", "",
+             f"| run | reward | iterations | gold worse at | {','.join(SWITCHED_ON)} | " + " | ".join(ALARMS) + " |",
+             "|---" * (5 + len(ALARMS)) + "|"]
     for name, row in summaries.items():
-        lines.append(f"| {name} | {row['reward']} | {row['iterations']} | {row['first_worse_2se'] or 'never'} | "
+        worse = (row["first_worse_2se"] or "never") if row["gold_logged"] else "n/a"
+        lines.append(f"| {name} | {row['reward']} | {row['iterations']} | {worse} | "
+                     f"**{row['switched_on_step'] or '-'}** | "
                      + " | ".join(str(row["alarm_step"][a] or "-") for a in ALARMS) + " |")
     lines += ["", "Each alarm's most extreme value over the run (toward firing; thresholds in the header row):", "",
               "| run | " + " | ".join(f"{a} ({getattr(cfg, a)})" for a in ALARMS) + " |", "|---" * (1 + len(ALARMS)) + "|"]
