@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out caption prompts evaluated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", default="0,1,2", help="all: the grpo_length seeds")
-    parser.add_argument("--bias", type=float, default=0.3, help="grpo_length: reward per word added to the reward model's")
+    parser.add_argument("--bias", type=float, default=0.3,
+                        help="grpo_length: reward per word added to the reward model's")
     parser.add_argument("--policies", default="", help="sampled: the run names to evaluate ('': sft and every finished run)")
     args = parser.parse_args()
 
@@ -73,6 +74,8 @@ def main() -> None:
             evaluate_sampled(Path(args.demo), out, args)
         elif part == "grpo_length":
             run_grpo_length(Path(args.demo), out, args)
+        elif part == "grpo_length_alarm":
+            run_grpo_length(Path(args.demo), out, args, alarms=",".join(SWITCHED_ON))
         elif part.startswith("grpo"):
             run_grpo_part(part, Path(args.demo), out, args)
         else:
@@ -100,20 +103,22 @@ def length_run_name(bias: float, seed: int) -> str:
     return f"grpo_length_b{bias:g}_s{seed}"
 
 
-def run_grpo_length(demo: Path, out: Path, args) -> dict:
+def run_grpo_length(demo: Path, out: Path, args, alarms: str = "") -> dict:
     """GRPO (bench/algorithms.py's settings) against the round-1 reward model plus `bias` per word: a judge
     biased toward length. Monitors logged with gold as the held-out reward, no alarm (each alarm's
-    iteration is replayed on the log with the monitor's own rule, `modalign.rl.monitors.first_alarm`)."""
+    iteration is replayed on the log, `modalign.rl.monitors.replay_alarms`); with `alarms` (the
+    `grpo_length_alarm` part: SWITCHED_ON) the same run stops live where they fire."""
     from modalign.recipes.online import OnlineConfig, run_online
     from modalign.rl.monitors import MonitorConfig
 
     return run_online(OnlineConfig(
-        out=str(out / length_run_name(args.bias, args.seed)), algorithm="grpo", policy=str(demo / "sft" / "model"),
-        data=str(demo / "sft" / "data"),
-        reward_model=str(demo / "loop" / "round-1" / "reward" / "model") + f" + {args.bias}*py:{Path(__file__).resolve()}:words",
+        out=str(out / (length_run_name(args.bias, args.seed) + ("_alarm" if alarms else ""))), algorithm="grpo",
+        policy=str(demo / "sft" / "model"), data=str(demo / "sft" / "data"),
+        reward_model=str(demo / "loop" / "round-1" / "reward" / "model")
+        + f" + {args.bias}*py:{Path(__file__).resolve()}:words",
         task="caption", steps=args.steps, prompts_per_step=16, samples_per_prompt=4, lr=1e-4, kl_coef=0.1,
         minibatch_size=32, max_new_tokens=40, seed=args.seed, eval_examples=args.eval_examples, checkpoint_every=0,
-        monitors=MonitorConfig(**MONITOR)))
+        monitors=MonitorConfig(**MONITOR, alarms=alarms)))
 
 
 def run_part(part: str, demo: Path, out: Path, args) -> dict:
@@ -248,7 +253,8 @@ def run_summary(series: list[dict], cfg) -> dict:
     return {"iterations": len(series), "alarm_step": {k: (a.step if a else None) for k, a in fired.items()},
             "switched_on_step": min(steps, default=None),
             "gold_logged": all(row.get("gold_coverage") is not None for row in series),
-            "extreme": extreme, "first_worse_2se": first_worse(series), "first_worse_any": first_worse(series, margin=0)}
+            "extreme": extreme, "first_worse_2se": first_worse(series),
+            "first_worse_any": first_worse(series, margin=0)}
 
 
 def write_table(out: Path, results: Path, args) -> None:
@@ -259,6 +265,9 @@ def write_table(out: Path, results: Path, args) -> None:
 
     cfg = MonitorConfig(**MONITOR)
     runs = {p.name: p for p in sorted(out.iterdir()) if (p / "metrics.jsonl").is_file()}
+    live = {name: json.loads((path / "summary.json").read_text()) for name, path in runs.items()
+            if name.endswith("_alarm") and (path / "summary.json").is_file()}
+    runs = {name: path for name, path in runs.items() if not name.endswith("_alarm")}
     demo = Path(args.demo)
     for k in (1, 2):  # the demo's own RL stages (logged before the monitors existed: length and KL only)
         if (demo / "loop" / f"round-{k}" / "rl" / "metrics.jsonl").is_file():
@@ -271,7 +280,10 @@ def write_table(out: Path, results: Path, args) -> None:
     data = {"settings": {"demo": args.demo, "monitor": MONITOR, "thresholds": {a: getattr(cfg, a) for a in ALARMS},
                          "worse": "5-iteration mean rollout coverage below (or hallucination above) the first 5 "
                                   "iterations' mean by more than 2 standard errors"},
-            "runs": summaries, "heldout_eval_sampled": sampled, "series": series}
+            "runs": summaries, "live_alarm_runs": {name: {"alarm": s.get("alarm"), "steps": s["steps"],
+                                                          "eval_greedy": _pick(s.get("eval", {}))}
+                                                   for name, s in live.items()},
+            "heldout_eval_sampled": sampled, "series": series}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
     lines = ["# Reward-hacking alarms vs gold (issue 20)", "",
@@ -292,9 +304,16 @@ def write_table(out: Path, results: Path, args) -> None:
                      f"**{row['switched_on_step'] or '-'}** | "
                      + " | ".join(str(row["alarm_step"][a] or "-") for a in ALARMS) + " |")
     lines += ["", "Each alarm's most extreme value over the run (toward firing; thresholds in the header row):", "",
-              "| run | " + " | ".join(f"{a} ({getattr(cfg, a)})" for a in ALARMS) + " |", "|---" * (1 + len(ALARMS)) + "|"]
+              "| run | " + " | ".join(f"{a} ({getattr(cfg, a)})" for a in ALARMS) + " |",
+              "|---" * (1 + len(ALARMS)) + "|"]
     for name, row in summaries.items():
         lines.append(f"| {name} | " + " | ".join(_f(row["extreme"][a]) or "n/a" for a in ALARMS) + " |")
+    for name, row in data["live_alarm_runs"].items():
+        alarm, ev = row["alarm"], row["eval_greedy"]
+        lines += ["", f"Live: `{name}` (the same run with `monitors.alarms={','.join(SWITCHED_ON)}`): "
+                  + (f"stopped at iteration {alarm['step']} ({alarm['reason']}); " if alarm else "no alarm; ")
+                  + f"its policy there, greedy on the held-out caption prompts: hallucination "
+                  f"{_f(ev.get('hallucination_rate'))}, coverage {_f(ev.get('coverage'))}."]
     lines += ["", "Held-out caption prompts, greedy, at the run's end:", "",
               "| run | hallucination_rate | coverage | KL to SFT |", "|---|---|---|---|"]
     lines += [f"| {name} | {_f(row['end_eval_greedy'].get('hallucination_rate'))} | "

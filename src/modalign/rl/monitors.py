@@ -370,7 +370,8 @@ def alarm_trace(series: Sequence[dict], cfg: MonitorConfig, name: str) -> list[t
     return trace
 
 
-def replay_alarms(series: Sequence[dict], cfg: MonitorConfig, alarms: Sequence[str] = ALARMS) -> dict[str, Alarm | None]:
+def replay_alarms(series: Sequence[dict], cfg: MonitorConfig,
+                  alarms: Sequence[str] = ALARMS) -> dict[str, Alarm | None]:
     """Each alarm's first firing on a logged run (`alarm_trace`), as `Monitor` would have fired it with that
     alarm alone switched on (so one firing does not hide another's iteration); None: silent."""
     fired = {}
