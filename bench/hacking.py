@@ -316,6 +316,9 @@ def write_table(out: Path, results: Path, args) -> None:
                   f"{_f(ev.get('hallucination_rate'))}, coverage {_f(ev.get('coverage'))}."]
     lines += ["", "Held-out caption prompts, greedy, at the run's end:", "",
               "| run | hallucination_rate | coverage | KL to SFT |", "|---|---|---|---|"]
+    if (out / "sft.json").is_file():  # the start (the `sft` part)
+        sft = _pick(json.loads((out / "sft.json").read_text()))
+        lines.append(f"| SFT policy (the start) | {_f(sft.get('hallucination_rate'))} | {_f(sft.get('coverage'))} | 0 |")
     lines += [f"| {name} | {_f(row['end_eval_greedy'].get('hallucination_rate'))} | "
               f"{_f(row['end_eval_greedy'].get('coverage'))} | {_f(row['end_eval_greedy'].get('kl_to_ref'))} |"
               for name, row in summaries.items() if row["end_eval_greedy"]]
