@@ -67,3 +67,11 @@ def test_replay_of_the_log_fires_where_the_live_monitor_did():
     assert live["length_drift"].step == 5  # start 2; drifts 0, 0.5, 1.5: window means 0.25 (not >), 1.0
     for name in live:
         assert replayed[name] == live[name]
+
+
+def test_heldout_corr_needs_a_heldout_reward():
+    from modalign.config import ConfigError
+    from modalign.rl.monitors import build_monitor
+
+    with pytest.raises(ConfigError, match="heldout_corr.*monitors.heldout_reward"):
+        build_monitor(MonitorConfig(alarms="heldout_corr"), [], None)
