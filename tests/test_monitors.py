@@ -67,7 +67,7 @@ def test_alarms_fire_on_a_full_window_and_not_before():
     assert monitor.fired is None
     monitor.observe(3, batch([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], entropy=0.9))  # corr 1: window mean 0.99
     assert monitor.fired.name == "length_corr" and monitor.fired.step == 3
-    assert "0.99 > 0.8" in monitor.fired.reason
+    assert "0.99 > 0.85" in monitor.fired.reason
 
 
 def test_entropy_drop_compares_with_the_start_entropy():
