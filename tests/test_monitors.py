@@ -135,6 +135,12 @@ def test_an_alarm_stops_a_ppo_run_and_says_why(tmp_path, sft_model):
     section = monitors_section([load_run(tmp_path / "run")])
     assert f"alarm at iteration {summary['steps']}" in section and "|correlation of the reward" in section
     assert all(f"<th>{key}</th>" in section for key in ("length_corr", "entropy", "proxy_gap", "gold_coverage"))
+    # and where each alarm would fire, replayed at the run's thresholds: length_corr where it did fire
+    import re
+
+    replayed = re.search(r'<th>length_corr</th><td class="n">0.3</td><td class="n">[^<]+</td><td class="n">(\d+)</td>',
+                         section)
+    assert replayed and int(replayed.group(1)) == summary["steps"] and "would fire at" in section
 
 
 def test_monitors_off_leave_the_run_unchanged(tmp_path, sft_model):
