@@ -287,7 +287,8 @@ def write_table(out: Path, results: Path, args) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(data, indent=2))
     lines = ["# Reward-hacking alarms vs gold (issue 20)", "",
-             f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo} --run table` "
+             f"`OMP_NUM_THREADS=1 PYTHONPATH=src python bench/hacking.py --demo {args.demo} --out {args.out} "
+             "--run table` "
              "(the runs: module docstring). Every alarm's iteration is replayed on the run's log with the "
              "monitor's own rules (`modalign.rl.monitors.replay_alarms`, the same code that decides live; "
              f"tested equal) and default thresholds; window {cfg.window}, {cfg.baseline_iterations} start "
