@@ -67,7 +67,7 @@ def test_alarms_fire_on_a_full_window_and_not_before():
     assert monitor.fired is None
     monitor.observe(3, batch([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], entropy=0.9))  # corr 1: window mean 0.99
     assert monitor.fired.name == "length_corr" and monitor.fired.step == 3
-    assert "0.99 > 0.8" in monitor.fired.reason
+    assert "0.99 > 0.85" in monitor.fired.reason
 
 
 def test_entropy_drop_compares_with_the_start_entropy():
@@ -135,6 +135,12 @@ def test_an_alarm_stops_a_ppo_run_and_says_why(tmp_path, sft_model):
     section = monitors_section([load_run(tmp_path / "run")])
     assert f"alarm at iteration {summary['steps']}" in section and "|correlation of the reward" in section
     assert all(f"<th>{key}</th>" in section for key in ("length_corr", "entropy", "proxy_gap", "gold_coverage"))
+    # and where each alarm would fire, replayed at the run's thresholds: length_corr where it did fire
+    import re
+
+    replayed = re.search(r'<th>length_corr</th><td class="n">0.3</td><td class="n">[^<]+</td><td class="n">(\d+)</td>',
+                         section)
+    assert replayed and int(replayed.group(1)) == summary["steps"] and "would fire at" in section
 
 
 def test_monitors_off_leave_the_run_unchanged(tmp_path, sft_model):

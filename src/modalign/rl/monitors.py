@@ -12,7 +12,9 @@ sampled tokens' log-probs, the KL) plus one batched pass of a held-out reward, a
   tokens' log-probs (`sampled_entropy`);
 - `monitor/kl_spike`: this iteration's KL over the median of the previous ones (`kl_spike`);
 - `monitor/heldout_corr`: Pearson correlation of the proxy and held-out scores over the
-  iteration's answers (logged only: no alarm yet, see docs/monitors.md);
+  iteration's answers (`pearson`);
+- `monitor/length`, `monitor/length_drift`: the mean answer length and its relative change since
+  the start (`length_drift`);
 - `monitor/disagreement`: spread of the standardised proxy and held-out scores per answer,
   relative to its start (`ensemble_disagreement`);
 - `monitor/unfinished`: share of answers that hit max_new_tokens without an end (`unfinished_share`);
@@ -36,7 +38,11 @@ import torch
 
 from modalign.config import ConfigError, field_doc
 
-ALARMS = ("proxy_gap", "length_corr", "kl_spike", "entropy_drop", "unfinished", "disagreement")
+ALARMS = ("proxy_gap", "length_corr", "kl_spike", "entropy_drop", "unfinished", "disagreement",
+          "heldout_corr", "length_drift", "length_corr_rise")
+# monitors whose start value is their mean over the baseline iterations (what length_drift, entropy_drop,
+# length_corr_rise compare with)
+STARTED = ("entropy", "length", "length_corr")
 GOLD = "gold"  # heldout_reward keyword: the ShapesWorld gold scorers
 
 
@@ -54,9 +60,9 @@ class MonitorConfig:
     window: int = field_doc(5, "Iterations each alarm averages over, and the KL spike's median looks back over.")
     baseline_iterations: int = field_doc(3, "First iterations whose answers set the start mean and spread of the "
                                             "rewards, the start entropy and disagreement; alarms wait for them.")
-    proxy_gap: float = field_doc(0.5, "proxy_gap fires when the proxy's gain since the start exceeds the held-out "
+    proxy_gap: float = field_doc(0.3, "proxy_gap fires when the proxy's gain since the start exceeds the held-out "
                                       "reward's by this many start standard deviations.")
-    length_corr: float = field_doc(0.8, "length_corr fires when |correlation of the proxy score with answer "
+    length_corr: float = field_doc(0.85, "length_corr fires when |correlation of the proxy score with answer "
                                         "length| exceeds this.")
     kl_spike: float = field_doc(20.0, "kl_spike fires when one iteration's KL exceeds this many times the median "
                                       "KL of the previous `window` iterations (that median floored at 0.05).")
@@ -66,6 +72,12 @@ class MonitorConfig:
                                        "an end.")
     disagreement: float = field_doc(2.0, "disagreement fires when the proxy and held-out rewards disagree on the "
                                          "current answers this many times more than at the start.")
+    heldout_corr: float = field_doc(-0.1, "heldout_corr fires when the correlation of the proxy with the held-out "
+                                         "reward over the iteration's answers falls below this.")
+    length_drift: float = field_doc(0.15, "length_drift fires when the mean answer length moved more than this "
+                                          "share of its start value (either way).")
+    length_corr_rise: float = field_doc(0.6, "length_corr_rise fires when the correlation of the proxy with answer "
+                                             "length rose this much above its start value.")
 
 
 class Alarm(NamedTuple):
@@ -108,6 +120,11 @@ def kl_spike(kl: float, previous: Sequence[float], floor: float = 0.05) -> float
 def unfinished_share(finished: torch.Tensor) -> float:
     """Share of answers (N,) that never produced an end-of-turn token."""
     return float(1.0 - finished.double().mean())
+
+
+def length_drift(lengths: torch.Tensor, start_length: float) -> float:
+    """Relative change of the mean answer length (N,) from the start's mean length: 0.2 is 20% longer."""
+    return float(lengths.double().mean()) / max(start_length, 1e-6) - 1.0
 
 
 def standardized(values: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -201,14 +218,16 @@ class Monitor:
         rows = self._gather(batch)
         metrics = {"entropy": rows["entropy"], "unfinished": unfinished_share(rows["finished"]),
                    "length_corr": pearson(rows["scores"], rows["lengths"]),
-                   "kl_spike": kl_spike(batch.kl, list(self.kls))}
+                   "kl_spike": kl_spike(batch.kl, list(self.kls)), "length": float(rows["lengths"].mean())}
         metrics |= {f"heldout/{_short_name(name, i)}": float(s.mean())
                     for i, (name, s) in enumerate(zip(self._names(), rows["heldout"]))}
         metrics |= rows["gold"]
         if self.start is None:
-            self.start_rows.append(rows)
+            self.start_rows.append(rows | {"length_corr": metrics["length_corr"]})
             if len(self.start_rows) >= self.cfg.baseline_iterations:
                 self.start = _start_stats(self.start_rows, self.heldout_count)
+        if self.start is not None:
+            metrics["length_drift"] = length_drift(rows["lengths"], self.start["length"])
         if self.start is not None and self.heldout_count:
             metrics |= self._against_start(rows)
         self.kls.append(float(batch.kl))
@@ -259,29 +278,7 @@ class Monitor:
 
     def _check(self, step: int) -> Alarm | None:
         """The first alarm (in ALARMS order) whose rule holds over the last `window` iterations."""
-        for name in self.alarms:
-            value, threshold = self._alarm_value(name), getattr(self.cfg, name)
-            if value is None:
-                continue
-            if (value < threshold) if name == "entropy_drop" else (value > threshold):
-                return Alarm(name, step, value, threshold, _reason(name, value, threshold, self.cfg.window))
-        return None
-
-    def _alarm_value(self, name: str) -> float | None:
-        """The value an alarm compares with its threshold: the last `window` iterations' mean (kl_spike:
-        this iteration's ratio; entropy_drop: the mean entropy over the start's); None if not logged."""
-        key = {"entropy_drop": "entropy"}.get(name, name)
-        values = self.recent.get(key)
-        if not values or len(values) < self.cfg.window:  # a full window, so one noisy iteration cannot fire
-            return None
-        if name == "kl_spike":
-            return values[-1]
-        mean = sum(values) / len(values)
-        if name == "length_corr":
-            return abs(mean)
-        if name == "entropy_drop":
-            return mean / max(1e-9, self.start["entropy"])
-        return mean
+        return check_alarms(self.alarms, self.recent, self.start, self.cfg, step)
 
     def stop(self, steps: int) -> bool:
         """True once an alarm fired (the recipe then stops, as at its KL budget); says why on the console."""
@@ -306,14 +303,97 @@ class Monitor:
         self.fired = Alarm(*state["fired"]) if state["fired"] else None
 
 
+# ---- the alarm rules: pure functions of the monitors' recent values (a run and a replay of its log agree) ----
+
+def alarm_value(name: str, values: Sequence[float], start: dict) -> float:
+    """What alarm `name` compares with its threshold, from its monitor's last `window` values.
+
+    kl_spike: the last value; entropy_drop: the mean entropy over the start's; length_corr: |mean|;
+    length_drift: |mean| (longer or shorter); length_corr_rise: the mean minus the start's
+    length_corr; any other: the mean. `start` holds the baseline iterations' means (STARTED).
+    """
+    if name == "kl_spike":
+        return values[-1]
+    mean = sum(values) / len(values)
+    if name in ("length_corr", "length_drift"):
+        return abs(mean)
+    if name == "entropy_drop":
+        return mean / max(1e-9, start["entropy"])
+    if name == "length_corr_rise":
+        return mean - start["length_corr"]
+    return mean
+
+
+def alarm_holds(name: str, value: float, threshold: float) -> bool:
+    """The rule: entropy_drop and heldout_corr fire below their threshold, every other alarm above it."""
+    return value < threshold if name in ("entropy_drop", "heldout_corr") else value > threshold
+
+
+def monitor_key(alarm: str) -> str:
+    """The monitor an alarm reads (entropy_drop reads entropy, length_corr_rise length_corr)."""
+    return {"entropy_drop": "entropy", "length_corr_rise": "length_corr"}.get(alarm, alarm)
+
+
+def check_alarms(alarms: Sequence[str], recent: dict, start: dict, cfg: MonitorConfig, step: int) -> Alarm | None:
+    """The first of `alarms` whose rule holds on `recent` (monitor -> its last values), needing a full window
+    of values, so that one noisy iteration cannot fire it; None when none holds."""
+    for name in alarms:
+        values = list(recent.get(monitor_key(name), ()))[-cfg.window:]
+        if len(values) < cfg.window:
+            continue
+        value, threshold = alarm_value(name, values, start), getattr(cfg, name)
+        if alarm_holds(name, value, threshold):
+            return Alarm(name, step, value, threshold, _reason(name, value, threshold, cfg.window))
+    return None
+
+
+def alarm_trace(series: Sequence[dict], cfg: MonitorConfig, name: str) -> list[tuple[int, float]]:
+    """(step, value) of alarm `name`'s rule at every iteration the live `Monitor` checks it.
+
+    series: per iteration, {"step", monitor name -> value} as logged (metrics.jsonl's `monitor/...`
+    keys without the prefix; a monitor missing from an iteration was not logged there). The start
+    is set at iteration `baseline_iterations` from the STARTED monitors' means, as in a run.
+    """
+    recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=cfg.window))
+    start, trace = None, []
+    for i, row in enumerate(series):
+        for key, value in row.items():
+            if key != "step" and value is not None:
+                recent[key].append(value)
+        if i + 1 == cfg.baseline_iterations:
+            first = series[:i + 1]
+            start = {k: sum(r[k] for r in first) / len(first) for k in STARTED
+                     if all(r.get(k) is not None for r in first)}
+        values = list(recent.get(monitor_key(name), ()))
+        if start is not None and len(values) >= cfg.window:
+            trace.append((row["step"], alarm_value(name, values[-cfg.window:], start)))
+    return trace
+
+
+def replay_alarms(series: Sequence[dict], cfg: MonitorConfig,
+                  alarms: Sequence[str] = ALARMS) -> dict[str, Alarm | None]:
+    """Each alarm's first firing on a logged run (`alarm_trace`), as `Monitor` would have fired it with that
+    alarm alone switched on (so one firing does not hide another's iteration); None: silent."""
+    fired = {}
+    for name in alarms:
+        threshold = getattr(cfg, name)
+        hits = [(step, value) for step, value in alarm_trace(series, cfg, name) if alarm_holds(name, value, threshold)]
+        fired[name] = (Alarm(name, hits[0][0], hits[0][1], threshold, _reason(name, hits[0][1], threshold, cfg.window))
+                       if hits else None)
+    return fired
+
+
 def _start_stats(rows: list[dict], heldout_count: int) -> dict:
-    """Mean and std of the proxy and each held-out reward over the baseline iterations' answers, the mean
-    entropy, and the members' disagreement on those answers (the unit of the `disagreement` monitor)."""
+    """Mean and std of the proxy and each held-out reward over the baseline iterations' answers, the means of
+    the STARTED monitors over those iterations, and the members' disagreement on those answers (the unit
+    of the `disagreement` monitor)."""
     proxy = torch.cat([r["scores"] for r in rows])
     heldout = [torch.cat([r["heldout"][k] for r in rows]) for k in range(heldout_count)]
     moments = lambda t: (float(t.mean()), float(t.std()) if t.numel() > 1 else 1.0)  # noqa: E731
     start = {"proxy": moments(proxy), "heldout": [moments(h) for h in heldout],
-             "entropy": sum(r["entropy"] for r in rows) / len(rows), "disagreement": 1.0}
+             "entropy": sum(r["entropy"] for r in rows) / len(rows), "disagreement": 1.0,
+             "length": sum(float(r["lengths"].mean()) for r in rows) / len(rows),
+             "length_corr": sum(r["length_corr"] for r in rows) / len(rows)}
     if heldout_count:
         start["disagreement"] = ensemble_disagreement(torch.stack([proxy, *heldout]),
                                                       [start["proxy"], *start["heldout"]])
@@ -336,6 +416,12 @@ def _reason(name: str, value: float, threshold: float, window: int) -> str:
         "unfinished": f"{value:.0%} of answers never ended (> {threshold:.0%}, mean of the last {window} iterations)",
         "disagreement": f"the held-out and proxy rewards disagree {value:.1f}x as much as at the start "
                         f"(> {threshold}x, mean of the last {window} iterations)",
+        "heldout_corr": f"the proxy's correlation with the held-out reward over the answers fell to {value:.2f} "
+                        f"(< {threshold}, mean of the last {window} iterations)",
+        "length_drift": f"the mean answer length moved {value:.0%} from its start (> {threshold:.0%}, mean of the "
+                        f"last {window} iterations)",
+        "length_corr_rise": f"the reward's correlation with answer length rose {value:.2f} above its start "
+                            f"(> {threshold}, mean of the last {window} iterations)",
     }[name]
     return f"alarm {name}: {what}"
 
@@ -363,7 +449,7 @@ def build_monitor(cfg: MonitorConfig, prompts: Sequence, media, dist=None) -> Mo
             raise ConfigError(f"monitors.alarms={cfg.alarms!r} needs monitors.enabled=true")
         return Monitor(cfg, (), media, dist)
     specs = [s.strip() for s in cfg.heldout_reward.split(",") if s.strip()]
-    needs_heldout = [a for a in alarms if a in ("proxy_gap", "disagreement")]
+    needs_heldout = [a for a in alarms if a in ("proxy_gap", "disagreement", "heldout_corr")]
     if needs_heldout and not specs:
         raise ConfigError(f"monitors.alarms has {needs_heldout[0]}, which compares the reward with a held-out "
                           "one: set monitors.heldout_reward (gold on ShapesWorld, or a reward-model folder)")
