@@ -127,31 +127,37 @@ def candidates(example, rng: random.Random, by_question: dict[str, list[str]], k
 
 def train_reward(work: Path, model: Path, data: Path, args) -> dict:
     """Panel rankings of reference vs wrong answers on the train split -> the `reward` recipe."""
+    from modalign.recipes.reward import RewardConfig, run_reward
+
+    folder, store_path = work / "reward", work / "feedback.db"
+    if (folder / "summary.json").is_file():  # a reward model trained before (on this store)
+        summary = json.loads((folder / "summary.json").read_text())
+    else:
+        if not store_path.is_file():
+            write_rankings(store_path, data, args.reward_examples)
+        summary = run_reward(RewardConfig(out=str(folder), policy=str(model), store=str(store_path),
+                                          steps=args.reward_steps, backbone_lr=args.backbone_lr))
+    return {**summary, "heldout_panel_gold_agreement": panel_gold_agreement(store_path)}
+
+
+def write_rankings(store_path: Path, data: Path, count: int) -> None:
+    """The simulated panel's rankings of the reference and 3 wrong answers of `count` train examples."""
     from modalign.data.dataset import read_examples
     from modalign.data.records import Completion
     from modalign.feedback.collect import judge_with_panel, write_feedback
     from modalign.feedback.store import FeedbackStore
-    from modalign.recipes.reward import RewardConfig, run_reward
 
-    folder = work / "reward"
-    if (folder / "summary.json").is_file():
-        return json.loads((folder / "summary.json").read_text())
-    store_path = work / "feedback.db"
-    if not store_path.is_file():
-        examples = read_examples(data, "train")
-        by_question, rng = wrong_answers(examples), random.Random(0)
-        k = 4
-        prompts, completions = [], []
-        for example in examples[: args.reward_examples]:
-            texts = candidates(example, rng, by_question, k)
-            texts += [texts[0]] * (k - len(texts))  # duplicates are one candidate to the panel
-            prompts.append(example)
-            completions += [Completion(example.id, text, "explain-bench") for text in texts]
-        feedback, _ = judge_with_panel(prompts, completions, k, seed=0)
-        write_feedback(FeedbackStore.sqlite(store_path), feedback, str(data))
-    summary = run_reward(RewardConfig(out=str(folder), policy=str(model), store=str(store_path),
-                                      steps=args.reward_steps, backbone_lr=args.backbone_lr))
-    return {**summary, "heldout_panel_gold_agreement": panel_gold_agreement(store_path)}
+    examples = read_examples(data, "train")
+    by_question, rng = wrong_answers(examples), random.Random(0)
+    k = 4
+    prompts, completions = [], []
+    for example in examples[:count]:
+        texts = candidates(example, rng, by_question, k)
+        texts += [texts[0]] * (k - len(texts))  # duplicates are one candidate to the panel
+        prompts.append(example)
+        completions += [Completion(example.id, text, "explain-bench") for text in texts]
+    feedback, _ = judge_with_panel(prompts, completions, k, seed=0)
+    write_feedback(FeedbackStore.sqlite(store_path), feedback, str(data))
 
 
 def panel_gold_agreement(store_path: Path) -> dict:

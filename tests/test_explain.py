@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from modalign.eval.explain import (ExplainError, Subject, Target, ablation, audio_occlusion, encode_subject, image_occlusion,
-                                   integrated_gradients, token_credit)
+from modalign.eval.explain import (ExplainError, Subject, Target, ablation, audio_occlusion, encode_subject,
+                                   image_occlusion, integrated_gradients, token_credit)
 from modalign.models.inputs import MediaStore
 from modalign.reward.model import ScalarHeadModel
 from test_tinyvlm import make_policy
