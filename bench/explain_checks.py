@@ -467,7 +467,7 @@ def markdown(results: dict, args) -> str:
               f"`modalign explain` with every method ({t['methods']}) on the built-in reward model: "
               f"{t['seconds_per_example']:.2f} s per example (wall) over {t['examples']} test examples "
               f"({t['command_wall_seconds']} s wall, {t['command_cpu_seconds']} s CPU for the whole command, loading "
-              f"included), on a shared 2-core machine (load ~14). "
+              f"included), on a 2-core machine shared with other jobs. "
               f"Process CPU time per example and method in the checks above: {per_method}; one occlusion heatmap "
               f"{test_h['cpu_seconds_per_heatmap']:.3f} s (a contrastive one twice the forwards).", ""]
     return "\n".join(lines)
