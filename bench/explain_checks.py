@@ -58,7 +58,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     if args.policy:
         model, data, sft_info = Path(args.policy), Path(args.data), {"parameters": None, "train_seconds": None}
     else:
@@ -83,11 +82,22 @@ def main() -> None:
         results[key] = {split: done[split][key] for split in splits}
     results["timing"] = done["timing"]
     results["picked"] = pick_settings(results)
-    results["wall_seconds"] = round(time.time() - started, 1)
+    results["hallucination"]["validation"].pop("cases")  # per-case heatmaps of the test split only
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "explain.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "explain.json").write_text(json.dumps(_rounded(results), indent=1))
     (RESULTS / "explain.md").write_text(markdown(results, args))
     print((RESULTS / "explain.md").read_text())
+
+
+def _rounded(value):
+    """`value` with every float to 5 significant digits (the JSON stays readable)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def cached(work: Path, name: str, compute) -> dict:
