@@ -1,9 +1,10 @@
 """Must-show numbers of `modalign explain` (issue 20) on ShapesWorld -> bench/results/explain.md/.json.
 
-1. a small SFT backbone on clean ShapesWorld (`sft` recipe), then a reward model trained with the
-   `reward` recipe on simulated-panel rankings: per train example the reference answer and 3 wrong
-   ones (captions with one hallucination from `data/shapes/language.noisy_caption`, questions with
-   other answers the same question has in the split), ranked by the default simulated panel;
+1. a small SFT backbone on clean ShapesWorld (`sft` recipe, or `--policy` + `--data`: an existing backbone and the
+   dataset it was trained on), then a reward model trained with the `reward` recipe on simulated-panel rankings:
+   per train example the reference answer and 3 wrong ones (captions with one hallucination from
+   `data/shapes/language.noisy_caption`, questions with other answers the same question has in the split), ranked
+   by the default simulated panel; `--backbone-lr` > 0 trains it end to end;
 2. test captions with ONE hallucinated object (kinds extra_object: an object that is not there, and
    wrong_colour: a present object with the wrong colour): is the occlusion heatmap's top cell the
    hallucinated object's cell? Objects sit in one of 3 columns, their centre always in the middle row
@@ -13,7 +14,10 @@
    exceed the image's (and the reverse), by ablation and by integrated gradients;
 4. `modalign explain` (every method) seconds per example on the built-in model.
 
-    PYTHONPATH=src python bench/explain_checks.py [--work /tmp/explain_bench] [--scenes 600]
+Settings are picked on a validation split and reported on a disjoint test split: the test scenes
+before `--val-scenes` are validation, the rest test (the SFT run's test split, never trained on).
+
+    PYTHONPATH=src python bench/explain_checks.py [--work /tmp/explain_bench] [--policy M --data D]
 """
 
 from __future__ import annotations
@@ -34,39 +38,88 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/explain_bench")
     parser.add_argument("--sft", default="", help="an existing SFT run folder (its model/ and data/) to reuse")
+    parser.add_argument("--policy", default="", help="an existing backbone folder (with --data: its dataset)")
+    parser.add_argument("--data", default="", help="the dataset folder the --policy backbone was trained on")
     parser.add_argument("--scenes", type=int, default=1000, help="train scenes of the SFT run")
+    parser.add_argument("--test-scenes", type=int, default=300, help="test scenes of the SFT run")
+    parser.add_argument("--val-scenes", type=int, default=100, help="test scenes before this one are validation")
     parser.add_argument("--epochs", type=float, default=12.0)
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--encoder-layers", type=int, default=2)
-    parser.add_argument("--reward-examples", type=int, default=2500, help="train examples ranked for the reward model")
-    parser.add_argument("--test-captions", type=int, default=60)
-    parser.add_argument("--test-questions", type=int, default=60)
+    parser.add_argument("--reward-examples", type=int, default=5000, help="train examples ranked for the reward model")
+    parser.add_argument("--reward-steps", type=int, default=2000)
+    parser.add_argument("--backbone-lr", type=float, default=0.0, help="> 0: the reward model trains end to end")
+    parser.add_argument("--cases", type=int, default=80, help="test captions per hallucination kind")
+    parser.add_argument("--val-cases", type=int, default=60, help="validation captions per hallucination kind")
+    parser.add_argument("--questions", type=int, default=100, help="test questions per kind (audio, image)")
+    parser.add_argument("--val-questions", type=int, default=60)
+    parser.add_argument("--only", default="", help="compute only these of validation,test,timing (cached in --work, "
+                                                   "so processes may share the work); a run without it reports")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    sft = Path(args.sft) if args.sft else train_sft(work / "sft", args)
-    model, data = sft / "model", sft / "data"
-    reward = train_reward(work, model, data, args.reward_examples)
-    results = {"sft": sft_numbers(sft), "reward": reward}
+    if args.policy:
+        model, data, sft_info = Path(args.policy), Path(args.data), {"parameters": None, "train_seconds": None}
+    else:
+        sft = Path(args.sft) if args.sft else train_sft(work / "sft", args)
+        model, data, sft_info = sft / "model", sft / "data", sft_numbers(sft)
+    reward = train_reward(work, model, data, args)
+    results = {"sft": sft_info, "reward": reward, "args": vars(args)}
     rm = Path(reward["model"])
-    results["hallucination"] = hallucination_check(rm, data, args.test_captions)
-    results["questions"] = question_check(rm, data, args.test_questions)
-    results["timing"] = explain_timing(rm, data, work / "explain_run")
-    results["wall_seconds"] = round(time.time() - started, 1)
+    splits = {"validation": lambda e: scene_index(e) < args.val_scenes,
+              "test": lambda e: scene_index(e) >= args.val_scenes}
+    counts = {"validation": (args.val_cases, args.val_questions), "test": (args.cases, args.questions)}
+    pieces = {split: (lambda split=split: {
+        "hallucination": hallucination_check(rm, data, counts[split][0], splits[split]),
+        "questions": question_check(rm, data, counts[split][1], splits[split])}) for split in splits}
+    pieces["timing"] = lambda: explain_timing(rm, data, work / "explain_run")
+    if args.only:  # compute (and cache) these pieces only: separate processes may share the work
+        for name in args.only.split(","):
+            cached(work, name, pieces[name])
+        return
+    done = {name: cached(work, name, compute) for name, compute in pieces.items()}
+    for key in ("hallucination", "questions"):
+        results[key] = {split: done[split][key] for split in splits}
+    results["timing"] = done["timing"]
+    results["picked"] = pick_settings(results)
+    results["hallucination"]["validation"].pop("cases")  # per-case heatmaps of the test split only
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "explain.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "explain.json").write_text(json.dumps(_rounded(results), indent=1))
     (RESULTS / "explain.md").write_text(markdown(results, args))
     print((RESULTS / "explain.md").read_text())
+
+
+def _rounded(value):
+    """`value` with every float to 5 significant digits (the JSON stays readable)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def cached(work: Path, name: str, compute) -> dict:
+    """work/<name>.json, computed once."""
+    path = work / f"{name}.json"
+    if not path.is_file():
+        path.write_text(json.dumps(compute()))
+    return json.loads(path.read_text())
+
+
+def scene_index(example) -> int:
+    """ShapesWorld ids are <split>-<scene>-<task>: the scene number."""
+    return int(example.id.split("-")[1])
 
 
 def train_sft(folder: Path, args) -> Path:
     from modalign.recipes.sft import SFTConfig, run_sft
 
     if not (folder / "summary.json").is_file():
-        run_sft(SFTConfig(out=str(folder), shapes_train_scenes=args.scenes, shapes_test_scenes=60, caption_noise=0.0,
-                          hidden_size=args.hidden, num_layers=2, encoder_layers=args.encoder_layers, vocab_size=300,
-                          epochs=args.epochs, eval_examples=100, threads=1))
+        run_sft(SFTConfig(out=str(folder), shapes_train_scenes=args.scenes, shapes_test_scenes=args.test_scenes,
+                          caption_noise=0.0, hidden_size=args.hidden, num_layers=2, encoder_layers=args.encoder_layers,
+                          vocab_size=300, epochs=args.epochs, eval_examples=100, threads=1))
     return folder
 
 
@@ -100,41 +153,90 @@ def candidates(example, rng: random.Random, by_question: dict[str, list[str]], k
     return [reference, *rng.sample(sorted(wrong), min(k - 1, len(wrong)))]
 
 
-def train_reward(work: Path, model: Path, data: Path, count: int) -> dict:
+def train_reward(work: Path, model: Path, data: Path, args) -> dict:
     """Panel rankings of reference vs wrong answers on the train split -> the `reward` recipe."""
+    from modalign.recipes.reward import RewardConfig, run_reward
+
+    folder, store_path = work / "reward", work / "feedback.db"
+    if (folder / "summary.json").is_file():  # a reward model trained before (on this store)
+        summary = json.loads((folder / "summary.json").read_text())
+    else:
+        if not store_path.is_file():
+            write_rankings(store_path, data, args.reward_examples)
+        summary = run_reward(RewardConfig(out=str(folder), policy=str(model), store=str(store_path),
+                                          steps=args.reward_steps, backbone_lr=args.backbone_lr))
+    return {**summary, "heldout_panel_gold_agreement": panel_gold_agreement(store_path)}
+
+
+def write_rankings(store_path: Path, data: Path, count: int) -> None:
+    """The simulated panel's rankings of the reference and 3 wrong answers of `count` train examples."""
     from modalign.data.dataset import read_examples
     from modalign.data.records import Completion
     from modalign.feedback.collect import judge_with_panel, write_feedback
     from modalign.feedback.store import FeedbackStore
-    from modalign.recipes.reward import RewardConfig, run_reward
 
-    folder = work / "reward"
-    if (folder / "summary.json").is_file():
-        return json.loads((folder / "summary.json").read_text())
     examples = read_examples(data, "train")
     by_question, rng = wrong_answers(examples), random.Random(0)
-    examples = examples[:count]
     k = 4
     prompts, completions = [], []
-    for example in examples:
+    for example in examples[:count]:
         texts = candidates(example, rng, by_question, k)
         texts += [texts[0]] * (k - len(texts))  # duplicates are one candidate to the panel
         prompts.append(example)
         completions += [Completion(example.id, text, "explain-bench") for text in texts]
     feedback, _ = judge_with_panel(prompts, completions, k, seed=0)
-    store_path = work / "feedback.db"
-    store_path.unlink(missing_ok=True)
     write_feedback(FeedbackStore.sqlite(store_path), feedback, str(data))
-    return run_reward(RewardConfig(out=str(folder), policy=str(model), store=str(store_path), steps=2000))
 
 
-def hallucination_check(rm: Path, data: Path, count: int) -> dict:
-    """Occlusion top cell vs the hallucinated object's cell, for test captions with one hallucinated object."""
+def panel_gold_agreement(store_path: Path) -> dict:
+    """Held-out majority pairs (not ties) of the panel against ShapesWorld gold utility: the share whose two answers
+    are equally good by gold (e.g. two wrong answers: a coin flip for any reward model), and among the others the
+    share whose chosen answer is the better one (what a reward model fitting the gold scores on them)."""
+    from modalign.feedback.simulated import gold_utility
+    from modalign.feedback.store import FeedbackStore
+    from modalign.recipes.reward import RewardConfig, _is_heldout
+
+    store, fraction = FeedbackStore.sqlite(store_path), RewardConfig.heldout_fraction
+    pairs = [p for p in store.preference_pairs(1) if not p.tie and _is_heldout(p.example_id, fraction)]
+    examples = {p.example_id: store.get_example(p.example_id) for p in pairs}
+    gaps = [gold_utility(examples[p.example_id], p.chosen.text) - gold_utility(examples[p.example_id], p.rejected.text)
+            for p in pairs]
+    decided = [g for g in gaps if g != 0]
+    return {"gold_equal_share": 1 - len(decided) / max(1, len(gaps)),
+            "panel_right_where_gold_differs": sum(g > 0 for g in decided) / max(1, len(decided))}
+
+
+def hallucinated_caption(example, kind: str, rng: random.Random) -> tuple[str, list[int]] | None:
+    """The example's caption with ONE hallucinated object of `kind`, and that object's [row, column] cell
+    (None: an extra object needs an empty place)."""
+    from modalign.data.shapes.language import object_phrase
+    from modalign.data.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene
+
+    scene = Scene.from_dict(example.meta["scene"])
+    objects = list(scene.objects)
+    if kind == "extra_object":
+        empty = [p for p in POSITIONS if scene.at(p) is None]
+        if not empty:
+            return None
+        position = rng.choice(empty)
+        absent = [s for s in SHAPES if s not in {o.shape for o in objects}] or list(SHAPES)
+        objects.append(Obj(rng.choice(absent), rng.choice(COLOURS), rng.choice(SIZES), position))
+        objects.sort(key=lambda o: POSITIONS.index(o.position))
+    else:
+        i = rng.randrange(len(objects))
+        old = objects[i]
+        position = old.position
+        objects[i] = Obj(old.shape, rng.choice([c for c in COLOURS if c != old.colour]), old.size, position)
+    text = ", ".join(object_phrase(o) for o in objects) + "." + example.answer[example.answer.index(".") + 1:]
+    return text, [1, POSITIONS.index(position)]
+
+
+def hallucination_check(rm: Path, data: Path, count: int, in_split) -> dict:
+    """Occlusion top cell vs the hallucinated object's cell, for `count` captions per kind with one hallucinated
+    object (every caption of the split gives one of each kind it can)."""
     import torch
 
     from modalign.data.dataset import read_examples
-    from modalign.data.shapes.language import object_phrase
-    from modalign.data.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene
     from modalign.eval.explain import encode_subject, image_occlusion, load_target
     from modalign.models.inputs import MediaStore
 
@@ -142,45 +244,42 @@ def hallucination_check(rm: Path, data: Path, count: int) -> dict:
     media = MediaStore(data)
     rng = random.Random(1)
     rows: dict[str, list[dict]] = {"extra_object": [], "wrong_colour": []}
-    captions = [e for e in read_examples(data, "test") if e.meta.get("task") == "caption"]
-    for index in range(count):
-        example = captions[index % len(captions)]
-        scene = Scene.from_dict(example.meta["scene"])
-        kind = "extra_object" if index % 2 == 0 and len(scene.objects) < 3 else "wrong_colour"
-        objects = list(scene.objects)
-        if kind == "extra_object":
-            position = rng.choice([p for p in POSITIONS if scene.at(p) is None])
-            absent = [s for s in SHAPES if s not in {o.shape for o in objects}] or list(SHAPES)
-            objects.append(Obj(rng.choice(absent), rng.choice(COLOURS), rng.choice(SIZES), position))
-            objects.sort(key=lambda o: POSITIONS.index(o.position))
-        else:
-            i = rng.randrange(len(objects))
-            old = objects[i]
-            position = old.position
-            objects[i] = Obj(old.shape, rng.choice([c for c in COLOURS if c != old.colour]), old.size, position)
-        text = ", ".join(object_phrase(o) for o in objects) + "." + example.answer[example.answer.index(".") + 1:]
-        subject = encode_subject(processor, media, example, text, media_token_ids=target.media_token_ids())
-        reference = encode_subject(processor, media, example, example.answer, media_token_ids=target.media_token_ids())
-        cell = [1, POSITIONS.index(position)]
-        with torch.no_grad():
-            gap = float(target(reference.input_ids, reference.answer_mask, **reference.media())
-                        - target(subject.input_ids, subject.answer_mask, **subject.media()))
-        row = {"example_id": example.id, "caption": text, "cell": cell, "rm_prefers_reference": gap > 0}
-        for fill, settings in FILLS.items():
-            heat = image_occlusion(target, subject, grid=3, fill=settings["fill"],
-                                   contrast=reference if settings["contrast"] else None)
-            row[fill] = {"heatmap": heat["heatmap"], "most_negative_hit": heat["most_negative_cell"] == cell,
-                         "abs_top_hit": heat["top_cell"] == cell, "column_hit": heat["most_negative_cell"][1] == cell[1]}
-        rows[kind].append(row)
+    captions = [e for e in read_examples(data, "test") if e.meta.get("task") == "caption" and in_split(e)]
+    seconds = 0.0
+    for example in captions:
+        for kind in rows:
+            made = hallucinated_caption(example, kind, rng)
+            if made is None or len(rows[kind]) >= count:
+                continue
+            text, cell = made
+            subject = encode_subject(processor, media, example, text, media_token_ids=target.media_token_ids())
+            reference = encode_subject(processor, media, example, example.answer,
+                                       media_token_ids=target.media_token_ids())
+            with torch.no_grad():
+                gap = float(target(reference.input_ids, reference.answer_mask, **reference.media())
+                            - target(subject.input_ids, subject.answer_mask, **subject.media()))
+            row = {"example_id": example.id, "caption": text, "cell": cell, "rm_prefers_reference": gap > 0}
+            for fill, settings in FILLS.items():
+                begin = time.process_time()
+                heat = image_occlusion(target, subject, grid=3, fill=settings["fill"],
+                                       contrast=reference if settings["contrast"] else None)
+                seconds += time.process_time() - begin
+                row[fill] = {"heatmap": heat["heatmap"], "most_negative_hit": heat["most_negative_cell"] == cell,
+                             "abs_top_hit": heat["top_cell"] == cell,
+                             "column_hit": heat["most_negative_cell"][1] == cell[1]}
+            rows[kind].append(row)
     out = {}
     for kind, items in list(rows.items()) + [("all", rows["extra_object"] + rows["wrong_colour"])]:
         detected = [item for item in items if item["rm_prefers_reference"]]  # the reward model sees the hallucination
-        out[kind] = {fill: {"n": len(items), **{f"{key}": _rate([item[fill] for item in items], key)
+        out[kind] = {fill: {"n": len(items), **{key: _rate([item[fill] for item in items], key)
                                                  for key in ("most_negative_hit", "abs_top_hit", "column_hit")},
                             "n_detected": len(detected),
-                            "most_negative_hit_detected": _rate([item[fill] for item in detected], "most_negative_hit")}
+                            **{f"{key}_detected": _rate([item[fill] for item in detected], key)
+                               for key in ("most_negative_hit", "abs_top_hit")}}
                      for fill in FILLS}
         out[kind]["rm_prefers_reference"] = _rate(items, "rm_prefers_reference")
+    n_heatmaps = len(FILLS) * sum(map(len, rows.values()))
+    out["cpu_seconds_per_heatmap"] = round(seconds / max(1, n_heatmaps), 4)
     out["cases"] = rows
     return out
 
@@ -188,15 +287,21 @@ def hallucination_check(rm: Path, data: Path, count: int) -> dict:
 # occluded cells show the processor's mean colour or the image's median one (regions.IMAGE_BASELINES); contrast:
 # the heatmap of f(caption) - f(reference caption)
 FILLS = {"mean": {"fill": "mean", "contrast": False}, "median": {"fill": "median", "contrast": False},
-         "mean, contrast": {"fill": "mean", "contrast": True}}
+         "mean, contrast": {"fill": "mean", "contrast": True}, "median, contrast": {"fill": "median", "contrast": True}}
 
 
 def _rate(items: list[dict], key: str) -> float:
     return sum(item[key] for item in items) / max(1, len(items))
 
 
-def question_check(rm: Path, data: Path, count: int) -> dict:
-    """Audio vs image share (ablation and integrated gradients) of the RM's score of reference answers."""
+QUESTION_METHODS = ("ablation", "ablation_others", "ablation_others16", "ig")
+
+
+def question_check(rm: Path, data: Path, count: int, in_split) -> dict:
+    """Audio vs image share (ablation and integrated gradients) of the RM's score of reference answers; "RM right":
+    the reference scores above every other answer the question has in the split."""
+    import torch
+
     from modalign.data.dataset import read_examples
     from modalign.eval.explain import ablation, encode_subject, integrated_gradients, load_target
     from modalign.models.inputs import MediaStore
@@ -204,26 +309,67 @@ def question_check(rm: Path, data: Path, count: int) -> dict:
 
     target, processor = load_target(rm)
     media, pad = MediaStore(data), processor.tokenizer.pad_token_id
+    test = read_examples(data, "test")
+    by_question = wrong_answers(test)
     out = {}
     for task, more, less in (("vqa_audio", "audio", "image"), ("vqa_image", "image", "audio")):
-        examples = [e for e in read_examples(data, "test") if e.meta.get("task") == task][:count]
-        methods = ("ablation", "ablation_others", "ig")
-        hits = {m: [] for m in methods}
-        shares = {m: defaultdict(list) for m in methods}
+        examples = [e for e in test if e.meta.get("task") == task and in_split(e)][:count]
+        hits = {m: [] for m in QUESTION_METHODS}
+        shares = {m: defaultdict(list) for m in QUESTION_METHODS}
+        seconds = defaultdict(float)
         subjects = [encode_subject(processor, media, example, example.answer, media_token_ids=target.media_token_ids())
                     for example in examples]
+        right = [rm_right(target, processor, media, example, subject, by_question)
+                 for example, subject in zip(examples, subjects)]
         for index, subject in enumerate(subjects):
-            others = background_of(subjects, index, 4)  # the media of 4 other scenes, as `explain` picks them
-            for method, result in (("ablation", ablation(target, subject, pad)),
-                                   ("ablation_others", ablation(target, subject, pad, others)),
-                                   ("ig", integrated_gradients(target, subject, pad))):
+            others = background_of(subjects, index, 16)  # the media of other scenes, as `explain` picks them
+            for method, call in (("ablation", lambda: ablation(target, subject, pad)),
+                                 ("ablation_others", lambda: ablation(target, subject, pad, others[:4])),
+                                 ("ablation_others16", lambda: ablation(target, subject, pad, others)),
+                                 ("ig", lambda: integrated_gradients(target, subject, pad))):
+                begin = time.process_time()
+                result = call()
+                seconds[method] += time.process_time() - begin
                 hits[method].append(result["share"][more] > result["share"][less])
                 for modality, value in result["share"].items():
                     shares[method][modality].append(value)
-        out[task] = {"n": len(examples), "claim": f"{more} share > {less} share",
-                     **{f"{m}_hit": sum(h) / max(1, len(h)) for m, h in hits.items()},
-                     **{f"{m}_mean_share": {k: sum(v) / len(v) for k, v in s.items()} for m, s in shares.items()}}
+        n_right = sum(right)
+        with torch.no_grad():
+            out[task] = {"n": len(examples), "claim": f"{more} share > {less} share", "n_rm_right": n_right,
+                         "rm_right": n_right / max(1, len(examples)),
+                         **{f"{m}_hit": sum(h) / max(1, len(h)) for m, h in hits.items()},
+                         **{f"{m}_hit_rm_right": sum(x for x, ok in zip(h, right) if ok) / max(1, n_right)
+                            for m, h in hits.items()},
+                         **{f"{m}_mean_share": {k: sum(v) / len(v) for k, v in s.items()} for m, s in shares.items()},
+                         **{f"{m}_cpu_seconds": round(seconds[m] / max(1, len(examples)), 4) for m in QUESTION_METHODS}}
     return out
+
+
+def rm_right(target, processor, media, example, subject, by_question: dict[str, list[str]]) -> bool:
+    """Does the reward model score the reference answer above every other answer of the question?"""
+    import torch
+
+    from modalign.eval.explain import encode_subject
+
+    wrong = [a for a in by_question.get(example.prompt_text, []) if a != example.answer]
+    with torch.no_grad():
+        own = float(target(subject.input_ids, subject.answer_mask, **subject.media()))
+        for answer in wrong:
+            other = encode_subject(processor, media, example, answer, media_token_ids=target.media_token_ids())
+            if float(target(other.input_ids, other.answer_mask, **other.media())) >= own:
+                return False
+    return True
+
+
+def pick_settings(results: dict) -> dict:
+    """The occlusion setting (fill, contrast, top-cell rule) with the best hit rate over all validation captions,
+    and the modality method with the best worse-of-both-claims rate on validation questions."""
+    val = results["hallucination"]["validation"]["all"]
+    occlusion = max(((fill, rule) for fill in FILLS for rule in ("most_negative_hit", "abs_top_hit")),
+                    key=lambda pair: val[pair[0]][pair[1]])
+    questions = results["questions"]["validation"]
+    modality = max(QUESTION_METHODS, key=lambda m: min(questions[t][f"{m}_hit"] for t in questions))
+    return {"occlusion": {"fill": occlusion[0], "rule": occlusion[1]}, "modality": modality}
 
 
 def explain_timing(rm: Path, data: Path, out: Path) -> dict:
@@ -231,58 +377,109 @@ def explain_timing(rm: Path, data: Path, out: Path) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "modalign.cli", "explain", "--model", str(rm), "--data", str(data), "--out", str(out),
+    command = [sys.executable, "-m", "modalign.cli", "explain", "--model", str(rm), "--data", str(data),
+               "--out", str(out),
                "--set", "max_examples=12"]
-    started = time.time()
+    started, cpu = time.time(), _children_cpu()
     subprocess.run(command, check=True, capture_output=True)
     summary = json.loads((out / "summary.json").read_text())
     return {"examples": summary["n_explained"], "seconds_per_example": summary["seconds_per_example"],
-            "command_wall_seconds": round(time.time() - started, 1), "methods": "ablation,ig,occlusion,audio,tokens"}
+            "command_wall_seconds": round(time.time() - started, 1),
+            "command_cpu_seconds": round(_children_cpu() - cpu, 1), "methods": "ablation,ig,occlusion,audio,tokens"}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def markdown(results: dict, args) -> str:
-    h, q, t, r = results["hallucination"], results["questions"], results["timing"], results["reward"]
+    h, q, t, r, picked = (results["hallucination"], results["questions"], results["timing"], results["reward"],
+                          results["picked"])
+    sft, g = results["sft"], results["reward"]["heldout_panel_gold_agreement"]
+    backbone = (f"built-in model ({sft['parameters']} parameters) SFT on {args.scenes} clean ShapesWorld scenes "
+                f"({sft['train_seconds']} s)" if sft.get("parameters") else
+                f"the built-in model `{args.policy}` (SFT on the clean ShapesWorld train split of `{args.data}`)")
+    training = (f"end to end (backbone lr {args.backbone_lr:g}, head lr 3e-3)" if args.backbone_lr else
+                "frozen backbone, head on cached features")
+    test_h, val_h = h["test"], h["validation"]
+    fill, rule = picked["occlusion"]["fill"], picked["occlusion"]["rule"]
+    rule_name = {"most_negative_hit": "most negative cell", "abs_top_hit": "top cell by |value|"}
     lines = ["# modalign explain: must-show checks (bench/explain_checks.py)", "",
-             f"Backbone: built-in model ({results['sft']['parameters']} parameters) SFT on {args.scenes} clean "
-             f"ShapesWorld scenes ({results['sft']['train_seconds']} s); reward model: the `reward` recipe (frozen "
-             f"backbone, likelihood feature) on {r['train_pairs']} simulated-panel pairs, held-out pair accuracy "
-             f"{r['heldout_accuracy']:.3f}.", "",
+             f"Backbone: {backbone}. Reward model: the `reward` recipe ({training}, likelihood feature, "
+             f"{args.reward_steps} steps) on {r['train_pairs']} simulated-panel pairs from {args.reward_examples} "
+             "train "
+             f"examples; held-out pair accuracy {r['heldout_accuracy']:.3f} (train {r['train_accuracy']:.3f}) on the "
+             f"panel's noisy labels: {g['gold_equal_share']:.0%} of those pairs hold two answers equally good by gold "
+             f"utility (a coin flip for any model), and where gold differs the panel picks the better one in "
+             f"{g['panel_right_where_gold_differs']:.0%}.", "",
+             f"Validation: test scenes < {args.val_scenes}; test: test scenes >= {args.val_scenes} (disjoint; neither "
+             "trained on). Settings are picked on validation, numbers below the pick are test.", "",
              "## Occlusion top cell = the hallucinated object's cell (3 x 3 grid, chance 1/9)", "",
+             f"**Picked on validation: fill `{fill}`, {rule_name[rule]}. Test: "
+             + ", ".join(f"{k} {test_h[k][fill][rule]:.0%} (n={test_h[k][fill]['n']})"
+                         for k in ("extra_object", "wrong_colour", "all"))
+             + f"; where the reward model prefers the reference: {test_h['all'][fill][rule + '_detected']:.0%} "
+               f"(n={test_h['all'][fill]['n_detected']}).**", "",
              "Occluded cells show the processor's mean colour (`mean`, grey) or the image's median colour (`median`, "
-             "the background). Top cell: the cell whose occlusion raises the score most (most negative "
-             "f(x) - f(occluded): the region that lowers the score), or the largest |value|; right column: the "
-             "most negative cell is in the hallucinated object's column.", "",
-             "Contrast: the heatmap of f(caption) - f(reference caption) (`image_occlusion(contrast=...)`). The reward "
-             "model scores the reference caption above the hallucinated one in "
-             + ", ".join(f"{h[k]['rm_prefers_reference']:.0%} ({k})" for k in ("extra_object", "wrong_colour"))
-             + " of the cases.", "",
-             "| caption | fill | n | most negative cell | top cell by abs value | right column | most negative cell, "
-             "where the reward model prefers the reference (n) |",
-             "|---|---|---|---|---|---|---|"]
-    for kind in ("extra_object", "wrong_colour", "all"):
-        for fill, row in h[kind].items():
-            if fill == "rm_prefers_reference":
-                continue
-            lines.append(f"| {kind} | {fill} | {row['n']} | {row['most_negative_hit']:.3f} | {row['abs_top_hit']:.3f} | "
-                         f"{row['column_hit']:.3f} | {row['most_negative_hit_detected']:.3f} ({row['n_detected']}) |")
+             "the background). Most negative cell: the cell whose occlusion raises the score most (most negative "
+             "f(x) - f(occluded): the region that lowers the score); top cell by |value|: the largest |f(x) - "
+             "f(occluded)|; right column: the most negative cell is in the hallucinated object's column. Contrast: "
+             "the heatmap of f(caption) - f(reference caption) (`contrast=reference`).", "",
+             "The reward model scores the reference caption above the hallucinated one in "
+             + ", ".join(f"{test_h[k]['rm_prefers_reference']:.0%} ({k})" for k in ("extra_object", "wrong_colour"))
+             + " of the test cases (validation: "
+             + ", ".join(f"{val_h[k]['rm_prefers_reference']:.0%}" for k in ("extra_object", "wrong_colour"))
+             + ").", "",
+             "| split | caption | fill | n | most negative cell | top cell by abs value | right column | most negative "
+             "/ abs top, where the RM prefers the reference (n) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for split in ("validation", "test"):
+        for kind in ("extra_object", "wrong_colour", "all"):
+            for name in FILLS:
+                row = h[split][kind][name]
+                lines.append(f"| {split} | {kind} | {name} | {row['n']} | {row['most_negative_hit']:.3f} | "
+                             f"{row['abs_top_hit']:.3f} | {row['column_hit']:.3f} | "
+                             f"{row['most_negative_hit_detected']:.3f} / {row['abs_top_hit_detected']:.3f} "
+                             f"({row['n_detected']}) |")
+    method = picked["modality"]
+    method_name = {"ablation": "ablation (blank / silent)", "ablation_others": "ablation, 4 others",
+                   "ablation_others16": "ablation, 16 others", "ig": "integrated gradients"}
+    test_q = q["test"]
     lines += ["", "## Modality shares of the reward model's score of reference answers", "",
+              f"**Picked on validation: {method_name[method]}. Test: "
+              + "; ".join(f"{row['claim']} for {task} in {row[method + '_hit']:.0%} of {row['n']} "
+                          f"({row[method + '_hit_rm_right']:.0%} of the {row['n_rm_right']} the RM gets right)"
+                          for task, row in test_q.items()) + ".**", "",
               "Share of questions where the claim holds, by method (ablation: blank image / silent audio / masked "
-              "text; ablation, others: the image / clip of 4 other test questions in turn; IG: integrated gradients "
-              "from the blank / silent / masked baseline), then the mean shares.", "",
-              "| questions | n | claim | ablation | ablation, others | integrated gradients |",
-              "|---|---|---|---|---|---|"]
+              "text; ablation, others: the image / clip of 4 or 16 other questions of the split in turn, mean score "
+              "(`background`); IG: "
+              "integrated gradients from the blank / silent / masked baseline). RM right: the reward model scores "
+              "the reference above every other answer the question has in the split; the rate over those questions "
+              "follows in brackets.", "",
+              "| split | questions | n | RM right | claim | ablation | ablation, 4 others | ablation, 16 others | "
+              "integrated gradients |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for split in ("validation", "test"):
+        for task, row in q[split].items():
+            cells = " | ".join(f"{row[m + '_hit']:.3f} ({row[m + '_hit_rm_right']:.3f})" for m in QUESTION_METHODS)
+            lines.append(f"| {split} | {task} | {row['n']} | {row['rm_right']:.2f} | {row['claim']} | {cells} |")
+    lines += ["", "| test questions | mean shares: ablation | ablation, 4 others | ablation, 16 others | "
+              "integrated gradients |", "|---|---|---|---|---|"]
     fmt = lambda s: ", ".join(f"{k} {v:.2f}" for k, v in s.items())  # noqa: E731
-    for task, row in q.items():
-        lines.append(f"| {task} | {row['n']} | {row['claim']} | {row['ablation_hit']:.3f} | "
-                     f"{row['ablation_others_hit']:.3f} | {row['ig_hit']:.3f} |")
-    lines += ["", "| questions | mean shares: ablation | ablation, others | integrated gradients |", "|---|---|---|---|"]
-    for task, row in q.items():
-        lines.append(f"| {task} | {fmt(row['ablation_mean_share'])} | {fmt(row['ablation_others_mean_share'])} | "
-                     f"{fmt(row['ig_mean_share'])} |")
+    for task, row in test_q.items():
+        lines.append(f"| {task} | " + " | ".join(fmt(row[m + "_mean_share"]) for m in QUESTION_METHODS) + " |")
+    per_method = ", ".join(f"{method_name[m]} {test_q['vqa_image'][m + '_cpu_seconds']:.3f} s"
+                           for m in QUESTION_METHODS)
     lines += ["", "## Time", "",
               f"`modalign explain` with every method ({t['methods']}) on the built-in reward model: "
-              f"{t['seconds_per_example']:.2f} s per example over {t['examples']} test examples "
-              f"({t['command_wall_seconds']} s for the whole command, loading included), on a shared 2-core machine.", ""]
+              f"{t['seconds_per_example']:.2f} s per example (wall) over {t['examples']} test examples "
+              f"({t['command_wall_seconds']} s wall, {t['command_cpu_seconds']} s CPU for the whole command, loading "
+              f"included), on a 2-core machine shared with other jobs. "
+              f"Process CPU time per example and method in the checks above: {per_method}; one occlusion heatmap "
+              f"{test_h['cpu_seconds_per_heatmap']:.3f} s (a contrastive one twice the forwards).", ""]
     return "\n".join(lines)
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from modalign.eval.explain import (ExplainError, Target, ablation, audio_occlusion, encode_subject, image_occlusion,
-                                   integrated_gradients, token_credit)
+from modalign.eval.explain import (ExplainError, Subject, Target, ablation, audio_occlusion, encode_subject,
+                                   image_occlusion, integrated_gradients, token_credit)
 from modalign.models.inputs import MediaStore
 from modalign.reward.model import ScalarHeadModel
 from test_tinyvlm import make_policy
@@ -104,6 +104,37 @@ def test_occlusion_top_cell_is_the_only_cell_read(shapes, kind):
         assert versus["top_cell"] == [0, 2]
         heat = torch.tensor(versus["heatmap"]).flatten()
         assert torch.cat([heat[:2], heat[3:]]).abs().max() < 1e-6
+
+
+class CornerReader(nn.Module):
+    """An image encoder that sees only the last 2 x 2 pixels (bottom right) of any image."""
+
+    def __init__(self, width: int, patches: int) -> None:
+        super().__init__()
+        self.patches = patches
+        self.project = nn.Linear(3, width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, P, width)
+        return self.project(pixels[:, :, -2:, -2:].mean((2, 3))).unsqueeze(1).expand(-1, self.patches, -1)
+
+
+def test_occlusion_covers_an_image_the_grid_does_not_divide():
+    """50 pixels in 3 cells: the last cell reaches the last pixel (it stopped at 49 before, a blank heatmap)."""
+    policy = make_policy()
+    config = policy.model.config
+    torch.manual_seed(0)
+    policy.model.vision = CornerReader(config.vision_hidden_size, config.image_seq_length)
+    target = Target(ScalarHeadModel(policy.model, likelihood_feature=False), "reward")
+    ids = torch.tensor([[config.image_token_id] * config.image_seq_length + [7, 8, 9]])
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[0, -2:] = True
+    subject = Subject("odd", "x", ids, torch.ones_like(ids), answer, torch.randn(1, 3, 50, 50), None,
+                      torch.zeros_like(answer))
+    heat = torch.tensor(image_occlusion(target, subject, grid=3)["heatmap"])
+    assert heat[2, 2].abs() > 1e-5
+    assert heat.flatten()[:-1].abs().max() < 1e-6
+    with pytest.raises(ExplainError, match="at most 7 windows"):
+        image_occlusion(target, subject, grid=9)  # stride 5, windows of 10: each overlaps both neighbours entirely
 
 
 class WindowReader(nn.Module):

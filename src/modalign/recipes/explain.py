@@ -36,7 +36,8 @@ class ExplainConfig:
                                                 "silence) or others (the image / clip of `background` other "
                                                 "explained examples in turn, mean score: in distribution for a model "
                                                 "never trained on silence).")
-    background: int = field_doc(4, "Examples whose media serve as baseline with ablation_baseline=others.")
+    background: int = field_doc(16, "Examples whose media serve as baseline with ablation_baseline=others (16: "
+                                    "picked on ShapesWorld validation questions over 4, bench/explain_checks.py).")
     occlusion_fill: str = field_doc("mean", "What an occluded image cell shows: mean (the processor's mean colour, "
                                             "pixel_values 0) or median (the image's median colour: its background "
                                             "when mostly flat).")

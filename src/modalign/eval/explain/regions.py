@@ -99,17 +99,27 @@ def _occlude(forward, inputs: torch.Tensor, window: tuple, strides: tuple, per_e
 
 
 def _windows(length: int, count: int) -> tuple[int, int]:
-    """(window, stride) giving exactly `count` windows that cover `length` (overlapping by a pixel or two
-    when `count` does not divide it)."""
+    """(window, stride) giving exactly `count` windows that cover all of `length`: stride length // count and the
+    window as long as the remainder needs (neighbours overlap by length % count when `count` does not divide it;
+    each window keeps a part of its own, where `_centres` reads it)."""
     if count < 1 or count > length:
         raise ExplainError(f"cannot cut an axis of {length} into {count} windows")
-    window = math.ceil(length / count)
-    stride = window if count == 1 else (length - window) // (count - 1)
+    stride = length // count
+    window = length - stride * (count - 1)  # the last window ends at `length`: no sample is never occluded
+    if count > 1 and window - stride >= stride:  # length % count >= length // count
+        raise ExplainError(f"cannot cut an axis of {length} into {count} windows that each keep a part of their own: "
+                           f"use at most {math.isqrt(length)} windows or a divisor of {length}")
     return window, stride
 
 
 def _centres(length: int, window: int, stride: int, count: int) -> list[int]:
-    return [min(length - 1, i * stride + window // 2) for i in range(count)]
+    """Per window the middle of the part no other window covers (Captum averages overlapping windows' values)."""
+    centres = []
+    for i in range(count):
+        start = i * stride + (window - stride if i > 0 else 0)  # past the previous window's end
+        end = (i + 1) * stride if i < count - 1 else length  # before the next window's start
+        centres.append((start + end - 1) // 2)
+    return centres
 
 
 def _argmax(heat: list[list[float]], key) -> list[int]:
