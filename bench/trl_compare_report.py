@@ -59,7 +59,7 @@ def markdown(report: dict) -> str:
         f"{machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}. 2048^3 matmul: fp32 "
         f"{machine['matmul']['fp32']['best_flops'] / 1e9:.0f}, bf16 {machine['matmul']['bf16']['best_flops'] / 1e9:.0f} "
         f"GFLOP/s. Up to {report['reps']} seed(s) per cell, frameworks alternating first; every run in its own "
-        f"process; steps x {report['steps_scale']:g} of the defaults. Contention rule: a run with other processes "
+        f"process; steps x {' / '.join(f'{x:g}' for x in scales(report))} of the defaults (Setup table: steps per run). Contention rule: a run with other processes "
         f"using more than {rule['max_other_load']:g} cores is repeated up to {rule['max_repeats']} time(s).", "",
         "## Steady samples/s (pairs for DPO, answers for GRPO)", "",
         "Wall: samples per wall second (what `make bench` targets on a quiet machine). CPU: samples per CPU "
@@ -118,6 +118,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines + ["", *NOTES]) + "\n"
 
 
+def scales(report: dict) -> list[float]:
+    """The step scales of the report (several when it merges invocations)."""
+    value = report["steps_scale"]
+    return value if isinstance(value, list) else [value]
+
+
 def all_cells(report: dict) -> list[str]:
     """Every cell of the full matrix (so the table names what did not run)."""
     return [f"{s}-{p}-{w}-{a}" for s, p in (("small", "fp32"), ("small", "bf16"), ("compute", "fp32"), ("compute", "bf16"))
@@ -163,6 +169,9 @@ def merge(parts: list[str], out: str) -> None:
 
     reports = [json.loads(Path(p).read_text()) for p in parts]
     report = dict(reports[0], runs=[r for rep in reports for r in rep["runs"]],
+                  steps_scale=sorted({x for rep in reports for x in scales(rep)}, reverse=True),
+                  reps=max(rep["reps"] for rep in reports),
+                  models={k: v for rep in reports for k, v in rep["models"].items()},
                   cells=[c for rep in reports for c in rep["cells"]], wall_s=sum(rep["wall_s"] for rep in reports),
                   merged_from=parts)
     report["summary"] = summarise(report["runs"])
