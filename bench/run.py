@@ -1,4 +1,4 @@
-"""`make bench`: issue 7 and 23's benchmarks with their full settings (about an hour on 2 quiet cores).
+"""`make bench`: issue 7 and 23's benchmarks with their full settings (about 1.5 hours on 2 quiet cores).
 
     .venv/bin/python bench/run.py [--quick] [--threads 2]
 
