@@ -78,7 +78,7 @@ def markdown(report: dict) -> str:
                      f"{len(cell['contended'])} of {cell['runs']}: {contended} |")
     not_run = [c for c in all_cells(report) if c not in summary]
     if not_run:
-        lines += ["", f"Not run in this invocation: {', '.join(not_run)}."]
+        lines += ["", f"Not run (not in this report): {', '.join(not_run)}."]
     lines += ["", "## Setup (medians; modalign / TRL)", "",
               "| cell | steps | start-up s (launch to framework call) | setup s (framework call to end of step 1) | "
               "of which reference pass s | setup share % (setup less reference pass, of the run) | steady step s | "
