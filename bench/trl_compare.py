@@ -1,26 +1,46 @@
-"""Issue 7: the same DPO and GRPO work with modalign and with TRL, timed in one run.
+"""Issue 7 / 23: the same DPO and GRPO work with modalign and with TRL, timed in one run.
 
     .venv/bin/python bench/trl_compare.py [--quick] [--reps 5] [--sizes small,compute] [--threads 2]
+        [--workloads prompt,answer] [--bf16-sizes small,compute] [--steps-scale 1] [--max-other-load 0.25]
+        [--max-repeats 2]
 
-Needs TRL in the venv (`.venv/bin/pip install trl`; not a modalign dependency). Builds, once:
-a ShapesWorld dataset (64 train scenes, images only), 64 preference pairs (gold caption vs a
-caption with one hallucination), and a random-weight Qwen2-VL per size (tests/hf_tiny.py's
-tokenizer and processor): `small` is hidden 64 with 2 layers, `compute` about 20 M parameters.
+Needs TRL (`.[bench]`; not a modalign dependency). Builds, once: a ShapesWorld dataset (64 train
+scenes, images only), 64 preference pairs per workload (gold caption vs a caption with one
+hallucination) and a random-weight Qwen2-VL per size (tests/hf_tiny.py's tokenizer and processor):
+`small` is hidden 64 with 2 layers (0.3 M parameters), `compute` 19.3 M.
 
-Then, alternating which framework goes first, `--reps` times each (one fresh process per run,
-so that peak RSS and start-up are the run's own):
+Cells: algorithm (DPO, GRPO) x size and precision (fp32, bf16 autocast) x workload:
 
-    DPO    64 pairs, batch 4, max length 64, 30 steps, beta 0.1, lr 5e-5
-           modalign: recipes.dpo.run_dpo on the pairs file;  TRL: DPOTrainer with the Qwen2-VL processor
-    GRPO   2 prompts x 4 answers, 16 new tokens (compute size: 64), 10 steps, KL 0.04, clip 0.2, lr 2e-5,
-           ShapesWorld gold reward (-1 for an answer that never ends)
-           modalign: recipes.online.run_online with rule:shapes_gold;  TRL: GRPOTrainer with the same rule
+    prompt  prompt-heavy (the prompt is about 70% of each sequence): DPO answers are one caption, max length 96
+            (nothing is cut); GRPO samples 16 new tokens (compute size: 64)
+    answer  answer-heavy (the prompt is at most 30%): DPO answers are the caption said 8 times over, max length
+            320; GRPO samples up to 160 new tokens
 
-and reports medians over the repetitions: samples per second (pairs for DPO, answers for GRPO)
-over the run (from the framework call to the last step) and in steady state (median step
-time), generated tokens per second, peak RSS, time from process start to the first step,
-start-up (importing the framework), and model FLOPs utilisation against this machine's
-measured fp32 matmul throughput. Writes bench/results/trl_compare.json and .md.
+    DPO    64 pairs, batch 4, beta 0.1, lr 5e-5; modalign: recipes.dpo.run_dpo on the pairs file; TRL: DPOTrainer
+    GRPO   2 prompts x 4 answers, KL 0.04, clip 0.2, lr 2e-5, ShapesWorld gold reward (-1 for an answer that never
+           ends); modalign: recipes.online.run_online with rule:shapes_gold; TRL: GRPOTrainer with the same rule.
+           Both train the decoder and LM head only (the vision tower is frozen in both, as modalign's RL does);
+           DPO trains every parameter in both.
+
+Every run is a fresh process; per seed the two frameworks run back to back, the first alternating. What
+each run reports (bench/trl_compare_report.py builds the tables):
+
+- start-up (process launch to the framework call) and setup (framework call to the end of the first step:
+  model build, data, modalign's DPO reference pass, first step) on their own; setup share = setup (less
+  the reference pass, charged below) / (framework call to the last step), under 5% by the step counts;
+- steady samples/s over steps 2..N (every step, mean); modalign DPO's up-front reference pass is charged
+  once per epoch (its seconds / pairs added to each pair's time), as TRL pays its reference every step;
+- executed FLOPs: one extra run per cell and framework under torch's FlopCounterMode (same seed, few
+  steps) counts what the framework executes (TRL's per-step reference forward, modalign's reference pass,
+  padding, each decoding step); executed / nominal from it scales the timed runs' nominal FLOPs;
+  MFU = executed FLOP/s over the run's peak, the best matmul of the run's dtype at the model's shapes (and
+  1024^3), measured in the same process after training. An MFU over 100% fails the bench;
+- contention: the run's CPU seconds / wall (against its threads) and the other processes' load (machine
+  CPU seconds from /proc/stat less the run's own, per wall second, in cores). A run whose others' load
+  is above --max-other-load is repeated, at most --max-repeats times; the least contended attempt counts
+  and the table says which runs stayed contended.
+
+Writes bench/results/trl_compare.json and .md.
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,202 +61,190 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trl_compare_setup import (ROOT, SIZES, Fixtures, ModelShape, build_fixtures, dpo_flops,  # noqa: E402
-                               grpo_step_flops, model_shape, prompt_and_pair_lengths, write_results)
+from trl_compare_report import markdown, summarise  # noqa: E402
+from trl_compare_setup import (ROOT, SIZES, WORKLOADS, Fixtures, build_fixtures, dpo_flops,  # noqa: E402
+                               grpo_step_flops, model_shape, peak_shapes, prompt_and_pair_lengths, write_results)
 
 JOBS = Path(__file__).resolve().parent / "trl_compare_jobs.py"
 RESULTS = ROOT / "bench" / "results"
 FRAMEWORKS = ("modalign", "trl")
 ALGORITHMS = ("dpo", "grpo")
-DPO = dict(steps=30, batch_size=4, max_length=64, lr=5e-5, beta=0.1, seed=0)
-GRPO = dict(steps=10, prompts=2, samples=4, lr=2e-5, beta=0.04, clip=0.2, seed=0)
-NEW_TOKENS = {"small": 16, "compute": 64}
+DPO = dict(batch_size=4, lr=5e-5, beta=0.1, seed=0)
+GRPO = dict(prompts=2, samples=4, lr=2e-5, beta=0.04, clip=0.2, seed=0)
+MAX_LENGTH = {"prompt": 96, "answer": 320}  # DPO: every pair whole (prompt-heavy), a few tokens cut (answer-heavy)
+NEW_TOKENS = {("prompt", "small"): 16, ("prompt", "compute"): 64, ("answer", "small"): 160, ("answer", "compute"): 160}
+# steps per run: enough that setup is under 5% of the run for both frameworks (the report shows the share).
+# modalign's DPO setup (model, store import, pair encoding: about 1.6 CPU s at 0.3 M) is about 50 of its steady
+# steps at 0.3 M, so DPO needs 20x that; TRL's setup is shorter, its steps longer.
+STEPS = {("dpo", "prompt", "small"): 1000, ("dpo", "prompt", "compute"): 200, ("dpo", "answer", "small"): 400,
+         ("dpo", "answer", "compute"): 100, ("grpo", "prompt", "small"): 200, ("grpo", "prompt", "compute"): 30,
+         ("grpo", "answer", "small"): 80, ("grpo", "answer", "compute"): 25}
+COUNT_STEPS = {"dpo": 6, "grpo": 4}  # steps of the FLOP-counting runs (steps 2.. give the per-step count)
 
 
-def settings(algorithm: str, size: str, precision: str = "fp32", rep: int = 0) -> dict:
-    """The run settings of one algorithm at one model size and precision (identical for both frameworks).
+def settings(algorithm: str, size: str, workload: str, precision: str, rep: int, steps_scale: float) -> dict:
+    """The run settings of one cell (identical for both frameworks); repetition `rep` runs with seed + rep
+    (GRPO's answer lengths depend on the seed: the medians are over seeds, not one seed replayed)."""
+    steps = max(3, round(STEPS[algorithm, workload, size] * steps_scale))
+    if algorithm == "dpo":
+        return dict(DPO, steps=steps, max_length=MAX_LENGTH[workload], seed=DPO["seed"] + rep, precision=precision)
+    return dict(GRPO, steps=steps, new_tokens=NEW_TOKENS[workload, size], seed=GRPO["seed"] + rep,
+                precision=precision)
 
-    Repetition `rep` runs with seed + rep: GRPO's answer lengths depend on which sampled answers end early
-    (the policy learns to stop), so the medians are over several seeds, not one seed replayed.
-    """
-    base = DPO if algorithm == "dpo" else dict(GRPO, new_tokens=NEW_TOKENS[size])
-    return dict(base, seed=base["seed"] + rep, precision=precision)
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait), 0 without /proc."""
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return 0.0
+    fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def case_label(size: str, precision: str) -> str:
-    """The summary key of a (size, precision) case: the size alone for fp32."""
-    return size if precision == "fp32" else f"{size} {precision}"
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_job(spec: dict, threads: int, logs: Path, name: str) -> dict:
-    """Run one job in a fresh process; its JSON result plus the parent's wall clock at launch."""
+    """Run one job in a fresh process: its JSON result, the parent's clock at launch and the load of every
+    other process on the machine while it ran (cores)."""
+    path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
-               PYTHONPATH=str(ROOT / "src"))
-    launched = time.time()
+               PYTHONPATH=path)
+    launched, busy0, own0 = time.time(), machine_cpu_seconds(), children_cpu_seconds()
     done = subprocess.run([sys.executable, str(JOBS), json.dumps(dict(spec, threads=threads))], env=env,
                           capture_output=True, text=True, cwd=ROOT)
+    wall, own = time.time() - launched, children_cpu_seconds() - own0
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"{name}.log").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     if done.returncode:
         raise SystemExit(f"{name} failed (log {logs / name}.log):\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]), launched=launched)
+    others = max(0.0, machine_cpu_seconds() - busy0 - own) / wall
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]), launched=launched, other_load=others)
 
 
-def training_spec(framework: str, algorithm: str, size: str, precision: str, rep: int, fixtures: Fixtures,
-                  out: Path) -> dict:
+def job_spec(framework: str, algorithm: str, workload: str, fixtures: Fixtures, size: str, out: Path,
+             run_settings: dict) -> dict:
     """The job spec of one training run (the child reads only these paths and settings)."""
-    return {"job": f"{framework}_{algorithm}", "model": str(fixtures.models[size]), "pairs": str(fixtures.pairs),
-            "prompts": str(fixtures.prompts), "data": str(fixtures.data), "out": str(out),
-            "settings": settings(algorithm, size, precision, rep)}
+    return {"job": f"{framework}_{algorithm}", "model": str(fixtures.models[size]), "pairs": str(fixtures.pairs[workload]),
+            "prompts": str(fixtures.prompts), "data": str(fixtures.data), "out": str(out), "settings": run_settings}
 
 
-def run_metrics(result: dict, algorithm: str, size: str, shape: ModelShape, lengths: dict, peak_flops: float) -> dict:
-    """Throughput, memory, latency and MFU (against `peak_flops` of the run's precision) of one run."""
-    s = settings(algorithm, size)
+def nominal_flops(algorithm: str, run_settings: dict, context: dict, generated: list[float]) -> tuple[float, list[float]]:
+    """Nominal model FLOPs (the same count for both frameworks) as (before the steps, per step)."""
+    shape, lengths = context["shape"], context["lengths"]
+    if algorithm == "dpo":
+        pair_tokens = lengths["pair_tokens"]
+        before, per_step = dpo_flops(shape, statistics.mean(c + r for c, r in pair_tokens), len(pair_tokens),
+                                     run_settings["batch_size"])
+        return before, [per_step] * run_settings["steps"]
+    answers = run_settings["prompts"] * run_settings["samples"]
+    return 0.0, [grpo_step_flops(shape, context["prompt_tokens"], tokens / answers, answers, run_settings["prompts"])
+                 for tokens in generated]
+
+
+def count_executed(framework: str, algorithm: str, workload: str, size: str, precision: str, fixtures: Fixtures,
+                   context: dict, threads: int, logs: Path) -> dict:
+    """Executed / nominal FLOPs of one framework on one cell: a short run under FlopCounterMode (seed 0)."""
+    run_settings = dict(settings(algorithm, size, workload, precision, 0, 1.0), steps=COUNT_STEPS[algorithm])
+    name = f"count-{size}-{precision}-{workload}-{algorithm}-{framework}"
+    folder = fixtures.work / "runs" / name
+    spec = dict(job_spec(framework, algorithm, workload, fixtures, size, folder, run_settings), count_flops=True)
+    result = run_job(spec, threads, logs, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    before, nominal = nominal_flops(algorithm, run_settings, context, result.get("generated_tokens", []))
+    cumulative = result["step_flops"]
+    executed_steps = [b - a for a, b in zip(cumulative, cumulative[1:])]  # steps 2..k (the first one warms up)
+    counts = {"step_ratio": sum(executed_steps) / sum(nominal[1:len(cumulative)]),
+              "executed_step_flops": statistics.mean(executed_steps), "nominal_step_flops": statistics.mean(nominal[1:])}
+    reference = result.get("reference") or {}
+    if reference:  # modalign DPO's up-front reference pass
+        counts.update(reference_flops=reference["end_flops"] - reference["start_flops"], nominal_reference_flops=before)
+    return counts
+
+
+def run_metrics(result: dict, algorithm: str, run_settings: dict, context: dict, counts: dict) -> dict:
+    """Start-up, setup, steady throughput, executed-FLOP MFU and contention of one timed run."""
     ends, t0 = result["step_ends"], result["t0"]
     steps = len(ends)
-    if steps != s["steps"]:
-        raise SystemExit(f"{result['job']}: {steps} steps timed, {s['steps']} configured")
-    run_s = ends[-1] - t0
-    step_s = statistics.median(b - a for a, b in zip(ends, ends[1:]))
-    per_step = s["batch_size"] if algorithm == "dpo" else s["prompts"] * s["samples"]
-    row = {"steps": steps, "run_s": run_s, "steady_step_s": step_s, "samples_per_s": steps * per_step / run_s,
-           "steady_samples_per_s": per_step / step_s, "peak_rss_mib": result["peak_rss_mib"],
-           "first_step_s": ends[0] - result["launched"], "process_s": result["finished"] - result["launched"]}
-    if algorithm == "dpo":
-        before, per_step_flops = dpo_flops(shape, statistics.mean(c + r for c, r in lengths["pair_tokens"]),
-                                           len(lengths["pair_tokens"]), per_step)
-    else:
+    if steps != run_settings["steps"]:
+        raise SystemExit(f"{result['job']}: {steps} steps timed, {run_settings['steps']} configured")
+    per_step = run_settings["batch_size"] if algorithm == "dpo" else run_settings["prompts"] * run_settings["samples"]
+    reference = result.get("reference") or {}
+    reference_s = reference["end"] - reference["start"] if reference else 0.0
+    run_s, setup_s = ends[-1] - t0, ends[0] - t0
+    steady_step_s = (ends[-1] - ends[0]) / (steps - 1)
+    cpu = result["step_cpu"]
+    steady_cpu_step_s = (cpu[-1] - cpu[0]) / (steps - 1)
+    reference_cpu_s = reference["end_cpu"] - reference["start_cpu"] if reference else 0.0
+    pairs = len(context["lengths"]["pair_tokens"]) if algorithm == "dpo" else 0
+    # seconds per sample in steady state; DPO: modalign's reference pass charged once per epoch (per pair)
+    sample_s = steady_step_s / per_step + (reference_s / pairs if pairs else 0.0)
+    sample_cpu_s = steady_cpu_step_s / per_step + (reference_cpu_s / pairs if pairs else 0.0)
+    before, nominal = nominal_flops(algorithm, run_settings, context, result.get("generated_tokens", []))
+    nominal_sample = statistics.mean(nominal[1:]) / per_step
+    executed_sample = nominal_sample * counts["step_ratio"]  # TRL's per-step reference forward is in its steps
+    if pairs:  # the algorithm's reference forward, once per pair and epoch, for both
+        nominal_sample += before / pairs
+    if reference:  # modalign runs it up front: executed once per pair and epoch
+        executed_sample += counts["reference_flops"] / pairs
+    wall = result["finished"] - t0
+    row = {"steps": steps, "start_up_s": t0 - result["launched"], "setup_s": setup_s, "reference_s": reference_s,
+           "setup_share": (setup_s - reference_s) / run_s, "run_s": run_s, "steady_step_s": steady_step_s,
+           "steady_samples_per_s": 1 / sample_s, "steady_samples_per_cpu_s": 1 / sample_cpu_s,
+           "peak_rss_mib": result["peak_rss_mib"],
+           "nominal_flops_per_sample": nominal_sample, "executed_flops_per_sample": executed_sample,
+           "peak_flops": result["peak"]["best_flops"], "mfu": executed_sample / sample_s / result["peak"]["best_flops"],
+           "cpu_per_wall": (result["cpu_end"] - result["cpu0"]) / wall, "threads": result["torch_threads"],
+           "os_threads": result["os_threads"], "other_load": result["other_load"]}
+    if algorithm == "grpo":
         tokens = result["generated_tokens"]
-        mean_answer = sum(tokens) / (steps * per_step)
-        sampling_s = sum(end - start for start, end in result["sampling"] if end <= ends[-1])  # not after the run
-        row.update(generated_tokens=sum(tokens), mean_answer_tokens=mean_answer, tokens_per_s=sum(tokens) / run_s,
-                   steady_tokens_per_s=statistics.mean(tokens) / step_s, sampling_s_per_step=sampling_s / steps,
-                   sampling_ms_per_token=1000 * sampling_s / sum(tokens), rest_s_per_step=(run_s - sampling_s) / steps)
-        before, per_step_flops = 0.0, grpo_step_flops(shape, lengths["prompt_tokens"], mean_answer, per_step,
-                                                      s["prompts"])
-    flops = before + steps * per_step_flops
-    row.update(model_flops=flops, mfu=flops / run_s / peak_flops, steady_mfu=per_step_flops / step_s / peak_flops)
+        sampling_s = sum(end - start for start, end in result["sampling"] if ends[0] < end <= ends[-1])
+        mean_answer = sum(tokens[1:]) / ((steps - 1) * per_step)
+        row.update(mean_answer_tokens=mean_answer, steady_tokens_per_s=sum(tokens[1:]) / (ends[-1] - ends[0]),
+                   sampling_ms_per_token=1000 * sampling_s / sum(tokens[1:]),
+                   sampling_share=sampling_s / (ends[-1] - ends[0]),
+                   prompt_share=context["prompt_tokens"] / (context["prompt_tokens"] + mean_answer))
     return row
 
 
-def median_rows(rows: list[dict]) -> dict:
-    """Per-metric median over the repetitions of one (size, algorithm, framework)."""
-    return {key: statistics.median(r[key] for r in rows) for key in rows[0] if isinstance(rows[0][key], (int, float))}
+def timed_run(spec: dict, algorithm: str, context: dict, counts: dict, args: argparse.Namespace, logs: Path,
+              name: str) -> dict:
+    """One timed run, repeated (at most --max-repeats times) while the other processes' load is above
+    --max-other-load; the least contended attempt, with every attempt's load."""
+    attempts = []
+    for attempt in range(args.max_repeats + 1):
+        result = run_job(dict(spec, peak_shapes=context["peak_shapes"]), args.threads, logs, f"{name}-{attempt}")
+        shutil.rmtree(spec["out"], ignore_errors=True)  # saved models of every run add up (GBs); logs stay
+        attempts.append((run_metrics(result, algorithm, spec["settings"], context, counts), result))
+        if result["other_load"] <= args.max_other_load:
+            break
+    metrics, result = min(attempts, key=lambda a: a[1]["other_load"])
+    metrics.update(attempts=len(attempts), attempt_loads=[a[1]["other_load"] for a in attempts],
+                   contended=metrics["other_load"] > args.max_other_load)
+    return {"metrics": metrics, "raw": result}
 
 
-def summarise(runs: list[dict]) -> dict:
-    """case (size, or size and precision) -> algorithm -> {modalign, trl, ratio (modalign / TRL)} of medians."""
-    summary: dict = {}
-    for run in runs:
-        summary.setdefault(case_label(run["size"], run["precision"]), {}).setdefault(run["algorithm"], {}).setdefault(run["framework"], []).append(
-            run["metrics"])
-    for by_algorithm in summary.values():
-        for cell in by_algorithm.values():
-            for framework in FRAMEWORKS:
-                cell[framework] = median_rows(cell[framework])
-            cell["ratio"] = {k: cell["modalign"][k] / cell["trl"][k] for k in cell["modalign"] if cell["trl"].get(k)}
-    return summary
-
-
-TABLE_METRICS = (  # (key, label, scale, format)
-    ("samples_per_s", "samples/s (run: framework call to last step)", 1, ".2f"),
-    ("steady_samples_per_s", "samples/s (steady: median step)", 1, ".2f"),
-    ("mean_answer_tokens", "mean answer length (tokens)", 1, ".1f"),
-    ("tokens_per_s", "generated tokens/s (run)", 1, ".1f"),
-    ("steady_tokens_per_s", "generated tokens/s (steady)", 1, ".1f"),
-    ("sampling_s_per_step", "sampling s per step (generate calls)", 1, ".3f"),
-    ("sampling_ms_per_token", "sampling ms per generated token", 1, ".2f"),
-    ("rest_s_per_step", "rest of the run s per step (run minus sampling)", 1, ".3f"),
-    ("peak_rss_mib", "peak RSS MiB", 1, ".0f"),
-    ("first_step_s", "process start to first step s", 1, ".2f"),
-    ("mfu", "MFU % (run)", 100, ".3f"),
-    ("steady_mfu", "MFU % (steady)", 100, ".3f"),
-)
-
-
-def markdown(report: dict) -> str:
-    """The results as markdown: machine, start-up, then one row per size, algorithm and metric."""
-    machine = report["machine"]
-    lines = [
-        "# modalign vs TRL (bench/trl_compare.py)", "",
-        f"{machine['cpu']}, {machine['threads']} torch threads; torch {machine['torch']}, transformers "
-        f"{machine['transformers']}, TRL {machine['trl']}. Matmul ({machine['matmul']['n']}^3), the MFU "
-        f"denominator: fp32 {machine['matmul']['best_flops'] / 1e9:.1f} GFLOP/s"
-        f"{bf16_peak(machine)}. Medians of "
-        f"{report['reps']} repetition(s), frameworks alternating; every run in its own process.", "",
-        *startup_table(report["startup"]), "",
-        "| size | algorithm | metric | modalign | TRL | modalign / TRL |", "|---|---|---|---|---|---|",
-    ]
-    for case, by_algorithm in report["summary"].items():
-        size, _, precision = case.partition(" ")
-        params = report["models"][size]["total_params"] / 1e6
-        for algorithm, cell in by_algorithm.items():
-            for key, label, scale, fmt in TABLE_METRICS:
-                if key not in cell["modalign"]:
-                    continue
-                lines.append(f"| {size} ({params:.1f} M){' ' + precision if precision else ''} | {algorithm} | {label} | "
-                             f"{cell['modalign'][key] * scale:{fmt}} | {cell['trl'][key] * scale:{fmt}} | "
-                             f"{cell['ratio'][key]:.2f} |")
-    return "\n".join(lines + ["", *report["notes"]]) + "\n"
-
-
-def bf16_peak(machine: dict) -> str:
-    bf16 = machine.get("matmul_bf16")
-    return f", bf16 {bf16['best_flops'] / 1e9:.1f} GFLOP/s" if bf16 else ""
-
-
-def startup_table(startup: dict) -> list[str]:
-    """Import times (own process each, medians) and what each framework adds to torch + transformers."""
-    base = startup["base"]["import_s"]
-    rows = [("import the framework s", "import_s", 0.0, ".2f"),
-            ("interpreter start + imports s", "process_s", 0.0, ".2f"),
-            (f"imports beyond torch + transformers ({base:.2f} s) s", "import_s", base, ".2f"),
-            ("peak RSS after imports MiB", "peak_rss_mib", 0.0, ".0f")]
-    lines = ["| start-up | modalign | TRL | modalign / TRL |", "|---|---|---|---|"]
-    for label, key, minus, fmt in rows:
-        ours, theirs = startup["modalign"][key] - minus, startup["trl"][key] - minus
-        lines.append(f"| {label} | {ours:{fmt}} | {theirs:{fmt}} | {ours / theirs:.2f} |")
-    return lines
-
-
-NOTES = [
-    "Notes:",
-    "- Same data, model files, steps, batch sizes, lengths, learning rates, KL weights and reward; the same "
-    "precision for both: fp32 (TRL's bf16 default switched off), or, in the rows marked bf16, bf16 autocast with "
-    "fp32 weights, gradients and optimizer state (TRL's `bf16=True`, modalign's `precision: bf16`); TRL's "
-    "gradient checkpointing off, constant LR, no eval, no checkpoints, no reporting (modalign still writes "
-    "metrics.jsonl and TensorBoard events: that is part of its recipes). bf16 rows count MFU against the bf16 "
-    "matmul peak.",
-    "- DPO reference log-probs: modalign computes them once per pair before training; TRL recomputes them every step "
-    "(TRL refuses `precompute_ref_log_probs=True` for vision datasets). modalign also encodes each pair's image once "
-    "for chosen and rejected, and runs the shared prompt once per pair with both answers packed behind it "
-    "(`reward.train.pair_answer_logprobs`: each answer reads the prompt and itself, at its own positions; the same "
-    "log-probs); TRL encodes the image twice, runs the prompt twice and processes images in the collator every step.",
-    "- GRPO: both sample with the KV cache, score with the same rule, and use the sequence-mean GRPO loss "
-    "(TRL loss_type='grpo', modalign grpo_normalization='sequence'). modalign freezes the vision tower during RL "
-    "(TRL trains it), takes the old log-probs from the training forward (one epoch of one minibatch: pi_old is the "
-    "policy being trained; TRL does the same), and scores each prompt's 4 answers (reference and training passes) in "
-    "one packed row behind one copy of the prompt (`models.shared_prefix`).",
-    "- TRL's processor: Qwen2VLProcessor without its video processor (transformers builds that only with "
-    "torchvision, which this venv lacks); TRL's reward function imports modalign's pure-Python ShapesWorld scorer.",
-    "- MFU counts the same model FLOPs for both (bench/trl_compare_setup.py: 6N per trained token, 2N per "
-    "sampled token and per reference token, DPO's reference once per pair, attention scores left out; N = decoder "
-    "and LM-head parameters, plus the vision tower per patch) over the run, or one step's FLOPs over the median "
-    "step. Work a framework repeats (TRL's per-step DPO reference) is not counted; work a framework skips is still "
-    "counted (modalign runs a shared prompt once per pair or group, but the count has it once per answer), so MFU "
-    "here is useful work per second against the machine's peak and can pass what the hardware executes.",
-    "- DPO at max length 64: the prompt takes 55 tokens (16 of them image tokens; the tiny BPE has a 400-token vocabulary), so "
-    "both frameworks cut every chosen and rejected answer to its first 9 tokens (keep the start, as both do).",
-    "- GRPO answers are sampled from a policy that is learning (a never-ending answer scores -1, so policies learn to "
-    "stop): answer lengths differ between runs and frameworks, so compare GRPO by tokens/s and MFU, not samples/s. "
-    "Repetition r runs with seed r for both frameworks (DPO and GRPO), so the medians are over seeds: with one seed "
-    "replayed, one lucky early stop decided a whole row.",
-    "- GRPO sampling = the time inside `transformers`' `GenerationMixin.generate`, which both frameworks call "
-    "(modalign with the media features filled in, TRL with pixel values); the rest = run time minus sampling "
-    "(model loading, reference and training passes, reward, optimizer, logging), per step.",
-]
+def run_cell(cell: dict, fixtures: Fixtures, context: dict, args: argparse.Namespace, logs: Path) -> list[dict]:
+    """Every seed of one cell, the frameworks alternating first; FLOP counting runs before them."""
+    size, precision, workload, algorithm = cell["size"], cell["precision"], cell["workload"], cell["algorithm"]
+    counts = {f: count_executed(f, algorithm, workload, size, precision, fixtures, context, args.threads, logs)
+              for f in FRAMEWORKS}
+    runs = []
+    for rep in range(args.reps):
+        run_settings = settings(algorithm, size, workload, precision, rep, args.steps_scale)
+        for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
+            name = f"{size}-{precision}-{workload}-{algorithm}-{framework}-{rep}"
+            spec = job_spec(framework, algorithm, workload, fixtures, size, fixtures.work / "runs" / name, run_settings)
+            run = timed_run(spec, algorithm, context, counts[framework], args, logs, name)
+            runs.append(dict(cell, framework=framework, rep=rep, counts=counts[framework], **run))
+            m = run["metrics"]
+            print(f"{name}: {m['steady_samples_per_s']:.2f} samples/s steady, setup {m['setup_s']:.2f} s "
+                  f"({100 * m['setup_share']:.1f}%), MFU {100 * m['mfu']:.1f}%, others' load {m['other_load']:.2f} "
+                  f"cores, {m['attempts']} attempt(s)", flush=True)
+    return runs
 
 
 def machine_info(threads: int, matmul: dict) -> dict:
@@ -253,91 +262,88 @@ def machine_info(threads: int, matmul: dict) -> dict:
             "matmul": matmul}
 
 
-def measure_startup(reps: int, threads: int, logs: Path) -> dict:
-    """Median import time and interpreter-to-imported wall time per framework (alternating), and of
-    torch + transformers alone ("base")."""
-    rows: dict[str, list[dict]] = {f: [] for f in (*FRAMEWORKS, "base")}
-    for rep in range(reps):
-        for framework in (*(FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]), "base"):
-            result = run_job({"job": f"import_{framework}"}, threads, logs, f"import-{framework}-{rep}")
-            process_s = result["finished"] - result["launched"]
-            rows[framework].append({"import_s": result["import_s"], "process_s": process_s,
-                                    "peak_rss_mib": result["peak_rss_mib"]})
-    return {framework: median_rows(r) for framework, r in rows.items()}
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="repetitions per framework, size and algorithm")
-    parser.add_argument("--quick", action="store_true", help="one repetition")
+    parser.add_argument("--reps", type=int, default=5, help="seeds per cell (each framework once per seed)")
+    parser.add_argument("--quick", action="store_true", help="one seed, a tenth of the steps (a smoke run)")
     parser.add_argument("--sizes", default="small,compute", help=f"comma-separated subset of {','.join(SIZES)}")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--bf16-sizes", default="small,compute",
-                        help="sizes also run with bf16 autocast (both frameworks); '' for none")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--fp32-sizes", default="small,compute", help="sizes run in fp32; '' for none")
+    parser.add_argument("--bf16-sizes", default="small,compute", help="sizes also run with bf16 autocast; '' for none")
+    parser.add_argument("--cells", default="", help="only cells whose name contains one of these comma-separated "
+                        "strings (names: size-precision-workload-algorithm, e.g. small-fp32-answer-grpo)")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every cell's steps (setup share grows)")
+    parser.add_argument("--max-other-load", type=float, default=0.25,
+                        help="cores' worth of other processes above which a run counts as contended and is repeated")
+    parser.add_argument("--max-repeats", type=int, default=2, help="repeats of a contended run (0: report only)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every timed run")
     parser.add_argument("--work", default="", help="folder for fixtures and run logs (default: a temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "trl_compare"), help="writes OUT.json and OUT.md")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.quick:
+        args.reps, args.steps_scale = 1, args.steps_scale / 10
+    return args
 
 
-def run_training(reps: int, cases: list[tuple[str, str]], algorithms: list[str], fixtures: Fixtures, context: dict,
-                 threads: int, logs: Path) -> list[dict]:
-    """Every (repetition, (size, precision), algorithm, framework) run, the frameworks' order flipping each
-    repetition."""
-    runs, started = [], time.time()
-    for rep in range(reps):
-        for size, precision in cases:
-            for algorithm in algorithms:
-                for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
-                    name = f"{size}-{precision}-{algorithm}-{framework}-{rep}"
-                    folder = fixtures.work / "runs" / name
-                    spec = training_spec(framework, algorithm, size, precision, rep, fixtures, folder)
-                    result = run_job(spec, threads, logs, name)
-                    shutil.rmtree(folder, ignore_errors=True)  # saved models of every run add up (GBs); logs stay
-                    metrics = run_metrics(result, algorithm, size, context["shapes"][size], context["lengths"][size],
-                                          context["peak_flops"][precision])
-                    runs.append({"size": size, "precision": precision, "algorithm": algorithm, "framework": framework,
-                                 "rep": rep, "metrics": metrics, "raw": result})
-                    print(f"{name}: {metrics['samples_per_s']:.2f} samples/s run, "
-                          f"{metrics['steady_samples_per_s']:.2f} steady, {metrics['peak_rss_mib']:.0f} MiB "
-                          f"({time.time() - started:.0f} s)", flush=True)
-    return runs
+def cells_of(args: argparse.Namespace, sizes: list[str]) -> list[dict]:
+    """The (size, precision, workload, algorithm) cells to run, small first."""
+    split = lambda text: [v for v in text.split(",") if v]  # noqa: E731
+    cases = [(s, "fp32") for s in sizes if s in split(args.fp32_sizes)] + \
+            [(s, "bf16") for s in sizes if s in split(args.bf16_sizes)]
+    cells = [dict(size=s, precision=p, workload=w, algorithm=a) for s, p in cases
+             for w in split(args.workloads) for a in split(args.algorithms)]
+    wanted = split(args.cells)
+    return [c for c in cells if not wanted or any(w in cell_name(c) for w in wanted)]
 
 
-def model_rows(sizes: list[str], context: dict) -> dict:
-    """Per size: parameter counts, dimensions and the token counts the FLOP figures use."""
-    return {size: {**asdict(context["shapes"][size]), "dims": asdict(SIZES[size]),
-                   "prompt_tokens": context["lengths"][size]["prompt_tokens"],
-                   "mean_pair_tokens": statistics.mean(c + r for c, r in context["lengths"][size]["pair_tokens"])}
-            for size in sizes}
+def cell_name(cell: dict) -> str:
+    return f"{cell['size']}-{cell['precision']}-{cell['workload']}-{cell['algorithm']}"
+
+
+def size_context(size: str, fixtures: Fixtures) -> dict:
+    """Per size: model shape, token counts per workload and the peak's matmul shapes."""
+    shape = model_shape(fixtures.models[size], fixtures)
+    lengths = {w: prompt_and_pair_lengths(fixtures.models[size], fixtures.pairs[w], MAX_LENGTH[w]) for w in WORKLOADS}
+    return {"shape": shape, "lengths": lengths, "prompt_tokens": lengths["prompt"]["prompt_tokens"],
+            "peak_shapes": peak_shapes(SIZES[size], shape.vocab)}
 
 
 def main() -> None:
     args = parse_args()
     if importlib.util.find_spec("trl") is None:
-        raise SystemExit("TRL is not installed: .venv/bin/pip install trl")
-    reps, sizes = (1 if args.quick else args.reps), [s for s in args.sizes.split(",") if s]
-    algorithms = [a for a in args.algorithms.split(",") if a]
+        raise SystemExit("TRL is not installed: .venv/bin/pip install -e '.[bench]'")
+    sizes = [s for s in args.sizes.split(",") if s]
     work = Path(args.work or tempfile.mkdtemp(prefix="trl_compare-"))
     logs, started = work / "logs", time.time()
-
-    cases = [(size, "fp32") for size in sizes] + [(size, "bf16") for size in args.bf16_sizes.split(",") if size in sizes]
     fixtures = build_fixtures(work, sizes)
-    matmul = run_job({"job": "matmul"}, args.threads, logs, "matmul")
-    matmul_bf16 = run_job({"job": "matmul", "dtype": "bfloat16"}, args.threads, logs, "matmul-bf16")
-    context = {"shapes": {size: model_shape(fixtures.models[size], fixtures) for size in sizes},
-               "lengths": {size: prompt_and_pair_lengths(fixtures.models[size], fixtures, DPO["max_length"])
-                           for size in sizes},
-               "peak_flops": {"fp32": matmul["best_flops"], "bf16": matmul_bf16["best_flops"]}}
-    startup = measure_startup(max(reps, 3), args.threads, logs)
-    print(f"fixtures in {work}; matmul {matmul['best_flops'] / 1e9:.1f} GFLOP/s; start-up {startup}", flush=True)
-    runs = run_training(reps, cases, algorithms, fixtures, context, args.threads, logs)
+    contexts = {size: size_context(size, fixtures) for size in sizes}
+    matmul = {p: run_job({"job": "matmul", "dtype": d}, args.threads, logs, f"matmul-{p}")
+              for p, d in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    print(f"fixtures in {work}; 2048^3 matmul fp32 {matmul['fp32']['best_flops'] / 1e9:.1f} GFLOP/s", flush=True)
+    runs, cells = [], cells_of(args, sizes)
+    for cell in cells:  # the results are rewritten after each cell: a stopped bench keeps what ran
+        size_ctx = contexts[cell["size"]]
+        context = dict(size_ctx, lengths=size_ctx["lengths"][cell["workload"]])
+        runs += run_cell(cell, fixtures, context, args, logs)
+        write_report(args, matmul, contexts, cells, runs, time.time() - started, logs)
+    over = [f"{r['size']}-{r['precision']}-{r['workload']}-{r['algorithm']}-{r['framework']}-{r['rep']}"
+            for r in runs if r["metrics"]["mfu"] > 1]
+    if over:
+        raise SystemExit(f"MFU over 100% (executed FLOPs or the peak are wrong) in: {', '.join(over)}")
 
-    report = {"reps": reps, "machine": dict(machine_info(args.threads, matmul), matmul_bf16=matmul_bf16),
-              "startup": startup,
-              "settings": {"dpo": DPO, "grpo": GRPO, "grpo_new_tokens": NEW_TOKENS},
-              "models": model_rows(sizes, context), "summary": summarise(runs), "runs": runs, "notes": NOTES,
-              "wall_s": time.time() - started}
+
+def write_report(args: argparse.Namespace, matmul: dict, contexts: dict, cells: list[dict], runs: list[dict],
+                 wall_s: float, logs: Path) -> None:
+    """OUT.json and OUT.md from the runs so far."""
+    report = {"reps": args.reps, "steps_scale": args.steps_scale, "machine": machine_info(args.threads, matmul),
+              "contention_rule": {"max_other_load": args.max_other_load, "max_repeats": args.max_repeats},
+              "settings": {"dpo": DPO, "grpo": GRPO, "max_length": MAX_LENGTH, "steps": {"-".join(k): v for k, v in STEPS.items()},
+                           "new_tokens": {"-".join(k): v for k, v in NEW_TOKENS.items()}},
+              "models": {s: {**asdict(c["shape"]), "dims": asdict(SIZES[s]),
+                             "workloads": {w: {k: v for k, v in c["lengths"][w].items() if k != "pair_tokens"}
+                                           for w in WORKLOADS}} for s, c in contexts.items()},
+              "cells": [cell_name(c) for c in cells], "summary": summarise(runs), "runs": runs, "wall_s": wall_s}
     write_results(Path(args.out), report, markdown, logs)
 
 

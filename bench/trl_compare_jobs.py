@@ -9,11 +9,16 @@ per-step end times, generated tokens and the peak RSS. The jobs:
     modalign_grpo / trl_grpo   GRPO with the ShapesWorld gold rule (modalign's `run_online`, TRL's `GRPOTrainer`)
     import_modalign / import_trl   start-up: import the modules a run of that framework loads
     import_base                torch + transformers alone (what both frameworks import anyway)
-    matmul                     this machine's fp32 (or bf16) matmul throughput (the MFU denominator)
+    matmul                     this machine's fp32 (or bf16) matmul throughput at given shapes
 
 Each training job imports its framework first (the modules listed below, the same set the import
 job times), then starts its clock `t0`; model loading, data preparation, reference log-probs and
-the steps all fall inside the clock.
+the steps all fall inside the clock. Every training job also reports its own CPU time and threads
+(contention: CPU seconds / wall seconds against the threads it asked for) and, after training, the
+best matmul throughput of its precision at the model's shapes (`peak_shapes`: the MFU denominator,
+measured in the same process). With `count_flops` the whole run executes under torch's
+`FlopCounterMode`: the FLOPs executed up to each step end (and around modalign's DPO reference
+pass) are recorded; such a run is not timed (the counter slows every op), it counts.
 """
 
 from __future__ import annotations
@@ -74,6 +79,55 @@ def peak_rss_mib() -> float:
 # ---- modalign ---------------------------------------------------------------------------------------
 
 
+class Counter:
+    """The job's FlopCounterMode (None when the job does not count): FLOPs executed so far, read at step ends."""
+
+    mode = None
+    step_flops: list[float] = []  # cumulative executed FLOPs at each step end
+    step_cpu: list[float] = []  # the process's CPU seconds at each step end (contention-proof with 1 thread)
+
+    @classmethod
+    def total(cls) -> float:
+        return float(cls.mode.get_total_flops()) if cls.mode is not None else 0.0
+
+
+def flop_counter():
+    """torch's FlopCounterMode with the CPU SDPA kernels counted too (torch's table has only the GPU ones):
+    attention is counted as two batched matmuls forward and their gradients backward, causal or not."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
+def step_ended(ends: list[float]) -> None:
+    """Record one step's end: wall time, and the executed FLOPs so far when counting."""
+    ends.append(time.time())
+    Counter.step_cpu.append(cpu_seconds())
+    if Counter.mode is not None:
+        Counter.step_flops.append(Counter.total())
+
+
+def counted(spec: dict, train: Callable[[], None]) -> None:
+    """Run `train`, under the FLOP counter when the spec asks for counting."""
+    if not spec.get("count_flops"):
+        train()
+        return
+    Counter.mode = flop_counter()
+    with Counter.mode:
+        train()
+
+
 def clock_modalign_steps() -> list[float]:
     """Record the wall time at which each recipe step ends (its `RunDir.log` call, right after the optimiser step)."""
     from modalign import runs
@@ -82,7 +136,7 @@ def clock_modalign_steps() -> list[float]:
     log = runs.RunDir.log
 
     def timed_log(self, step: int, metrics) -> None:
-        ends.append(time.time())
+        step_ended(ends)
         log(self, step, metrics)
 
     runs.RunDir.log = timed_log
@@ -108,6 +162,25 @@ def clock_sampling() -> list[tuple[float, float]]:
     return intervals
 
 
+def clock_modalign_reference() -> dict:
+    """Record the wall-clock interval (and the executed FLOPs, when counting) of modalign DPO's up-front
+    reference pass (`recipes.dpo.sequence_logprobs_all`, called once per run)."""
+    from modalign.recipes import dpo
+
+    record: dict = {}
+    reference_pass = dpo.sequence_logprobs_all
+
+    def timed(*args, **kwargs):
+        record.update(start=time.time(), start_cpu=cpu_seconds(), start_flops=Counter.total())
+        try:
+            return reference_pass(*args, **kwargs)
+        finally:
+            record.update(end=time.time(), end_cpu=cpu_seconds(), end_flops=Counter.total())
+
+    dpo.sequence_logprobs_all = timed
+    return record
+
+
 def modalign_dpo(spec: dict) -> dict:
     """modalign's DPO recipe on the TRL-format pairs file (imported into a feedback store by the recipe)."""
     import_all(MODALIGN_MODULES)
@@ -115,14 +188,15 @@ def modalign_dpo(spec: dict) -> dict:
     from modalign.recipes.dpo import DPOConfig, run_dpo
 
     s = spec["settings"]
-    ends = clock_modalign_steps()
-    t0 = time.time()
+    ends, reference = clock_modalign_steps(), clock_modalign_reference()
+    t0, cpu0 = time.time(), cpu_seconds()
     pairs = sum(1 for _ in open(spec["pairs"], encoding="utf-8"))
-    run_dpo(DPOConfig(out=spec["out"], policy=spec["model"], store=spec["pairs"], beta=s["beta"], lr=s["lr"],
-                      batch_size=s["batch_size"], max_length=s["max_length"],
-                      epochs=(s["steps"] - 0.5) * s["batch_size"] / pairs,  # ceil(epochs * pairs / batch) = steps
-                      checkpoint_every=0, data="", seed=s["seed"], precision=s["precision"]))
-    return {"t0": t0, "step_ends": ends}
+    config = DPOConfig(out=spec["out"], policy=spec["model"], store=spec["pairs"], beta=s["beta"], lr=s["lr"],
+                       batch_size=s["batch_size"], max_length=s["max_length"],
+                       epochs=(s["steps"] - 0.5) * s["batch_size"] / pairs,  # ceil(epochs * pairs / batch) = steps
+                       checkpoint_every=0, data="", seed=s["seed"], precision=s["precision"])
+    counted(spec, lambda: run_dpo(config))
+    return {"t0": t0, "cpu0": cpu0, "step_ends": ends, "reference": reference}
 
 
 def modalign_rl_fields(spec: dict) -> dict:
@@ -149,9 +223,11 @@ def modalign_grpo(spec: dict) -> dict:
     from modalign.recipes.online import OnlineConfig, run_online
 
     ends, sampling = clock_modalign_steps(), clock_sampling()
-    t0 = time.time()
-    run_online(OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"], **modalign_rl_fields(spec)))
-    return {"t0": t0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo"), "sampling": sampling}
+    t0, cpu0 = time.time(), cpu_seconds()
+    config = OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"], **modalign_rl_fields(spec))
+    counted(spec, lambda: run_online(config))
+    return {"t0": t0, "cpu0": cpu0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo"),
+            "sampling": sampling}
 
 
 # ---- TRL --------------------------------------------------------------------------------------------
@@ -176,7 +252,7 @@ def step_clock_callback(ends: list[float]):
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.time())
+            step_ended(ends)
 
     return StepClock()
 
@@ -210,14 +286,18 @@ def trl_dpo(spec: dict) -> dict:
 
     s = spec["settings"]
     ends: list[float] = []
-    t0 = time.time()
-    dataset = datasets.Dataset.from_list(read_jsonl(spec["pairs"]))
-    dataset = dataset.cast_column("images", datasets.List(datasets.Image()))
-    args = DPOConfig(per_device_train_batch_size=s["batch_size"], max_length=s["max_length"], **common_trl_args(spec))
-    trainer = DPOTrainer(model=spec["model"], args=args, train_dataset=dataset,
-                         processing_class=load_processor(spec["model"]), callbacks=[step_clock_callback(ends)])
-    trainer.train()
-    return {"t0": t0, "step_ends": ends}
+    t0, cpu0 = time.time(), cpu_seconds()
+
+    def train() -> None:
+        dataset = datasets.Dataset.from_list(read_jsonl(spec["pairs"]))
+        dataset = dataset.cast_column("images", datasets.List(datasets.Image()))
+        args = DPOConfig(per_device_train_batch_size=s["batch_size"], max_length=s["max_length"],
+                         **common_trl_args(spec))
+        DPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=load_processor(spec["model"]),
+                   callbacks=[step_clock_callback(ends)]).train()
+
+    counted(spec, train)
+    return {"t0": t0, "cpu0": cpu0, "step_ends": ends}
 
 
 def shapes_gold_reward(eos_ids: list[int]) -> Callable:
@@ -251,20 +331,37 @@ def trl_grpo(spec: dict) -> dict:
     s = spec["settings"]
     ends: list[float] = []
     sampling = clock_sampling()
-    t0 = time.time()
-    dataset = datasets.Dataset.from_list(read_jsonl(spec["prompts"])).cast_column("image", datasets.Image())
-    processor = load_processor(spec["model"])
-    args = GRPOConfig(per_device_train_batch_size=s["prompts"] * s["samples"], num_generations=s["samples"],
-                      max_completion_length=s["new_tokens"], epsilon=s["clip"], loss_type="grpo",
-                      scale_rewards="group", temperature=1.0, **common_trl_args(spec))
-    reward = shapes_gold_reward([processor.tokenizer.eos_token_id])
-    trainer = GRPOTrainer(model=spec["model"], reward_funcs=reward, args=args, train_dataset=dataset,
-                          processing_class=processor, callbacks=[step_clock_callback(ends)])
-    trainer.train()
+    t0, cpu0 = time.time(), cpu_seconds()
+    history: list[dict] = []
+
+    def train() -> None:
+        dataset = datasets.Dataset.from_list(read_jsonl(spec["prompts"])).cast_column("image", datasets.Image())
+        processor = load_processor(spec["model"])
+        args = GRPOConfig(per_device_train_batch_size=s["prompts"] * s["samples"], num_generations=s["samples"],
+                          max_completion_length=s["new_tokens"], epsilon=s["clip"], loss_type="grpo",
+                          scale_rewards="group", temperature=1.0, **common_trl_args(spec))
+        reward = shapes_gold_reward([processor.tokenizer.eos_token_id])
+        trainer = GRPOTrainer(model=frozen_vision_policy(spec["model"]), reward_funcs=reward, args=args,
+                              train_dataset=dataset, processing_class=processor, callbacks=[step_clock_callback(ends)])
+        trainer.train()
+        history.extend(trainer.state.log_history)
+
+    counted(spec, train)
     answers = s["prompts"] * s["samples"]
-    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {"t0": t0, "step_ends": ends, "generated_tokens": [length * answers for length in lengths],
+    lengths = [row["completions/mean_length"] for row in history if "completions/mean_length" in row]
+    return {"t0": t0, "cpu0": cpu0, "step_ends": ends, "generated_tokens": [length * answers for length in lengths],
             "sampling": sampling}
+
+
+def frozen_vision_policy(folder: str):
+    """The checkpoint with its vision tower (and merger) frozen, as modalign's RL recipes freeze the media
+    encoders: both frameworks then train the same parameters (the decoder and the LM head). TRL's reference
+    model is loaded from the same folder (the config's name or path)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder)
+    model.model.visual.requires_grad_(False)
+    return model
 
 
 # ---- start-up and matmul throughput -----------------------------------------------------------------
@@ -282,23 +379,50 @@ def import_base(spec: dict) -> dict:
     return {"import_s": import_all(BASE_MODULES)}
 
 
-def matmul(spec: dict) -> dict:
-    """Best and median FLOP/s of an n x n matmul (2 n^3 FLOPs; fp32, or `dtype`) over `repeats` runs after warm-up."""
+def matmul_peak(shapes: list[list[int]], dtype_name: str, repeats: int = 10) -> dict:
+    """Best FLOP/s of (m, k) @ (k, n) matmuls in `dtype_name` at each shape (2 m k n FLOPs each, best of
+    `repeats` timings after warm-up, each timing long enough to measure); the peak is the best of them."""
     import torch
 
+    dtype = getattr(torch, dtype_name)
+    by_shape = []
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        flops = 2 * m * k * n
+        calls = max(1, int(2e8 // flops))  # about 0.2 GFLOP per timing: tiny shapes are looped
+        for _ in range(2):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(calls):
+                a @ b
+            best = min(best, (time.perf_counter() - started) / calls)
+        by_shape.append({"shape": [m, k, n], "best_flops": flops / best})
+    return {"dtype": dtype_name, "shapes": by_shape, "best_flops": max(r["best_flops"] for r in by_shape)}
+
+
+def matmul(spec: dict) -> dict:
+    """Best FLOP/s of an n x n matmul (fp32, or `dtype`): the machine-level figure of the report."""
     set_threads(spec)
-    n, repeats = spec.get("n", 2048), spec.get("repeats", 10)
-    dtype = getattr(torch, spec.get("dtype", "float32"))
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - started)
-    seconds.sort()
-    return {"n": n, "best_flops": 2 * n**3 / seconds[0], "median_flops": 2 * n**3 / seconds[len(seconds) // 2]}
+    n = spec.get("n", 2048)
+    return dict(matmul_peak([[n, n, n]], spec.get("dtype", "float32")), n=n)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def os_threads() -> int:
+    """Threads of this process now (/proc/self/status), 0 where there is no /proc."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
 
 
 JOBS: dict[str, Callable[[dict], dict]] = {
@@ -311,8 +435,14 @@ def main() -> None:
     spec: dict[str, Any] = json.loads(sys.argv[1])
     result = JOBS[spec["job"]](spec)
     torch = sys.modules.get("torch")
-    result.update(job=spec["job"], peak_rss_mib=peak_rss_mib(), finished=time.time(),
-                  torch_threads=torch.get_num_threads() if torch else None)
+    result.update(job=spec["job"], peak_rss_mib=peak_rss_mib(), finished=time.time(), cpu_end=cpu_seconds(),
+                  os_threads=os_threads(), torch_threads=torch.get_num_threads() if torch else None,
+                  step_cpu=Counter.step_cpu)
+    if Counter.mode is not None:
+        result.update(step_flops=Counter.step_flops, total_flops=Counter.total())
+    if spec.get("peak_shapes"):  # after the run, in the same process: the MFU denominator of this run
+        result["peak"] = matmul_peak(spec["peak_shapes"], "bfloat16" if spec["settings"]["precision"] == "bf16"
+                                     else "float32")
     print(json.dumps(result))
 
 

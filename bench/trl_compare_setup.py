@@ -4,7 +4,10 @@ Everything here runs in the parent process, once, before any timed run. The time
 (bench/trl_compare_jobs.py) only read the files written here:
 
     work/data/               ShapesWorld, images only (Qwen2-VL reads no audio), 64 train scenes
-    work/pairs.jsonl         64 preference pairs in TRL's format: gold caption vs one-hallucination caption
+    work/pairs-prompt.jsonl  64 preference pairs in TRL's format: gold caption vs one-hallucination caption
+                             (the prompt-heavy workload: the prompt is about 70% of each sequence)
+    work/pairs-answer.jsonl  the same pairs with each answer said ANSWER_REPEATS times over (answer-heavy: the
+                             prompt is under 30%; the hallucination is in the first copy, so cuts keep it)
     work/prompts.jsonl       the 64 caption prompts in TRL's format, with the scene for the rule reward
     work/model-<size>/       a random-weight Qwen2-VL of that size with its processor
 """
@@ -20,6 +23,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = 64  # train scenes: one caption prompt and one preference pair each
+ANSWER_REPEATS = 8  # the answer-heavy DPO workload: each caption said 8 times over (about 170 answer tokens)
+WORKLOADS = ("prompt", "answer")  # prompt-heavy (today's), answer-heavy (prompt <= 30% of the tokens)
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Fixtures:
 
     work: Path
     data: Path
-    pairs: Path
+    pairs: dict[str, Path]  # workload -> pairs file
     prompts: Path
     models: dict[str, Path]
 
@@ -68,15 +73,17 @@ def build_fixtures(work: Path, sizes: list[str], seed: int = 0) -> Fixtures:
     both = build_shapes_dataset(work / "data-both", n_train=SCENES, n_test=1, seed=seed)
     data = hf_tiny.media_only_dataset(both, work / "data", "image")
     captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"]
-    pairs = write_pairs(captions, data, work / "pairs.jsonl", seed)
+    pairs = {workload: write_pairs(captions, data, work / f"pairs-{workload}.jsonl", seed,
+                                   ANSWER_REPEATS if workload == "answer" else 1) for workload in WORKLOADS}
     prompts = write_prompts(captions, data, work / "prompts.jsonl")
     corpus = hf_tiny.shapes_corpus(data)
     models = {size: build_qwen2_vl(SIZES[size], corpus, work / f"model-{size}", seed) for size in sizes}
     return Fixtures(work=work, data=data, pairs=pairs, prompts=prompts, models=models)
 
 
-def write_pairs(captions: list, data: Path, out: Path, seed: int) -> Path:
-    """One TRL preference row per caption example: chosen = gold caption, rejected = one hallucination.
+def write_pairs(captions: list, data: Path, out: Path, seed: int, repeats: int = 1) -> Path:
+    """One TRL preference row per caption example: chosen = gold caption, rejected = one hallucination,
+    each said `repeats` times over (the same hallucination in every copy).
 
     The same file feeds both frameworks: modalign's `dpo` imports a TRL preference .jsonl into its
     feedback store, TRL reads it with `datasets`.
@@ -88,8 +95,9 @@ def write_pairs(captions: list, data: Path, out: Path, seed: int) -> Path:
     with out.open("w", encoding="utf-8") as handle:
         for example in captions:
             rejected, _ = noisy_caption(Scene.from_dict(example.meta["scene"]), rng)
+            chosen, rejected = " ".join([example.meta["answer"]] * repeats), " ".join([rejected] * repeats)
             row = {"id": example.id, "prompt": [dict(m) for m in example.prompt_messages],
-                   "chosen": [_assistant(example.meta["answer"])], "rejected": [_assistant(rejected)],
+                   "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)],
                    "images": [str((data / ref.path).resolve()) for ref in example.media_of("image")]}
             handle.write(json.dumps(row) + "\n")
     return out
@@ -152,12 +160,14 @@ class ModelShape:
         not the input embedding, which is a lookup)
     vision_params: parameters of the vision tower and merger, applied per image patch
     patches: patches per image seen by the vision tower
+    vocab: rows of the LM head
     """
 
     total_params: int
     decoder_params: int
     vision_params: int
     patches: int
+    vocab: int
 
 
 def model_shape(folder: Path, fixtures: Fixtures) -> ModelShape:
@@ -174,35 +184,42 @@ def model_shape(folder: Path, fixtures: Fixtures) -> ModelShape:
     decoder = language - embed.numel() + head.numel()  # a tied head is still one matmul per token
     image = Image.open(_first_image(fixtures.prompts)).convert("RGB")
     grid = _processor(folder).image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-    return ModelShape(total, decoder, vision, int(grid.prod()))
+    return ModelShape(total, decoder, vision, int(grid.prod()), int(head.shape[0]))
 
 
-def prompt_and_pair_lengths(folder: Path, fixtures: Fixtures, max_length: int) -> dict:
-    """Tokens of the caption prompt, and of every chosen and rejected sequence capped at `max_length`."""
+def prompt_and_pair_lengths(folder: Path, pairs_file: Path, max_length: int) -> dict:
+    """Tokens of the caption prompt and of every chosen and rejected sequence cut at `max_length` (keeping
+    the start, as both frameworks do); how many sequences the cut shortens, how many pairs it leaves with
+    chosen == rejected (they would teach nothing: must be 0), and the prompt's share of the tokens."""
     from PIL import Image
 
     processor = _processor(folder)
-    rows = [json.loads(line) for line in fixtures.pairs.read_text().splitlines()]
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     end = processor.tokenizer.eos_token + "\n"
 
-    def length(prompt_text: str, answer: str, image) -> int:
-        ids = processor(text=[prompt_text + answer + end], images=[image], return_tensors="pt")["input_ids"]
-        return min(int(ids.shape[1]), max_length)
+    def ids(prompt_text: str, answer: str, image) -> list[int]:
+        return processor(text=[prompt_text + answer + end], images=[image], return_tensors="pt")["input_ids"][0].tolist()
 
-    pairs = []
+    pairs, cut, identical = [], 0, 0
     for row in rows:
         image = Image.open(row["images"][0]).convert("RGB")
         prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        pairs.append((length(prompt, row["chosen"][0]["content"][0]["text"], image),
-                      length(prompt, row["rejected"][0]["content"][0]["text"], image)))
+        chosen = ids(prompt, row["chosen"][0]["content"][0]["text"], image)
+        rejected = ids(prompt, row["rejected"][0]["content"][0]["text"], image)
+        cut += (len(chosen) > max_length) + (len(rejected) > max_length)
+        identical += chosen[:max_length] == rejected[:max_length]
+        pairs.append((min(len(chosen), max_length), min(len(rejected), max_length)))
     image = Image.open(rows[0]["images"][0]).convert("RGB")
     prompt = processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
     prompt_tokens = int(processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1])
-    return {"prompt_tokens": prompt_tokens, "pair_tokens": pairs}
+    mean_tokens = sum(c + r for c, r in pairs) / (2 * len(pairs))
+    return {"prompt_tokens": prompt_tokens, "pair_tokens": pairs, "cut_sequences": cut, "identical_after_cut": identical,
+            "prompt_share": prompt_tokens / mean_tokens}
 
 
 def dpo_flops(shape: ModelShape, mean_pair_tokens: float, distinct_pairs: int, batch: int) -> tuple[float, float]:
-    """Model FLOPs of DPO as (before the steps, per step).
+    """Nominal model FLOPs of DPO as (before the steps, per step): the work the algorithm needs, the same for
+    both frameworks (bench/trl_compare.py counts what each executes separately).
 
     Before: one reference forward (2 N per token) over each distinct pair. Per step: forward and
     backward (6 N per token) of the batch's chosen and rejected sequences. The image goes through
@@ -215,9 +232,9 @@ def dpo_flops(shape: ModelShape, mean_pair_tokens: float, distinct_pairs: int, b
 
 def grpo_step_flops(shape: ModelShape, prompt_tokens: int, mean_answer_tokens: float, answers: int,
                     prompts: int) -> float:
-    """Model FLOPs of one GRPO step: per answer a sampling forward, a reference forward and a trained
+    """Nominal model FLOPs of one GRPO step: per answer a sampling forward, a reference forward and a trained
     forward + backward over prompt + answer (2 + 2 + 6 N per token); the image forward once per prompt
-    and pass (the vision tower stays frozen in RL). Attention-score FLOPs are left out."""
+    and pass (the vision tower is frozen in both frameworks). Attention-score FLOPs are left out."""
     tokens = prompt_tokens + mean_answer_tokens
     return 10 * shape.decoder_params * tokens * answers + 3 * 2 * shape.vision_params * shape.patches * prompts
 
@@ -226,6 +243,13 @@ def _processor(folder: Path):
     from modalign.models.hf import without_video
 
     return without_video("Qwen2VLProcessor").from_pretrained(str(folder))
+
+
+def peak_shapes(size: ModelSize, vocab: int, rows: int = 512) -> list[list[int]]:
+    """(m, k, n) matmul shapes for a run's peak: the decoder's MLP and LM-head matmuls at `rows` tokens, and a
+    1024^3 square. The peak is the best of them, so an MFU against it is conservative (never flattering)."""
+    return [[rows, size.hidden, size.intermediate], [rows, size.intermediate, size.hidden], [rows, size.hidden, vocab],
+            [1024, 1024, 1024]]
 
 
 def _first_image(prompts: Path) -> str:
