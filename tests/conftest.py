@@ -44,3 +44,25 @@ def backend_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+# ---- CPU time per test: MODALIGN_CPU_DURATIONS=file appends "seconds<TAB>test id" lines (setup, call and
+# teardown; this process and the subprocesses it waited for). Wall-clock durations mislead on a shared machine.
+
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import os
+
+    path = os.environ.get("MODALIGN_CPU_DURATIONS")
+    start = _cpu_seconds() if path else 0.0
+    yield
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{_cpu_seconds() - start:.2f}\t{item.nodeid}\n")
