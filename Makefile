@@ -21,8 +21,10 @@ demo: $(STAMP)
 	$(BIN)/modalign demo
 
 # MODALIGN_REQUIRE_POSTGRES: the PostgreSQL tests fail, not skip, when the server `make postgres` installed cannot start.
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py: work units, longest first); more threads
+# per worker oversubscribe 2 cores.
 test: $(STAMP) browsers postgres
-	MODALIGN_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 MODALIGN_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -n 2
 
 # TRL is a bench-only extra (`.[bench]`), installed here and not by `make test`.
 bench: $(STAMP)

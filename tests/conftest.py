@@ -44,3 +44,63 @@ def backend_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+# ---- CPU time per test: MODALIGN_CPU_DURATIONS=file appends "seconds<TAB>test id" lines (setup, call and
+# teardown; this process and the subprocesses it waited for). Wall-clock durations mislead on a shared machine.
+
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import os
+
+    path = os.environ.get("MODALIGN_CPU_DURATIONS")
+    start = _cpu_seconds() if path else 0.0
+    yield
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{_cpu_seconds() - start:.2f}\t{item.nodeid}\n")
+
+
+# ---- pytest-xdist (`make test`: -n 2) -----------------------------------------------------------------------
+# A work unit is a file (its module fixtures built once), but test_hf_any.py is one unit per architecture (its
+# session fixture builds one tiny model per architecture) and the two files on the `media_sft` session run are
+# one unit (that SFT runs once). Units go out in collection order, so the longest go first: a long unit
+# taken last would leave the other worker idle at the end. (Scopes by node id in our own scheduler: xdist's
+# `--dist loadgroup` ignores xdist_group marks with this pytest.)
+SHARED_UNITS = {"test_sft.py": "media_sft", "test_reward_model.py": "media_sft"}
+LONGEST_FIRST = ("test_multiprocess.py", "media_sft", "test_fsdp.py", "test_ppo.py", "test_annotation_load.py",
+                 "test_your_data.py", "test_loop.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """'tests/test_hf_any.py::test_x[aria]' -> 'hf_any-aria'; 'tests/test_sft.py::test_y' -> 'media_sft'."""
+    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
+    if name == "test_hf_any.py" and nodeid.endswith("]"):
+        return "hf_any-" + nodeid[nodeid.rindex("[") + 1 : -1]
+    return SHARED_UNITS.get(name, name)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # collection order (longest first), not the most tests first
+    return WorkUnits(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one process: collection order
+        rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order otherwise
