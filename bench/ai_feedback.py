@@ -151,6 +151,8 @@ def gold_claim(scene, claim: dict) -> bool:
             return (obj.shape if obj else "nothing") == expected
         if question == f"what colour is the shape {where(position)}?":
             return obj is not None and obj.colour == expected
+    if question == "how many shapes are there?":  # the `shapes+count` splitter's claim
+        return NUMBER_WORDS[len(scene.objects)] == expected
     if question == "how many beeps are there?":
         return NUMBER_WORDS[scene.beeps] == expected
     if question == "are the beeps high or low?":
