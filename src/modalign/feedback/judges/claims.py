@@ -18,7 +18,23 @@ score is minus the number of its rejected claims): `claims:self?verified=0&refut
 score = -refuted. Paying nothing for a verified claim removes the reward for adding claims, which a
 self-judge that wrongly verifies some of them otherwise turns into extra (hallucinated) objects.
 
-Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>]`
+`score=soft` weighs each claim by the judge's probability p of its expected option instead of the verdict:
+
+    score = verified_weight * sum(p) - refute_weight * sum(1 - p)
+
+so a claim the judge is unsure of moves the score little, and a confident refutation moves it most.
+
+Pair selection (`select_pairs`): `pairs=all` (default) judges every pair of a prompt's distinct answers;
+`pairs=best-worst` only the highest- against the lowest-scored one, as RLAIF-V and RLHF-V build their
+preference pairs from many samples per prompt; `margin=<m>` drops pairs whose scores differ by less than
+m (with margin 0 equal scores are stored as ties). A noisy judge is right more often on its clearest pairs.
+
+`self=round|start|both` (claims:self only): which policy judges in the loop / iterative DPO - the
+round's own (default), the policy the run started from (the same self, frozen: a judge that trains on its
+own verdicts drifts), or both, each claim's option probabilities averaged over the two.
+
+Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
+&score=hard|soft&pairs=all|best-worst&margin=<m>&self=round|start|both]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
@@ -26,7 +42,7 @@ Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&r
 - refute: refute_weight.
 - verified: verified_weight (0: RLAIF-V's refuted-only score).
 
-Judgments (`judge_with_claims`): every pair of a prompt's distinct answers is one pairwise judgment,
+Judgments (`judge_with_claims`): every selected pair of a prompt's distinct answers is one pairwise judgment,
 the higher score winning and equal scores a tie, each with provenance (judge model, template sha256,
 splitter, both answers' scores and per-claim results). Every claim goes through a `ClaimCache`, keyed
 by (judge, media sha256, question, options): a claim is never asked twice of the same judge.
