@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs")
 
 
 def main() -> None:
@@ -66,8 +67,14 @@ def main() -> None:
     if args.merge:
         parts = [json.loads(Path(path).read_text()) for path in args.merge.split(",")]
         merged = {"settings": {**parts[0]["settings"], "judges": args.judges}, "seeds": {}}
-        for part in parts:  # a seed's judges may come from several files
+        for part in parts:  # a seed's judges may come from several files; pair studies are kept as they are
+            if "specs" in part:
+                merged.setdefault("pair_study", []).append(part)
+                continue
             for seed, row in part["seeds"].items():
+                for judge, result in row.items():  # a run's settings stay with its row
+                    if judge != "sft":
+                        result.setdefault("settings", {k: part["settings"][k] for k in RUN_SETTINGS})
                 merged["seeds"].setdefault(seed, {}).update(row)
         merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
@@ -112,7 +119,7 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     row = {"eval": evaluate(Path(summary["model"]), sft / "data", seed, args.eval_samples),
            "judgments": summary["judgments"], "pairs": sum(r["pairs"] for r in summary["rounds"]),
            "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-           "settings": {k: getattr(args, k) for k in ("rounds", "prompts", "samples", "lr", "beta", "epochs")},
+           "settings": {k: getattr(args, k) for k in RUN_SETTINGS},
            "pair_gold_accuracy": [pair_accuracy(out / f"round-{r}" / "feedback.db", sft / "data")
                                   for r in range(1, args.rounds + 1)]}
     if judge.startswith("claims:"):
@@ -273,14 +280,15 @@ def write(results: dict, out: Path) -> None:
 def table(results: dict) -> str:
     seeds = results["seeds"]
     judges = results["settings"]["judges"].split(",")
-    lines = ["| seed | policy | hallucination | coverage | VQA | judgments | pairs | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | policy | rounds x prompts x answers | hallucination | coverage | VQA | judgments | pairs | "
+             "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for seed, row in seeds.items():
-        lines.append(f"| {seed} | SFT | " + " | ".join(f"{row['sft'][k]:.3f}" for k in SHOWN) + " | - | - | - | - |")
+        lines.append(f"| {seed} | SFT | - | " + " | ".join(f"{row['sft'][k]:.3f}" for k in SHOWN) + " | - | - | - | - |")
         for judge in judges:
             if judge in row:
                 r = row[judge]
-                lines.append(f"| {seed} | `{judge}` | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
+                size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples")) if "settings" in r else "-"
+                lines.append(f"| {seed} | `{judge}` | {size} | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
                              f" | {r['judgments']} | {r['pairs']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     lines += ["", "| judge | hallucination (mean) | change vs SFT (per seed) | coverage change (points) | "
                   "VQA change (points) | judgments (mean) |", "|---|---|---|---|---|---|"]
@@ -318,6 +326,8 @@ def table(results: dict) -> str:
                     lines.append(f"| {seed} | `{j}` | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
                                  f"{q['verified_recall']:.3f} | {q['refuted_precision']:.3f} | "
                                  f"{q['refuted_recall']:.3f} | {q['questions_asked']} |")
+    for study in results.get("pair_study", []):
+        lines += ["", study_table(study)]
     return "\n".join(lines) + "\n"
 
 
