@@ -5,10 +5,11 @@
 
 From one SFT policy (`--sft`: an SFT run folder with model/ and data/, ShapesWorld), per seed:
 
-    claims   iterative DPO with `judge=claims:self`: each round the round's policy samples answers to
-             caption prompts and verifies its own answers claim by claim (`feedback.judges.claims`,
-             the `shapes` splitter: each stated fact asked as ShapesWorld's VQA asks it); no gold
-             or simulated feedback at any point (the gold scorers only evaluate)
+    claims   iterative DPO with a `claims:self...` judge (default `STEADY`): each round the round's policy
+             samples answers to caption prompts and the policy verifies them claim by claim
+             (`feedback.judges.claims`; `shapes+count` splitter: each stated fact asked as ShapesWorld's
+             VQA asks it, plus the number of objects described; `self=start`: the policy as the run
+             started judges); no gold or simulated feedback at any point (the gold scorers only evaluate)
     panel    the same iterative DPO with `judge=simulated` (the simulated panel ranks the answers
              from ShapesWorld ground truth), side by side
 
@@ -40,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
+# the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
+STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
 RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs")
 
 
@@ -48,14 +51,14 @@ def main() -> None:
     parser.add_argument("--sft", required=True, help="SFT run folder (model/ and data/)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", default="/tmp/ai_feedback")
-    parser.add_argument("--judges", default="claims:self,simulated")
+    parser.add_argument("--judges", default=f"{STEADY},simulated")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=128, help="caption prompts per round")
-    parser.add_argument("--samples", type=int, default=4, help="answers per prompt")
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--prompts", type=int, default=500, help="caption prompts per round")
+    parser.add_argument("--samples", type=int, default=8, help="answers per prompt")
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--eval-samples", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--eval-samples", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS / "ai_feedback"))
     parser.add_argument("--pair-study", default="", help="comma-separated claims specs: measure their pairs "
                                                          "against gold on SFT samples (nothing trained)")
