@@ -5,10 +5,11 @@
 
 From one SFT policy (`--sft`: an SFT run folder with model/ and data/, ShapesWorld), per seed:
 
-    claims   iterative DPO with `judge=claims:self`: each round the round's policy samples answers to
-             caption prompts and verifies its own answers claim by claim (`feedback.judges.claims`,
-             the `shapes` splitter: each stated fact asked as ShapesWorld's VQA asks it); no gold
-             or simulated feedback at any point (the gold scorers only evaluate)
+    claims   iterative DPO with a `claims:self...` judge (default `STEADY`): each round the round's policy
+             samples answers to caption prompts and the policy verifies them claim by claim
+             (`feedback.judges.claims`; `shapes+count` splitter: each stated fact asked as ShapesWorld's
+             VQA asks it, plus the number of objects described; `self=start`: the policy as the run
+             started judges); no gold or simulated feedback at any point (the gold scorers only evaluate)
     panel    the same iterative DPO with `judge=simulated` (the simulated panel ranks the answers
              from ShapesWorld ground truth), side by side
 
@@ -18,7 +19,14 @@ Also measured: wall and process CPU time of each run (training + its judge; the 
 apart), the judgments each run stored, the claim judge's cost (questions asked, forward passes), and
 its precision / recall against the gold truth of every distinct claim it judged.
 
-Writes bench/results/ai_feedback.md and .json.
+Pair study (`--pair-study SPEC,SPEC,...`, nothing trained): the SFT policy samples `--samples` answers to
+`--prompts` train captions, each claim-judge spec judges them as the loop would (its score and pair
+selection), and every decided pair is checked against the gold utilities: the share the judge got right,
+the hallucination rate of chosen vs rejected answers. Cheap (seconds of CPU per spec): measure a judge
+option here before a training run. `--judge-model` makes another policy (a trained round's) judge and
+sample instead of the SFT one.
+
+Writes bench/results/ai_feedback.md and .json (the pair study: into its `--out`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
+# the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
+STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs")
 
 
 def main() -> None:
@@ -40,23 +51,33 @@ def main() -> None:
     parser.add_argument("--sft", required=True, help="SFT run folder (model/ and data/)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", default="/tmp/ai_feedback")
-    parser.add_argument("--judges", default="claims:self,simulated")
+    parser.add_argument("--judges", default=f"{STEADY},simulated")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=128, help="caption prompts per round")
-    parser.add_argument("--samples", type=int, default=4, help="answers per prompt")
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--prompts", type=int, default=500, help="caption prompts per round")
+    parser.add_argument("--samples", type=int, default=8, help="answers per prompt")
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--eval-samples", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--eval-samples", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS / "ai_feedback"))
+    parser.add_argument("--pair-study", default="", help="comma-separated claims specs: measure their pairs "
+                                                         "against gold on SFT samples (nothing trained)")
+    parser.add_argument("--judge-model", default="", help="pair study: the policy that samples and judges "
+                                                          "(default the SFT one)")
     parser.add_argument("--merge", default="", help="comma-separated result .json files (one per seed, run in "
                                                     "parallel) to combine into --out; nothing is run")
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(Path(path).read_text()) for path in args.merge.split(",")]
         merged = {"settings": {**parts[0]["settings"], "judges": args.judges}, "seeds": {}}
-        for part in parts:  # a seed's judges may come from several files
+        for part in parts:  # a seed's judges may come from several files; pair studies are kept as they are
+            if "specs" in part:
+                merged.setdefault("pair_study", []).append(part)
+                continue
             for seed, row in part["seeds"].items():
+                for judge, result in row.items():  # a run's settings stay with its row
+                    if judge != "sft":
+                        result.setdefault("settings", {k: part["settings"][k] for k in RUN_SETTINGS})
                 merged["seeds"].setdefault(seed, {}).update(row)
         merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
@@ -65,6 +86,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if args.pair_study:
+        study = pair_study(Path(args.sft), args.judge_model, args.pair_study.split(","), args.prompts, args.samples)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(study, indent=2))
+        print(study_table(study))
+        return
     sft, work = Path(args.sft), Path(args.work)
     results: dict = {"settings": vars(args), "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -95,10 +121,91 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     wall, cpu = time.time() - wall, time.process_time() - cpu
     row = {"eval": evaluate(Path(summary["model"]), sft / "data", seed, args.eval_samples),
            "judgments": summary["judgments"], "pairs": sum(r["pairs"] for r in summary["rounds"]),
-           "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
+           "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+           "settings": {k: getattr(args, k) for k in RUN_SETTINGS},
+           "pair_gold_accuracy": [pair_accuracy(out / f"round-{r}" / "feedback.db", sft / "data")
+                                  for r in range(1, args.rounds + 1)]}
     if judge.startswith("claims:"):
         row["claim_judge"] = claim_judge_quality(out, sft / "data")
     return row
+
+
+def pair_accuracy(store_path: Path, data: Path) -> dict:
+    """A round's decided stored pairs against the gold utilities: the share where the chosen answer is the
+    better one (of the pairs whose gold utilities differ), and the chosen / rejected hallucination rates."""
+    from modalign.data.dataset import read_examples
+    from modalign.data.shapes.scorers import answer_facts
+    from modalign.feedback.simulated import gold_utility
+    from modalign.feedback.store import FeedbackStore
+
+    examples = {e.id: e for e in read_examples(data, "train")}
+    right = decided = 0
+    facts = {"chosen": [0, 0], "rejected": [0, 0]}  # hallucinated, mentions
+    for pair in FeedbackStore.sqlite(store_path).preference_pairs():
+        if pair.tie:
+            continue
+        example = examples[pair.example_id]
+        chosen, rejected = gold_utility(example, pair.chosen.text), gold_utility(example, pair.rejected.text)
+        decided += chosen != rejected
+        right += chosen > rejected
+        for side, text in (("chosen", pair.chosen.text), ("rejected", pair.rejected.text)):
+            found = answer_facts(example, text)
+            facts[side][0] += found["hallucinated"]
+            facts[side][1] += found["mentions"]
+    return {"right": round(right / max(1, decided), 3), "gold_decided": decided,
+            **{f"hallucination_{side}": round(h / max(1, m), 3) for side, (h, m) in facts.items()}}
+
+
+def pair_study(sft: Path, judge_model: str, specs: list[str], prompts: int, samples: int) -> dict:
+    """Each claims spec's pairs on one set of sampled answers, against gold (see the module docstring)."""
+    from modalign.data.dataset import read_examples
+    from modalign.data.records import Completion
+    from modalign.eval.generation import generate_answers
+    from modalign.feedback.judges.cache import ClaimCache
+    from modalign.feedback.judges.claims import claim_judge, judge_with_claims
+    from modalign.data.shapes.scorers import answer_facts
+    from modalign.feedback.simulated import gold_utility
+    from modalign.models.inputs import MediaStore
+    from modalign.models.policy import load_policy
+
+    model = judge_model or str(sft / "model")
+    policy, data = load_policy(model), sft / "data"
+    captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"][-prompts:]
+    media = MediaStore(data)
+    completions = generate_answers(policy, media, captions, max_new_tokens=40, temperature=1.0, seed=1,
+                                   samples_per_example=samples)
+    cache, rows = ClaimCache(), {}
+    for spec in specs:
+        cpu = time.process_time()
+        judge = claim_judge(spec, captions, media, policy, model, cache, start=str(sft / "model"))
+        feedback, _ = judge_with_claims(judge, captions, completions, samples)
+        right = decided = 0
+        facts = {"chosen": [0, 0], "rejected": [0, 0]}
+        for example, (a, b), tie in zip(feedback.examples, feedback.groups, feedback.ties):
+            if tie:
+                continue
+            good, bad = gold_utility(example, a.text), gold_utility(example, b.text)
+            decided += 1
+            right += good > bad
+            for side, text in (("chosen", a.text), ("rejected", b.text)):
+                found = answer_facts(example, text)
+                facts[side][0] += found["hallucinated"]
+                facts[side][1] += found["mentions"]
+        rows[spec] = {"pairs": decided, "right": round(right / max(1, decided), 3),
+                      **{f"hallucination_{side}": round(h / max(1, m), 3) for side, (h, m) in facts.items()},
+                      "cpu_seconds": round(time.process_time() - cpu, 1)}
+        print(spec, rows[spec], flush=True)
+    return {"model": model, "prompts": prompts, "samples": samples, "specs": rows}
+
+
+def study_table(study: dict) -> str:
+    lines = [f"Pair study: {study['model']}, {study['prompts']} train captions x {study['samples']} answers",
+             "", "| judge | decided pairs | chosen is better (gold) | hallucination chosen | rejected |",
+             "|---|---|---|---|---|"]
+    for spec, r in study["specs"].items():
+        lines.append(f"| `{spec}` | {r['pairs']} | {r['right']:.3f} | {r['hallucination_chosen']:.3f} | "
+                     f"{r['hallucination_rejected']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate(model: Path, data: Path, seed: int, samples: int) -> dict:
@@ -151,6 +258,8 @@ def gold_claim(scene, claim: dict) -> bool:
             return (obj.shape if obj else "nothing") == expected
         if question == f"what colour is the shape {where(position)}?":
             return obj is not None and obj.colour == expected
+    if question == "how many shapes are there?":  # the `shapes+count` splitter's claim
+        return NUMBER_WORDS[len(scene.objects)] == expected
     if question == "how many beeps are there?":
         return NUMBER_WORDS[scene.beeps] == expected
     if question == "are the beeps high or low?":
@@ -174,26 +283,41 @@ def write(results: dict, out: Path) -> None:
 def table(results: dict) -> str:
     seeds = results["seeds"]
     judges = results["settings"]["judges"].split(",")
-    lines = ["| seed | policy | hallucination | coverage | VQA | judgments | pairs | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | policy | rounds x prompts x answers | hallucination | coverage | VQA | judgments | pairs | "
+             "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for seed, row in seeds.items():
-        lines.append(f"| {seed} | SFT | " + " | ".join(f"{row['sft'][k]:.3f}" for k in SHOWN) + " | - | - | - | - |")
+        lines.append(f"| {seed} | SFT | - | " + " | ".join(f"{row['sft'][k]:.3f}" for k in SHOWN) + " | - | - | - | - |")
         for judge in judges:
             if judge in row:
                 r = row[judge]
-                lines.append(f"| {seed} | {judge} | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
+                size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples")) if "settings" in r else "-"
+                lines.append(f"| {seed} | `{judge}` | {size} | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
                              f" | {r['judgments']} | {r['pairs']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
-    lines += ["", "| judge | hallucination (mean) | change vs SFT | VQA change (points) | judgments (mean) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| judge | hallucination (mean) | change vs SFT (per seed) | coverage change (points) | "
+                  "VQA change (points) | judgments (mean) |", "|---|---|---|---|---|---|"]
     for judge in judges:
         done = [row for row in seeds.values() if judge in row]
         if not done:
             continue
         sft = statistics.mean(r["sft"]["hallucination_rate"] for r in done)
         after = statistics.mean(r[judge]["eval"]["hallucination_rate"] for r in done)
-        vqa = statistics.mean(100 * (r[judge]["eval"]["vqa_accuracy"] - r["sft"]["vqa_accuracy"]) for r in done)
-        lines.append(f"| {judge} | {sft:.3f} -> {after:.3f} | {100 * (after - sft) / max(sft, 1e-9):+.0f}% | "
-                     f"{vqa:+.1f} | {statistics.mean(r[judge]['judgments'] for r in done):.0f} |")
+        per_seed = ", ".join(f"{100 * (r[judge]['eval']['hallucination_rate'] / r['sft']['hallucination_rate'] - 1):+.0f}%"
+                             for r in done)
+        points = {k: ", ".join(f"{100 * (r[judge]['eval'][k] - r['sft'][k]):+.1f}" for r in done)
+                  for k in ("coverage", "vqa_accuracy")}
+        lines.append(f"| `{judge}` | {sft:.3f} -> {after:.3f} | {100 * (after - sft) / max(sft, 1e-9):+.0f}% "
+                     f"({per_seed}) | {points['coverage']} | {points['vqa_accuracy']} | "
+                     f"{statistics.mean(r[judge]['judgments'] for r in done):.0f} |")
+    accuracy = [(seed, j, row[j]["pair_gold_accuracy"]) for seed, row in seeds.items() for j in judges
+                if j in row and "pair_gold_accuracy" in row[j]]
+    if accuracy:
+        lines += ["", "Stored decided pairs against gold, per round: the share whose chosen answer is the better one "
+                      "(hallucination rate of chosen / rejected answers)", "",
+                  "| seed | judge | round 1 | round 2 | round 3 |", "|---|---|---|---|---|"]
+        for seed, j, per_round in accuracy:
+            lines.append(f"| {seed} | `{j}` | " + " | ".join(
+                f"{a['right']:.2f} ({a['hallucination_chosen']:.3f} / {a['hallucination_rejected']:.3f})"
+                for a in per_round) + " |")
     quality = [row[j]["claim_judge"] for row in seeds.values() for j in judges if j in row and "claim_judge" in row[j]]
     if quality:
         lines += ["", "| seed | judge | claims judged | true | verified precision | verified recall | refuted precision "
@@ -202,9 +326,11 @@ def table(results: dict) -> str:
             for j in judges:
                 q = row.get(j, {}).get("claim_judge")
                 if q:
-                    lines.append(f"| {seed} | {j} | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
+                    lines.append(f"| {seed} | `{j}` | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
                                  f"{q['verified_recall']:.3f} | {q['refuted_precision']:.3f} | "
                                  f"{q['refuted_recall']:.3f} | {q['questions_asked']} |")
+    for study in results.get("pair_study", []):
+        lines += ["", study_table(study)]
     return "\n".join(lines) + "\n"
 
 

@@ -277,3 +277,46 @@ def test_the_model_splitter_keeps_only_claims_made_of_the_answers_words(shapes):
     assert splitter.generations == 1 and claims
     words = set(answer.rstrip(".").split())
     assert all(set(claim.lower().split()) <= words for claim in claims)  # an untrained judge: the fallback
+
+
+def test_self_both_averages_the_two_judges_probabilities_and_best_worst_keeps_one_pair(shapes):
+    root, examples, policy = shapes
+    example = next(e for e in examples if e.meta["task"] == "caption")
+    judge = ClaimJudge(policy, MediaStore(root), "shapes", "round-2", anchor=(policy, "start"), score="soft",
+                       pairs="best-worst")
+    red, blue = "a red circle on the left.", "a blue circle on the left."
+    says = {"round-2": {"circle": 0.9, "red": 0.6, "green": 0.2, "blue": 0.1, "yellow": 0.1},
+            "start": {"circle": 0.7, "red": 0.1, "green": 0.1, "blue": 0.7, "yellow": 0.1}}
+    for name, probabilities in says.items():  # each judge's log-likelihoods, in the cache: nothing is asked
+        for claim in shapes_claims(example, red) + shapes_claims(example, blue):
+            rest = (1 - probabilities["circle"]) / (len(claim.options) - 1)
+            judge.cache.put({judge._key(example, claim, name): [math.log(probabilities.get(o, rest))
+                                                                 for o in claim.options]})
+    calls = forward_calls(policy.model)
+    verified_red, verified_blue = judge.verify([example, example], [red, blue])
+    assert calls == []
+    # the mean of the two judges: circle (0.9 + 0.7) / 2 = 0.8; red (0.6 + 0.1) / 2 = 0.35 < blue (0.1 + 0.7) / 2 = 0.4
+    assert [r.answer for r in verified_red.results] == ["circle", "blue"]
+    assert [round(r.probability, 4) for r in verified_red.results] == [0.8, 0.35]
+    assert verified_red.score == pytest.approx(0.8 + 0.35 - 2 * (0.2 + 0.65))
+    assert verified_blue.score == pytest.approx(0.8 + 0.4 - 2 * (0.2 + 0.6))
+    completions = [Completion(example.id, text) for text in (red, blue, red, "a green circle on the left.")]
+    feedback, scores = judge_with_claims(judge, [example], completions, k=4)  # green: the same questions, cached
+    assert scores[3] == pytest.approx(0.8 + 0.15 - 2 * (0.2 + 0.85))  # the lowest
+    assert [[c.text for c in group] for group in feedback.groups] == [[blue, completions[3].text]]  # best vs worst
+    assert feedback.provenance[0]["anchor"] == "start" and feedback.provenance[0]["pairs"] == "best-worst"
+    del policy.model.forward
+
+
+def test_claims_self_judges_with_the_start_policy_when_asked(shapes, sft_model):
+    from modalign.feedback.judges.claims import claim_judge
+
+    root, examples, policy = shapes
+    start = str(sft_model[0])
+    media = MediaStore(root)
+    judge = claim_judge("claims:self?self=start", examples, media, policy, "round-2", start=start)
+    assert judge.name == start and judge.policy is not policy and len(judge.voters) == 1
+    both = claim_judge("claims:self?self=both", examples, media, policy, "round-2", start=start)
+    assert both.policy is policy and [name for _, name in both.voters] == ["round-2", start]
+    first = claim_judge("claims:self?self=both", examples, media, policy, start, start=start)
+    assert first.policy is policy and len(first.voters) == 1  # round 1: the round's policy is the start one

@@ -243,7 +243,7 @@ def collect_round(cfg: IterativeDPOConfig, r: int, policy_path: str, prompts: li
         feedback, scores = judge_with_panel(prompts, completions, k, cfg.seed + r)
     elif isinstance(judge, ClaimJudgeSpec):
         claims = claim_judge(cfg.judge, prompts, media, sampler, policy_path,
-                             ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+                             ClaimCache(Path(cfg.out) / "claims-cache.jsonl"), start=cfg.policy)
         feedback, scores = judge_with_claims(claims, prompts, completions, k)
     elif is_plugin(cfg.judge):
         feedback, scores = judge_with_function(cfg.judge, judge, prompts, completions, k)

@@ -228,7 +228,7 @@ def round_claim_judge(cfg: LoopConfig, policy_path: str, policy, media, prompts)
     from modalign.feedback.judges.claims import claim_judge
 
     return claim_judge(cfg.judge, prompts, media, policy, policy_path,
-                       ClaimCache(Path(cfg.out) / "claims-cache.jsonl"))
+                       ClaimCache(Path(cfg.out) / "claims-cache.jsonl"), start=cfg.policy)
 
 
 def model_judge(cfg: LoopConfig):

@@ -18,7 +18,23 @@ score is minus the number of its rejected claims): `claims:self?verified=0&refut
 score = -refuted. Paying nothing for a verified claim removes the reward for adding claims, which a
 self-judge that wrongly verifies some of them otherwise turns into extra (hallucinated) objects.
 
-Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>]`
+`score=soft` weighs each claim by the judge's probability p of its expected option instead of the verdict:
+
+    score = verified_weight * sum(p) - refute_weight * sum(1 - p)
+
+so a claim the judge is unsure of moves the score little, and a confident refutation moves it most.
+
+Pair selection (`select_pairs`): `pairs=all` (default) judges every pair of a prompt's distinct answers;
+`pairs=best-worst` only the highest- against the lowest-scored one, as RLAIF-V and RLHF-V build their
+preference pairs from many samples per prompt; `margin=<m>` drops pairs whose scores differ by less than
+m (with margin 0 equal scores are stored as ties). A noisy judge is right more often on its clearest pairs.
+
+`self=round|start|both` (claims:self only): which policy judges in the loop / iterative DPO - the
+round's own (default), the policy the run started from (the same self, frozen: a judge that trains on its
+own verdicts drifts), or both, each claim's option probabilities averaged over the two.
+
+Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
+&score=hard|soft&pairs=all|best-worst&margin=<m>&self=round|start|both]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
@@ -26,7 +42,7 @@ Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&r
 - refute: refute_weight.
 - verified: verified_weight (0: RLAIF-V's refuted-only score).
 
-Judgments (`judge_with_claims`): every pair of a prompt's distinct answers is one pairwise judgment,
+Judgments (`judge_with_claims`): every selected pair of a prompt's distinct answers is one pairwise judgment,
 the higher score winning and equal scores a tie, each with provenance (judge model, template sha256,
 splitter, both answers' scores and per-claim results). Every claim goes through a `ClaimCache`, keyed
 by (judge, media sha256, question, options): a claim is never asked twice of the same judge.
@@ -55,6 +71,8 @@ if TYPE_CHECKING:
 PREFIX = "claims:"
 SELF = "self"
 DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
+OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self")
+CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both")}
 
 
 def is_claims(spec: str) -> bool:
@@ -70,6 +88,10 @@ class ClaimJudgeSpec:
     template: str = ""
     refute_weight: float = 2.0
     verified_weight: float = 1.0
+    score: str = "hard"
+    pairs: str = "all"
+    margin: float = 0.0
+    judge_self: str = "round"
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -80,18 +102,27 @@ class ClaimJudgeSpec:
         options: dict[str, Any] = {}
         for item in filter(None, query.split("&")):
             key, _, value = item.partition("=")
-            if key not in ("splitter", "template", "refute", "verified") or not value:
+            if key not in OPTIONS or not value:
                 raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
-                                  f"refute=<weight> or verified=<weight>")
+                                  f"refute=<weight>, verified=<weight>, score=hard|soft, pairs=all|best-worst, "
+                                  f"margin=<number> or self=round|start|both")
             options[key] = value
-        weights = {}
-        for key, default in (("refute", 2.0), ("verified", 1.0)):
+        numbers = {}
+        for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0)):
             try:
-                weights[key] = float(options.get(key, default))
+                numbers[key] = float(options.get(key, default))
             except ValueError:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
-        return cls(model, options.get("splitter", "auto"), options.get("template", ""), weights["refute"],
-                   weights["verified"])
+        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round")):
+            if options.get(key, default) not in CHOICES[key]:
+                raise ConfigError(f"judge {spec!r}: {key}={options[key]!r}: one of {', '.join(CHOICES[key])}")
+        if numbers["margin"] < 0:
+            raise ConfigError(f"judge {spec!r}: margin={options['margin']!r} must be >= 0")
+        if options.get("self", "round") != "round" and model != SELF:
+            raise ConfigError(f"judge {spec!r}: self={options['self']} is for claims:{SELF} only")
+        return cls(model, options.get("splitter", "auto"), options.get("template", ""), numbers["refute"],
+                   numbers["verified"], options.get("score", "hard"), options.get("pairs", "all"), numbers["margin"],
+                   options.get("self", "round"))
 
     @property
     def is_self(self) -> bool:
@@ -168,14 +199,20 @@ class ClaimJudge:
 
     `name` identifies the judge in the cache keys and the provenance (its folder; for `claims:self`
     the round's policy folder). `media`: a MediaStore over the examples' dataset root.
+    `anchor`: a second judge (policy, name) asked every claim too (`self=both`); a claim's option
+    probabilities are then the mean of the two judges'. `score`: "hard" or "soft" (`claim_score`).
+    `pairs` / `margin`: which pairs of a prompt's answers become judgments (`select_pairs`).
     """
 
     def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
-                 batch_size: int = 32, verified_weight: float = 1.0) -> None:
+                 batch_size: int = 32, verified_weight: float = 1.0, score: str = "hard",
+                 anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0) -> None:
         self.policy, self.media, self.name = policy, media, name
+        self.voters = [(policy, name)] + ([anchor] if anchor is not None else [])
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
         self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
+        self.score_kind, self.pairs, self.margin = score, pairs, margin
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
         self.digests = MediaDigests(media.root)
@@ -190,26 +227,30 @@ class ClaimJudge:
     def verify(self, examples: Sequence[Example], answers: Sequence[str]) -> list[Verification]:
         """Each answer's claims, asked (only the ones not in the cache) in batches; one Verification per answer."""
         claims = [as_claims(self.splitter(e, a), self.splitter_name) for e, a in zip(examples, answers)]
-        keys = [[self._key(e, c) for c in own] for e, own in zip(examples, claims)]
-        pending: dict[str, tuple[Example, Claim]] = {}
-        for example, own, own_keys in zip(examples, claims, keys):
-            for claim, key in zip(own, own_keys):
-                if key not in pending and self.cache.get(key) is None:
-                    pending[key] = (example, claim)
-        self._ask(pending)
-        return [self._verification(own, own_keys) for own, own_keys in zip(claims, keys)]
+        for policy, name in self.voters:  # each judge asks only what it was never asked
+            pending: dict[str, tuple[Example, Claim]] = {}
+            for example, own in zip(examples, claims):
+                for claim in own:
+                    key = self._key(example, claim, name)
+                    if key not in pending and self.cache.get(key) is None:
+                        pending[key] = (example, claim)
+            self._ask(policy, pending)
+        return [self._verification(example, own) for example, own in zip(examples, claims)]
 
     def scores(self, examples: Sequence[Example], answers: Sequence[str]) -> list[float]:
         return [v.score for v in self.verify(examples, answers)]
 
     def provenance(self, verifications: Sequence[Verification]) -> dict:
         return {"judge": f"claims:{self.name}", "template_sha256": self.template_sha, "splitter": self.splitter_name,
-                "refute_weight": self.refute_weight, "verified_weight": self.verified_weight, "answers": [v.to_dict() for v in verifications]}
+                "refute_weight": self.refute_weight, "verified_weight": self.verified_weight,
+                "score": self.score_kind, "pairs": self.pairs, "margin": self.margin,
+                **({"anchor": self.voters[1][1]} if len(self.voters) > 1 else {}),
+                "answers": [v.to_dict() for v in verifications]}
 
-    def _key(self, example: Example, claim: Claim) -> str:
-        return ClaimCache.key(self.name, self.digests.of(example), self.question(claim), claim.options)
+    def _key(self, example: Example, claim: Claim, name: str = "") -> str:
+        return ClaimCache.key(name or self.name, self.digests.of(example), self.question(claim), claim.options)
 
-    def _ask(self, pending: dict[str, tuple[Example, Claim]]) -> None:
+    def _ask(self, policy: "Policy", pending: dict[str, tuple[Example, Claim]]) -> None:
         """Ask every pending claim, grouped by its options and, within a group, by example (media encoded once)."""
         from modalign.feedback.judges.ask import Query, media_key, score_options
 
@@ -219,35 +260,67 @@ class ClaimJudge:
         for options, group in by_options.items():
             group.sort(key=lambda k: media_key(pending[k][0]))
             queries = [Query(pending[k][0], self.question(pending[k][1])) for k in group]
-            scores = score_options(self.policy, queries, options, self.media, self.batch_size)  # (N, K)
+            scores = score_options(policy, queries, options, self.media, self.batch_size)  # (N, K)
             self.cache.put({k: row for k, row in zip(group, scores.tolist())})
 
-    def _verification(self, claims: Sequence[Claim], keys: Sequence[str]) -> Verification:
+    def _verification(self, example: Example, claims: Sequence[Claim]) -> Verification:
         results = []
-        for claim, key in zip(claims, keys):
-            scores = torch.tensor(self.cache.entries[key])
-            probabilities = torch.softmax(scores, dim=0)
-            answer = claim.options[int(scores.argmax())]
+        for claim in claims:
+            # (V, K) option probabilities of each judge, renormalised over the options; their mean decides
+            probabilities = torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
+                                         for _, n in self.voters]).mean(0)
+            answer = claim.options[int(probabilities.argmax())]
             results.append(ClaimResult(claim, answer, float(probabilities[claim.options.index(claim.expected)])))
-        return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight))
+        return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight,
+                                                        self.score_kind))
 
 
-def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0) -> float:
-    """The module docstring's formula: verified_weight * verified - refute_weight * refuted (0 claims: 0)."""
+def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0,
+                kind: str = "hard") -> float:
+    """The module docstring's formula (0 claims: 0):
+    hard: verified_weight * verified - refute_weight * refuted
+    soft: verified_weight * sum(p) - refute_weight * sum(1 - p), p = each claim's expected-option probability."""
+    if kind == "soft":
+        return float(sum(verified_weight * r.probability - refute_weight * (1 - r.probability) for r in results))
     verified = sum(r.verified for r in results)
     return float(verified_weight * verified - refute_weight * (len(results) - verified))
 
 
+def select_pairs(scores: Sequence[float], rule: str = "all", margin: float = 0.0) -> list[tuple[int, int]]:
+    """Which pairs of one prompt's (distinct) answers become judgments: (i, j) with scores[i] >= scores[j].
+
+    all: every pair; best-worst: the highest- against the lowest-scored answer only (the first of equal
+    ones). A pair whose scores differ by less than `margin` is dropped; with margin 0 equal scores stay,
+    as a tie."""
+    if len(scores) < 2:
+        return []
+    if rule == "best-worst":
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+        candidates = [(best, worst)] if best != worst else [(0, 1)]
+    else:
+        candidates = [(i, j) if scores[i] >= scores[j] else (j, i) for i, j in combinations(range(len(scores)), 2)]
+    return [(i, j) for i, j in candidates if scores[i] - scores[j] >= margin]
+
+
 def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", policy: "Policy | None" = None,
-                policy_name: str = "", cache: ClaimCache | None = None) -> ClaimJudge:
+                policy_name: str = "", cache: ClaimCache | None = None, start: str = "") -> ClaimJudge:
     """The ClaimJudge of `spec`: for `claims:self` over `policy` (the current one, named `policy_name`),
-    else over the model the spec names (loaded here)."""
+    else over the model the spec names (loaded here). `start`: the folder of the policy the run started
+    from, the judge of `claims:self?self=start` and the anchor of `self=both` (loaded here)."""
     parsed = check_claims_judge(spec, examples)
+    anchor = None
     if parsed.is_self:
         if policy is None:
             raise ConfigError(f"judge {spec!r}: claims:self needs the current policy (only the loop, iterative DPO "
                               f"and online RL have one)")
         name = policy_name or getattr(policy, "name", "") or "self"
+        if parsed.judge_self != "round" and start and start != name:
+            started = _load_judge(start, policy)
+            if parsed.judge_self == "start":
+                policy, name = started, start
+            else:
+                anchor = (started, start)
     else:
         from modalign.models.inputs import MediaStore
         from modalign.validate import load_checked_policy
@@ -262,13 +335,25 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
         media = MediaStore(media.root, sample_rate=int(getattr(extractor, "sampling_rate", media.sample_rate)))
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
-                      verified_weight=parsed.verified_weight)
+                      verified_weight=parsed.verified_weight, score=parsed.score, anchor=anchor, pairs=parsed.pairs,
+                      margin=parsed.margin)
+
+
+def _load_judge(folder: str, like: "Policy") -> "Policy":
+    """The policy saved in `folder`, on the device of `like`, for judging only."""
+    from modalign.device import model_device
+    from modalign.validate import load_checked_policy
+
+    judge = load_checked_policy(folder)
+    judge.model.to(model_device(like.model)).eval()
+    return judge
 
 
 def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions: Sequence[Completion],
                       k: int) -> tuple["JudgedGroups", list[float]]:
-    """Verify every answer (one batched pass), then every pair of a prompt's distinct answers is one pairwise
-    judgment: the higher score wins, equal scores are a tie. Returns the judgments and every answer's score."""
+    """Verify every answer (one batched pass), then the pairs of a prompt's distinct answers the judge's `pairs`
+    and `margin` select (`select_pairs`; default every pair) are pairwise judgments: the higher score wins,
+    equal scores are a tie. Returns the judgments and every answer's score."""
     owners = [e for e in prompts for _ in range(k)]
     verifications = judge.verify(owners, [c.text for c in completions])
     scores = [v.score for v in verifications]
@@ -276,16 +361,18 @@ def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions
     for i, example in enumerate(prompts):
         distinct = list({c.text: (c, v) for c, v in zip(completions[k * i : k * i + k],
                                                         verifications[k * i : k * i + k])}.values())
-        pairs += [(example, a, b) for a, b in combinations(distinct, 2)]
+        chosen = select_pairs([v.score for _, v in distinct], judge.pairs, judge.margin)
+        pairs += [(example, distinct[a], distinct[b]) for a, b in chosen]
     return _pair_judgments(judge, pairs), scores
 
 
 def judge_pairs_with_claims(judge: ClaimJudge, pairs) -> "JudgedGroups":
-    """The claim judge chooses in every selected pair (`feedback.select.CandidatePair`); equal scores are ties."""
+    """The claim judge chooses in every selected pair (`feedback.select.CandidatePair`); equal scores are ties,
+    pairs whose scores differ by less than the judge's `margin` are dropped."""
     verifications = judge.verify([p.example for p in pairs for _ in range(2)],
                                  [c.text for p in pairs for c in (p.a, p.b)])
-    return _pair_judgments(judge, [(p.example, (p.a, verifications[2 * i]), (p.b, verifications[2 * i + 1]))
-                                   for i, p in enumerate(pairs)])
+    judged = [(p.example, (p.a, verifications[2 * i]), (p.b, verifications[2 * i + 1])) for i, p in enumerate(pairs)]
+    return _pair_judgments(judge, [(e, a, b) for e, a, b in judged if abs(a[1].score - b[1].score) >= judge.margin])
 
 
 def _pair_judgments(judge: ClaimJudge, pairs) -> "JudgedGroups":

@@ -9,6 +9,7 @@ grammar has questions the judge was trained on (ShapesWorld's VQA questions).
 Built in:
 - `shapes`: the ShapesWorld caption grammar (`data/shapes/language.py`), parsed as the gold scorers parse
   it; each stated fact becomes one claim asked with the world's own question (see `shapes_claims`).
+- `shapes+count`: `shapes` plus the number of objects described, asked "how many shapes are there?".
 - `sentences`: free text split at sentence ends, semicolons, commas and "and" (the documented fallback).
 - `model`: the judge model itself is asked to list the claims (`ModelSplitter`); an empty or unusable
   list falls back to `sentences`.
@@ -115,6 +116,27 @@ def shapes_claims(example: Example, answer: str) -> list[Claim]:
     for pitch in dict.fromkeys(mentions.pitches):
         claims.append(Claim(f"the beeps are {pitch}", "are the beeps high or low?", PITCHES, pitch))
     return list(dict.fromkeys(claims))
+
+
+@register_splitter("shapes+count")
+def shapes_count_claims(example: Example, answer: str) -> list[Claim]:
+    """`shapes`' claims plus the number of objects the caption describes, asked as ShapesWorld's count question
+    ("how many shapes are there?", options one .. three, expects the number described).
+
+    A caption describes the whole scene, so describing an object that is not there (or leaving one out) makes
+    this claim false. A judge that rarely answers "nothing" to "what shape is on the right?" verifies an extra
+    object's own claims, but counts the scene's shapes reliably: the extra object is refuted here.
+    """
+    from modalign.data.shapes.scorers import parse_caption
+    from modalign.data.shapes.world import NUMBER_WORDS, POSITIONS
+
+    claims, described = shapes_claims(example, answer), len(parse_caption(answer).objects)
+    counts = NUMBER_WORDS[1 : len(POSITIONS) + 1]
+    if described:
+        word = NUMBER_WORDS[described] if described < len(NUMBER_WORDS) else str(described)
+        options = counts if word in counts else counts + (word,)
+        claims.append(Claim(f"there are {word} shapes", "how many shapes are there?", options, word))
+    return claims
 
 
 _SENTENCE_ENDS = re.compile(r"(?<=[.!?;])\s+|\n+")
