@@ -79,5 +79,4 @@ async def _annotation_error(request: Request, err: AnnotationError) -> Response:
         return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
     if isinstance(err, Unauthorized) and request.method == "GET":
         return RedirectResponse("/login", status_code=303)
-    message = f"{err.message} (field: {err.field})" if err.field else err.message
-    return html("message", code=err.status, title=f"Error {err.status}", message=message, css="error")
+    return html("message", code=err.status, title=f"Error {err.status}", message=err.page_message, css="error")

@@ -14,6 +14,11 @@ class AnnotationError(Exception):
         self.message = message
         self.field = field
 
+    @property
+    def page_message(self) -> str:
+        """The message as a page shows it: with the field at fault, when there is one."""
+        return f"{self.message} (field: {self.field})" if self.field else self.message
+
     def to_json(self) -> dict:
         out = {"detail": self.message}
         if self.field:

@@ -99,7 +99,7 @@ def task_submit(task_id: TaskId, request: Request, account: Account = Depends(re
     try:
         submit_judgment(state.store, state.write_lock, task_id, account.name, form_to_body(task, form), state.guidelines)
     except AnnotationError as err:
-        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        message = err.page_message
         return _task_html(request, account, task, status, error=message, values=form, code=err.status)
     return RedirectResponse("/next", status_code=303)
 
@@ -114,7 +114,7 @@ def task_edit(task_id: TaskId, request: Request, account: Account = Depends(requ
         edit_judgment(state.store, state.write_lock, task_id, account.name, form_to_body(task, form), state.guidelines,
                       state.edit_policy)
     except AnnotationError as err:
-        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        message = err.page_message
         return _task_html(request, account, task, status, error=message, values=form, code=err.status, editing=True)
     return RedirectResponse("/recent?changed=" + str(task_id), status_code=303)
 
@@ -145,7 +145,7 @@ def task_skip(task_id: TaskId, request: Request, account: Account = Depends(requ
         skip_task(state.store, state.write_lock, task_id, account.name,
                   {"reason": form.get("reason"), "note": form.get("note", "")})
     except AnnotationError as err:
-        message = f"{err.message} (field: {err.field})" if err.field else err.message
+        message = err.page_message
         return _task_html(request, account, task, status, error=message, values=form, code=err.status)
     return RedirectResponse("/next", status_code=303)
 
