@@ -73,6 +73,9 @@ def main() -> None:
         "hallucination": hallucination_check(rm, data, counts[split][0], splits[split]),
         "questions": question_check(rm, data, counts[split][1], splits[split])}) for split in splits}
     pieces["timing"] = lambda: explain_timing(rm, data, work / "explain_run")
+    for split in splits:  # fill `others` on the same cases as the fills above (their cached piece)
+        pieces[f"others_{split}"] = (lambda split=split: others_fill_check(
+            rm, data, cached(work, split, pieces[split])["hallucination"]["cases"], splits[split]))
     if args.only:  # compute (and cache) these pieces only: separate processes may share the work
         for name in args.only.split(","):
             cached(work, name, pieces[name])
@@ -81,6 +84,8 @@ def main() -> None:
     for key in ("hallucination", "questions"):
         results[key] = {split: done[split][key] for split in splits}
     results["timing"] = done["timing"]
+    results["others_fill"] = {split: done[f"others_{split}"] for split in splits}
+    results["others_fill"]["validation"].pop("cases")
     results["picked"] = pick_settings(results)
     results["hallucination"]["validation"].pop("cases")  # per-case heatmaps of the test split only
     RESULTS.mkdir(exist_ok=True)
@@ -284,6 +289,119 @@ def hallucination_check(rm: Path, data: Path, count: int, in_split) -> dict:
     return out
 
 
+# fill `others` (Zintgraf et al. 2017): each cell replaced by the same cell of K other scenes' images in turn, mean
+# score; the K are the explained set's next scenes (`explain`'s `background_of`: one draw for all cells, "joint")
+# or K scenes drawn per cell from every other scene of the split ("independent")
+OTHERS_K = (4, 8, 16)
+OTHERS_SAMPLING = ("joint", "independent")
+
+
+def others_fill_check(rm: Path, data: Path, cases: dict[str, list[dict]], in_split) -> dict:
+    """The same hallucinated captions as `hallucination_check` (its cached cases) with fill `others`: per case the
+    heatmaps of the caption and of the reference against each of 16 other images (K = 4, 8 are the first K of
+    them; the contrastive heatmap is their difference, f being linear in the occluded rows)."""
+    import torch
+
+    from modalign.data.dataset import read_examples
+    from modalign.eval.explain import encode_subject, image_occlusion, load_target
+    from modalign.models.inputs import MediaStore
+    from modalign.recipes.explain import background_of
+
+    target, processor = load_target(rm)
+    media, ids = MediaStore(data), target.media_token_ids()
+    captions = [e for e in read_examples(data, "test") if e.meta.get("task") == "caption" and in_split(e)]
+    by_id = {e.id: e for e in captions}
+    scenes = [encode_subject(processor, media, e, e.answer, media_token_ids=ids) for e in captions]
+    rng, seconds, heatmaps = torch.Generator().manual_seed(0), 0.0, 0
+    rows: dict[str, list[dict]] = {}
+    for kind, items in cases.items():
+        rows[kind] = []
+        for case in items:
+            example = by_id[case["example_id"]]
+            index = captions.index(example)
+            subject = encode_subject(processor, media, example, case["caption"], media_token_ids=ids)
+            pools = {"joint": background_of(scenes, index, max(OTHERS_K)),
+                     "independent": independent_draws(scenes, index, max(OTHERS_K), rng)}
+            row = {key: case[key] for key in ("example_id", "caption", "cell", "rm_prefers_reference")}
+            for sampling, others in pools.items():
+                begin = time.process_time()
+                heats = [torch.tensor(image_occlusion(target, s, 3, fill="others", others=others,
+                                                      keep_samples=True)["sample_heatmaps"])
+                         for s in (subject, scenes[index])]  # (K, 3, 3) of the caption, of the reference
+                seconds, heatmaps = seconds + time.process_time() - begin, heatmaps + 2
+                for k in OTHERS_K:
+                    own, reference = heats[0][:k].mean(0), heats[1][:k].mean(0)
+                    for contrast, heat in (("", own), (", contrast", own - reference)):
+                        row[f"others {k} {sampling}{contrast}"] = cell_hits(heat, case["cell"])
+            rows[kind].append(row)
+    settings = [key for key in rows["extra_object"][0] if key.startswith("others")]
+    out = rates(rows, settings)
+    out["cpu_seconds_per_heatmap_16"] = round(seconds / max(1, heatmaps), 4)
+    out["cpu_seconds_contrastive_heatmap"] = others_timing(target, processor, media, captions, scenes)
+    out["cases"] = rows
+    return out
+
+
+def others_timing(target, processor, media, captions: list, scenes: list, count: int = 10) -> dict[str, float]:
+    """Process CPU seconds of one contrastive heatmap with fill `others` (what `explain` computes with
+    occlusion_fill=others contrast=reference), per K, over `count` captions of the split."""
+    from modalign.eval.explain import encode_subject, image_occlusion
+    from modalign.recipes.explain import background_of
+
+    out = {}
+    for k in OTHERS_K:
+        begin = time.process_time()
+        for index, example in enumerate(captions[:count]):
+            subject = encode_subject(processor, media, example, example.answer + " a",
+                                     media_token_ids=target.media_token_ids())
+            image_occlusion(target, subject, 3, fill="others", others=background_of(scenes, index, k),
+                            contrast=scenes[index])
+        out[str(k)] = round((time.process_time() - begin) / count, 4)
+    return out
+
+
+def independent_draws(scenes: list, index: int, count: int, rng) -> list:
+    """`count` composite subjects whose image's cell c is the same cell of a scene drawn for c alone from every
+    other scene of the split (3 x 3 cells of a 48 x 48 image: no overlap)."""
+    import dataclasses
+
+    import torch
+
+    images = torch.stack([s.pixel_values[0] for i, s in enumerate(scenes) if i != index])  # (S, C, H, W)
+    side = images.shape[-1] // 3
+    composite = torch.empty(count, *images.shape[1:])
+    for row in range(3):
+        for column in range(3):
+            drawn = torch.randperm(len(images), generator=rng)[:count]
+            window = (slice(None), slice(None), slice(row * side, (row + 1) * side),
+                      slice(column * side, (column + 1) * side))
+            composite[window] = images[drawn][window]
+    return [dataclasses.replace(scenes[index], pixel_values=image[None]) for image in composite]
+
+
+def cell_hits(heat, cell: list[int]) -> dict:
+    """Is the most negative cell / the largest |value| cell the hallucinated one; is the most negative in its
+    column."""
+    flat = heat.flatten()
+    negative, top = divmod(int(flat.argmin()), 3), divmod(int(flat.abs().argmax()), 3)
+    return {"heatmap": heat.tolist(), "most_negative_hit": list(negative) == cell, "abs_top_hit": list(top) == cell,
+            "column_hit": negative[1] == cell[1]}
+
+
+def rates(rows: dict[str, list[dict]], settings: list[str]) -> dict:
+    """Hit rates per kind (and all) and setting, over all cases and where the RM prefers the reference."""
+    out = {}
+    for kind, items in list(rows.items()) + [("all", [i for items in rows.values() for i in items])]:
+        detected = [item for item in items if item["rm_prefers_reference"]]
+        out[kind] = {name: {"n": len(items), **{key: _rate([item[name] for item in items], key)
+                                                  for key in ("most_negative_hit", "abs_top_hit", "column_hit")},
+                            "n_detected": len(detected),
+                            **{f"{key}_detected": _rate([item[name] for item in detected], key)
+                               for key in ("most_negative_hit", "abs_top_hit")}}
+                     for name in settings}
+    return out
+
+
 # occluded cells show the processor's mean colour or the image's median one (regions.IMAGE_BASELINES); contrast:
 # the heatmap of f(caption) - f(reference caption)
 FILLS = {"mean": {"fill": "mean", "contrast": False}, "median": {"fill": "median", "contrast": False},
@@ -369,7 +487,44 @@ def pick_settings(results: dict) -> dict:
                     key=lambda pair: val[pair[0]][pair[1]])
     questions = results["questions"]["validation"]
     modality = max(QUESTION_METHODS, key=lambda m: min(questions[t][f"{m}_hit"] for t in questions))
-    return {"occlusion": {"fill": occlusion[0], "rule": occlusion[1]}, "modality": modality}
+    others = results["others_fill"]["validation"]["all"]  # settings in order: joint first, smaller K first (ties)
+    from_data = max(((name, rule) for name in others for rule in ("most_negative_hit", "abs_top_hit")),
+                    key=lambda pair: others[pair[0]][pair[1]])
+    return {"occlusion": {"fill": occlusion[0], "rule": occlusion[1]}, "modality": modality,
+            "occlusion_others": {"setting": from_data[0], "rule": from_data[1]}}
+
+
+def others_markdown(results: dict, rule_name: dict[str, str]) -> list[str]:
+    """The fill-from-the-data subsection: the pick, then every setting on validation and test."""
+    o, picked = results["others_fill"], results["picked"]["occlusion_others"]
+    name, rule = picked["setting"], picked["rule"]
+    test, timing = o["test"], o["test"]["cpu_seconds_contrastive_heatmap"]
+    lines = ["### Fill from the data (`occlusion_fill=others`)", "",
+             f"**Picked on validation: `{name}`, {rule_name[rule]}. Test: "
+             + ", ".join(f"{k} {test[k][name][rule]:.0%} (n={test[k][name]['n']})"
+                         for k in ("extra_object", "wrong_colour", "all"))
+             + f"; where the reward model prefers the reference: {test['all'][name][rule + '_detected']:.0%} "
+               f"(n={test['all'][name]['n_detected']}).**", "",
+             "Each occluded cell is replaced by the same cell of K other scenes' images in turn and the value is "
+             "f(x) - mean_k f(x with other k's cell) (prediction difference analysis, Zintgraf et al. 2017, ICLR). "
+             "Joint: the K are the next K scenes of the split for every cell (what `explain` does with "
+             "`occlusion_fill=others background=K`); independent: each cell draws its own K from every other "
+             "scene of the split. K = 4 and 8 are the first 4 and 8 of the same 16 draws. Contrast: the heatmap of "
+             "f(caption) - f(reference caption) (`contrast=reference`). Process CPU per contrastive heatmap (what "
+             "`explain` computes, 3 x 3 cells): " + ", ".join(f"K={k} {v:.2f} s" for k, v in timing.items())
+             + f"; one plain heatmap with K=16 {test['cpu_seconds_per_heatmap_16']:.2f} s (a 3 x 3 heatmap with "
+               f"the mean fill: 0.05 s). n = {o['validation']['all'][name]['n']} validation and "
+               f"{test['all'][name]['n']} test captions (those of the fills below).", "",
+             "| setting | validation all: most negative / abs top | test extra_object | test wrong_colour | test all "
+             "| test all where the RM prefers the reference (n) | test all: right column |",
+             "|---|---|---|---|---|---|---|"]
+    for setting, row in o["validation"]["all"].items():
+        pair = lambda r: f"{r['most_negative_hit']:.3f} / {r['abs_top_hit']:.3f}"  # noqa: E731
+        t = test["all"][setting]
+        lines.append(f"| {setting} | {pair(row)} | {pair(test['extra_object'][setting])} | "
+                     f"{pair(test['wrong_colour'][setting])} | {pair(t)} | {t['most_negative_hit_detected']:.3f} / "
+                     f"{t['abs_top_hit_detected']:.3f} ({t['n_detected']}) | {t['column_hit']:.3f} |")
+    return lines
 
 
 def explain_timing(rm: Path, data: Path, out: Path) -> dict:
@@ -418,6 +573,8 @@ def markdown(results: dict, args) -> str:
              f"Validation: test scenes < {args.val_scenes}; test: test scenes >= {args.val_scenes} (disjoint; neither "
              "trained on). Settings are picked on validation, numbers below the pick are test.", "",
              "## Occlusion top cell = the hallucinated object's cell (3 x 3 grid, chance 1/9)", "",
+             *others_markdown(results, rule_name), "",
+             "### Grey and background fills (the earlier settings)", "",
              f"**Picked on validation: fill `{fill}`, {rule_name[rule]}. Test: "
              + ", ".join(f"{k} {test_h[k][fill][rule]:.0%} (n={test_h[k][fill]['n']})"
                          for k in ("extra_object", "wrong_colour", "all"))

@@ -106,6 +106,71 @@ def test_occlusion_top_cell_is_the_only_cell_read(shapes, kind):
         assert torch.cat([heat[:2], heat[3:]]).abs().max() < 1e-6
 
 
+class RedInCell:
+    """A reward that reads only how red one cell of a 3 x 3 grid is (the caption claims a red object there):
+    mean red minus mean green and blue over the cell, per row of the batch."""
+
+    def __init__(self, row: int, column: int) -> None:
+        self.row, self.column = row, column
+
+    def __call__(self, input_ids, answer_mask, pixel_values, input_values=None) -> torch.Tensor:
+        side = pixel_values.shape[-1] // 3
+        rows = slice(self.row * side, (self.row + 1) * side)
+        columns = slice(self.column * side, (self.column + 1) * side)
+        colour = pixel_values[:, :, rows, columns].mean((2, 3))  # (N, 3)
+        return colour[:, 0] - colour[:, 1:].mean(1)
+
+
+def scene_image(objects: dict[tuple[int, int], tuple[float, float, float]]) -> torch.Tensor:
+    """A (1, 3, 48, 48) white image with a square of the given colour in each given (row, column) cell."""
+    image = torch.ones(1, 3, 48, 48)
+    for (row, column), colour in objects.items():
+        square = (0, slice(None), slice(row * 16 + 4, row * 16 + 12), slice(column * 16 + 4, column * 16 + 12))
+        image[square] = torch.tensor(colour)[:, None, None]
+    return image
+
+
+def test_occlusion_fill_others_finds_a_claimed_object_that_is_not_there():
+    """The caption claims a red object in the middle right cell, which is empty: blanking the empty cell changes
+    nothing, filling it from other scenes (some of which hold a red object there) raises the score there only."""
+    red, blue = (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0)
+    ids = torch.tensor([[5, 6, 7]])
+    answer = torch.tensor([[False, True, True]])
+
+    def subject(image: torch.Tensor) -> Subject:
+        return Subject("scene", "a red square on the right", ids, torch.ones_like(ids), answer, image, None,
+                       torch.zeros_like(answer))
+
+    own = subject(scene_image({(1, 0): blue}))
+    others = [subject(scene_image(objects)) for objects in
+              ({(1, 2): red}, {(1, 1): red}, {(1, 2): blue, (1, 0): red}, {(1, 2): red, (0, 0): blue})]
+    target = RedInCell(1, 2)
+    for fill in ("mean", "median"):  # white stays white or turns grey: no red appears, the map is flat
+        assert torch.tensor(image_occlusion(target, own, fill=fill)["heatmap"]).abs().max() < 1e-6
+    result = image_occlusion(target, own, fill="others", others=others, keep_samples=True)
+    heat = torch.tensor(result["heatmap"])
+    assert result["most_negative_cell"] == [1, 2] and result["top_cell"] == [1, 2]
+    # f(x) - mean_k f(x with other k's cell): other scenes 1 and 4 put a red square (8 x 8 of 16 x 16) there
+    replaced = torch.cat([target(ids, answer, _paste(own.pixel_values, o.pixel_values, 1, 2)) for o in others])
+    expected = float(target(ids, answer, own.pixel_values)) - float(replaced.mean())
+    assert heat[1, 2] == pytest.approx(expected, abs=1e-5) and expected < -0.1
+    assert torch.cat([heat.flatten()[:5], heat.flatten()[6:]]).abs().max() < 1e-6  # nothing else is read
+    samples = torch.tensor(result["sample_heatmaps"])  # (4, 3, 3): one heatmap per other image
+    assert samples.shape == (4, 3, 3) and torch.allclose(samples.mean(0), heat, atol=1e-6)
+    assert samples[1, 1, 2].abs() < 1e-6  # other scene 2 holds nothing in that cell
+    assert "4 other example" in result["baseline"]
+    with pytest.raises(ExplainError, match="fill others: no other example has an image"):
+        image_occlusion(target, own, fill="others", others=[subject(torch.ones(1, 3, 32, 32))])
+
+
+def _paste(image: torch.Tensor, other: torch.Tensor, row: int, column: int) -> torch.Tensor:
+    """`image` with cell (row, column) of a 3 x 3 grid taken from `other`."""
+    out = image.clone()
+    out[..., row * 16 : (row + 1) * 16, column * 16 : (column + 1) * 16] = \
+        other[..., row * 16 : (row + 1) * 16, column * 16 : (column + 1) * 16]
+    return out
+
+
 class CornerReader(nn.Module):
     """An image encoder that sees only the last 2 x 2 pixels (bottom right) of any image."""
 
@@ -241,6 +306,18 @@ def test_explain_recipe_writes_attributions_figures_and_report(shapes, reward_fo
     assert "<h2>Explanations</h2>" in page and "data:image/png;base64" in page and first["example_id"] in page
 
 
+def test_explain_recipe_fills_occluded_cells_from_other_examples(shapes, reward_folder, tmp_path):
+    from modalign.recipes.explain import ExplainConfig, run_explain
+
+    root, _ = shapes
+    run_explain(ExplainConfig(model=str(reward_folder), data=str(root), out=str(tmp_path / "x"), max_examples=6,
+                              methods="occlusion", grid=2, occlusion_fill="others", background=1))
+    first = json.loads((tmp_path / "x" / "attributions.json").read_text())["examples"][0]
+    assert set(first) >= {"occlusion"} and "ablation" not in first
+    assert "1 other example" in first["occlusion"]["baseline"]  # the next example of another scene
+    assert any(abs(v) > 0 for row in first["occlusion"]["heatmap"] for v in row)
+
+
 def test_explain_cli_bad_inputs_are_one_error_line(shapes, reward_folder, tmp_path):
     from typer.testing import CliRunner
 
@@ -252,6 +329,8 @@ def test_explain_cli_bad_inputs_are_one_error_line(shapes, reward_folder, tmp_pa
         ("--set", "methods=ablation,saliency"): "methods='ablation,saliency'",
         ("--set", "head=safety"): "head='safety'",
         ("--set", "answers=/nonexistent/samples.jsonl"): "answers: no samples file",
+        ("--set", "occlusion_fill=grey"): "occlusion_fill='grey': use mean, median or others",
+        ("--set", "occlusion_fill=others", "--set", "max_examples=1"): "explain at least 2 examples",
     }
     for extra, message in cases.items():
         result = runner.invoke(app, ["explain", "--model", str(reward_folder), "--data", str(root),

@@ -36,11 +36,14 @@ class ExplainConfig:
                                                 "silence) or others (the image / clip of `background` other "
                                                 "explained examples in turn, mean score: in distribution for a model "
                                                 "never trained on silence).")
-    background: int = field_doc(16, "Examples whose media serve as baseline with ablation_baseline=others (16: "
-                                    "picked on ShapesWorld validation questions over 4, bench/explain_checks.py).")
+    background: int = field_doc(16, "Examples whose media serve as baseline with ablation_baseline=others and "
+                                    "occlusion_fill=others (16: picked on ShapesWorld validation questions over 4, "
+                                    "bench/explain_checks.py).")
     occlusion_fill: str = field_doc("mean", "What an occluded image cell shows: mean (the processor's mean colour, "
-                                            "pixel_values 0) or median (the image's median colour: its background "
-                                            "when mostly flat).")
+                                            "pixel_values 0), median (the image's median colour: its background "
+                                            "when mostly flat) or others (the same cell of `background` other "
+                                            "explained examples' images in turn, mean score: what the data puts "
+                                            "there, so a claimed absent object is found too).")
     contrast: str = field_doc("", "Occlusion heatmap of f(answer) - f(reference answer) with 'reference' (why the "
                                   "answer scores differently from the reference: e.g. where a hallucination is), "
                                   "of f(answer) with ''.")
@@ -77,6 +80,9 @@ def run_explain(cfg: ExplainConfig) -> dict:
         raise ConfigError(f"explain: no examples in split {cfg.split!r} of {data_root}"
                           + (f" with task={cfg.task!r}" if cfg.task else ""))
     answers = read_answers(cfg.answers, examples)
+    if cfg.occlusion_fill == "others" and "occlusion" in methods and len(examples) < 2:
+        raise ConfigError("occlusion_fill=others fills a cell from other explained examples' images: explain at "
+                          "least 2 examples (max_examples)")
     if cfg.contrast and any(e.answer is None for e in examples):
         missing = next(e.id for e in examples if e.answer is None)
         raise ConfigError(f"contrast=reference: record {missing!r} has no reference answer (final assistant message)")
@@ -95,11 +101,14 @@ def run_explain(cfg: ExplainConfig) -> dict:
     with progress_bar("explain", total=len(examples)) as advance:
         for index, (example, subject) in enumerate(zip(examples, subjects)):
             begin = time.time()
-            others = background_of(subjects, index, cfg.background) if cfg.ablation_baseline == "others" else []
+            needed = "others" in (cfg.ablation_baseline, cfg.occlusion_fill)
+            background = background_of(subjects, index, cfg.background) if needed else []
+            others = background if cfg.ablation_baseline == "others" else []
+            cells_from = background if cfg.occlusion_fill == "others" else []
             contrast = (encode_subject(processor, media, example, example.answer, cfg.max_length,
                                        target.media_token_ids()) if cfg.contrast else None)
             result = explain_example(target, subject, processor, methods, cfg.grid, cfg.audio_windows, cfg.ig_steps,
-                                     others, contrast, cfg.occlusion_fill)
+                                     others, contrast, cfg.occlusion_fill, cells_from)
             result.update(task=example.meta.get("task"), prompt=example.prompt_text,
                           seconds=round(time.time() - begin, 3))
             result["figures"] = write_figures(result, example, media, out / "figures")
@@ -135,8 +144,8 @@ def check_config(cfg: ExplainConfig) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods={cfg.methods!r}: use a comma-separated subset of {','.join(METHODS)}")
-    if cfg.occlusion_fill not in ("mean", "median"):
-        raise ConfigError(f"occlusion_fill={cfg.occlusion_fill!r}: use mean or median")
+    if cfg.occlusion_fill not in ("mean", "median", "others"):
+        raise ConfigError(f"occlusion_fill={cfg.occlusion_fill!r}: use mean, median or others")
     if cfg.contrast not in ("", "reference"):
         raise ConfigError(f"contrast={cfg.contrast!r}: use reference or ''")
     if cfg.ablation_baseline not in ("blank", "others"):

@@ -71,12 +71,14 @@ def check_methods(methods: Sequence[str], processor, model_name: str) -> None:
 
 def explain_example(target: Target, subject: Subject, processor, methods: Sequence[str], grid: int = 3,
                     audio_windows: int = 10, ig_steps: int = 16, others: Sequence[Subject] = (),
-                    contrast: Subject | None = None, occlusion_fill: str = "mean") -> dict[str, Any]:
+                    contrast: Subject | None = None, occlusion_fill: str = "mean",
+                    occlusion_others: Sequence[Subject] = ()) -> dict[str, Any]:
     """The asked attributions of one subject; a method whose media the example lacks is skipped (and said).
 
     `others`: other subjects whose media are the ablation's baseline (`modality.ablation`); none: blank/silent.
     `contrast`: the same example with another answer: the occlusion heatmap is of the score difference;
-    `occlusion_fill`: what an occluded cell shows (`regions.IMAGE_BASELINES`).
+    `occlusion_fill`: what an occluded cell shows (`regions.IMAGE_BASELINES`); with `others`, the same cell of
+    `occlusion_others`' images in turn.
     """
     target.check_token(subject)
     tokenizer = processor.tokenizer
@@ -91,7 +93,8 @@ def explain_example(target: Target, subject: Subject, processor, methods: Sequen
         elif method == "ig":
             out["ig"] = integrated_gradients(target, subject, tokenizer.pad_token_id, ig_steps)
         elif method == "occlusion":
-            out["occlusion"] = image_occlusion(target, subject, grid, fill=occlusion_fill, contrast=contrast)
+            out["occlusion"] = image_occlusion(target, subject, grid, fill=occlusion_fill, contrast=contrast,
+                                                others=occlusion_others)
         elif method == "audio":
             out["audio"] = audio_occlusion(target, subject, audio_windows)
         elif method == "tokens":

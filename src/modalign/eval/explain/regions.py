@@ -5,28 +5,40 @@ takes f(x) - f(occluded) for every window; all windows of an example go through 
 batch (`perturbations_per_eval`), so an image grid of g x g cells is one forward of g^2 rows.
 A positive cell supports the score (hiding it lowers the score); a negative cell holds what
 lowers it (for a reward: e.g. the object a caption gets wrong).
+
+Fill `others` marginalises a cell over the data instead of blanking it (prediction difference
+analysis, Zintgraf et al. 2017): the cell is replaced by the same cell of K other images in turn
+and the value is f(x) - mean_k f(x with other k's cell). A cell that a correct claim rests on
+loses its evidence; a cell where the answer claims something absent gets, on average, what other
+scenes hold there - sometimes what the answer claims - so the score rises (a negative cell). A
+grey or background fill cannot show an object that is not there.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from modalign.eval.explain.target import ExplainError, Subject, Target, captum_attr, repeat_rows
 
 IMAGE_BASELINES = {"mean": "each cell in turn set to pixel_values 0 (the processor's mean colour)",
-                   "median": "each cell in turn set to the image's median colour (a flat background)"}
+                   "median": "each cell in turn set to the image's median colour (a flat background)",
+                   "others": "each cell in turn set to the same cell of {k} other example(s)' images in turn (mean "
+                             "score)"}
 AUDIO_BASELINE = "each time window in turn set to input_values 0 (silence)"
 
 
 def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int = 0, fill: str = "mean",
-                    contrast: Subject | None = None) -> dict[str, Any]:
+                    contrast: Subject | None = None, others: Sequence[Subject] = (),
+                    keep_samples: bool = False) -> dict[str, Any]:
     """A grid x grid heatmap of f(x) - f(cell occluded) over image `image` of the subject.
 
-    `fill`: what an occluded cell shows (IMAGE_BASELINES): the processor's mean colour, or the image's median
-    colour per channel (the background of a mostly flat image: the cell looks empty rather than grey).
+    `fill`: what an occluded cell shows (IMAGE_BASELINES): the processor's mean colour, the image's median
+    colour per channel (the background of a mostly flat image: the cell looks empty rather than grey), or
+    (`others`) the same cell of each of `others`' image `image` in turn, the value then f(x) minus the mean
+    score over them (all K x grid^2 variants in one batch); `keep_samples` adds each other image's heatmap.
     `contrast`: the same example with another answer (e.g. the reference): the heatmap is then of
     f(answer) - f(contrast answer), the regions that make the model score the answer differently from the
     contrast (a contrastive explanation, Jacovi et al. 2021), free of what moves both scores alike.
@@ -53,16 +65,39 @@ def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int 
         return scores
 
     picture = pixels[image : image + 1]  # (1, C, H, W)
-    baseline = 0.0 if fill == "mean" else picture.flatten(2).median(-1).values[..., None, None].expand_as(picture)
-    attribution = _occlude(forward, picture, (pixels.shape[1], win_h, win_w), (pixels.shape[1], stride_h, stride_w),
-                           grid * grid, baseline)[0]  # (C, H, W)
+    baseline = _fill_baseline(fill, picture, subject, others, image)  # a float or (K, C, H, W)
+    inputs = picture if isinstance(baseline, float) else picture.expand_as(baseline).clone()  # (K, C, H, W)
+    # Captum's batch: row k of the inputs is occluded with row k of the baselines (the other image k's cell)
+    attributions = _occlude(forward, inputs, (pixels.shape[1], win_h, win_w), (pixels.shape[1], stride_h, stride_w),
+                            grid * grid, baseline)  # (K, C, H, W)
     centres_h, centres_w = _centres(height, win_h, stride_h, grid), _centres(width, win_w, stride_w, grid)
-    heat = [[float(attribution[:, y, x].mean()) for x in centres_w] for y in centres_h]
+    cells = attributions[:, :, centres_h][..., centres_w].mean(1)  # (K, grid, grid): each cell's centre pixel
+    heat = cells.mean(0).tolist()  # f(x) - mean_k f(cell from sample k)
     out = {"grid": grid, "heatmap": heat, "top_cell": _argmax(heat, abs),
-           "most_negative_cell": _argmax(heat, lambda v: -v), "baseline": IMAGE_BASELINES[fill]}
+           "most_negative_cell": _argmax(heat, lambda v: -v),
+           "baseline": IMAGE_BASELINES[fill].format(k=inputs.shape[0])}
+    if keep_samples and fill == "others":
+        out["sample_heatmaps"] = cells.tolist()
     if contrast is not None:
         out["contrast"] = contrast.answer
     return out
+
+
+def _fill_baseline(fill: str, picture: torch.Tensor, subject: Subject, others: Sequence[Subject], image: int):
+    """What occluded cells show: 0.0 (mean colour), the image's median colour (1, C, H, W), or the images of
+    `others` at index `image` with the picture's shape (K, C, H, W)."""
+    if fill == "mean":
+        return 0.0
+    if fill == "median":
+        return picture.flatten(2).median(-1).values[..., None, None].expand_as(picture)
+    pool = [o.pixel_values[image] for o in others
+            if o.pixel_values is not None and o.pixel_values.shape[0] > image
+            and o.pixel_values.shape[1:] == picture.shape[1:]]
+    if not pool:
+        raise ExplainError(f"occlusion fill others: no other example has an image {image} of the size of record "
+                           f"{subject.example_id!r}'s ({tuple(picture.shape[1:])}); give other examples "
+                           "(background > 0) or use fill mean or median")
+    return torch.stack(pool)
 
 
 def audio_occlusion(target: Target, subject: Subject, windows: int = 10, clip: int = 0) -> dict[str, Any]:
