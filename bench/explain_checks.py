@@ -73,6 +73,7 @@ def main() -> None:
         "hallucination": hallucination_check(rm, data, counts[split][0], splits[split]),
         "questions": question_check(rm, data, counts[split][1], splits[split])}) for split in splits}
     pieces["timing"] = lambda: explain_timing(rm, data, work / "explain_run")
+    pieces["others_cli"] = lambda: others_cli_run(rm, data, work / "explain_others")
     for split in splits:  # fill `others` on the same cases as the fills above (their cached piece)
         pieces[f"others_{split}"] = (lambda split=split: others_fill_check(
             rm, data, cached(work, split, pieces[split])["hallucination"]["cases"], splits[split]))
@@ -86,7 +87,12 @@ def main() -> None:
     results["timing"] = done["timing"]
     results["others_fill"] = {split: done[f"others_{split}"] for split in splits}
     results["others_fill"]["validation"].pop("cases")
+    results["others_fill"]["cli"] = done["others_cli"]
     results["picked"] = pick_settings(results)
+    results["others_fill"]["heatmap_pngs"] = save_heatmaps(results, data)
+    keep = ("example_id", "caption", "cell", "rm_prefers_reference", results["picked"]["occlusion_others"]["setting"])
+    for items in results["others_fill"]["test"]["cases"].values():  # the picked setting's heatmaps only
+        items[:] = [{key: item[key] for key in keep} for item in items]
     results["hallucination"]["validation"].pop("cases")  # per-case heatmaps of the test split only
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "explain.json").write_text(json.dumps(_rounded(results), indent=1))
@@ -342,6 +348,61 @@ def others_fill_check(rm: Path, data: Path, cases: dict[str, list[dict]], in_spl
     return out
 
 
+def others_cli_run(rm: Path, data: Path, out: Path, count: int = 17) -> dict:
+    """`modalign explain` (occlusion only, occlusion_fill=others background=16 contrast=reference) on the first
+    `count` captions of the split, each with one hallucinated object (alternately extra object and wrong colour):
+    seconds per example of the product path, and whether its heatmaps' most negative cell is that object's."""
+    import shutil
+
+    from modalign.data.dataset import read_examples
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rng, cells, lines = random.Random(2), {}, []
+    captions = [e for e in read_examples(data, "test") if e.meta.get("task") == "caption"][:count]
+    for index, example in enumerate(captions):
+        kind = ("extra_object", "wrong_colour")[index % 2]
+        text, cell = hallucinated_caption(example, kind, rng) or hallucinated_caption(example, "wrong_colour", rng)
+        cells[example.id] = cell
+        lines.append(json.dumps({"example_id": example.id, "text": text}))
+    (out / "answers.jsonl").write_text("\n".join(lines) + "\n")
+    settings = {"methods": "occlusion", "task": "caption", "max_examples": count, "occlusion_fill": "others",
+                "background": 16, "contrast": "reference", "answers": str(out / "answers.jsonl")}
+    command = [sys.executable, "-m", "modalign.cli", "explain", "--model", str(rm), "--data", str(data),
+               "--out", str(out / "run"), *[part for k, v in settings.items() for part in ("--set", f"{k}={v}")]]
+    cpu = _children_cpu()
+    subprocess.run(command, check=True, capture_output=True)
+    cpu = _children_cpu() - cpu
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    explained = json.loads((out / "run" / "attributions.json").read_text())["examples"]
+    hits = [e["occlusion"]["most_negative_cell"] == cells[e["example_id"]] for e in explained]
+    return {"settings": settings, "examples": len(explained), "seconds_per_example": summary["seconds_per_example"],
+            "command_cpu_seconds": round(cpu, 1), "most_negative_hit": sum(hits) / len(hits),
+            "baseline": explained[0]["occlusion"]["baseline"]}
+
+
+def save_heatmaps(results: dict, data: Path, per_kind: int = 2) -> list[str]:
+    """PNGs of the picked fill-from-data heatmap for the first `per_kind` test misses and the first hit of each
+    kind -> bench/results/explain_heatmaps/ (paths relative to bench/results)."""
+    from modalign.data.dataset import read_examples
+    from modalign.eval.explain.figures import heatmap_png
+    from modalign.models.inputs import MediaStore
+
+    name = results["picked"]["occlusion_others"]["setting"]
+    rule = results["picked"]["occlusion_others"]["rule"]
+    examples, media = {e.id: e for e in read_examples(data, "test")}, MediaStore(data)
+    folder, written = RESULTS / "explain_heatmaps", []
+    for kind, items in results["others_fill"]["test"]["cases"].items():
+        misses = [item for item in items if not item[name][rule]][:per_kind]
+        hits = [item for item in items if item[name][rule]][:1]
+        for item, verdict in [(m, "miss") for m in misses] + [(h, "hit") for h in hits]:
+            path = folder / f"{kind}_{verdict}_{item['example_id']}.png"
+            heatmap_png(media.images(examples[item["example_id"]])[0], item[name]["heatmap"], path,
+                        f"{kind} {verdict}: object in cell {tuple(item['cell'])}")
+            written.append(str(path.relative_to(RESULTS)))
+    return written
+
+
 def others_timing(target, processor, media, captions: list, scenes: list, count: int = 10) -> dict[str, float]:
     """Process CPU seconds of one contrastive heatmap with fill `others` (what `explain` computes with
     occlusion_fill=others contrast=reference), per K, over `count` captions of the split."""
@@ -516,7 +577,7 @@ def others_markdown(results: dict, rule_name: dict[str, str]) -> list[str]:
                f"the mean fill: 0.05 s). n = {o['validation']['all'][name]['n']} validation and "
                f"{test['all'][name]['n']} test captions (those of the fills below).", "",
              "| setting | validation all: most negative / abs top | test extra_object | test wrong_colour | test all "
-             "| test all where the RM prefers the reference (n) | test all: right column |",
+             "| test all where the RM prefers the reference (n) | test all: the object's column |",
              "|---|---|---|---|---|---|---|"]
     for setting, row in o["validation"]["all"].items():
         pair = lambda r: f"{r['most_negative_hit']:.3f} / {r['abs_top_hit']:.3f}"  # noqa: E731
@@ -524,7 +585,40 @@ def others_markdown(results: dict, rule_name: dict[str, str]) -> list[str]:
         lines.append(f"| {setting} | {pair(row)} | {pair(test['extra_object'][setting])} | "
                      f"{pair(test['wrong_colour'][setting])} | {pair(t)} | {t['most_negative_hit_detected']:.3f} / "
                      f"{t['abs_top_hit_detected']:.3f} ({t['n_detected']}) | {t['column_hit']:.3f} |")
+    cli = o["cli"]
+    sets = ", ".join(f"{k}={v}" for k, v in cli["settings"].items() if k != "answers")
+    lines += ["", f"Through `modalign explain` ({sets}, answers: the first {cli['examples']} test captions with one "
+              "hallucinated object each): "
+              f"{cli['seconds_per_example']:.2f} s per example (wall, contended machine), {cli['command_cpu_seconds']} "
+              f"s CPU for the whole command (loading included); the most negative cell is the object's in "
+              f"{cli['most_negative_hit']:.0%} of these {cli['examples']} (validation scenes: a check of the product "
+              "path, not a result).", "", misses_summary(test["cases"], name, rule, Path(results["args"]["data"])), "",
+              "Heatmaps of the picked setting (red: supports the score, blue: lowers it), first misses and first hit "
+              "per kind: " + ", ".join(f"[{Path(p).stem}]({p})" for p in o["heatmap_pngs"]) + "."]
     return lines
+
+
+def misses_summary(cases: dict[str, list[dict]], name: str, rule: str, data: Path) -> str:
+    """Where the picked heatmap's top cell lands when it misses: the middle row (the row objects sit in), a cell
+    empty in the scene, and is the object's cell the runner-up."""
+    from modalign.data.dataset import read_examples
+    from modalign.data.shapes.world import POSITIONS, Scene
+
+    scenes = {e.id: Scene.from_dict(e.meta["scene"]) for e in read_examples(data, "test") if "scene" in e.meta}
+    key = (lambda v: -v) if rule == "most_negative_hit" else abs
+    parts = []
+    for kind, items in cases.items():
+        misses = [item for item in items if not item[name][rule]]
+        middle = empty = second = 0
+        for item in misses:
+            flat = [v for row in item[name]["heatmap"] for v in row]
+            order = sorted(range(9), key=lambda i: key(flat[i]), reverse=True)
+            middle += order[0] // 3 == 1
+            empty += order[0] // 3 == 1 and scenes[item["example_id"]].at(POSITIONS[order[0] % 3]) is None
+            second += order[1] == 3 * item["cell"][0] + item["cell"][1]
+        parts.append(f"{kind}: {len(misses)} misses, the top cell in the middle row in {middle} (a cell empty in the "
+                     f"scene in {empty}), the object's cell second in {second}")
+    return "Misses on test (picked setting): " + "; ".join(parts) + "."
 
 
 def explain_timing(rm: Path, data: Path, out: Path) -> dict:
