@@ -9,7 +9,9 @@
    wrong_colour: a present object with the wrong colour): is the occlusion heatmap's top cell the
    hallucinated object's cell? Objects sit in one of 3 columns, their centre always in the middle row
    of a 3 x 3 grid (render.py: vertical jitter of +-15 % of the side), so the cell is (1, column);
-   "top" is the cell that lowers the score most (most negative f(x) - f(occluded)), and by |value|;
+   "top" is the cell that lowers the score most (most negative f(x) - f(occluded)), and by |value|; cells filled
+   grey, with the background, or from the data (`occlusion_fill=others`: the same cell of K other scenes'
+   images, Zintgraf et al. 2017), with and without the contrast to the reference caption;
 3. test audio-fact and image-fact questions with their reference answers: does the audio's share
    exceed the image's (and the reverse), by ablation and by integrated gradients;
 4. `modalign explain` (every method) seconds per example on the built-in model.
