@@ -159,8 +159,8 @@ def test_occlusion_fill_others_finds_a_claimed_object_that_is_not_there():
     assert samples.shape == (4, 3, 3) and torch.allclose(samples.mean(0), heat, atol=1e-6)
     assert samples[1, 1, 2].abs() < 1e-6  # other scene 2 holds nothing in that cell
     assert "4 other example" in result["baseline"]
-    with pytest.raises(ExplainError, match="fill others: no other example has an image"):
-        image_occlusion(target, own, fill="others", others=[subject(torch.ones(1, 3, 32, 32))])
+    with pytest.raises(ExplainError, match="fill others: no other example has a different image"):
+        image_occlusion(target, own, fill="others", others=[subject(torch.ones(1, 3, 32, 32)), own])
 
 
 def _paste(image: torch.Tensor, other: torch.Tensor, row: int, column: int) -> torch.Tensor:

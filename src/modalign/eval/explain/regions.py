@@ -85,17 +85,18 @@ def image_occlusion(target: Target, subject: Subject, grid: int = 3, image: int 
 
 def _fill_baseline(fill: str, picture: torch.Tensor, subject: Subject, others: Sequence[Subject], image: int):
     """What occluded cells show: 0.0 (mean colour), the image's median colour (1, C, H, W), or the images of
-    `others` at index `image` with the picture's shape (K, C, H, W)."""
+    `others` at index `image` with the picture's shape and not the picture itself (K, C, H, W)."""
     if fill == "mean":
         return 0.0
     if fill == "median":
         return picture.flatten(2).median(-1).values[..., None, None].expand_as(picture)
     pool = [o.pixel_values[image] for o in others
             if o.pixel_values is not None and o.pixel_values.shape[0] > image
-            and o.pixel_values.shape[1:] == picture.shape[1:]]
+            and o.pixel_values.shape[1:] == picture.shape[1:]
+            and not torch.equal(o.pixel_values[image], picture[0])]  # the same image would change nothing
     if not pool:
-        raise ExplainError(f"occlusion fill others: no other example has an image {image} of the size of record "
-                           f"{subject.example_id!r}'s ({tuple(picture.shape[1:])}); give other examples "
+        raise ExplainError(f"occlusion fill others: no other example has a different image {image} of the size of "
+                           f"record {subject.example_id!r}'s ({tuple(picture.shape[1:])}); give other examples "
                            "(background > 0) or use fill mean or median")
     return torch.stack(pool)
 
