@@ -37,8 +37,8 @@ class ExplainConfig:
                                                 "explained examples in turn, mean score: in distribution for a model "
                                                 "never trained on silence).")
     background: int = field_doc(16, "Examples whose media serve as baseline with ablation_baseline=others and "
-                                    "occlusion_fill=others (16: picked on ShapesWorld validation questions over 4, "
-                                    "bench/explain_checks.py).")
+                                    "occlusion_fill=others (16: picked on ShapesWorld validation questions over 4 "
+                                    "and on validation captions over 4 and 8, bench/explain_checks.py).")
     occlusion_fill: str = field_doc("mean", "What an occluded image cell shows: mean (the processor's mean colour, "
                                             "pixel_values 0), median (the image's median colour: its background "
                                             "when mostly flat) or others (the same cell of `background` other "
