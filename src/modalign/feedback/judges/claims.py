@@ -71,8 +71,9 @@ if TYPE_CHECKING:
 PREFIX = "claims:"
 SELF = "self"
 DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
-OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self")
-CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both")}
+OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self", "forms")
+CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both"),
+           "forms": ("first", "mean")}
 
 
 def is_claims(spec: str) -> bool:
@@ -92,6 +93,7 @@ class ClaimJudgeSpec:
     pairs: str = "all"
     margin: float = 0.0
     judge_self: str = "round"
+    forms: str = "first"
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -105,7 +107,7 @@ class ClaimJudgeSpec:
             if key not in OPTIONS or not value:
                 raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
                                   f"refute=<weight>, verified=<weight>, score=hard|soft, pairs=all|best-worst, "
-                                  f"margin=<number> or self=round|start|both")
+                                  f"margin=<number>, self=round|start|both or forms=first|mean")
             options[key] = value
         numbers = {}
         for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0)):
@@ -113,7 +115,7 @@ class ClaimJudgeSpec:
                 numbers[key] = float(options.get(key, default))
             except ValueError:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
-        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round")):
+        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round"), ("forms", "first")):
             if options.get(key, default) not in CHOICES[key]:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r}: one of {', '.join(CHOICES[key])}")
         if numbers["margin"] < 0:
@@ -122,7 +124,7 @@ class ClaimJudgeSpec:
             raise ConfigError(f"judge {spec!r}: self={options['self']} is for claims:{SELF} only")
         return cls(model, options.get("splitter", "auto"), options.get("template", ""), numbers["refute"],
                    numbers["verified"], options.get("score", "hard"), options.get("pairs", "all"), numbers["margin"],
-                   options.get("self", "round"))
+                   options.get("self", "round"), options.get("forms", "first"))
 
     @property
     def is_self(self) -> bool:
@@ -202,17 +204,20 @@ class ClaimJudge:
     `anchor`: a second judge (policy, name) asked every claim too (`self=both`); a claim's option
     probabilities are then the mean of the two judges'. `score`: "hard" or "soft" (`claim_score`).
     `pairs` / `margin`: which pairs of a prompt's answers become judgments (`select_pairs`).
+    `forms`: "first" asks each claim's own question only; "mean" also its other forms (`Claim.forms`) and
+    averages the expected option's probability over them (`_form_result`).
     """
 
     def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
                  batch_size: int = 32, verified_weight: float = 1.0, score: str = "hard",
-                 anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0) -> None:
+                 anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0,
+                 forms: str = "first") -> None:
         self.policy, self.media, self.name = policy, media, name
         self.voters = [(policy, name)] + ([anchor] if anchor is not None else [])
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
         self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
-        self.score_kind, self.pairs, self.margin = score, pairs, margin
+        self.score_kind, self.pairs, self.margin, self.forms = score, pairs, margin, forms
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
         self.digests = MediaDigests(media.root)
@@ -230,7 +235,7 @@ class ClaimJudge:
         for policy, name in self.voters:  # each judge asks only what it was never asked
             pending: dict[str, tuple[Example, Claim]] = {}
             for example, own in zip(examples, claims):
-                for claim in own:
+                for claim in (form for c in own for form in self._forms(c)):
                     key = self._key(example, claim, name)
                     if key not in pending and self.cache.get(key) is None:
                         pending[key] = (example, claim)
@@ -243,7 +248,7 @@ class ClaimJudge:
     def provenance(self, verifications: Sequence[Verification]) -> dict:
         return {"judge": f"claims:{self.name}", "template_sha256": self.template_sha, "splitter": self.splitter_name,
                 "refute_weight": self.refute_weight, "verified_weight": self.verified_weight,
-                "score": self.score_kind, "pairs": self.pairs, "margin": self.margin,
+                "score": self.score_kind, "pairs": self.pairs, "margin": self.margin, "forms": self.forms,
                 **({"anchor": self.voters[1][1]} if len(self.voters) > 1 else {}),
                 "answers": [v.to_dict() for v in verifications]}
 
@@ -263,16 +268,33 @@ class ClaimJudge:
             scores = score_options(policy, queries, options, self.media, self.batch_size)  # (N, K)
             self.cache.put({k: row for k, row in zip(group, scores.tolist())})
 
+    def _forms(self, claim: Claim) -> tuple[Claim, ...]:
+        """The questions asked about `claim`: its own, and with `forms=mean` its other forms too."""
+        return (claim, *claim.forms) if self.forms == "mean" else (claim,)
+
+    def _probabilities(self, example: Example, claim: Claim) -> torch.Tensor:
+        """(K,) the claim's option probabilities: each judge's renormalised over the options, then their mean."""
+        return torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
+                            for _, n in self.voters]).mean(0)
+
     def _verification(self, example: Example, claims: Sequence[Claim]) -> Verification:
-        results = []
-        for claim in claims:
-            # (V, K) option probabilities of each judge, renormalised over the options; their mean decides
-            probabilities = torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
-                                         for _, n in self.voters]).mean(0)
-            answer = claim.options[int(probabilities.argmax())]
-            results.append(ClaimResult(claim, answer, float(probabilities[claim.options.index(claim.expected)])))
+        results = [self._form_result(claim, [self._probabilities(example, form) for form in self._forms(claim)])
+                   for claim in claims]
         return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight,
                                                         self.score_kind))
+
+    def _form_result(self, claim: Claim, probabilities: Sequence[torch.Tensor]) -> ClaimResult:
+        """One form: its most likely option decides. Several (`forms=mean`): p = the mean over the forms of the
+        expected option's probability, verified when p >= 0.5 (else the answer is the first form's most likely
+        other option)."""
+        first = probabilities[0]
+        if len(probabilities) == 1:
+            return ClaimResult(claim, claim.options[int(first.argmax())], float(first[claim.options.index(claim.expected)]))
+        p = sum(float(probs[form.options.index(form.expected)])
+                for probs, form in zip(probabilities, self._forms(claim))) / len(probabilities)
+        others = first.clone()
+        others[claim.options.index(claim.expected)] = -1.0
+        return ClaimResult(claim, claim.expected if p >= 0.5 else claim.options[int(others.argmax())], p)
 
 
 def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0,
@@ -336,17 +358,25 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
                       verified_weight=parsed.verified_weight, score=parsed.score, anchor=anchor, pairs=parsed.pairs,
-                      margin=parsed.margin)
+                      margin=parsed.margin, forms=parsed.forms)
+
+
+_JUDGES: dict[tuple[str, str], "Policy"] = {}  # (folder, device) -> a frozen judge loaded once per process
 
 
 def _load_judge(folder: str, like: "Policy") -> "Policy":
-    """The policy saved in `folder`, on the device of `like`, for judging only."""
+    """The policy saved in `folder`, on the device of `like`, for judging only; loaded once per process (the
+    start policy of `self=start|both` judges every round)."""
     from modalign.device import model_device
     from modalign.validate import load_checked_policy
 
-    judge = load_checked_policy(folder)
-    judge.model.to(model_device(like.model)).eval()
-    return judge
+    device = model_device(like.model)
+    key = (str(Path(folder).resolve()), str(device))
+    if key not in _JUDGES:
+        judge = load_checked_policy(folder)
+        _JUDGES[key] = judge
+        judge.model.to(device).eval()
+    return _JUDGES[key]
 
 
 def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions: Sequence[Completion],
