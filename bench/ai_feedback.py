@@ -67,6 +67,9 @@ def main() -> None:
                                                          "against gold on SFT samples (nothing trained)")
     parser.add_argument("--judge-model", default="", help="pair study: the policy that samples and judges "
                                                           "(default the SFT one)")
+    parser.add_argument("--measure", default="", help="comma-separated label=model folder: measure these trained "
+                                                      "policies with the evaluation above against the SFT one "
+                                                      "(nothing trained)")
     parser.add_argument("--merge", default="", help="comma-separated result .json files (one per seed, run in "
                                                     "parallel) to combine into --out; nothing is run")
     args = parser.parse_args()
@@ -89,6 +92,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if args.measure:
+        measured = {"sft": sft_eval(args, Path(args.sft), Path(args.work))}
+        for item in args.measure.split(","):
+            label, _, folder = item.partition("=")
+            measured[label] = evaluate(Path(folder), Path(args.sft) / "data", args.eval_seed, args.eval_samples,
+                                       args.vqa_samples) | {"model": folder}
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"measured": measured}, indent=2))
+        print(measured_table(measured))
+        return
     if args.pair_study:
         study = pair_study(Path(args.sft), args.judge_model, args.pair_study.split(","), args.prompts, args.samples)
         Path(args.out).with_suffix(".json").write_text(json.dumps(study, indent=2))
@@ -347,6 +359,19 @@ def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(table(results))
+
+
+def measured_table(measured: dict) -> str:
+    """Policies trained before, measured now against the SFT policy (`--measure`)."""
+    sft, lines = measured["sft"], ["| policy | hallucination +- SE | change vs SFT +- SE | coverage | VQA | "
+                                   "VQA change (points) +- SE |", "|---|---|---|---|---|---|"]
+    for label, e in measured.items():
+        change, se = change_with_se(sft, e)
+        vqa, vqa_se = vqa_change_with_se(sft, e)
+        lines.append(f"| {label} | {e['hallucination_rate']:.4f} +- {e['standard_error']['hallucination_rate']:.4f} | "
+                     f"{100 * change:+.0f}% +- {100 * se:.0f} | {e['coverage']:.3f} | {e['vqa_accuracy']:.3f} | "
+                     f"{vqa:+.1f} +- {vqa_se:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def precise_table(results: dict) -> list[str]:

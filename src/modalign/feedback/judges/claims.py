@@ -33,8 +33,12 @@ m (with margin 0 equal scores are stored as ties). A noisy judge is right more o
 round's own (default), the policy the run started from (the same self, frozen: a judge that trains on its
 own verdicts drifts), or both, each claim's option probabilities averaged over the two.
 
+`forms=first|mean`: ask each claim's own question only (default), or also its other forms (`Claim.forms`, the
+`shapes` splitters give them from the grammar), p = the mean over the forms of the expected option's
+probability, verified when p >= 0.5.
+
 Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
-&score=hard|soft&pairs=all|best-worst&margin=<m>&self=round|start|both]`
+&score=hard|soft&pairs=all|best-worst&margin=<m>&self=round|start|both&forms=first|mean]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
