@@ -316,15 +316,33 @@ def claim_judge_quality(out: Path, data: Path) -> dict:
                        claim["expected"])
                 seen[key] = (claim["verified"], gold_claim(scene, claim))
     pairs = list(seen.values())
+    by_kind: dict[str, list] = {}
+    for (_, _, question, _), verdicts in seen.items():
+        by_kind.setdefault(claim_kind(question), []).append(verdicts)
+    return {**verdict_quality(pairs), "by_kind": {kind: verdict_quality(v) for kind, v in sorted(by_kind.items())},
+            "questions_asked": sum(1 for _ in (out / "claims-cache.jsonl").open())
+            if (out / "claims-cache.jsonl").is_file() else 0}
+
+
+def claim_kind(question: str) -> str:
+    """What a `shapes`-splitter question asks about: shape_at, colour_at, size, exists, count, beeps, pitch."""
+    for start, kind in (("what shape is", "shape_at"), ("what colour is the shape", "colour_at"),
+                        ("what size", "size"), ("how many shapes", "count"), ("how many beeps", "beeps"),
+                        ("are the beeps", "pitch"), ("what colour is the", "colour_of")):
+        if question.startswith(start):
+            return kind
+    return "exists"
+
+
+def verdict_quality(pairs: list[tuple[bool, bool]]) -> dict:
+    """Precision / recall of (judge verified, gold true) verdicts, for the verified and the refuted side."""
     tp = sum(v and g for v, g in pairs)
     refuted_false = sum((not v) and (not g) for v, g in pairs)
-    cache_lines = sum(1 for _ in (out / "claims-cache.jsonl").open()) if (out / "claims-cache.jsonl").is_file() else 0
     return {"claims": len(pairs), "true_claims": sum(g for _, g in pairs),
             "verified_precision": round(tp / max(1, sum(v for v, _ in pairs)), 4),
             "verified_recall": round(tp / max(1, sum(g for _, g in pairs)), 4),
             "refuted_precision": round(refuted_false / max(1, sum(not v for v, _ in pairs)), 4),
-            "refuted_recall": round(refuted_false / max(1, sum(not g for _, g in pairs)), 4),
-            "questions_asked": cache_lines}
+            "refuted_recall": round(refuted_false / max(1, sum(not g for _, g in pairs)), 4)}
 
 
 def gold_claim(scene, claim: dict) -> bool:
@@ -458,6 +476,18 @@ def pair_and_claim_tables(results: dict, judges: list[str]) -> list[str]:
                     lines.append(f"| {seed} | `{j}` | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
                                  f"{q['verified_recall']:.3f} | {q['refuted_precision']:.3f} | "
                                  f"{q['refuted_recall']:.3f} | {q['questions_asked']} |")
+    kinds = [(seed, j, row[j]["claim_judge"]["by_kind"]) for seed, row in seeds.items() for j in judges
+             if j in row and "by_kind" in row[j].get("claim_judge", {})]
+    if kinds:
+        lines += ["", "The claim judge per kind of claim (distinct claims judged; refuted precision: the share of its "
+                      "refutations that are real hallucinations)", "",
+                  "| seed | judge | kind | claims | false | verified precision | verified recall | refuted precision | "
+                  "refuted recall |", "|---|---|---|---|---|---|---|---|---|"]
+        for seed, j, by_kind in kinds:
+            for kind, q in by_kind.items():
+                lines.append(f"| {seed} | `{j}` | {kind} | {q['claims']} | {q['claims'] - q['true_claims']} | "
+                             f"{q['verified_precision']:.2f} | {q['verified_recall']:.2f} | "
+                             f"{q['refuted_precision']:.2f} | {q['refuted_recall']:.2f} |")
     for study in results.get("pair_study", []):
         lines += ["", study_table(study)]
     return lines
