@@ -43,7 +43,7 @@ RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 # the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
 STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
-RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs")
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing")
 
 
 def main() -> None:
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: share of flipped "
+                                                                           "labels assumed")
     parser.add_argument("--eval-samples", type=int, default=32, help="sampled answers per test caption")
     parser.add_argument("--vqa-samples", type=int, default=16, help="sampled answers per test question")
     parser.add_argument("--eval-seed", type=int, default=0, help="sampling seed of every evaluation (all policies, "
@@ -83,7 +85,7 @@ def main() -> None:
             for seed, row in part["seeds"].items():
                 for judge, result in row.items():  # a run's settings stay with its row
                     if judge != "sft":
-                        result.setdefault("settings", {k: part["settings"][k] for k in RUN_SETTINGS})
+                        result.setdefault("settings", {k: part["settings"].get(k, 0.0) for k in RUN_SETTINGS})
                 merged["seeds"].setdefault(seed, {}).update(row)
         merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
@@ -140,6 +142,7 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     cfg = IterativeDPOConfig(out=str(out), policy=str(sft / "model"), data=str(sft / "data"), task="caption",
                              rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=args.samples,
                              judge=judge, lr=args.lr, beta=args.beta, epochs=args.epochs, eval_examples=4,
+                             label_smoothing=args.label_smoothing,
                              checkpoint_every=0, seed=seed)
     wall, cpu = time.time(), time.process_time()
     summary = run_iterative_dpo(cfg)
