@@ -14,7 +14,11 @@ From one SFT policy (`--sft`: an SFT run folder with model/ and data/, ShapesWor
              from ShapesWorld ground truth), side by side
 
 and the SFT policy itself. Each policy is evaluated with the gold scorers on the whole held-out split
-(captions and questions) at temperature 1, `--eval-samples` answers per prompt, the same seed for all.
+at temperature 1, `--eval-samples` (32) answers per caption and `--vqa-samples` (16) per question, with one
+sampling seed for every policy and run (`--eval-seed`; the SFT policy is measured once, kept in --work).
+Standard errors: per-caption bootstrap (`bootstrap_se`: the test captions resampled with all their answers);
+a change vs the SFT policy is a paired bootstrap over the same captions (`change_with_se`), a VQA change the
+paired per-question SE (`vqa_change_with_se`).
 Also measured: wall and process CPU time of each run (training + its judge; the final evaluation
 apart), the judgments each run stored, the claim judge's cost (questions asked, forward passes), and
 its precision / recall against the gold truth of every distinct claim it judged.
@@ -26,7 +30,9 @@ the hallucination rate of chosen vs rejected answers. Cheap (seconds of CPU per 
 option here before a training run. `--judge-model` makes another policy (a trained round's) judge and
 sample instead of the SFT one.
 
-Writes bench/results/ai_feedback.md and .json (the pair study: into its `--out`).
+`--measure label=folder,...` measures policies trained before the same way (nothing trained).
+
+Writes bench/results/ai_feedback.md and .json (the pair study and --measure: into their `--out`).
 """
 
 from __future__ import annotations
