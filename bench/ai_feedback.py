@@ -14,7 +14,11 @@ From one SFT policy (`--sft`: an SFT run folder with model/ and data/, ShapesWor
              from ShapesWorld ground truth), side by side
 
 and the SFT policy itself. Each policy is evaluated with the gold scorers on the whole held-out split
-(captions and questions) at temperature 1, `--eval-samples` answers per prompt, the same seed for all.
+at temperature 1, `--eval-samples` (32) answers per caption and `--vqa-samples` (16) per question, with one
+sampling seed for every policy and run (`--eval-seed`; the SFT policy is measured once, kept in --work).
+Standard errors: per-caption bootstrap (`bootstrap_se`: the test captions resampled with all their answers);
+a change vs the SFT policy is a paired bootstrap over the same captions (`change_with_se`), a VQA change the
+paired per-question SE (`vqa_change_with_se`).
 Also measured: wall and process CPU time of each run (training + its judge; the final evaluation
 apart), the judgments each run stored, the claim judge's cost (questions asked, forward passes), and
 its precision / recall against the gold truth of every distinct claim it judged.
@@ -26,7 +30,9 @@ the hallucination rate of chosen vs rejected answers. Cheap (seconds of CPU per 
 option here before a training run. `--judge-model` makes another policy (a trained round's) judge and
 sample instead of the SFT one.
 
-Writes bench/results/ai_feedback.md and .json (the pair study: into its `--out`).
+`--measure label=folder,...` measures policies trained before the same way (nothing trained).
+
+Writes bench/results/ai_feedback.md and .json (the pair study and --measure: into their `--out`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 # the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
 STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
-RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs")
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing")
 
 
 def main() -> None:
@@ -58,12 +64,20 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--eval-samples", type=int, default=3)
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: share of flipped "
+                                                                           "labels assumed")
+    parser.add_argument("--eval-samples", type=int, default=32, help="sampled answers per test caption")
+    parser.add_argument("--vqa-samples", type=int, default=16, help="sampled answers per test question")
+    parser.add_argument("--eval-seed", type=int, default=0, help="sampling seed of every evaluation (all policies, "
+                                                                 "all seeds: the SFT policy is measured once)")
     parser.add_argument("--out", default=str(RESULTS / "ai_feedback"))
     parser.add_argument("--pair-study", default="", help="comma-separated claims specs: measure their pairs "
                                                          "against gold on SFT samples (nothing trained)")
     parser.add_argument("--judge-model", default="", help="pair study: the policy that samples and judges "
                                                           "(default the SFT one)")
+    parser.add_argument("--measure", default="", help="comma-separated label=model folder: measure these trained "
+                                                      "policies with the evaluation above against the SFT one "
+                                                      "(nothing trained)")
     parser.add_argument("--merge", default="", help="comma-separated result .json files (one per seed, run in "
                                                     "parallel) to combine into --out; nothing is run")
     args = parser.parse_args()
@@ -77,7 +91,7 @@ def main() -> None:
             for seed, row in part["seeds"].items():
                 for judge, result in row.items():  # a run's settings stay with its row
                     if judge != "sft":
-                        result.setdefault("settings", {k: part["settings"][k] for k in RUN_SETTINGS})
+                        result.setdefault("settings", {k: part["settings"].get(k, 0.0) for k in RUN_SETTINGS})
                 merged["seeds"].setdefault(seed, {}).update(row)
         merged["settings"]["seeds"] = ",".join(merged["seeds"])
         write(merged, Path(args.out))
@@ -86,6 +100,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if args.measure:
+        measured = {"sft": sft_eval(args, Path(args.sft), Path(args.work))}
+        for item in args.measure.split(","):
+            label, _, folder = item.partition("=")
+            measured[label] = evaluate(Path(folder), Path(args.sft) / "data", args.eval_seed, args.eval_samples,
+                                       args.vqa_samples) | {"model": folder}
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"measured": measured}, indent=2))
+        print(measured_table(measured))
+        return
     if args.pair_study:
         study = pair_study(Path(args.sft), args.judge_model, args.pair_study.split(","), args.prompts, args.samples)
         Path(args.out).with_suffix(".json").write_text(json.dumps(study, indent=2))
@@ -94,7 +117,7 @@ def main() -> None:
     sft, work = Path(args.sft), Path(args.work)
     results: dict = {"settings": vars(args), "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        row = {"sft": evaluate(sft / "model", sft / "data", seed, args.eval_samples)}
+        row = {"sft": sft_eval(args, sft, work)}
         for judge in args.judges.split(","):
             # the folder name keeps only word characters: a spec's `?`/`&` would end a sqlite:/// URL early
             folder = re.sub(r"[^\w.-]+", "-", judge)
@@ -103,6 +126,16 @@ def main() -> None:
         results["seeds"][str(seed)] = row
         write(results, Path(args.out))
     write(results, Path(args.out))
+
+
+def sft_eval(args, sft: Path, work: Path) -> dict:
+    """The SFT policy's evaluation, measured once per (samples, seed) and kept in `work`."""
+    saved = work / f"sft-eval-{args.eval_samples}x{args.vqa_samples}-seed{args.eval_seed}.json"
+    if not saved.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(evaluate(sft / "model", sft / "data", args.eval_seed, args.eval_samples,
+                                             args.vqa_samples)))
+    return json.loads(saved.read_text())
 
 
 def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
@@ -115,11 +148,12 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     cfg = IterativeDPOConfig(out=str(out), policy=str(sft / "model"), data=str(sft / "data"), task="caption",
                              rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=args.samples,
                              judge=judge, lr=args.lr, beta=args.beta, epochs=args.epochs, eval_examples=4,
+                             label_smoothing=args.label_smoothing,
                              checkpoint_every=0, seed=seed)
     wall, cpu = time.time(), time.process_time()
     summary = run_iterative_dpo(cfg)
     wall, cpu = time.time() - wall, time.process_time() - cpu
-    row = {"eval": evaluate(Path(summary["model"]), sft / "data", seed, args.eval_samples),
+    row = {"eval": evaluate(Path(summary["model"]), sft / "data", args.eval_seed, args.eval_samples, args.vqa_samples),
            "judgments": summary["judgments"], "pairs": sum(r["pairs"] for r in summary["rounds"]),
            "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
            "settings": {k: getattr(args, k) for k in RUN_SETTINGS},
@@ -208,13 +242,69 @@ def study_table(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(model: Path, data: Path, seed: int, samples: int) -> dict:
-    from modalign.eval.generation import evaluate_split
+def evaluate(model: Path, data: Path, seed: int, samples: int, vqa_samples: int = 0) -> dict:
+    """Gold metrics of a policy on the whole test split at temperature 1: `samples` answers per caption,
+    `vqa_samples` (default the same) per question; with each caption's hallucinated and mentioned fact counts
+    (`per_caption`) and the bootstrap standard errors of the rates (`standard_error`)."""
+    from modalign.data.shapes.scorers import answer_facts
+    from modalign.eval.generation import generate_split, select_examples
+    from modalign.eval.metrics import score_completions
     from modalign.models.policy import load_policy
 
-    metrics = evaluate_split(load_policy(model), data, "test", 0, 40, temperature=1.0, seed=seed,
-                             samples_per_example=samples)
-    return {k: round(metrics[k], 4) for k in SHOWN}
+    policy, metrics, completions = load_policy(model), {}, {}
+    for task, k in (("caption", samples), ("vqa", vqa_samples or samples)):
+        examples = [e for e in select_examples(data, "test") if (e.meta["task"] == "caption") == (task == "caption")]
+        answers = generate_split(policy, data, examples, 40, 1.0, seed, samples_per_example=k)
+        repeated = [e for e in examples for _ in range(k)]
+        metrics.update({key: v for key, v in score_completions(repeated, answers, breakdown=False).items()
+                        if key in SHOWN})
+        completions[task] = (repeated, answers, k)
+    repeated, answers, k = completions["caption"]
+    facts = [answer_facts(e, c.text) for e, c in zip(repeated, answers)]
+    per_caption = [[sum(f["hallucinated"] for f in facts[i : i + k]), sum(f["mentions"] for f in facts[i : i + k])]
+                   for i in range(0, len(facts), k)]
+    repeated, answers, k = completions["vqa"]
+    from modalign.data.shapes.scorers import normalize_answer
+
+    right = [normalize_answer(c.text) == normalize_answer(str(e.meta["answer"])) for e, c in zip(repeated, answers)]
+    per_question = [sum(right[i : i + k]) / k for i in range(0, len(right), k)]
+    row = {key: round(metrics[key], 4) for key in SHOWN}
+    row["samples"] = {"caption": samples, "vqa": vqa_samples or samples, "seed": seed}
+    row["per_caption"], row["per_question"] = per_caption, per_question
+    row["standard_error"] = {"hallucination_rate": round(bootstrap_se([per_caption], lambda h: ratio(h[0])), 4),
+                             "vqa_accuracy": round(statistics.pstdev(per_question) / len(per_question) ** 0.5, 4)}
+    return row
+
+
+def ratio(counts: list) -> float:
+    """Hallucinated facts over mentioned facts, summed over the captions `counts` ([hallucinated, mentions] each)."""
+    return sum(h for h, _ in counts) / max(1, sum(m for _, m in counts))
+
+
+def bootstrap_se(per_caption: list[list], statistic, draws: int = 2000) -> float:
+    """Standard error of `statistic` by the per-caption bootstrap: the test captions are resampled with
+    replacement (each with all its sampled answers, the same captions for every policy in `per_caption`,
+    so a change between two policies is a paired bootstrap), `draws` times, seed 0."""
+    import random
+
+    rng, n = random.Random(0), len(per_caption[0])
+    values = []
+    for _ in range(draws):
+        picked = [rng.randrange(n) for _ in range(n)]
+        values.append(statistic([[counts[i] for i in picked] for counts in per_caption]))
+    return statistics.pstdev(values)
+
+
+def vqa_change_with_se(sft: dict, final: dict) -> tuple[float, float]:
+    """VQA accuracy change in points, final minus SFT, and its paired standard error over the test questions."""
+    differences = [100 * (b - a) for a, b in zip(sft["per_question"], final["per_question"])]
+    return statistics.mean(differences), statistics.pstdev(differences) / len(differences) ** 0.5
+
+
+def change_with_se(sft: dict, final: dict) -> tuple[float, float]:
+    """Relative change of the hallucination rate, final vs SFT, and its paired per-caption bootstrap SE."""
+    change = ratio(final["per_caption"]) / ratio(sft["per_caption"]) - 1
+    return change, bootstrap_se([sft["per_caption"], final["per_caption"]], lambda h: ratio(h[1]) / ratio(h[0]) - 1)
 
 
 def claim_judge_quality(out: Path, data: Path) -> dict:
@@ -235,15 +325,33 @@ def claim_judge_quality(out: Path, data: Path) -> dict:
                        claim["expected"])
                 seen[key] = (claim["verified"], gold_claim(scene, claim))
     pairs = list(seen.values())
+    by_kind: dict[str, list] = {}
+    for (_, _, question, _), verdicts in seen.items():
+        by_kind.setdefault(claim_kind(question), []).append(verdicts)
+    return {**verdict_quality(pairs), "by_kind": {kind: verdict_quality(v) for kind, v in sorted(by_kind.items())},
+            "questions_asked": sum(1 for _ in (out / "claims-cache.jsonl").open())
+            if (out / "claims-cache.jsonl").is_file() else 0}
+
+
+def claim_kind(question: str) -> str:
+    """What a `shapes`-splitter question asks about: shape_at, colour_at, size, exists, count, beeps, pitch."""
+    for start, kind in (("what shape is", "shape_at"), ("what colour is the shape", "colour_at"),
+                        ("what size", "size"), ("how many shapes", "count"), ("how many beeps", "beeps"),
+                        ("are the beeps", "pitch"), ("what colour is the", "colour_of")):
+        if question.startswith(start):
+            return kind
+    return "exists"
+
+
+def verdict_quality(pairs: list[tuple[bool, bool]]) -> dict:
+    """Precision / recall of (judge verified, gold true) verdicts, for the verified and the refuted side."""
     tp = sum(v and g for v, g in pairs)
     refuted_false = sum((not v) and (not g) for v, g in pairs)
-    cache_lines = sum(1 for _ in (out / "claims-cache.jsonl").open()) if (out / "claims-cache.jsonl").is_file() else 0
     return {"claims": len(pairs), "true_claims": sum(g for _, g in pairs),
             "verified_precision": round(tp / max(1, sum(v for v, _ in pairs)), 4),
             "verified_recall": round(tp / max(1, sum(g for _, g in pairs)), 4),
             "refuted_precision": round(refuted_false / max(1, sum(not v for v, _ in pairs)), 4),
-            "refuted_recall": round(refuted_false / max(1, sum(not g for _, g in pairs)), 4),
-            "questions_asked": cache_lines}
+            "refuted_recall": round(refuted_false / max(1, sum(not g for _, g in pairs)), 4)}
 
 
 def gold_claim(scene, claim: dict) -> bool:
@@ -280,9 +388,49 @@ def write(results: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(table(results))
 
 
+def measured_table(measured: dict) -> str:
+    """Policies trained before, measured now against the SFT policy (`--measure`)."""
+    sft, lines = measured["sft"], ["| policy | hallucination +- SE | change vs SFT +- SE | coverage | VQA | "
+                                   "VQA change (points) +- SE |", "|---|---|---|---|---|---|"]
+    for label, e in measured.items():
+        change, se = change_with_se(sft, e)
+        vqa, vqa_se = vqa_change_with_se(sft, e)
+        lines.append(f"| {label} | {e['hallucination_rate']:.4f} +- {e['standard_error']['hallucination_rate']:.4f} | "
+                     f"{100 * change:+.0f}% +- {100 * se:.0f} | {e['coverage']:.3f} | {e['vqa_accuracy']:.3f} | "
+                     f"{vqa:+.1f} +- {vqa_se:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def precise_table(results: dict) -> list[str]:
+    """Per seed and run: the hallucination rate +- its per-caption bootstrap SE, the change vs the SFT policy
+    +- its paired bootstrap SE, coverage, VQA and its change +- paired SE (points), cost."""
+    lines = ["| seed | policy | rounds x prompts x answers | hallucination +- SE | change vs SFT +- SE | coverage | "
+             "VQA | VQA change (points) +- SE | judgments | pairs | CPU s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for seed, row in results["seeds"].items():
+        sft = row["sft"]
+        lines.append(f"| {seed} | SFT | - | {sft['hallucination_rate']:.4f} +- "
+                     f"{sft['standard_error']['hallucination_rate']:.4f} | - | {sft['coverage']:.3f} | "
+                     f"{sft['vqa_accuracy']:.3f} | - | - | - | - | - |")
+        for judge, r in row.items():
+            if judge == "sft":
+                continue
+            e = r["eval"]
+            change, se = change_with_se(sft, e)
+            vqa, vqa_se = vqa_change_with_se(sft, e)
+            size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples"))
+            lines.append(f"| {seed} | `{judge}` | {size} | {e['hallucination_rate']:.4f} +- "
+                         f"{e['standard_error']['hallucination_rate']:.4f} | {100 * change:+.0f}% +- {100 * se:.0f} | "
+                         f"{e['coverage']:.3f} | {e['vqa_accuracy']:.3f} | {vqa:+.1f} +- {vqa_se:.1f} | "
+                         f"{r['judgments']} | {r['pairs']} | {r['cpu_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+    return lines
+
+
 def table(results: dict) -> str:
     seeds = results["seeds"]
     judges = results["settings"]["judges"].split(",")
+    if all("per_caption" in row["sft"] for row in seeds.values()):
+        return "\n".join(precise_table(results) + pair_and_claim_tables(results, judges)) + "\n"
     lines = ["| seed | policy | rounds x prompts x answers | hallucination | coverage | VQA | judgments | pairs | "
              "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for seed, row in seeds.items():
@@ -308,12 +456,20 @@ def table(results: dict) -> str:
         lines.append(f"| `{judge}` | {sft:.3f} -> {after:.3f} | {100 * (after - sft) / max(sft, 1e-9):+.0f}% "
                      f"({per_seed}) | {points['coverage']} | {points['vqa_accuracy']} | "
                      f"{statistics.mean(r[judge]['judgments'] for r in done):.0f} |")
+    return "\n".join(lines + pair_and_claim_tables(results, judges)) + "\n"
+
+
+def pair_and_claim_tables(results: dict, judges: list[str]) -> list[str]:
+    """The stored pairs against gold per round, the claim judge's precision / recall, the pair studies."""
+    seeds, lines = results["seeds"], []
     accuracy = [(seed, j, row[j]["pair_gold_accuracy"]) for seed, row in seeds.items() for j in judges
                 if j in row and "pair_gold_accuracy" in row[j]]
     if accuracy:
+        most = max(len(per_round) for _, _, per_round in accuracy)
         lines += ["", "Stored decided pairs against gold, per round: the share whose chosen answer is the better one "
                       "(hallucination rate of chosen / rejected answers)", "",
-                  "| seed | judge | round 1 | round 2 | round 3 |", "|---|---|---|---|---|"]
+                  "| seed | judge | " + " | ".join(f"round {r + 1}" for r in range(most)) + " |",
+                  "|---|---|" + "---|" * most]
         for seed, j, per_round in accuracy:
             lines.append(f"| {seed} | `{j}` | " + " | ".join(
                 f"{a['right']:.2f} ({a['hallucination_chosen']:.3f} / {a['hallucination_rejected']:.3f})"
@@ -329,9 +485,21 @@ def table(results: dict) -> str:
                     lines.append(f"| {seed} | `{j}` | {q['claims']} | {q['true_claims']} | {q['verified_precision']:.3f} | "
                                  f"{q['verified_recall']:.3f} | {q['refuted_precision']:.3f} | "
                                  f"{q['refuted_recall']:.3f} | {q['questions_asked']} |")
+    kinds = [(seed, j, row[j]["claim_judge"]["by_kind"]) for seed, row in seeds.items() for j in judges
+             if j in row and "by_kind" in row[j].get("claim_judge", {})]
+    if kinds:
+        lines += ["", "The claim judge per kind of claim (distinct claims judged; refuted precision: the share of its "
+                      "refutations that are real hallucinations)", "",
+                  "| seed | judge | kind | claims | false | verified precision | verified recall | refuted precision | "
+                  "refuted recall |", "|---|---|---|---|---|---|---|---|---|"]
+        for seed, j, by_kind in kinds:
+            for kind, q in by_kind.items():
+                lines.append(f"| {seed} | `{j}` | {kind} | {q['claims']} | {q['claims'] - q['true_claims']} | "
+                             f"{q['verified_precision']:.2f} | {q['verified_recall']:.2f} | "
+                             f"{q['refuted_precision']:.2f} | {q['refuted_recall']:.2f} |")
     for study in results.get("pair_study", []):
         lines += ["", study_table(study)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -58,3 +58,18 @@ def test_the_count_splitter_adds_the_number_of_objects_described():
     assert claims[:-1] == shapes_claims(None, answer)
     assert claims[-1] == Claim("there are two shapes", "how many shapes are there?", ("one", "two", "three"), "two")
     assert splitter_from("shapes+count")(None, "two high beeps.") == shapes_claims(None, "two high beeps.")
+
+
+def test_best_worst_per_prompt_pairs_the_ith_best_with_the_ith_worst():
+    scores = [2.0, -1.0, 4.0, 0.5, -3.0, 1.0]  # ranked: 2 (4.0), 0 (2.0), 5 (1.0), 3 (0.5), 1 (-1.0), 4 (-3.0)
+    assert select_pairs(scores, "best-worst", per_prompt=2) == [(2, 4), (0, 1)]
+    assert select_pairs(scores, "best-worst", per_prompt=5) == [(2, 4), (0, 1), (5, 3)]  # at most 6 // 2 pairs
+    assert select_pairs(scores, "best-worst", per_prompt=1) == select_pairs(scores, "best-worst") == [(2, 4)]
+    assert select_pairs(scores, "best-worst", margin=1.0, per_prompt=3) == [(2, 4), (0, 1)]  # 1.0 - 0.5 dropped
+    assert select_pairs([1.0, 1.0, 1.0, 1.0], "best-worst", per_prompt=2) == [(0, 1)]  # all tied: one tie
+    assert ClaimJudgeSpec.parse("claims:self?pairs=best-worst&per_prompt=2").per_prompt == 2
+    for bad, message in (("claims:self?pairs=best-worst&per_prompt=0", "per_prompt='0': a whole number"),
+                         ("claims:self?pairs=best-worst&per_prompt=1.5", "per_prompt='1.5': a whole number"),
+                         ("claims:self?per_prompt=2", "per_prompt=2 is for pairs=best-worst only")):
+        with pytest.raises(ConfigError, match=message):
+            ClaimJudgeSpec.parse(bad)

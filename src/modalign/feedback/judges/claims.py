@@ -26,15 +26,20 @@ so a claim the judge is unsure of moves the score little, and a confident refuta
 
 Pair selection (`select_pairs`): `pairs=all` (default) judges every pair of a prompt's distinct answers;
 `pairs=best-worst` only the highest- against the lowest-scored one, as RLAIF-V and RLHF-V build their
-preference pairs from many samples per prompt; `margin=<m>` drops pairs whose scores differ by less than
+preference pairs from many samples per prompt (`per_prompt=<n>`: also the 2nd best against the 2nd worst, ...,
+n pairs per prompt); `margin=<m>` drops pairs whose scores differ by less than
 m (with margin 0 equal scores are stored as ties). A noisy judge is right more often on its clearest pairs.
 
 `self=round|start|both` (claims:self only): which policy judges in the loop / iterative DPO - the
 round's own (default), the policy the run started from (the same self, frozen: a judge that trains on its
 own verdicts drifts), or both, each claim's option probabilities averaged over the two.
 
+`forms=first|mean`: ask each claim's own question only (default), or also its other forms (`Claim.forms`, the
+`shapes` splitters give them from the grammar), p = the mean over the forms of the expected option's
+probability, verified when p >= 0.5.
+
 Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
-&score=hard|soft&pairs=all|best-worst&margin=<m>&self=round|start|both]`
+&score=hard|soft&pairs=all|best-worst&per_prompt=<n>&margin=<m>&self=round|start|both&forms=first|mean]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
@@ -71,8 +76,9 @@ if TYPE_CHECKING:
 PREFIX = "claims:"
 SELF = "self"
 DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
-OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self")
-CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both")}
+OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self", "forms", "per_prompt")
+CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both"),
+           "forms": ("first", "mean")}
 
 
 def is_claims(spec: str) -> bool:
@@ -92,6 +98,8 @@ class ClaimJudgeSpec:
     pairs: str = "all"
     margin: float = 0.0
     judge_self: str = "round"
+    forms: str = "first"
+    per_prompt: int = 1
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -105,7 +113,7 @@ class ClaimJudgeSpec:
             if key not in OPTIONS or not value:
                 raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
                                   f"refute=<weight>, verified=<weight>, score=hard|soft, pairs=all|best-worst, "
-                                  f"margin=<number> or self=round|start|both")
+                                  f"margin=<number>, self=round|start|both, forms=first|mean or per_prompt=<pairs>")
             options[key] = value
         numbers = {}
         for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0)):
@@ -113,16 +121,21 @@ class ClaimJudgeSpec:
                 numbers[key] = float(options.get(key, default))
             except ValueError:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
-        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round")):
+        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round"), ("forms", "first")):
             if options.get(key, default) not in CHOICES[key]:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r}: one of {', '.join(CHOICES[key])}")
         if numbers["margin"] < 0:
             raise ConfigError(f"judge {spec!r}: margin={options['margin']!r} must be >= 0")
+        per_prompt = options.get("per_prompt", "1")
+        if not per_prompt.isdigit() or int(per_prompt) < 1:
+            raise ConfigError(f"judge {spec!r}: per_prompt={per_prompt!r}: a whole number of pairs, at least 1")
+        if int(per_prompt) > 1 and options.get("pairs", "all") != "best-worst":
+            raise ConfigError(f"judge {spec!r}: per_prompt={per_prompt} is for pairs=best-worst only")
         if options.get("self", "round") != "round" and model != SELF:
             raise ConfigError(f"judge {spec!r}: self={options['self']} is for claims:{SELF} only")
         return cls(model, options.get("splitter", "auto"), options.get("template", ""), numbers["refute"],
                    numbers["verified"], options.get("score", "hard"), options.get("pairs", "all"), numbers["margin"],
-                   options.get("self", "round"))
+                   options.get("self", "round"), options.get("forms", "first"), int(per_prompt))
 
     @property
     def is_self(self) -> bool:
@@ -201,18 +214,22 @@ class ClaimJudge:
     the round's policy folder). `media`: a MediaStore over the examples' dataset root.
     `anchor`: a second judge (policy, name) asked every claim too (`self=both`); a claim's option
     probabilities are then the mean of the two judges'. `score`: "hard" or "soft" (`claim_score`).
-    `pairs` / `margin`: which pairs of a prompt's answers become judgments (`select_pairs`).
+    `pairs` / `margin` / `per_prompt`: which pairs of a prompt's answers become judgments (`select_pairs`).
+    `forms`: "first" asks each claim's own question only; "mean" also its other forms (`Claim.forms`) and
+    averages the expected option's probability over them (`_form_result`).
     """
 
     def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
                  batch_size: int = 32, verified_weight: float = 1.0, score: str = "hard",
-                 anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0) -> None:
+                 anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0,
+                 forms: str = "first", per_prompt: int = 1) -> None:
         self.policy, self.media, self.name = policy, media, name
         self.voters = [(policy, name)] + ([anchor] if anchor is not None else [])
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
         self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
-        self.score_kind, self.pairs, self.margin = score, pairs, margin
+        self.score_kind, self.pairs, self.margin, self.forms = score, pairs, margin, forms
+        self.per_prompt = per_prompt
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
         self.digests = MediaDigests(media.root)
@@ -230,7 +247,7 @@ class ClaimJudge:
         for policy, name in self.voters:  # each judge asks only what it was never asked
             pending: dict[str, tuple[Example, Claim]] = {}
             for example, own in zip(examples, claims):
-                for claim in own:
+                for claim in (form for c in own for form in self._forms(c)):
                     key = self._key(example, claim, name)
                     if key not in pending and self.cache.get(key) is None:
                         pending[key] = (example, claim)
@@ -243,7 +260,8 @@ class ClaimJudge:
     def provenance(self, verifications: Sequence[Verification]) -> dict:
         return {"judge": f"claims:{self.name}", "template_sha256": self.template_sha, "splitter": self.splitter_name,
                 "refute_weight": self.refute_weight, "verified_weight": self.verified_weight,
-                "score": self.score_kind, "pairs": self.pairs, "margin": self.margin,
+                "score": self.score_kind, "pairs": self.pairs, "margin": self.margin, "forms": self.forms,
+                "per_prompt": self.per_prompt,
                 **({"anchor": self.voters[1][1]} if len(self.voters) > 1 else {}),
                 "answers": [v.to_dict() for v in verifications]}
 
@@ -263,16 +281,33 @@ class ClaimJudge:
             scores = score_options(policy, queries, options, self.media, self.batch_size)  # (N, K)
             self.cache.put({k: row for k, row in zip(group, scores.tolist())})
 
+    def _forms(self, claim: Claim) -> tuple[Claim, ...]:
+        """The questions asked about `claim`: its own, and with `forms=mean` its other forms too."""
+        return (claim, *claim.forms) if self.forms == "mean" else (claim,)
+
+    def _probabilities(self, example: Example, claim: Claim) -> torch.Tensor:
+        """(K,) the claim's option probabilities: each judge's renormalised over the options, then their mean."""
+        return torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
+                            for _, n in self.voters]).mean(0)
+
     def _verification(self, example: Example, claims: Sequence[Claim]) -> Verification:
-        results = []
-        for claim in claims:
-            # (V, K) option probabilities of each judge, renormalised over the options; their mean decides
-            probabilities = torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
-                                         for _, n in self.voters]).mean(0)
-            answer = claim.options[int(probabilities.argmax())]
-            results.append(ClaimResult(claim, answer, float(probabilities[claim.options.index(claim.expected)])))
+        results = [self._form_result(claim, [self._probabilities(example, form) for form in self._forms(claim)])
+                   for claim in claims]
         return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight,
                                                         self.score_kind))
+
+    def _form_result(self, claim: Claim, probabilities: Sequence[torch.Tensor]) -> ClaimResult:
+        """One form: its most likely option decides. Several (`forms=mean`): p = the mean over the forms of the
+        expected option's probability, verified when p >= 0.5 (else the answer is the first form's most likely
+        other option)."""
+        first = probabilities[0]
+        if len(probabilities) == 1:
+            return ClaimResult(claim, claim.options[int(first.argmax())], float(first[claim.options.index(claim.expected)]))
+        p = sum(float(probs[form.options.index(form.expected)])
+                for probs, form in zip(probabilities, self._forms(claim))) / len(probabilities)
+        others = first.clone()
+        others[claim.options.index(claim.expected)] = -1.0
+        return ClaimResult(claim, claim.expected if p >= 0.5 else claim.options[int(others.argmax())], p)
 
 
 def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0,
@@ -286,18 +321,24 @@ def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, re
     return float(verified_weight * verified - refute_weight * (len(results) - verified))
 
 
-def select_pairs(scores: Sequence[float], rule: str = "all", margin: float = 0.0) -> list[tuple[int, int]]:
+def select_pairs(scores: Sequence[float], rule: str = "all", margin: float = 0.0,
+                 per_prompt: int = 1) -> list[tuple[int, int]]:
     """Which pairs of one prompt's (distinct) answers become judgments: (i, j) with scores[i] >= scores[j].
 
-    all: every pair; best-worst: the highest- against the lowest-scored answer only (the first of equal
-    ones). A pair whose scores differ by less than `margin` is dropped; with margin 0 equal scores stay,
-    as a tie."""
+    all: every pair; best-worst: the highest- against the lowest-scored answer (the first of equal ones),
+    and with `per_prompt` n > 1 also the 2nd highest against the 2nd lowest, ... up to n pairs (no answer in
+    two pairs, at most half the answers' worth). A pair whose scores differ by less than `margin` is dropped;
+    with margin 0 equal scores stay, as a tie."""
     if len(scores) < 2:
         return []
     if rule == "best-worst":
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        worst = min(range(len(scores)), key=lambda i: (scores[i], i))
-        candidates = [(best, worst)] if best != worst else [(0, 1)]
+        best_first = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        worst_first = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+        candidates = [(best_first[0], worst_first[0])] if best_first[0] != worst_first[0] else [(0, 1)]
+        for best, worst in zip(best_first[1 : min(per_prompt, len(scores) // 2)],
+                               worst_first[1 : min(per_prompt, len(scores) // 2)]):
+            if best != worst and not {best, worst} & {k for pair in candidates for k in pair}:
+                candidates.append((best, worst))
     else:
         candidates = [(i, j) if scores[i] >= scores[j] else (j, i) for i, j in combinations(range(len(scores)), 2)]
     return [(i, j) for i, j in candidates if scores[i] - scores[j] >= margin]
@@ -336,17 +377,25 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
                       verified_weight=parsed.verified_weight, score=parsed.score, anchor=anchor, pairs=parsed.pairs,
-                      margin=parsed.margin)
+                      margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt)
+
+
+_JUDGES: dict[tuple[str, str], "Policy"] = {}  # (folder, device) -> a frozen judge loaded once per process
 
 
 def _load_judge(folder: str, like: "Policy") -> "Policy":
-    """The policy saved in `folder`, on the device of `like`, for judging only."""
+    """The policy saved in `folder`, on the device of `like`, for judging only; loaded once per process (the
+    start policy of `self=start|both` judges every round)."""
     from modalign.device import model_device
     from modalign.validate import load_checked_policy
 
-    judge = load_checked_policy(folder)
-    judge.model.to(model_device(like.model)).eval()
-    return judge
+    device = model_device(like.model)
+    key = (str(Path(folder).resolve()), str(device))
+    if key not in _JUDGES:
+        judge = load_checked_policy(folder)
+        _JUDGES[key] = judge
+        judge.model.to(device).eval()
+    return _JUDGES[key]
 
 
 def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions: Sequence[Completion],
@@ -361,7 +410,7 @@ def judge_with_claims(judge: ClaimJudge, prompts: Sequence[Example], completions
     for i, example in enumerate(prompts):
         distinct = list({c.text: (c, v) for c, v in zip(completions[k * i : k * i + k],
                                                         verifications[k * i : k * i + k])}.values())
-        chosen = select_pairs([v.score for _, v in distinct], judge.pairs, judge.margin)
+        chosen = select_pairs([v.score for _, v in distinct], judge.pairs, judge.margin, judge.per_prompt)
         pairs += [(example, distinct[a], distinct[b]) for a, b in chosen]
     return _pair_judgments(judge, pairs), scores
 

@@ -18,7 +18,7 @@ Built in:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from modalign.config import ConfigError
@@ -35,12 +35,15 @@ class Claim:
     question: what the judge is asked; "" means the template's yes/no question about `text`
     options: the answers the judge chooses among (scored by log-likelihood, `ask.score_options`)
     expected: the option that verifies the claim (any other refutes it)
+    forms: the same claim asked other ways (each a Claim with its own question, options and expected option);
+           a judge with `forms=mean` asks them all and averages the expected option's probability
     """
 
     text: str
     question: str = ""
     options: tuple[str, ...] = YES_NO
     expected: str = "yes"
+    forms: tuple["Claim", ...] = field(default=(), compare=False)  # how it is asked, not what it claims
 
     def __post_init__(self) -> None:
         if self.expected not in self.options:
@@ -88,6 +91,9 @@ def shapes_claims(example: Example, answer: str) -> list[Claim]:
       existence (no position, no colour) -> "is there a {colour} circle?" for no colour cannot be asked:
                    the template's yes/no question "there is a circle" is asked instead
     Sound: "how many beeps are there?" expects the number word; "are the beeps high or low?" the pitch.
+    Other forms (`Claim.forms`, asked only by a judge with `forms=mean`): a shape or colour at a position
+    of an object whose colour is stated is also "is there a red circle?" (expects yes); a colour without a
+    position is also "what colour is the circle?" (expects the colour).
     The scorers' parser (`scorers.parse_caption`) reads the answer, so claims and gold facts align.
     """
     from modalign.data.shapes.language import where
@@ -96,14 +102,19 @@ def shapes_claims(example: Example, answer: str) -> list[Claim]:
 
     mentions, claims = parse_caption(answer), []
     for obj in mentions.objects:
+        exists = ((Claim(f"there is a {obj.colour} {obj.shape}", f"is there a {obj.colour} {obj.shape}?"),)
+                  if obj.colour else ())  # the grammar's yes/no form of an object with a stated colour
         if obj.position:
             place = where(obj.position)
-            claims.append(Claim(f"a {obj.shape} {place}", f"what shape is {place}?", SHAPES + ("nothing",), obj.shape))
+            claims.append(Claim(f"a {obj.shape} {place}", f"what shape is {place}?", SHAPES + ("nothing",), obj.shape,
+                                exists))
             if obj.colour:
                 claims.append(Claim(f"the shape {place} is {obj.colour}", f"what colour is the shape {place}?",
-                                    COLOURS, obj.colour))
+                                    COLOURS, obj.colour, exists))
         elif obj.colour:
-            claims.append(Claim(f"there is a {obj.colour} {obj.shape}", f"is there a {obj.colour} {obj.shape}?"))
+            colour_of = Claim(f"the {obj.shape} is {obj.colour}", f"what colour is the {obj.shape}?", COLOURS, obj.colour)
+            claims.append(Claim(f"there is a {obj.colour} {obj.shape}", f"is there a {obj.colour} {obj.shape}?",
+                                forms=(colour_of,)))
         else:
             claims.append(Claim(f"there is a {obj.shape}"))
         if obj.size:
