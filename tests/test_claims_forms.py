@@ -96,3 +96,13 @@ def test_the_start_judge_is_loaded_once_for_every_round(shapes, sft_model):
     judges = [claim_judge("claims:self?self=start", [example], MediaStore(root), policy, f"round-{r}", start=start)
               for r in (2, 3)]
     assert judges[0].policy is judges[1].policy and judges[0].policy is not policy
+
+
+def test_a_model_saved_again_into_the_start_folder_is_loaded_again(shapes, tmp_path):
+    root, example, policy = shapes
+    folder = tmp_path / "start"
+    policy.save(folder)
+    first = claim_judge("claims:self?self=start", [example], MediaStore(root), policy, "r1", start=str(folder))
+    policy.save(folder)  # the same folder written again (a rerun): the cached judge would be stale
+    again = claim_judge("claims:self?self=start", [example], MediaStore(root), policy, "r2", start=str(folder))
+    assert again.policy is not first.policy

@@ -380,7 +380,7 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
                       margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt)
 
 
-_JUDGES: dict[tuple[str, str], "Policy"] = {}  # (folder, device) -> a frozen judge loaded once per process
+_JUDGES: dict[tuple, "Policy"] = {}  # (folder, its files' mtimes, device) -> a frozen judge loaded once per process
 
 
 def _load_judge(folder: str, like: "Policy") -> "Policy":
@@ -390,7 +390,10 @@ def _load_judge(folder: str, like: "Policy") -> "Policy":
     from modalign.validate import load_checked_policy
 
     device = model_device(like.model)
-    key = (str(Path(folder).resolve()), str(device))
+    # the files' mtimes are in the key: a model saved again into the same folder is loaded again
+    stamps = (tuple(sorted((p.name, p.stat().st_mtime_ns) for p in Path(folder).iterdir() if p.is_file()))
+              if Path(folder).is_dir() else ())  # a hub id: the hub's cache does not change under us
+    key = (str(Path(folder).resolve()), stamps, str(device))
     if key not in _JUDGES:
         judge = load_checked_policy(folder)
         _JUDGES[key] = judge
