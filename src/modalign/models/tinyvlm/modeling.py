@@ -118,6 +118,19 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
                 queries.normal_(0.0, std)
 
 
+def once_per_item(encode, items: torch.Tensor) -> torch.Tensor:
+    """`encode(items)` (N, ...) -> (N, ...), running the encoder once per distinct item.
+
+    A batch may hold one image or clip several times (SFT batches grouped by scene, the chosen and
+    rejected answers of a pair): the copies' features are the same rows, so the result and its
+    gradients equal encoding every copy (the gradient of a shared row is the sum over its uses).
+    """
+    distinct, inverse = items.flatten(1).unique(dim=0, return_inverse=True)  # (U, prod), (N,)
+    if distinct.shape[0] == items.shape[0]:
+        return encode(items)
+    return encode(distinct.view(-1, *items.shape[1:]))[inverse]
+
+
 def _projector(kind: str, in_width: int, width: int) -> nn.Sequential:
     """Media features -> decoder width: one Linear (LLaVA) or Linear-GELU-Linear (LLaVA-1.5)."""
     if kind == "linear":
@@ -163,6 +176,12 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """(B, L) positions of packed rows: each answer continues from its prompt's end (`shift` moves it back)."""
         return (key_mask.long().cumsum(-1) - 1).clamp(min=0) - shift
 
+    @property
+    def supports_sequence_packing(self) -> bool:
+        """Several examples per row (`modalign.models.sequence_packing`): with early fusion only, where each
+        example's media sit in its own tokens (cross-attention and weighted-sum fusion read a whole row's media)."""
+        return self.config.fusion == "concat"
+
     # ---- media -------------------------------------------------------------------
     def media_encoder_modules(self) -> list[nn.Module]:
         """Modules that turn pixels and waveforms into `MediaFeatures` (frozen during RL)."""
@@ -180,11 +199,11 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """
         image = audio = image_rows = audio_rows = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = self.image_projector(self.vision(pixel_values.to(self.dtype)))  # (N, P, D)
+            image = once_per_item(lambda x: self.image_projector(self.vision(x)), pixel_values.to(self.dtype))  # (N, P, D)
             image_rows = self._item_rows(input_ids, self.config.image_token_id, self.config.image_seq_length, "image")
             self._check_items(image_rows, image.shape[0], "image")
         if input_values is not None and input_values.shape[0] > 0:
-            audio = self.audio_projector(self.audio(input_values.to(self.dtype)))  # (N, T, D)
+            audio = once_per_item(lambda x: self.audio_projector(self.audio(x)), input_values.to(self.dtype))  # (N, T, D)
             audio_rows = self._item_rows(input_ids, self.config.audio_token_id, self.config.audio_seq_length, "audio")
             self._check_items(audio_rows, audio.shape[0], "audio")
         return MediaFeatures(image, image_rows, audio, audio_rows)
