@@ -27,17 +27,16 @@ def main() -> None:
     import torch
 
     from modalign.data.dataset import read_examples
-    from modalign.models.inputs import MediaStore, encode_sft_example
-    from modalign.models.sequence_packing import collate_sft_batch
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
-    from modalign.recipes.sft import SFTConfig, batch_at, make_optimizer, media_groups, make_policy, prepare_data, tokenizer_corpus
+    from modalign.recipes.sft import (SFTConfig, batch_at, make_optimizer, make_policy, media_groups, prepare_data,
+                                      tokenizer_corpus)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--group", action="store_true", help="batches of whole scenes (group_by_media)")
-    parser.add_argument("--pack", action="store_true", help="sequence packing (several examples per row)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
     parser.add_argument("--work", default="/tmp/demo_speed")
@@ -66,8 +65,7 @@ def main() -> None:
     groups = media_groups(train) if args.group else None
 
     def step(i: int) -> None:
-        batch = collate_sft_batch(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups), pad, "cpu",
-                                  args.pack, cfg.max_length)
+        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups), pad)
         with autocast(cfg.precision, model):
             loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)

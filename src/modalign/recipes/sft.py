@@ -59,9 +59,6 @@ class SFTConfig:
     group_by_media: bool = field_doc(False, "Batches of whole groups of examples that share their media files (a "
                                             "ShapesWorld scene's five examples), so each image and clip is encoded "
                                             "once per batch; off: examples shuffled one by one.")
-    packing: bool = field_doc(False, "Several examples per row of max_length tokens (block-diagonal mask, positions "
-                                     "restarting per example): the same loss without padding. Models that take a 4-D "
-                                     "mask (the built-in one); others pad as without it.")
     gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
@@ -84,8 +81,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     """Train, save `model/`, evaluate on the held-out split, write `summary.json`; returns the summary."""
     from modalign import validate
     from modalign.dist import processes
-    from modalign.models.inputs import MediaStore, encode_sft_example
-    from modalign.models.sequence_packing import can_pack, collate_sft_batch
+    from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
@@ -136,7 +132,6 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
 
     policy.model.train()
     pad_id = policy.processor.tokenizer.pad_token_id
-    pack = cfg.packing and can_pack(policy.model)
     groups = media_groups(train) if cfg.group_by_media else None
     loss_value = None
     with progress_bar("sft", total=total_steps, completed=step) as advance:
@@ -144,7 +139,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
             # the global batch, then this process's rows of it
             rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed, groups),
                               "batch_size")
-            batch = collate_sft_batch(rows, pad_id, model_device(policy.model), pack, cfg.max_length)
+            batch = collate_sft(rows, pad_id, model_device(policy.model))
             tick = time.time()
             # mean over this process's answer tokens, rescaled so DDP's average is the mean over all of them
             with autocast(cfg.precision, policy.model):  # forward only: backward and the step run outside
@@ -158,7 +153,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
             loss_value = dist.mean(loss.detach())  # the mean over every process's tokens
             advance(1, loss=loss_value)
             if step % cfg.log_every == 0 or step == total_steps:
-                tokens = dist.sum(torch.tensor(sum(item.input_ids.shape[0] for item in rows)))  # real tokens
+                tokens = dist.sum(batch["attention_mask"].sum())
                 run.log(step, {"train/loss": loss_value, "train/grad_norm": float(grad_norm),
                                "train/lr": scheduler.get_last_lr()[0],
                                "train/tokens_per_s": float(tokens) / (time.time() - tick)})

@@ -176,12 +176,6 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """(B, L) positions of packed rows: each answer continues from its prompt's end (`shift` moves it back)."""
         return (key_mask.long().cumsum(-1) - 1).clamp(min=0) - shift
 
-    @property
-    def supports_sequence_packing(self) -> bool:
-        """Several examples per row (`modalign.models.sequence_packing`): with early fusion only, where each
-        example's media sit in its own tokens (cross-attention and weighted-sum fusion read a whole row's media)."""
-        return self.config.fusion == "concat"
-
     # ---- media -------------------------------------------------------------------
     def media_encoder_modules(self) -> list[nn.Module]:
         """Modules that turn pixels and waveforms into `MediaFeatures` (frozen during RL)."""
