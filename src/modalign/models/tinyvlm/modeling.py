@@ -121,9 +121,10 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
 def once_per_item(encode, items: torch.Tensor) -> torch.Tensor:
     """`encode(items)` (N, ...) -> (N, ...), running the encoder once per distinct item.
 
-    A batch may hold one image or clip several times (SFT batches grouped by scene, the chosen and
-    rejected answers of a pair): the copies' features are the same rows, so the result and its
-    gradients equal encoding every copy (the gradient of a shared row is the sum over its uses).
+    A batch may hold one image or clip several times (SFT batches grouped by media, `group_by_media`:
+    five questions about one scene): the copies' features are the same rows, so the result and its
+    gradients equal encoding every copy (the gradient of a shared row is the sum over its uses). The
+    encoders are per item (GroupNorm, no batch statistics), so which copy is encoded does not matter.
     """
     distinct, inverse = items.flatten(1).unique(dim=0, return_inverse=True)  # (U, prod), (N,)
     if distinct.shape[0] == items.shape[0]:
