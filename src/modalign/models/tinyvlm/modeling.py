@@ -194,11 +194,13 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """
         image = audio = image_rows = audio_rows = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = once_per_item(lambda x: self.image_projector(self.vision(x)), pixel_values.to(self.dtype))  # (N, P, D)
+            # (N, P, D), each distinct image encoded once
+            image = once_per_item(lambda x: self.image_projector(self.vision(x)), pixel_values.to(self.dtype))
             image_rows = self._item_rows(input_ids, self.config.image_token_id, self.config.image_seq_length, "image")
             self._check_items(image_rows, image.shape[0], "image")
         if input_values is not None and input_values.shape[0] > 0:
-            audio = once_per_item(lambda x: self.audio_projector(self.audio(x)), input_values.to(self.dtype))  # (N, T, D)
+            # (N, T, D), each distinct clip encoded once
+            audio = once_per_item(lambda x: self.audio_projector(self.audio(x)), input_values.to(self.dtype))
             audio_rows = self._item_rows(input_ids, self.config.audio_token_id, self.config.audio_seq_length, "audio")
             self._check_items(audio_rows, audio.shape[0], "audio")
         return MediaFeatures(image, image_rows, audio, audio_rows)
