@@ -128,9 +128,9 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
     again on both rounds; PPO 45 more iterations, KL still to SFT. 45, not 60: with the bf16 SFT of
     seed 0, 45 gave hallucination 0.083 -> 0.020 (round 1) -> 0.023, coverage 0.97, KL 0.41; 60 gave
     0.023 in round 1, then round 2 hit the KL budget after 4 iterations with coverage down to 0.93.
-    Measured on seed 2 (older code): one round of 75 iterations dropped true objects the reward model had never seen dropped (coverage
-    0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
-    and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
+    Measured on seed 2 (older code): one round of 75 iterations dropped true objects the reward
+    model had never seen dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward
+    model ranks those answers low and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations). PPO in bf16: 1.47x less
     CPU per iteration than fp32, the same reward and KL curves (bench/results/demo_speed.md).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
