@@ -29,12 +29,14 @@ def main() -> None:
     from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
     from modalign.precision import autocast
-    from modalign.recipes.sft import SFTConfig, batch_at, make_optimizer, make_policy, prepare_data, tokenizer_corpus
+    from modalign.recipes.sft import (SFTConfig, batch_at, make_optimizer, make_policy, media_groups, prepare_data,
+                                      tokenizer_corpus)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--group", action="store_true", help="batches of whole scenes (group_by_media)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
     parser.add_argument("--work", default="/tmp/demo_speed")
@@ -60,9 +62,10 @@ def main() -> None:
             group["fused"], group["foreach"] = True, False
     pad = policy.processor.tokenizer.pad_token_id
     model = policy.model.train()
+    groups = media_groups(train) if args.group else None
 
     def step(i: int) -> None:
-        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed), pad)
+        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups), pad)
         with autocast(cfg.precision, model):
             loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)

@@ -56,6 +56,9 @@ class SFTConfig:
                                              "sampled (the summary says which).")
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
+    group_by_media: bool = field_doc(False, "Batches of whole groups of examples that share their media files (a "
+                                            "ShapesWorld scene's five examples), so each image and clip is encoded "
+                                            "once per batch; off: examples shuffled one by one.")
     gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
@@ -129,11 +132,13 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
 
     policy.model.train()
     pad_id = policy.processor.tokenizer.pad_token_id
+    groups = media_groups(train) if cfg.group_by_media else None
     loss_value = None
     with progress_bar("sft", total=total_steps, completed=step) as advance:
         while step < total_steps:
             # the global batch, then this process's rows of it
-            rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed), "batch_size")
+            rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed, groups),
+                              "batch_size")
             batch = collate_sft(rows, pad_id, model_device(policy.model))
             tick = time.time()
             # mean over this process's answer tokens, rescaled so DDP's average is the mean over all of them
@@ -260,12 +265,33 @@ def make_optimizer(model: torch.nn.Module, cfg: SFTConfig, total_steps: int):
     return optimizer, scheduler
 
 
-def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed: int) -> list:
-    """The batch of a global step: a seeded permutation per epoch, so resume needs only the step."""
+def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed: int,
+             groups: list[list[int]] | None = None) -> list:
+    """The batch of a global step: a seeded permutation per epoch, so resume needs only the step.
+
+    `groups` (lists of item indices, e.g. `media_groups`): the groups are permuted instead and each
+    stays together, so a batch holds whole groups (and the group cut at its end continues the next).
+    """
     epoch, index = divmod(step, steps_per_epoch)
-    order = list(range(len(items)))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    rng = random.Random(seed * 100_003 + epoch)
+    if groups is None:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+    else:
+        shuffled = list(groups)
+        rng.shuffle(shuffled)
+        order = [i for group in shuffled for i in group]
     return [items[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+
+
+def media_groups(examples: list) -> list[list[int]]:
+    """Indices of the examples that share their media files (a ShapesWorld scene's five), in first-seen order;
+    examples without media are groups of one."""
+    groups: dict[object, list[int]] = {}
+    for i, example in enumerate(examples):
+        paths = tuple(ref.path for ref in example.media)
+        groups.setdefault(paths or ("", i), []).append(i)
+    return list(groups.values())
 
 
 def evaluate_policy(policy, data_root: Path, cfg: SFTConfig, run) -> dict:

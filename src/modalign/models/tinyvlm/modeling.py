@@ -118,6 +118,20 @@ class TinyVLMPreTrainedModel(PreTrainedModel):
                 queries.normal_(0.0, std)
 
 
+def once_per_item(encode, items: torch.Tensor) -> torch.Tensor:
+    """`encode(items)` (N, ...) -> (N, ...), running the encoder once per distinct item.
+
+    A batch may hold one image or clip several times (SFT batches grouped by media, `group_by_media`:
+    five questions about one scene): the copies' features are the same rows, so the result and its
+    gradients equal encoding every copy (the gradient of a shared row is the sum over its uses). The
+    encoders are per item (GroupNorm, no batch statistics), so which copy is encoded does not matter.
+    """
+    distinct, inverse = items.flatten(1).unique(dim=0, return_inverse=True)  # (U, prod), (N,)
+    if distinct.shape[0] == items.shape[0]:
+        return encode(items)
+    return encode(distinct.view(-1, *items.shape[1:]))[inverse]
+
+
 def _projector(kind: str, in_width: int, width: int) -> nn.Sequential:
     """Media features -> decoder width: one Linear (LLaVA) or Linear-GELU-Linear (LLaVA-1.5)."""
     if kind == "linear":
@@ -180,11 +194,13 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """
         image = audio = image_rows = audio_rows = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = self.image_projector(self.vision(pixel_values.to(self.dtype)))  # (N, P, D)
+            # (N, P, D), each distinct image encoded once
+            image = once_per_item(lambda x: self.image_projector(self.vision(x)), pixel_values.to(self.dtype))
             image_rows = self._item_rows(input_ids, self.config.image_token_id, self.config.image_seq_length, "image")
             self._check_items(image_rows, image.shape[0], "image")
         if input_values is not None and input_values.shape[0] > 0:
-            audio = self.audio_projector(self.audio(input_values.to(self.dtype)))  # (N, T, D)
+            # (N, T, D), each distinct clip encoded once
+            audio = once_per_item(lambda x: self.audio_projector(self.audio(x)), input_values.to(self.dtype))
             audio_rows = self._item_rows(input_ids, self.config.audio_token_id, self.config.audio_seq_length, "audio")
             self._check_items(audio_rows, audio.shape[0], "audio")
         return MediaFeatures(image, image_rows, audio, audio_rows)
