@@ -106,11 +106,10 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     folder = out_dir / "sft"
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
-        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03; 5 epochs left it at 0.30).
-        # bf16 autocast: 1.4x the tokens/s, seed 0's gold SFT numbers held (bench/results/demo_speed.md).
-        # Not group_by_media (a step 1.6x cheaper): with 2 threads the image side stalled on seed 1
-        # (SFT hallucination 0.45, coverage 0.56), as it had with a short warmup.
-        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, precision="bf16")
+        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples:
+        # bf16 + whole-scene batches ran 428-539 s quiet but seed 1's SFT stalled (hallucination 0.45), and
+        # bf16 alone was never run end to end on 3 seeds (bench/results/demo_speed.md, Part 3).
+        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
@@ -123,16 +122,13 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
 def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, quick: bool):
     """The demo's two rounds.
 
-    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 45 iterations.
+    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 60 iterations.
     Round 2: it ranks the round-1 policy's answers to 500 prompts; the reward model is trained
-    again on both rounds; PPO 45 more iterations, KL still to SFT. 45, not 60: with the bf16 SFT of
-    seed 0, 45 gave hallucination 0.083 -> 0.020 (round 1) -> 0.023, coverage 0.97, KL 0.41; 60 gave
-    0.023 in round 1, then round 2 hit the KL budget after 4 iterations with coverage down to 0.93.
-    Measured on seed 2 (older code): one round of 75 iterations dropped true objects the reward
-    model had never seen dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward
-    model ranks those answers low and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
-    kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations). PPO in bf16: 1.47x less
-    CPU per iteration than fp32, the same reward and KL curves (bench/results/demo_speed.md).
+    again on both rounds; PPO 60 more iterations, KL still to SFT. Measured on seed 2: one round
+    of 75 iterations dropped true objects the reward model had never seen dropped (coverage
+    0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
+    and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
+    kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
     are the caption ones (task="caption"): the loop's default, all tasks, would change these results.
     """
@@ -140,9 +136,8 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
 
     cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), task="caption", rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
-                     reward_steps=3000, method="ppo", rl_steps=45, prompts_per_step=16, rl_samples_per_prompt=4,
-                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed,
-                     precision="bf16")
+                     reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
+                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed)
     if quick:
         cfg.first_round_prompts, cfg.prompts_per_round, cfg.reward_steps, cfg.rl_steps = 24, 12, 20, 2
         cfg.prompts_per_step, cfg.max_new_tokens, cfg.eval_samples = 8, 24, 1
