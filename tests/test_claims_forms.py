@@ -14,10 +14,10 @@ from modalign.feedback.judges.splitters import Claim, shapes_claims
 from modalign.models.inputs import MediaStore
 from modalign.models.policy import create_tinyvlm
 
-CORPUS = ["a large red circle on the left, a small blue square on the right. two high beeps.",
-          "describe the scene.", "is there a red circle? yes no", "what colour is the circle?"] * 20
-TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            vision_hidden_size=32, audio_hidden_size=32, vision_layers=1, audio_layers=1)
+from test_claims_judge import CORPUS as JUDGE_CORPUS
+from test_claims_judge import TINY
+
+CORPUS = JUDGE_CORPUS + ["what colour is the circle?"] * 20  # the words of the colour form too
 
 
 @pytest.fixture(scope="module")
