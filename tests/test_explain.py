@@ -8,6 +8,7 @@ attribution finds it and gives (near) nothing to the rest.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -356,3 +357,9 @@ def test_hugging_face_image_model_explains_and_refuses_audio(shapes, tmp_path):
     first = json.loads((tmp_path / "b" / "attributions.json").read_text())["examples"][0]
     assert set(first["ablation"]["share"]) == set(first["ig"]["share"]) == {"image", "text"}
     assert len(first["occlusion"]["heatmap"]) == 2
+    # the fill from other examples' cells on the same Hugging Face path: one other scene's image here
+    run_explain(ExplainConfig(model=str(folder), data=str(images), out=str(tmp_path / "c"), max_examples=2,
+                              task="caption", methods="occlusion", grid=2, occlusion_fill="others", background=1))
+    filled = json.loads((tmp_path / "c" / "attributions.json").read_text())["examples"][0]["occlusion"]
+    assert filled["baseline"].startswith("each cell in turn set to the same cell of 1 other")
+    assert len(filled["heatmap"]) == 2 and all(math.isfinite(v) for row in filled["heatmap"] for v in row)

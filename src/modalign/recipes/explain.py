@@ -98,11 +98,11 @@ def run_explain(cfg: ExplainConfig) -> dict:
     explaining = time.time()
     subjects = [encode_subject(processor, media, example, answers[example.id], cfg.max_length,
                                target.media_token_ids()) for example in examples]
+    needs_background = "others" in (cfg.ablation_baseline, cfg.occlusion_fill)
     with progress_bar("explain", total=len(examples)) as advance:
         for index, (example, subject) in enumerate(zip(examples, subjects)):
             begin = time.time()
-            needed = "others" in (cfg.ablation_baseline, cfg.occlusion_fill)
-            background = background_of(subjects, index, cfg.background) if needed else []
+            background = background_of(subjects, index, cfg.background) if needs_background else []
             others = background if cfg.ablation_baseline == "others" else []
             cells_from = background if cfg.occlusion_fill == "others" else []
             contrast = (encode_subject(processor, media, example, example.answer, cfg.max_length,

@@ -57,8 +57,9 @@ class SFTConfig:
     max_new_tokens: int = field_doc(40, "Longest generated answer in evaluation.")
     precision: Precision = field_doc("fp32", PRECISION_HELP)
     group_by_media: bool = field_doc(False, "Batches of whole groups of examples that share their media files (a "
-                                            "ShapesWorld scene's five examples), so each image and clip is encoded "
-                                            "once per batch; off: examples shuffled one by one.")
+                                            "ShapesWorld scene's five examples); the built-in model then encodes each "
+                                            "image and clip once per batch (a Hugging Face model encodes every copy); "
+                                            "off: examples shuffled one by one.")
     gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
