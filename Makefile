@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel these machines carry, so nothing pulls a CUDA build.
 TORCH ?= torch==2.13.0
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+# The versions the suite was last green with (see its header); `make test CONSTRAINTS=/dev/null` resolves afresh.
+CONSTRAINTS ?= constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 
 .PHONY: demo test bench browsers postgres clean
 
@@ -13,7 +15,7 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -28,7 +30,7 @@ test: $(STAMP) browsers postgres
 
 # TRL is a bench-only extra (`.[bench]`), installed here and not by `make test`.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
 	$(BIN)/python bench/run.py
 
 # Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads its own).
