@@ -112,6 +112,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
     "paligemma": dict(tokenizer_class="GemmaTokenizer", images=dict(image_seq_length=16), source_tokens=False),
     "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
+    # its vision tower embeds 2-D patches (no temporal patch, unlike Qwen2-VL whose PIL image processor it uses)
+    "llava_onevision1_5": dict(images=dict(temporal_patch_size=1)),
     "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
     "fast_vlm": dict(processor_class="LlavaProcessor", image_processor_class="LlavaImageProcessorPil"),
@@ -128,6 +130,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                                  initializer_range=0.02))),
     # Ovis 2 expands <image> into <IMG_ATOM> runs, which are the model's image tokens
     "ovis2": dict(ids=dict(image_token_id="<IMG_ATOM>"), processor=dict(image_seq_length=16)),
+    # Ovis 2.5: its image processor's size is a pixel budget (min / max pixels, not edges); its visual tokenizer
+    # has a vocabulary of its own (65536 visual words by default: 10 M parameters)
+    "ovis2_5": dict(images=dict(size={"shortest_edge": IMAGE * IMAGE, "longest_edge": IMAGE * IMAGE}),
+                    sub=dict(vision_config=dict(vocab_size=64))),
     # PP-Chart2Table's processor inserts nothing: its chat template writes GOT's image span (1 token here)
     "pp_chart2table": dict(specials=["<img>", "<imgpad>", "</img>"], marker="<img><imgpad></img>",
                            ids=dict(image_token_index="<imgpad>"),
