@@ -8,8 +8,8 @@ size, gives the processor a chat template that renders `{"type": "image"}` parts
 `AutoModelForImageTextToText` and `AutoProcessor` like a user's checkpoint.
 
 What cannot be generic is data: `OVERRIDES` (per-architecture tweaks) and `SKIP` (the error each
-architecture that cannot be built here gave, observed on this machine: transformers 5.24, no
-torchvision).
+architecture that cannot be built here gave, observed on this machine: transformers 5.24 and 5.25,
+no torchvision).
 """
 
 from __future__ import annotations
@@ -155,9 +155,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 # ---- architectures that cannot be built here: model_type -> the error observed ---------------------
-# Observed with transformers 5.24 and no torchvision (tests/test_hf_any.py phase A). "needs X": a
-# package the machine lacks; "no processor class": nothing to build the inputs with; "builder gap": the
-# generic build does not fit this architecture yet (a tweak in OVERRIDES would) - the error it gave.
+# Observed with transformers 5.24 (5.25 for the types it added) and no torchvision (tests/test_hf_any.py
+# phase A). "needs X": a package the machine lacks; "no processor class": nothing to build the inputs
+# with; "builder gap": the generic build does not fit this architecture yet (a tweak in OVERRIDES would)
+# - the error it gave.
 SKIP: dict[str, str] = {
     "apertus1p5":
         "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
@@ -260,6 +261,7 @@ SKIP: dict[str, str] = {
         "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
         "this type)",
     "pi0": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "pi05": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
     "pix2struct":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
@@ -610,6 +612,25 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
     parameters = sum(p.numel() for p in model.parameters())
     return BuiltModel(model_type, folder, marker, str(getattr(processor, "image_token", "")), parameters)
 
+
+def unbuilt_checkpoint(model_type: str, folder: str | Path) -> Path:
+    """A folder as a hub checkpoint of `model_type` ships it, but for the weights: its default config, a
+    tokenizer, and `preprocessor_config.json` naming the processor and (torchvision) image processor classes
+    of transformers' Auto mappings; for the load errors of a type whose processor cannot be built here."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    folder = Path(folder)
+    CONFIG_MAPPING[model_type]().save_pretrained(folder)
+    train_tokenizer(BASE_SPECIALS, {"eos_token": TURN_END, "pad_token": "<pad>"}).save_pretrained(folder)
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    image_processor = names if isinstance(names, str) else names.get("torchvision")
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": image_processor, "processor_class": PROCESSOR_MAPPING_NAMES.get(model_type)}))
+    return folder
 
 def architectures() -> list[str]:
     """Every model type of the installed transformers' `AutoModelForImageTextToText` mapping."""
