@@ -8,8 +8,8 @@ size, gives the processor a chat template that renders `{"type": "image"}` parts
 `AutoModelForImageTextToText` and `AutoProcessor` like a user's checkpoint.
 
 What cannot be generic is data: `OVERRIDES` (per-architecture tweaks) and `SKIP` (the error each
-architecture that cannot be built here gave, observed on this machine: transformers 5.24, no
-torchvision).
+architecture that cannot be built here gave, observed on this machine: transformers 5.24 and 5.25,
+no torchvision).
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                             config=dict(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]])),
     "paligemma": dict(tokenizer_class="GemmaTokenizer", images=dict(image_seq_length=16), source_tokens=False),
     "aya_vision": dict(processor=dict(img_size=IMAGE), images=dict(crop_to_patches=False)),
+    # its vision tower embeds 2-D patches (no temporal patch, unlike Qwen2-VL whose PIL image processor it uses)
+    "llava_onevision1_5": dict(images=dict(temporal_patch_size=1)),
     "hunyuan_vl": dict(marker="<|image_start|><|image|><|image_end|>"),  # the processor checks this framing
     # no processor / image processor class in the Auto mappings for these types: the family's own
     "fast_vlm": dict(processor_class="LlavaProcessor", image_processor_class="LlavaImageProcessorPil"),
@@ -128,6 +130,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                                  initializer_range=0.02))),
     # Ovis 2 expands <image> into <IMG_ATOM> runs, which are the model's image tokens
     "ovis2": dict(ids=dict(image_token_id="<IMG_ATOM>"), processor=dict(image_seq_length=16)),
+    # Ovis 2.5: its image processor's size is a pixel budget (min / max pixels, not edges); its visual tokenizer
+    # has a vocabulary of its own (65536 visual words by default: 10 M parameters)
+    "ovis2_5": dict(images=dict(size={"shortest_edge": IMAGE * IMAGE, "longest_edge": IMAGE * IMAGE}),
+                    sub=dict(vision_config=dict(vocab_size=64))),
     # PP-Chart2Table's processor inserts nothing: its chat template writes GOT's image span (1 token here)
     "pp_chart2table": dict(specials=["<img>", "<imgpad>", "</img>"], marker="<img><imgpad></img>",
                            ids=dict(image_token_index="<imgpad>"),
@@ -149,9 +155,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 # ---- architectures that cannot be built here: model_type -> the error observed ---------------------
-# Observed with transformers 5.24 and no torchvision (tests/test_hf_any.py phase A). "needs X": a
-# package the machine lacks; "no processor class": nothing to build the inputs with; "builder gap": the
-# generic build does not fit this architecture yet (a tweak in OVERRIDES would) - the error it gave.
+# Observed with transformers 5.24 (5.25 for the types it added) and no torchvision (tests/test_hf_any.py
+# phase A). "needs X": a package the machine lacks; "no processor class": nothing to build the inputs
+# with; "builder gap": the generic build does not fit this architecture yet (a tweak in OVERRIDES would)
+# - the error it gave.
 SKIP: dict[str, str] = {
     "apertus1p5":
         "needs torchvision: Apertus1p5ImageProcessor raises ImportError (no PIL image processor for this "
@@ -254,6 +261,7 @@ SKIP: dict[str, str] = {
         "needs torchvision: PerceptionLMImageProcessor raises ImportError (no PIL image processor for "
         "this type)",
     "pi0": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
+    "pi05": "needs torchvision: PI0ImageProcessor raises ImportError (no PIL image processor for this type)",
     "pix2struct":
         "builder gap: RuntimeError: mat1 and mat2 shapes cannot be multiplied (4096x192 and 32x32) "
         "(torch/nn/modules/linear.py)",
@@ -604,6 +612,25 @@ def build_tiny(model_type: str, folder: str | Path, seed: int = 0) -> BuiltModel
     parameters = sum(p.numel() for p in model.parameters())
     return BuiltModel(model_type, folder, marker, str(getattr(processor, "image_token", "")), parameters)
 
+
+def unbuilt_checkpoint(model_type: str, folder: str | Path) -> Path:
+    """A folder as a hub checkpoint of `model_type` ships it, but for the weights: its default config, a
+    tokenizer, and `preprocessor_config.json` naming the processor and (torchvision) image processor classes
+    of transformers' Auto mappings; for the load errors of a type whose processor cannot be built here."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    folder = Path(folder)
+    CONFIG_MAPPING[model_type]().save_pretrained(folder)
+    train_tokenizer(BASE_SPECIALS, {"eos_token": TURN_END, "pad_token": "<pad>"}).save_pretrained(folder)
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    image_processor = names if isinstance(names, str) else names.get("torchvision")
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": image_processor, "processor_class": PROCESSOR_MAPPING_NAMES.get(model_type)}))
+    return folder
 
 def architectures() -> list[str]:
     """Every model type of the installed transformers' `AutoModelForImageTextToText` mapping."""

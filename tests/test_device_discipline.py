@@ -81,6 +81,26 @@ def test_the_device_setting_is_resolved_or_refused_with_one_error():
         resolve_device("fakegpu:3")
 
 
+
+def test_loaded_models_are_never_kernelized_so_train_and_eval_run_their_own_layers(sft_model, tiny, monkeypatch):
+    """transformers 5.25 kernelizes a loaded model by default and again at each train() / eval() switch (on a
+    GPU: layers fetched from the hub, some for inference only; on this fake device: ValueError 'Unsupported
+    device type'). modalign loads with hub kernels off: no load or switch, on the CPU or the device, reaches
+    `kernelize`, for the built-in model and a Hugging Face one."""
+    import transformers.modeling_utils
+    from modalign.models.policy import load_policy
+
+    calls = []
+    monkeypatch.setattr(transformers.modeling_utils, "kernelize", lambda *a, **k: calls.append(a), raising=False)
+    for folder in (sft_model[0], tiny("qwen2_vl")[0]):
+        model = load_policy(folder).model
+        raw = getattr(model, "model", model)  # the transformers model inside modalign's HF adapter
+        assert not getattr(raw, "use_kernels", False)
+        model.train().eval()
+        with fake_device():
+            model.to(DEVICE).train().eval()
+    assert calls == []
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, sft_model):
     """Simulated rankings of the SFT policy's answers to 3 train captions (built on the CPU)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers.utils import is_torchvision_available
 
 import hf_any
 import hf_tiny
@@ -111,6 +112,24 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
     assert not torch.allclose(logits, other, atol=1e-6), "the photographs do not change the logits"
     assert answers.shape[0] == rows and answers.shape[1] > length
 
+
+
+@pytest.mark.skipif(is_torchvision_available(), reason="torchvision is installed: these processors build")
+def test_a_model_whose_processor_needs_torchvision_is_refused_in_one_line_naming_it(tmp_path):
+    """Each type SKIP lists as needing torchvision, as a checkpoint folder ships it (config, tokenizer, the
+    processor files naming its torchvision-only classes): modalign's load is one ModelSupportError line
+    naming the model type and torchvision (Pixtral's processor class itself raises ImportError, PerceptionLM's
+    error starts with a newline)."""
+    from modalign.models.hf import ModelSupportError
+    from modalign.models.policy import load_policy
+
+    needs = [a for a in ARCHITECTURES if hf_any.SKIP.get(a, "").startswith("needs torchvision")]
+    assert needs
+    for model_type in needs:
+        folder = hf_any.unbuilt_checkpoint(model_type, tmp_path / model_type)
+        with pytest.raises(ModelSupportError, match=rf"^model_type {model_type!r}: ") as error:
+            load_policy(folder)
+        assert "torchvision" in str(error.value).lower() and "\n" not in str(error.value), str(error.value)
 
 # ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
 

@@ -54,7 +54,9 @@ def load_policy(name_or_path: str | Path, dtype: torch.dtype | None = None, chat
         from modalign.models.hf import load_hf_policy
 
         return load_hf_policy(location, dtype, chat_template)
-    model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype or torch.float32)
+    from modalign.models.hf.modeling import NO_HUB_KERNELS
+
+    model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype or torch.float32, **NO_HUB_KERNELS)
     processor = AutoProcessor.from_pretrained(location)
     if chat_template:
         processor.chat_template = chat_template

@@ -35,6 +35,14 @@ from modalign.models.hf.packing import unpack
 from modalign.models.prompt_cache import can_share_prompt, shared_prompt_cache
 
 
+# `from_pretrained` options for every model modalign loads (policy, reference, reward model, critic, judge).
+# transformers 5.25 kernelizes by default (`use_kernels=None` -> True; 5.24 defaulted to False), and again on
+# every train() / eval() switch: on a CUDA device it downloads layers from the hub (kernels-community: Liger
+# RMSNorm, rotary, and activations for inference only) and swaps them in, so a rollout's eval-mode log-probs
+# and the update's train-mode ones would come from different kernels, and a run would reach the hub; on a
+# CPU it swaps nothing but walks every module at each switch. Off: the model's own torch layers in both modes.
+NO_HUB_KERNELS = {"use_kernels": False}
+
 class HFPolicyModel(nn.Module):
     """A loaded `transformers` multimodal model with modalign's encode-once interface."""
 
@@ -323,7 +331,7 @@ class HFPolicyModel(nn.Module):
             model = _load_auto(path, config, dtype or torch.float32)
         else:
             model_class = getattr(transformers, family.model_class)
-            model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32)
+            model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32, **NO_HUB_KERNELS)
         use_fp32_cpu_sdpa(model)  # bf16 decoding steps attend in fp32 on a CPU (see models.hf.attention)
         return cls(model, family)
 
@@ -354,7 +362,7 @@ def _load_auto(path: str | Path, config, dtype: torch.dtype) -> nn.Module:
     autos = (AutoModelForImageTextToText, AutoModelForMultimodalLM, AutoModelForCausalLM)
     for auto in autos:
         if type(config) in auto._model_mapping:
-            return auto.from_pretrained(str(path), dtype=dtype)
+            return auto.from_pretrained(str(path), dtype=dtype, **NO_HUB_KERNELS)
     raise ModelSupportError(f"model_type {config.model_type!r} ({path}) loads with none of "
                             f"{', '.join(auto.__name__ for auto in autos)}")
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
+from modalign.errors import first_line
 from modalign.models.hf.families import Family, ModelSupportError, generic_family
 from modalign.models.hf.media import ProcessorMedia
 from modalign.models.hf.packing import pack
@@ -247,15 +248,29 @@ def _images_only(location: str | Path, model_type: str, error: Exception):
 
     import transformers
 
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     name = _saved_processor_class(location) or PROCESSOR_MAPPING_NAMES.get(model_type)
-    cls = getattr(transformers, name, None) if name else None
-    if cls is not None and "video_processor" in cls.get_attributes():
+    try:
+        cls = getattr(transformers, name, None) if name else None
+        has_video = cls is not None and "video_processor" in cls.get_attributes()
+    except ImportError as missing:  # the processor class itself needs a library the machine lacks (Pixtral's)
+        raise ModelSupportError(f"model_type {model_type!r}: no processor loads from {location} "
+                                f"({_reason(missing)})") from error
+    if has_video:
         try:
             return without_video(name).from_pretrained(str(location))
         except (ImportError, OSError, TypeError, ValueError):
             pass
-    raise ModelSupportError(f"model_type {model_type!r}: no processor loads from {location} ({reason})") from error
+    raise ModelSupportError(f"model_type {model_type!r}: no processor loads from {location} ({_reason(error)})") \
+        from error
+
+
+def _reason(error: Exception) -> str:
+    """A library error's first line, without the broken-off sentence after its last full stop (transformers'
+    missing-backend errors start with a newline and wrap mid-sentence: "X requires the Torchvision library
+    but it was not found in your environment. Check out the instructions on the")."""
+    line = first_line(error)
+    cut = line.rfind(". ")
+    return line[: cut + 1] if not line.endswith((".", ")")) and cut > 0 else line
 
 
 def _saved_processor_class(location: str | Path) -> str | None:
