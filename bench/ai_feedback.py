@@ -49,7 +49,7 @@ RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 # the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
 STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
-RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing")
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing", "prompt_reuse", "rpo_alpha")
 
 
 def main() -> None:
@@ -66,6 +66,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: share of flipped "
                                                                            "labels assumed")
+    parser.add_argument("--prompt-reuse", action="store_true", help="each round draws its prompts afresh from the "
+                                                                    "whole split (IterativeDPOConfig.prompt_reuse)")
+    parser.add_argument("--rpo-alpha", type=float, default=0.0, help="RPO: weight of the chosen answer's "
+                                                                     "length-normalised NLL added to DPO")
     parser.add_argument("--eval-samples", type=int, default=32, help="sampled answers per test caption")
     parser.add_argument("--vqa-samples", type=int, default=16, help="sampled answers per test question")
     parser.add_argument("--eval-seed", type=int, default=0, help="sampling seed of every evaluation (all policies, "
@@ -148,7 +152,8 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     cfg = IterativeDPOConfig(out=str(out), policy=str(sft / "model"), data=str(sft / "data"), task="caption",
                              rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=args.samples,
                              judge=judge, lr=args.lr, beta=args.beta, epochs=args.epochs, eval_examples=4,
-                             label_smoothing=args.label_smoothing,
+                             label_smoothing=args.label_smoothing, prompt_reuse=args.prompt_reuse,
+                             **({"rpo_alpha": args.rpo_alpha} if args.rpo_alpha else {}),
                              checkpoint_every=0, seed=seed)
     wall, cpu = time.time(), time.process_time()
     summary = run_iterative_dpo(cfg)
