@@ -406,6 +406,14 @@ def measured_table(measured: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_size(settings: dict) -> str:
+    """rounds x prompts x answers, with the training options that differ from the note's steady run."""
+    size = "x".join(str(settings[k]) for k in ("rounds", "prompts", "samples"))
+    extras = [name for name, on in (("reuse", settings.get("prompt_reuse")),
+                                    (f"rpo {settings.get('rpo_alpha')}", settings.get("rpo_alpha"))) if on]
+    return " ".join([size, *extras])
+
+
 def precise_table(results: dict) -> list[str]:
     """Per seed and run: the hallucination rate +- its per-caption bootstrap SE, the change vs the SFT policy
     +- its paired bootstrap SE, coverage, VQA and its change +- paired SE (points), cost."""
@@ -423,7 +431,7 @@ def precise_table(results: dict) -> list[str]:
             e = r["eval"]
             change, se = change_with_se(sft, e)
             vqa, vqa_se = vqa_change_with_se(sft, e)
-            size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples"))
+            size = run_size(r["settings"])
             lines.append(f"| {seed} | `{judge}` | {size} | {e['hallucination_rate']:.4f} +- "
                          f"{e['standard_error']['hallucination_rate']:.4f} | {100 * change:+.0f}% +- {100 * se:.0f} | "
                          f"{e['coverage']:.3f} | {e['vqa_accuracy']:.3f} | {vqa:+.1f} +- {vqa_se:.1f} | "
@@ -443,7 +451,7 @@ def table(results: dict) -> str:
         for judge in judges:
             if judge in row:
                 r = row[judge]
-                size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples")) if "settings" in r else "-"
+                size = run_size(r["settings"]) if "settings" in r else "-"
                 lines.append(f"| {seed} | `{judge}` | {size} | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
                              f" | {r['judgments']} | {r['pairs']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     lines += ["", "| judge | hallucination (mean) | change vs SFT (per seed) | coverage change (points) | "
