@@ -142,6 +142,18 @@ def test_prompt_reuse_draws_each_round_from_the_whole_split():
     assert all(sorted(chosen) == prompts for chosen in whole)  # 3 rounds x 10 from 10 prompts
 
 
+def test_prompt_reuse_runs_rounds_over_the_whole_split(tmp_path, sft_model):
+    captions = [e for e in read_examples(sft_model[1], "train") if e.meta["task"] == "caption"]
+    # every round judges all the caption prompts: more than disjoint rounds could have
+    summary = run_iterative_dpo(config(tmp_path / "run", sft_model, prompts_per_round=len(captions),
+                                       prompt_reuse=True))
+    assert [row["prompts"] for row in summary["rounds"]] == [len(captions)] * 2
+    for r in (1, 2):
+        store = FeedbackStore.sqlite(tmp_path / "run" / f"round-{r}" / "feedback.db")
+        assert {j.example_id for j in store.judgments()} <= {e.id for e in captions}
+    assert {s["example_id"] for s in lines(tmp_path / "run" / "round-2" / "samples.jsonl")} == {e.id for e in captions}
+
+
 def test_prompt_reuse_needs_only_one_round_of_prompts(tmp_path, sft_model):
     # the fixture data holds fewer than 3 x 20 caption prompts but at least 20; more than it holds is still an error
     with pytest.raises(ConfigError, match="fewer than prompts_per_round"):
