@@ -150,7 +150,8 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
             console.print(f"round {r}/{cfg.rounds}: done already ({folder / 'dpo' / 'summary.json'}), skipped")
         else:
             stats = dist.broadcast(collect_round(
-                cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed, cfg.prompt_reuse), judge, all_rounds,
+                cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed, cfg.prompt_reuse), judge,
+                all_rounds,
                 prior_judgments=at_start + sum(row["judgments"] for row in rows)) if dist.is_main else None)
             dpo_dir = folder / "dpo"
             # killed during DPO: resume it

@@ -319,8 +319,8 @@ class ClaimJudge:
         first = probabilities[0]
         agreement = float(first.pow(2).sum())  # of the claim's own question
         if len(probabilities) == 1:
-            return ClaimResult(claim, claim.options[int(first.argmax())], float(first[claim.options.index(claim.expected)]),
-                               agreement)
+            expected = float(first[claim.options.index(claim.expected)])
+            return ClaimResult(claim, claim.options[int(first.argmax())], expected, agreement)
         p = sum(float(probs[form.options.index(form.expected)])
                 for probs, form in zip(probabilities, self._forms(claim))) / len(probabilities)
         others = first.clone()
