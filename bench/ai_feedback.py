@@ -49,7 +49,7 @@ RESULTS = ROOT / "bench" / "results"
 SHOWN = ("hallucination_rate", "coverage", "vqa_accuracy")
 # the self-judge of the note: count claim, soft score, best-vs-worst pairs, the start policy judging every round
 STEADY = "claims:self?splitter=shapes+count&score=soft&pairs=best-worst&self=start"
-RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing")
+RUN_SETTINGS = ("rounds", "prompts", "samples", "lr", "beta", "epochs", "label_smoothing", "prompt_reuse", "rpo_alpha")
 
 
 def main() -> None:
@@ -66,6 +66,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: share of flipped "
                                                                            "labels assumed")
+    parser.add_argument("--prompt-reuse", action="store_true", help="each round draws its prompts afresh from the "
+                                                                    "whole split (IterativeDPOConfig.prompt_reuse)")
+    parser.add_argument("--rpo-alpha", type=float, default=0.0, help="RPO: weight of the chosen answer's "
+                                                                     "length-normalised NLL added to DPO")
     parser.add_argument("--eval-samples", type=int, default=32, help="sampled answers per test caption")
     parser.add_argument("--vqa-samples", type=int, default=16, help="sampled answers per test question")
     parser.add_argument("--eval-seed", type=int, default=0, help="sampling seed of every evaluation (all policies, "
@@ -148,7 +152,8 @@ def run_one(args, sft: Path, out: Path, judge: str, seed: int) -> dict:
     cfg = IterativeDPOConfig(out=str(out), policy=str(sft / "model"), data=str(sft / "data"), task="caption",
                              rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=args.samples,
                              judge=judge, lr=args.lr, beta=args.beta, epochs=args.epochs, eval_examples=4,
-                             label_smoothing=args.label_smoothing,
+                             label_smoothing=args.label_smoothing, prompt_reuse=args.prompt_reuse,
+                             **({"rpo_alpha": args.rpo_alpha} if args.rpo_alpha else {}),
                              checkpoint_every=0, seed=seed)
     wall, cpu = time.time(), time.process_time()
     summary = run_iterative_dpo(cfg)
@@ -401,6 +406,14 @@ def measured_table(measured: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_size(settings: dict) -> str:
+    """rounds x prompts x answers, with the training options that differ from the note's steady run."""
+    size = "x".join(str(settings[k]) for k in ("rounds", "prompts", "samples"))
+    extras = [name for name, on in (("reuse", settings.get("prompt_reuse")),
+                                    (f"rpo {settings.get('rpo_alpha')}", settings.get("rpo_alpha"))) if on]
+    return " ".join([size, *extras])
+
+
 def precise_table(results: dict) -> list[str]:
     """Per seed and run: the hallucination rate +- its per-caption bootstrap SE, the change vs the SFT policy
     +- its paired bootstrap SE, coverage, VQA and its change +- paired SE (points), cost."""
@@ -418,7 +431,7 @@ def precise_table(results: dict) -> list[str]:
             e = r["eval"]
             change, se = change_with_se(sft, e)
             vqa, vqa_se = vqa_change_with_se(sft, e)
-            size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples"))
+            size = run_size(r["settings"])
             lines.append(f"| {seed} | `{judge}` | {size} | {e['hallucination_rate']:.4f} +- "
                          f"{e['standard_error']['hallucination_rate']:.4f} | {100 * change:+.0f}% +- {100 * se:.0f} | "
                          f"{e['coverage']:.3f} | {e['vqa_accuracy']:.3f} | {vqa:+.1f} +- {vqa_se:.1f} | "
@@ -438,7 +451,7 @@ def table(results: dict) -> str:
         for judge in judges:
             if judge in row:
                 r = row[judge]
-                size = "x".join(str(r["settings"][k]) for k in ("rounds", "prompts", "samples")) if "settings" in r else "-"
+                size = run_size(r["settings"]) if "settings" in r else "-"
                 lines.append(f"| {seed} | `{judge}` | {size} | " + " | ".join(f"{r['eval'][k]:.3f}" for k in SHOWN) +
                              f" | {r['judgments']} | {r['pairs']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     lines += ["", "| judge | hallucination (mean) | change vs SFT (per seed) | coverage change (points) | "

@@ -70,6 +70,39 @@ def test_dpo_resume_matches_uninterrupted(tmp_path, sft_model, store, monkeypatc
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
 
 
+def test_rpo_adds_the_chosen_answers_nll_per_token(tmp_path, sft_model, store, monkeypatch):
+    import modalign.rl.objectives as objectives
+
+    seen = []
+    original = objectives.rpo_nll
+    monkeypatch.setattr(objectives, "rpo_nll", lambda chosen, tokens, alpha: seen.append((tokens, alpha)) or
+                        original(chosen, tokens, alpha))
+    summary = run_dpo(dpo_config(tmp_path / "run", sft_model, store, rpo_alpha=0.5, checkpoint_every=0))
+    assert len(seen) == summary["steps"] >= 2 and all(alpha == 0.5 for _, alpha in seen)
+    assert all(len(tokens) == 4 and bool((tokens >= 1).all()) for tokens, _ in seen)  # a batch of 4
+    seen.clear()
+    run_dpo(dpo_config(tmp_path / "plain", sft_model, store, checkpoint_every=0))
+    assert not seen  # rpo_alpha 0: plain DPO, the term is never computed
+
+
+def test_answer_tokens_are_what_the_log_probs_sum_over():
+    from types import SimpleNamespace
+
+    from modalign.recipes.dpo import answer_tokens
+
+    pair = lambda length, prompt: SimpleNamespace(chosen=SimpleNamespace(input_ids=torch.arange(length),
+                                                                         prompt_length=prompt))
+    assert answer_tokens([pair(7, 4), pair(10, 9)], torch.device("cpu")).tolist() == [3.0, 1.0]
+
+
+def test_a_negative_rpo_alpha_is_a_clear_error(tmp_path, sft_model, store):
+    from modalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rpo_alpha=-1.0"):
+        run_dpo(dpo_config(tmp_path / "run", sft_model, store, rpo_alpha=-1.0))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_loss_is_a_clear_error(tmp_path, sft_model, store):
     with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
         run_dpo(dpo_config(tmp_path / "run", sft_model, store, loss="kto"))

@@ -128,6 +128,41 @@ def test_a_bad_judge_is_a_clear_error_before_any_work(tmp_path, sft_model):
     assert not (tmp_path / "run").exists()
 
 
+def test_prompt_reuse_draws_each_round_from_the_whole_split():
+    from modalign.recipes.iterative_dpo import round_prompts
+
+    prompts = list(range(10))  # stand-ins: only their order is drawn
+    disjoint = [round_prompts(prompts, r, 5, seed=3) for r in (1, 2)]
+    assert sorted(disjoint[0] + disjoint[1]) == prompts  # two rounds of 5 split the 10 between them
+    reused = [round_prompts(prompts, r, 5, seed=3, reuse=True) for r in (1, 2, 3)]
+    assert reused[0] == disjoint[0]  # round 1 is the same either way
+    assert all(len(set(chosen)) == 5 for chosen in reused)  # no prompt twice within a round
+    assert reused[1] != reused[2] and set(reused[1]) & set(reused[0])  # later rounds draw afresh, may share
+    whole = [round_prompts(prompts, r, 10, seed=3, reuse=True) for r in (1, 2, 3)]
+    assert all(sorted(chosen) == prompts for chosen in whole)  # 3 rounds x 10 from 10 prompts
+
+
+def test_prompt_reuse_runs_rounds_over_the_whole_split(tmp_path, sft_model):
+    captions = [e for e in read_examples(sft_model[1], "train") if e.meta["task"] == "caption"]
+    # every round judges all the caption prompts: more than disjoint rounds could have
+    summary = run_iterative_dpo(config(tmp_path / "run", sft_model, prompts_per_round=len(captions),
+                                       prompt_reuse=True))
+    assert [row["prompts"] for row in summary["rounds"]] == [len(captions)] * 2
+    for r in (1, 2):
+        store = FeedbackStore.sqlite(tmp_path / "run" / f"round-{r}" / "feedback.db")
+        assert {j.example_id for j in store.judgments()} <= {e.id for e in captions}
+    assert {s["example_id"] for s in lines(tmp_path / "run" / "round-2" / "samples.jsonl")} == {e.id for e in captions}
+
+
+def test_prompt_reuse_needs_only_one_round_of_prompts(tmp_path, sft_model):
+    # the fixture data holds fewer than 3 x 20 caption prompts but at least 20; more than it holds is still an error
+    with pytest.raises(ConfigError, match="fewer than prompts_per_round"):
+        run_iterative_dpo(config(tmp_path / "run", sft_model, rounds=3, prompts_per_round=10_000, prompt_reuse=True))
+    with pytest.raises(ConfigError, match="rpo_alpha=-0.5"):
+        run_iterative_dpo(config(tmp_path / "run", sft_model, rpo_alpha=-0.5))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_rerun_skips_finished_rounds_and_continues_a_killed_one(two_rounds, sft_model):
     out, summary = two_rounds
     everything = FeedbackStore.sqlite(out / "feedback.db")

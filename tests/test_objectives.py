@@ -15,6 +15,7 @@ from modalign.rl.objectives import (
     baseline_advantages,
     broadcast_to_tokens,
     dpo_loss,
+    rpo_nll,
     get_objective,
     get_preference_loss,
     group_relative_advantages,
@@ -312,6 +313,16 @@ def test_dpo_gradient_raises_chosen():
     loss, _, _ = dpo_loss(pc, torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
     loss.backward()
     assert pc.grad.item() == pytest.approx(-0.13447071, abs=1e-6)
+
+
+def test_rpo_nll_by_hand():
+    # summed chosen log-probs -6 over 3 tokens and -2 over 4: per token 2 and 0.5, mean 1.25, times alpha
+    chosen, tokens = torch.tensor([-6.0, -2.0], requires_grad=True), torch.tensor([3.0, 4.0])
+    assert rpo_nll(chosen, tokens, 1.0).item() == pytest.approx(1.25)
+    loss = rpo_nll(chosen, tokens, 0.5)
+    assert loss.item() == pytest.approx(0.625)
+    loss.backward()  # d/dpc_i = -alpha / (B |y_i|): -0.5 / 6 and -0.5 / 8
+    assert chosen.grad.tolist() == pytest.approx([-0.5 / 6, -0.5 / 8])
 
 
 def test_ipo_by_hand():

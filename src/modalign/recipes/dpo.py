@@ -21,6 +21,9 @@ from modalign.device import DEVICE_HELP
 from modalign.memory import GRADIENT_CHECKPOINTING_HELP, enable_gradient_checkpointing
 from modalign.precision import PRECISION_HELP, Precision
 
+RPO_ALPHA_HELP = ("RPO (Pang et al. 2024): weight of the chosen answer's negative log-likelihood per token added "
+                  "to the preference loss (0: off; ~1 in the paper).")
+
 
 @dataclass
 class DPOConfig:
@@ -32,6 +35,7 @@ class DPOConfig:
     loss: str = field_doc("dpo", "Preference loss: dpo, ipo or hinge (see modalign.rl.objectives).")
     beta: float = field_doc(0.1, "Strength of the implicit KL constraint.")
     label_smoothing: float = field_doc(0.0, "dpo only: share of flipped labels assumed (conservative DPO).")
+    rpo_alpha: float = field_doc(0.0, RPO_ALPHA_HELP)
     min_votes: int = field_doc(1, "Pairs with fewer judgments are left out.")
     epochs: float = field_doc(1.0, "Passes over the pairs.")
     batch_size: int = field_doc(16, "Pairs per step.")
@@ -59,7 +63,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     from modalign.precision import autocast
     from modalign.recipes.reward import check_store_fast_path, encode_store_pairs, open_store
     from modalign.recipes.sft import batch_at
-    from modalign.rl.objectives import get_preference_loss
+    from modalign.rl.objectives import get_preference_loss, rpo_nll
     from modalign.runs import RunDir, default_run_dir, set_rng_state
     from modalign.ui import console, progress_bar
 
@@ -67,6 +71,7 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     dist = processes()
     loss_fn = validate.registered(get_preference_loss, cfg.loss, "loss")
     hparams = {"beta": cfg.beta} | ({"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else {})
+    check_rpo_alpha(cfg.rpo_alpha)
     # validated before the run folder exists: the folder, the store's pairs, the evaluation data, the policy
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("dpo"), dist)
     device = resolve_device(cfg.device)
@@ -112,8 +117,12 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
             with autocast(cfg.precision, raw):  # forward only: backward and the step run outside
                 chosen, rejected = pair_logprobs(model, [pairs[i] for i in rows], pad)
             out = loss_fn(chosen, rejected, reference[rows, 0], reference[rows, 1], **hparams)
+            loss_value = out.loss
+            if cfg.rpo_alpha:  # RPO: the chosen answers' NLL per token too
+                loss_value = loss_value + rpo_nll(chosen, answer_tokens([pairs[i] for i in rows], chosen.device),
+                                                  cfg.rpo_alpha)
             optimizer.zero_grad(set_to_none=True)
-            dist.backward(out.loss)
+            dist.backward(loss_value)
             dist.clip_grad_norm(raw, 1.0)
             optimizer.step()
             step += 1
@@ -136,6 +145,20 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None) -> dict:
     run.write_summary(summary)
     run.close()
     return summary
+
+
+def check_rpo_alpha(alpha: float) -> None:
+    """RPO's weight is a non-negative number (0: plain preference loss)."""
+    from modalign.config import ConfigError
+
+    if not alpha >= 0:
+        raise ConfigError(f"rpo_alpha={alpha}: it must be 0 (off) or positive, the weight of the chosen answer's NLL")
+
+
+def answer_tokens(batch: Sequence, device: torch.device) -> torch.Tensor:
+    """(B,) the chosen answers' lengths in tokens (what `pair_logprobs` sums over)."""
+    return torch.tensor([len(p.chosen.input_ids) - p.chosen.prompt_length for p in batch], dtype=torch.float32,
+                        device=device)
 
 
 def pair_logprobs(model, batch: Sequence, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ from modalign.data.records import Completion, Example
 from modalign.feedback.collect import SIMULATED
 from modalign.feedback.judges.help_text import JUDGE_DISAGREEMENT_HELP, JUDGE_RANKING_HELP, JUDGE_TEMPLATE_HELP
 from modalign.feedback.store_spec import STORE_HELP
+from modalign.recipes.dpo import RPO_ALPHA_HELP, check_rpo_alpha
 
 if TYPE_CHECKING:
     from modalign.feedback.store import FeedbackStore
@@ -59,7 +60,11 @@ class IterativeDPOConfig:
     split: str = field_doc("train", "Split the prompts come from.")
     task: str = field_doc("", "Only examples whose meta.task is this ('': all), in sampling and evaluation.")
     rounds: int = field_doc(3, "Rounds of sample -> judge -> DPO (the only field a rerun may change).")
-    prompts_per_round: int = field_doc(64, "Prompts per round; rounds never share prompts.")
+    prompts_per_round: int = field_doc(64, "Prompts per round; rounds never share prompts (unless prompt_reuse).")
+    prompt_reuse: bool = field_doc(False, "Each round draws its prompts afresh from the whole split (a seeded "
+                                          "sample per round, round 1 the same as without reuse), so a prompt can "
+                                          "come back in a later round with the new policy's answers: more rounds or "
+                                          "prompts per round than the split holds for disjoint rounds.")
     samples_per_prompt: int = field_doc(4, "Answers sampled per prompt from the current policy.")
     judge: str = field_doc(SIMULATED, "'simulated' (the simulated annotator panel ranks the answers from "
                                       "ShapesWorld ground truth; other data is refused up front), "
@@ -79,6 +84,7 @@ class IterativeDPOConfig:
     loss: str = field_doc("dpo", "Preference loss of each round: dpo, ipo or hinge (see modalign.rl.objectives).")
     beta: float = field_doc(0.1, "Strength of the implicit KL constraint to the round's starting policy.")
     label_smoothing: float = field_doc(0.0, "dpo only: share of flipped labels assumed (conservative DPO).")
+    rpo_alpha: float = field_doc(0.0, RPO_ALPHA_HELP)
     epochs: float = field_doc(1.0, "Passes over each round's pairs.")
     batch_size: int = field_doc(16, "Pairs per step.")
     lr: float = field_doc(5e-5, "AdamW learning rate of each round.")
@@ -123,9 +129,11 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
         place_reward_models(judge, device)  # a reward-model judge scores on the device
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
-    if len(prompts) < cfg.rounds * cfg.prompts_per_round:
+    if len(prompts) < cfg.prompts_per_round * (1 if cfg.prompt_reuse else cfg.rounds):
+        needed = "prompts_per_round" if cfg.prompt_reuse else "rounds x prompts_per_round"
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
-                          f"rounds x prompts_per_round = {cfg.rounds} x {cfg.prompts_per_round}: lower one of them")
+                          f"{needed} = {cfg.prompts_per_round * (1 if cfg.prompt_reuse else cfg.rounds)}: lower "
+                          f"{'prompts_per_round' if cfg.prompt_reuse else 'one of them (or set prompt_reuse)'}")
     all_rounds = dist.main_first(lambda: open_store(cfg.store, out / "feedback.db"))  # before the folder: a bad URL
     new_run = not (out / "config.yaml").is_file()
     start_rounds_folder(cfg, out)
@@ -142,7 +150,8 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
             console.print(f"round {r}/{cfg.rounds}: done already ({folder / 'dpo' / 'summary.json'}), skipped")
         else:
             stats = dist.broadcast(collect_round(
-                cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed), judge, all_rounds,
+                cfg, r, policy, round_prompts(prompts, r, cfg.prompts_per_round, cfg.seed, cfg.prompt_reuse), judge,
+                all_rounds,
                 prior_judgments=at_start + sum(row["judgments"] for row in rows)) if dist.is_main else None)
             dpo_dir = folder / "dpo"
             # killed during DPO: resume it
@@ -171,6 +180,7 @@ def check_settings(cfg: IterativeDPOConfig) -> None:
     for name, least in (("rounds", 1), ("prompts_per_round", 1), ("samples_per_prompt", 2)):
         if getattr(cfg, name) < least:
             raise ConfigError(f"{name}={getattr(cfg, name)}: it must be at least {least}")
+    check_rpo_alpha(cfg.rpo_alpha)
 
 
 def judge_from(spec: str) -> "RewardSource | Callable | None":
@@ -202,10 +212,14 @@ def round_dir(out: Path, r: int) -> Path:
     return out / f"round-{r}"
 
 
-def round_prompts(prompts: list[Example], r: int, count: int, seed: int) -> list[Example]:
-    """Round r's prompts: slice r of one seeded permutation, so rounds never share a prompt."""
+def round_prompts(prompts: list[Example], r: int, count: int, seed: int, reuse: bool = False) -> list[Example]:
+    """Round r's prompts: slice r of one seeded permutation, so rounds never share a prompt; with `reuse`,
+    the first slice of a permutation of its own per round (round 1's is the same either way), so rounds
+    draw independently from the whole split and may share prompts."""
     from modalign.recipes.ppo import prompts_at
 
+    if reuse:
+        return prompts_at(prompts, 0, count, seed + 1000 * (r - 1))
     return prompts_at(prompts, r - 1, count, seed)
 
 
@@ -277,7 +291,8 @@ def round_dpo_config(cfg: IterativeDPOConfig, policy_path: str, folder: Path) ->
     from modalign.recipes.dpo import DPOConfig
 
     return DPOConfig(out=str(folder / "dpo"), policy=policy_path, store=str(folder / "feedback.db"), loss=cfg.loss,
-                     beta=cfg.beta, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
+                     beta=cfg.beta, label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha,
+                     epochs=cfg.epochs,
                      batch_size=cfg.batch_size, lr=cfg.lr, max_length=cfg.max_length,
                      checkpoint_every=cfg.checkpoint_every, data=cfg.data, eval_split=cfg.eval_split,
                      eval_examples=cfg.eval_examples, task=cfg.task, max_new_tokens=cfg.max_new_tokens,

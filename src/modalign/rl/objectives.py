@@ -356,6 +356,18 @@ def dpo_loss(
     return _output(losses.mean(), chosen, rejected, beta)
 
 
+def rpo_nll(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor, alpha: float) -> torch.Tensor:
+    """RPO's NLL term (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1), added to a
+    preference loss: alpha times the chosen answers' negative log-likelihood per answer token, batch mean.
+
+        L_NLL = alpha * mean_i ( -log pi(y_w,i | x_i) / |y_w,i| )
+
+    It keeps the chosen answers likely while the preference term pushes the pair apart (TRL's `rpo_alpha`).
+    policy_chosen: summed answer log-probs (B,); chosen_tokens: their answer lengths in tokens (B,).
+    """
+    return alpha * (-policy_chosen / chosen_tokens.clamp(min=1)).mean()
+
+
 @register_preference_loss("ipo")
 def ipo_loss(
     policy_chosen: torch.Tensor,

@@ -38,8 +38,14 @@ own verdicts drifts), or both, each claim's option probabilities averaged over t
 `shapes` splitters give them from the grammar), p = the mean over the forms of the expected option's
 probability, verified when p >= 0.5.
 
+`gate=none|agreement`: with `agreement` each kind of claim (`Claim.kind`: shape_at, colour_at, size, count, ...
+from the `shapes` splitters; else the claim's question) is weighed, in the score, by how consistently the judge
+answers that kind over the round's claims (`kind_weights`: its self-agreement sum_k p_k^2 rescaled from chance
+to certainty), so kinds it wavers on move the score less. Gold-free: only the judge's own option probabilities.
+
 Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
-&score=hard|soft&pairs=all|best-worst&per_prompt=<n>&margin=<m>&self=round|start|both&forms=first|mean]`
+&score=hard|soft&pairs=all|best-worst&per_prompt=<n>&margin=<m>&self=round|start|both&forms=first|mean
+&gate=none|agreement]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
@@ -76,9 +82,10 @@ if TYPE_CHECKING:
 PREFIX = "claims:"
 SELF = "self"
 DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
-OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self", "forms", "per_prompt")
+OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self", "forms", "per_prompt",
+           "gate")
 CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both"),
-           "forms": ("first", "mean")}
+           "forms": ("first", "mean"), "gate": ("none", "agreement")}
 
 
 def is_claims(spec: str) -> bool:
@@ -100,6 +107,7 @@ class ClaimJudgeSpec:
     judge_self: str = "round"
     forms: str = "first"
     per_prompt: int = 1
+    gate: str = "none"
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -113,7 +121,8 @@ class ClaimJudgeSpec:
             if key not in OPTIONS or not value:
                 raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
                                   f"refute=<weight>, verified=<weight>, score=hard|soft, pairs=all|best-worst, "
-                                  f"margin=<number>, self=round|start|both, forms=first|mean or per_prompt=<pairs>")
+                                  f"margin=<number>, self=round|start|both, forms=first|mean, per_prompt=<pairs> or "
+                                  f"gate=none|agreement")
             options[key] = value
         numbers = {}
         for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0)):
@@ -121,7 +130,8 @@ class ClaimJudgeSpec:
                 numbers[key] = float(options.get(key, default))
             except ValueError:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
-        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round"), ("forms", "first")):
+        for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round"), ("forms", "first"),
+                             ("gate", "none")):
             if options.get(key, default) not in CHOICES[key]:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r}: one of {', '.join(CHOICES[key])}")
         if numbers["margin"] < 0:
@@ -135,7 +145,8 @@ class ClaimJudgeSpec:
             raise ConfigError(f"judge {spec!r}: self={options['self']} is for claims:{SELF} only")
         return cls(model, options.get("splitter", "auto"), options.get("template", ""), numbers["refute"],
                    numbers["verified"], options.get("score", "hard"), options.get("pairs", "all"), numbers["margin"],
-                   options.get("self", "round"), options.get("forms", "first"), int(per_prompt))
+                   options.get("self", "round"), options.get("forms", "first"), int(per_prompt),
+                   options.get("gate", "none"))
 
     @property
     def is_self(self) -> bool:
@@ -177,6 +188,7 @@ class ClaimResult:
     claim: Claim
     answer: str
     probability: float
+    agreement: float = 1.0  # sum_k p_k^2: the chance two answers sampled from the judge agree (`kind_weights`)
 
     @property
     def verified(self) -> bool:
@@ -223,13 +235,14 @@ class ClaimJudge:
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
                  batch_size: int = 32, verified_weight: float = 1.0, score: str = "hard",
                  anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0,
-                 forms: str = "first", per_prompt: int = 1) -> None:
+                 forms: str = "first", per_prompt: int = 1, gate: str = "none") -> None:
         self.policy, self.media, self.name = policy, media, name
         self.voters = [(policy, name)] + ([anchor] if anchor is not None else [])
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
         self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
         self.score_kind, self.pairs, self.margin, self.forms = score, pairs, margin, forms
-        self.per_prompt = per_prompt
+        self.per_prompt, self.gate = per_prompt, gate
+        self.kind_weights: dict[str, float] = {}  # the last `verify` call's, with gate=agreement
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
         self.digests = MediaDigests(media.root)
@@ -252,7 +265,11 @@ class ClaimJudge:
                     if key not in pending and self.cache.get(key) is None:
                         pending[key] = (example, claim)
             self._ask(policy, pending)
-        return [self._verification(example, own) for example, own in zip(examples, claims)]
+        results = [self._results(example, own) for example, own in zip(examples, claims)]
+        # gate=agreement: each kind of claim weighed by the judge's self-agreement over this call's claims
+        self.kind_weights = kind_weights([r for rows in results for r in rows]) if self.gate == "agreement" else {}
+        return [Verification(tuple(rows), claim_score(rows, self.verified_weight, self.refute_weight, self.score_kind,
+                                                      self.kind_weights)) for rows in results]
 
     def scores(self, examples: Sequence[Example], answers: Sequence[str]) -> list[float]:
         return [v.score for v in self.verify(examples, answers)]
@@ -262,6 +279,7 @@ class ClaimJudge:
                 "refute_weight": self.refute_weight, "verified_weight": self.verified_weight,
                 "score": self.score_kind, "pairs": self.pairs, "margin": self.margin, "forms": self.forms,
                 "per_prompt": self.per_prompt,
+                **({"gate": self.gate, "kind_weights": self.kind_weights} if self.gate != "none" else {}),
                 **({"anchor": self.voters[1][1]} if len(self.voters) > 1 else {}),
                 "answers": [v.to_dict() for v in verifications]}
 
@@ -290,35 +308,60 @@ class ClaimJudge:
         return torch.stack([torch.softmax(torch.tensor(self.cache.entries[self._key(example, claim, n)]), 0)
                             for _, n in self.voters]).mean(0)
 
-    def _verification(self, example: Example, claims: Sequence[Claim]) -> Verification:
-        results = [self._form_result(claim, [self._probabilities(example, form) for form in self._forms(claim)])
-                   for claim in claims]
-        return Verification(tuple(results), claim_score(results, self.verified_weight, self.refute_weight,
-                                                        self.score_kind))
+    def _results(self, example: Example, claims: Sequence[Claim]) -> list[ClaimResult]:
+        return [self._form_result(claim, [self._probabilities(example, form) for form in self._forms(claim)])
+                for claim in claims]
 
     def _form_result(self, claim: Claim, probabilities: Sequence[torch.Tensor]) -> ClaimResult:
         """One form: its most likely option decides. Several (`forms=mean`): p = the mean over the forms of the
         expected option's probability, verified when p >= 0.5 (else the answer is the first form's most likely
         other option)."""
         first = probabilities[0]
+        agreement = float(first.pow(2).sum())  # of the claim's own question
         if len(probabilities) == 1:
-            return ClaimResult(claim, claim.options[int(first.argmax())], float(first[claim.options.index(claim.expected)]))
+            expected = float(first[claim.options.index(claim.expected)])
+            return ClaimResult(claim, claim.options[int(first.argmax())], expected, agreement)
         p = sum(float(probs[form.options.index(form.expected)])
                 for probs, form in zip(probabilities, self._forms(claim))) / len(probabilities)
         others = first.clone()
         others[claim.options.index(claim.expected)] = -1.0
-        return ClaimResult(claim, claim.expected if p >= 0.5 else claim.options[int(others.argmax())], p)
+        return ClaimResult(claim, claim.expected if p >= 0.5 else claim.options[int(others.argmax())], p, agreement)
 
 
 def claim_score(results: Sequence[ClaimResult], verified_weight: float = 1.0, refute_weight: float = 2.0,
-                kind: str = "hard") -> float:
+                kind: str = "hard", weights: dict[str, float] | None = None) -> float:
     """The module docstring's formula (0 claims: 0):
     hard: verified_weight * verified - refute_weight * refuted
-    soft: verified_weight * sum(p) - refute_weight * sum(1 - p), p = each claim's expected-option probability."""
-    if kind == "soft":
-        return float(sum(verified_weight * r.probability - refute_weight * (1 - r.probability) for r in results))
-    verified = sum(r.verified for r in results)
-    return float(verified_weight * verified - refute_weight * (len(results) - verified))
+    soft: verified_weight * sum(p) - refute_weight * sum(1 - p), p = each claim's expected-option probability.
+    `weights`: a factor per kind of claim (`Claim.kind_name`, 1 for a kind not in it) on each claim's term."""
+    weights = weights or {}
+
+    def term(r: ClaimResult) -> float:
+        if kind == "soft":
+            value = verified_weight * r.probability - refute_weight * (1 - r.probability)
+        else:
+            value = verified_weight if r.verified else -refute_weight
+        return weights.get(r.claim.kind_name, 1.0) * value
+
+    return float(sum(term(r) for r in results))
+
+
+def kind_weights(results: Sequence[ClaimResult]) -> dict[str, float]:
+    """`gate=agreement`: per kind of claim, how far the judge agrees with itself above chance, in [0, 1].
+
+    Each claim's agreement is sum_k p_k^2 over its options (the chance two answers sampled from the judge
+    agree); a kind's is the mean over its claims, c, rescaled from chance (1/K for K options: a judge that
+    guesses uniformly) to certainty: w = max(0, (c - 1/K) / (1 - 1/K)). A kind the judge answers
+    consistently keeps its weight; one it wavers on counts less. Gold-free: only the judge's own answers."""
+    by_kind: dict[str, list[tuple[float, int]]] = {}
+    for r in results:
+        by_kind.setdefault(r.claim.kind_name, []).append((r.agreement, len(r.claim.options)))
+    weights = {}
+    for name, rows in by_kind.items():
+        agreement = sum(a for a, _ in rows) / len(rows)
+        chance = sum(1 / k for _, k in rows) / len(rows)
+        weights[name] = round(max(0.0, (agreement - chance) / (1 - chance)), 4) if chance < 1 else 1.0
+    return weights
 
 
 def select_pairs(scores: Sequence[float], rule: str = "all", margin: float = 0.0,
@@ -377,7 +420,7 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
                       verified_weight=parsed.verified_weight, score=parsed.score, anchor=anchor, pairs=parsed.pairs,
-                      margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt)
+                      margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt, gate=parsed.gate)
 
 
 _JUDGES: dict[tuple, "Policy"] = {}  # (folder, its files' mtimes, device) -> a frozen judge loaded once per process

@@ -37,6 +37,8 @@ class Claim:
     expected: the option that verifies the claim (any other refutes it)
     forms: the same claim asked other ways (each a Claim with its own question, options and expected option);
            a judge with `forms=mean` asks them all and averages the expected option's probability
+    kind: what sort of fact it states ("colour_at", "count", ...), for a judge that weighs kinds (`gate=`);
+          "" means its question (or, asked by the template, its text) is its kind
     """
 
     text: str
@@ -44,6 +46,11 @@ class Claim:
     options: tuple[str, ...] = YES_NO
     expected: str = "yes"
     forms: tuple["Claim", ...] = field(default=(), compare=False)  # how it is asked, not what it claims
+    kind: str = field(default="", compare=False)
+
+    @property
+    def kind_name(self) -> str:
+        return self.kind or self.question or self.text
 
     def __post_init__(self) -> None:
         if self.expected not in self.options:
@@ -107,25 +114,26 @@ def shapes_claims(example: Example, answer: str) -> list[Claim]:
         if obj.position:
             place = where(obj.position)
             claims.append(Claim(f"a {obj.shape} {place}", f"what shape is {place}?", SHAPES + ("nothing",), obj.shape,
-                                exists))
+                                exists, "shape_at"))
             if obj.colour:
                 claims.append(Claim(f"the shape {place} is {obj.colour}", f"what colour is the shape {place}?",
-                                    COLOURS, obj.colour, exists))
+                                    COLOURS, obj.colour, exists, "colour_at"))
         elif obj.colour:
             colour_of = Claim(f"the {obj.shape} is {obj.colour}", f"what colour is the {obj.shape}?", COLOURS, obj.colour)
             claims.append(Claim(f"there is a {obj.colour} {obj.shape}", f"is there a {obj.colour} {obj.shape}?",
-                                forms=(colour_of,)))
+                                forms=(colour_of,), kind="exists"))
         else:
-            claims.append(Claim(f"there is a {obj.shape}"))
+            claims.append(Claim(f"there is a {obj.shape}", kind="exists"))
         if obj.size:
-            claims.append(Claim(f"the {obj.shape} is {obj.size}", f"what size is the {obj.shape}?", SIZES, obj.size))
+            claims.append(Claim(f"the {obj.shape} is {obj.size}", f"what size is the {obj.shape}?", SIZES, obj.size,
+                                kind="size"))
     counts = NUMBER_WORDS[1 : MAX_BEEPS + 1]
     for beeps in dict.fromkeys(mentions.beeps):
         word = NUMBER_WORDS[beeps] if beeps < len(NUMBER_WORDS) else str(beeps)
         options = counts if word in counts else counts + (word,)
-        claims.append(Claim(f"there are {word} beeps", "how many beeps are there?", options, word))
+        claims.append(Claim(f"there are {word} beeps", "how many beeps are there?", options, word, kind="beeps"))
     for pitch in dict.fromkeys(mentions.pitches):
-        claims.append(Claim(f"the beeps are {pitch}", "are the beeps high or low?", PITCHES, pitch))
+        claims.append(Claim(f"the beeps are {pitch}", "are the beeps high or low?", PITCHES, pitch, kind="pitch"))
     return list(dict.fromkeys(claims))
 
 
@@ -146,7 +154,7 @@ def shapes_count_claims(example: Example, answer: str) -> list[Claim]:
     if described:
         word = NUMBER_WORDS[described] if described < len(NUMBER_WORDS) else str(described)
         options = counts if word in counts else counts + (word,)
-        claims.append(Claim(f"there are {word} shapes", "how many shapes are there?", options, word))
+        claims.append(Claim(f"there are {word} shapes", "how many shapes are there?", options, word, kind="count"))
     return claims
 
 
