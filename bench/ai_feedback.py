@@ -198,7 +198,6 @@ def pair_accuracy(store_path: Path, data: Path) -> dict:
 def pair_study(sft: Path, judge_model: str, specs: list[str], prompts: int, samples: int) -> dict:
     """Each claims spec's pairs on one set of sampled answers, against gold (see the module docstring)."""
     from modalign.data.dataset import read_examples
-    from modalign.data.records import Completion
     from modalign.eval.generation import generate_answers
     from modalign.feedback.judges.cache import ClaimCache
     from modalign.feedback.judges.claims import claim_judge, judge_with_claims
