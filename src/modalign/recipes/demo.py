@@ -106,10 +106,12 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     folder = out_dir / "sft"
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
-        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples:
-        # bf16 + whole-scene batches ran 428-539 s quiet but seed 1's SFT stalled (hallucination 0.45), and
-        # bf16 alone was never run end to end on 3 seeds (bench/results/demo_speed.md, Part 3).
-        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
+        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03; 5 epochs left it at 0.30).
+        # bf16, and batches of chunks of at most 3 of a scene's 5 examples (each image and clip encoded once per
+        # batch, ~13 scenes per batch): whole-scene batches (~7 scenes) were faster still but one seed's SFT
+        # stalled (hallucination 0.45); bench/results/demo_speed.md, Parts 3 and 4.
+        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, precision="bf16",
+                        group_by_media=True, media_group_size=3)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
@@ -122,11 +124,11 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
 def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, quick: bool):
     """The demo's two rounds.
 
-    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 60 iterations.
+    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 45 iterations.
     Round 2: it ranks the round-1 policy's answers to 500 prompts; the reward model is trained
-    again on both rounds; PPO 60 more iterations, KL still to SFT. Measured on seed 2: one round
-    of 75 iterations dropped true objects the reward model had never seen dropped (coverage
-    0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
+    again on both rounds; PPO 45 more iterations, KL still to SFT. PPO in bf16 (1.47x less CPU, reward
+    and KL curves as fp32's; demo_speed.md). Measured on seed 2: one round of 75 iterations dropped true objects the reward model had never seen
+    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
     and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
@@ -136,8 +138,9 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
 
     cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), task="caption", rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
-                     reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
-                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed)
+                     reward_steps=3000, method="ppo", rl_steps=45, prompts_per_step=16, rl_samples_per_prompt=4,
+                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed,
+                     precision="bf16")
     if quick:
         cfg.first_round_prompts, cfg.prompts_per_round, cfg.reward_steps, cfg.rl_steps = 24, 12, 20, 2
         cfg.prompts_per_step, cfg.max_new_tokens, cfg.eval_samples = 8, 24, 1
