@@ -127,9 +127,10 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
     Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 45 iterations.
     Round 2: it ranks the round-1 policy's answers to 500 prompts; the reward model is trained
     again on both rounds; PPO 45 more iterations, KL still to SFT. PPO in bf16 (1.47x less CPU, reward
-    and KL curves as fp32's; demo_speed.md). Measured on seed 2: one round of 75 iterations dropped true objects the reward model had never seen
-    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
-    and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
+    and KL curves as fp32's; demo_speed.md). Measured on seed 2: one round of 75 iterations dropped
+    true objects the reward model had never seen dropped (coverage 0.94 -> 0.79, KL budget hit); the
+    second round's reward model ranks those answers low and coverage came back to 0.97 with
+    hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
     are the caption ones (task="caption"): the loop's default, all tasks, would change these results.
