@@ -95,3 +95,18 @@ def test_a_negative_chunk_size_is_one_config_error_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="media_group_size=-1"):
         run_sft(SFTConfig(out=str(tmp_path / "run"), group_by_media=True, media_group_size=-1))
     assert not (tmp_path / "run").exists()
+
+
+def test_distinct_media_are_encoded_as_given_and_copies_with_equal_sums_are_still_found():
+    from modalign.models.tinyvlm.modeling import once_per_item
+
+    calls = []
+
+    def encode(x):
+        calls.append(x.shape[0])
+        return x * 2
+
+    items = torch.arange(12.0).view(4, 3)
+    assert torch.equal(once_per_item(encode, items), items * 2) and calls == [4]
+    same_sum = torch.tensor([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0]])  # rows 0 and 2 equal; row 1 only shares the sum
+    assert torch.equal(once_per_item(encode, same_sum), same_sum * 2) and calls == [4, 2]
