@@ -107,11 +107,11 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
         # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03; 5 epochs left it at 0.30).
-        # bf16, and batches of chunks of at most 3 of a scene's 5 examples (each image and clip encoded once per
-        # batch, ~13 scenes per batch): whole-scene batches (~7 scenes) were faster still but one seed's SFT
-        # stalled (hallucination 0.45); bench/results/demo_speed.md, Parts 3 and 4.
-        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, precision="bf16",
-                        group_by_media=True, media_group_size=3)
+        # bf16 with shuffled examples. Batches grouped by scene (each image and clip encoded once per batch,
+        # 0.63x the step) were faster, but 2 of 8 such SFTs captioned badly (hallucination 0.45 with whole
+        # scenes, 0.13 with chunks of 3 examples of a scene) against 10 of 10 shuffled ones at 0.067-0.089
+        # (bench/results/demo_speed.md, Parts 3 and 4).
+        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, precision="bf16")
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
