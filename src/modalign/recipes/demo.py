@@ -124,12 +124,13 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
 def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, quick: bool):
     """The demo's two rounds.
 
-    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 45 iterations.
+    Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 60 iterations.
     Round 2: it ranks the round-1 policy's answers to 500 prompts; the reward model is trained
-    again on both rounds; PPO 45 more iterations, KL still to SFT. PPO in bf16 (1.47x less CPU, reward
-    and KL curves as fp32's; demo_speed.md). Measured on seed 2: one round of 75 iterations dropped
-    true objects the reward model had never seen dropped (coverage 0.94 -> 0.79, KL budget hit); the
-    second round's reward model ranks those answers low and coverage came back to 0.97 with
+    again on both rounds; PPO 60 more iterations, KL still to SFT. PPO in bf16 (1.47x less CPU, reward
+    and KL curves as fp32's); 45 iterations left seeds 1 and 2 at 0.34x / 0.28x of SFT's hallucination,
+    60 at 0.30x / 0.22x, twice the learning rate instead failed seed 1 (0.86x; demo_speed.md, Part 4).
+    Measured on seed 2: one round of 75 iterations dropped true objects the reward model had never seen
+    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low and coverage came back to 0.97 with
     hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
@@ -139,7 +140,7 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
 
     cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), task="caption", rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
-                     reward_steps=3000, method="ppo", rl_steps=45, prompts_per_step=16, rl_samples_per_prompt=4,
+                     reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
                      lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed,
                      precision="bf16")
     if quick:
