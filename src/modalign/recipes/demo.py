@@ -130,8 +130,8 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
     and KL curves as fp32's); 45 iterations left seeds 1 and 2 at 0.34x / 0.28x of SFT's hallucination,
     60 at 0.30x / 0.22x, twice the learning rate instead failed seed 1 (0.86x; demo_speed.md, Part 4).
     Measured on seed 2: one round of 75 iterations dropped true objects the reward model had never seen
-    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low and coverage came back to 0.97 with
-    hallucination 0.074 -> 0.022.
+    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers
+    low and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
     are the caption ones (task="caption"): the loop's default, all tasks, would change these results.
