@@ -106,12 +106,11 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     folder = out_dir / "sft"
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
-        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03; 5 epochs left it at 0.30).
-        # bf16 with shuffled examples. Batches grouped by scene (each image and clip encoded once per batch,
-        # 0.63x the step) were faster, but 2 of 8 such SFTs captioned badly (hallucination 0.45 with whole
-        # scenes, 0.13 with chunks of 3 examples of a scene) against 10 of 10 shuffled ones at 0.067-0.089
+        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples and
+        # PPO 2 x 60 in fp32: bf16 SFT + bf16 PPO x 45 (452-513 s) and x 60 (509-522 s) each left one seed of three
+        # above the 1/3 bar in the quiet window, and whole-scene or scene-chunk batches made a bad SFT likelier
         # (bench/results/demo_speed.md, Parts 3 and 4).
-        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, precision="bf16")
+        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
@@ -126,12 +125,10 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
 
     Round 1: the panel ranks 4 SFT answers for each of 1500 caption prompts; PPO 60 iterations.
     Round 2: it ranks the round-1 policy's answers to 500 prompts; the reward model is trained
-    again on both rounds; PPO 60 more iterations, KL still to SFT. PPO in bf16 (1.47x less CPU, reward
-    and KL curves as fp32's); 45 iterations left seeds 1 and 2 at 0.34x / 0.28x of SFT's hallucination,
-    60 at 0.30x / 0.22x, twice the learning rate instead failed seed 1 (0.86x; demo_speed.md, Part 4).
-    Measured on seed 2: one round of 75 iterations dropped true objects the reward model had never seen
-    dropped (coverage 0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers
-    low and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
+    again on both rounds; PPO 60 more iterations, KL still to SFT. Measured on seed 2: one round
+    of 75 iterations dropped true objects the reward model had never seen dropped (coverage
+    0.94 -> 0.79, KL budget hit); the second round's reward model ranks those answers low
+    and coverage came back to 0.97 with hallucination 0.074 -> 0.022.
     kl_coef 0.1: at 0.05 the KL ran away (seed 1: 0.3 -> 6-8 after 60 iterations).
     PPO-ptx on the questions keeps VQA, which the caption-only reward does not exercise. The prompts
     are the caption ones (task="caption"): the loop's default, all tasks, would change these results.
@@ -141,8 +138,7 @@ def demo_loop_config(out_dir: Path, sft_model: str, data_root: Path, seed: int, 
     cfg = LoopConfig(out=str(out_dir / "loop"), policy=sft_model, data=str(data_root), task="caption", rounds=2,
                      first_round_prompts=1500, prompts_per_round=500, samples_per_prompt=4, selection="all",
                      reward_steps=3000, method="ppo", rl_steps=60, prompts_per_step=16, rl_samples_per_prompt=4,
-                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed,
-                     precision="bf16")
+                     lr=1e-4, kl_coef=0.1, kl_budget=1.5, ptx_coef=1.0, max_new_tokens=40, eval_samples=4, seed=seed)
     if quick:
         cfg.first_round_prompts, cfg.prompts_per_round, cfg.reward_steps, cfg.rl_steps = 24, 12, 20, 2
         cfg.prompts_per_step, cfg.max_new_tokens, cfg.eval_samples = 8, 24, 1
