@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--group", action="store_true", help="batches of whole scenes (group_by_media)")
+    parser.add_argument("--group-size", type=int, default=0,
+                        help="with --group: chunks of at most this many examples of a scene (media_group_size)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
     parser.add_argument("--work", default="/tmp/demo_speed")
@@ -65,7 +67,7 @@ def main() -> None:
     groups = media_groups(train) if args.group else None
 
     def step(i: int) -> None:
-        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups), pad)
+        batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups, args.group_size), pad)
         with autocast(cfg.precision, model):
             loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)

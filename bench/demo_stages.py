@@ -4,6 +4,7 @@
     python bench/demo_stages.py watch --pid PID --out /tmp/demo0     # a demo already running
 
     python bench/demo_stages.py table /tmp/demo0 /tmp/demo1 /tmp/demo2   # the gold numbers of finished demos
+    python bench/demo_stages.py split /tmp/demo0 /tmp/demo1 /tmp/demo2   # wall s per stage, from the files' times
 
 `run` starts `python -m modalign.cli demo --seed N --out DIR` and watches it; `watch` attaches to a
 running one. Every second the watcher reads the process's CPU time (user + system, its finished
@@ -102,16 +103,28 @@ def gold_table(folders: list[str]) -> None:
               f"{s.get('cpu_seconds', float('nan')):.0f} | {s['wall_seconds']:.0f} |")
 
 
+def wall_split(folders: list[str]) -> None:
+    """Wall seconds of each stage of finished demos, from the modification times of the stages' result files
+    (demo.json is written first): no watcher needed, so it works for any demo folder."""
+    names = ["demo started"] + [name for name, _ in STAGES]
+    times = {folder: [(Path(folder) / marker).stat().st_mtime for marker in ["demo.json"] + [m for _, m in STAGES]]
+             for folder in folders}
+    print("| stage | " + " | ".join(folders) + " |\n|---|" + "---|" * len(folders))
+    for index, name in enumerate(names[1:], start=1):
+        print(f"| {name} | " + " | ".join(f"{t[index] - t[index - 1]:.0f}" for t in times.values()) + " |")
+    print("| total | " + " | ".join(f"{t[-1] - t[0]:.0f}" for t in times.values()) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["run", "watch", "table"])
-    parser.add_argument("folders", nargs="*", help="table: finished demo folders")
+    parser.add_argument("mode", choices=["run", "watch", "table", "split"])
+    parser.add_argument("folders", nargs="*", help="table, split: finished demo folders")
     parser.add_argument("--out", default="", help="run, watch: the demo folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pid", type=int, default=0, help="watch: the running demo's process id")
     args = parser.parse_args()
-    if args.mode == "table":
-        gold_table(args.folders)
+    if args.mode in ("table", "split"):
+        (gold_table if args.mode == "table" else wall_split)(args.folders)
         return
     out = Path(args.out)
     if args.mode == "run":

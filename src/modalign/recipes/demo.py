@@ -106,9 +106,10 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     folder = out_dir / "sft"
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
-        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples:
-        # bf16 + whole-scene batches ran 428-539 s quiet but seed 1's SFT stalled (hallucination 0.45), and
-        # bf16 alone was never run end to end on 3 seeds (bench/results/demo_speed.md, Part 3).
+        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples and
+        # PPO 2 x 60 in fp32: bf16 SFT + bf16 PPO x 45 (452-513 s) and x 60 (509-522 s) each left one seed of three
+        # above the 1/3 bar in the quiet window, and whole-scene or scene-chunk batches made a bad SFT likelier
+        # (bench/results/demo_speed.md, Parts 3 and 4).
         cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0

@@ -60,6 +60,10 @@ class SFTConfig:
                                             "ShapesWorld scene's five examples); the built-in model then encodes each "
                                             "image and clip once per batch (a Hugging Face model encodes every copy); "
                                             "off: examples shuffled one by one.")
+    media_group_size: int = field_doc(0, "With group_by_media: each epoch a group's examples are shuffled and cut into "
+                                         "chunks of at most this many, and the chunks are shuffled (more distinct "
+                                         "media per batch than whole groups, fewer encodings than none); 0: whole "
+                                         "groups.")
     gradient_checkpointing: bool = field_doc(False, GRADIENT_CHECKPOINTING_HELP)
     seed: int = field_doc(0, "Seed of data generation, initialisation, data order and sampling.")
     threads: int = field_doc(0, "torch CPU threads (0: torch's default).")
@@ -90,6 +94,10 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.media_group_size < 0:
+        from modalign.config import ConfigError
+
+        raise ConfigError(f"media_group_size={cfg.media_group_size}: use 0 (whole groups) or a positive chunk size")
     dist = processes()
     # validated before the run folder exists: the folder, the policy, both splits and their media
     out = Path(resume) if resume else validate.check_new_run(cfg.out or default_run_dir("sft"), dist)
@@ -138,7 +146,8 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, train_examples: list | No
     with progress_bar("sft", total=total_steps, completed=step) as advance:
         while step < total_steps:
             # the global batch, then this process's rows of it
-            rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed, groups),
+            rows = dist.shard(batch_at(encoded, step, cfg.batch_size, steps_per_epoch, cfg.seed, groups,
+                                       cfg.media_group_size),
                               "batch_size")
             batch = collate_sft(rows, pad_id, model_device(policy.model))
             tick = time.time()
@@ -267,11 +276,13 @@ def make_optimizer(model: torch.nn.Module, cfg: SFTConfig, total_steps: int):
 
 
 def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed: int,
-             groups: list[list[int]] | None = None) -> list:
+             groups: list[list[int]] | None = None, group_size: int = 0) -> list:
     """The batch of a global step: a seeded permutation per epoch, so resume needs only the step.
 
     `groups` (lists of item indices, e.g. `media_groups`): the groups are permuted instead and each
     stays together, so a batch holds whole groups (and the group cut at its end continues the next).
+    `group_size` > 0: each group's items are first shuffled and cut into chunks of at most that many,
+    which are permuted instead (a new cut every epoch).
     """
     epoch, index = divmod(step, steps_per_epoch)
     rng = random.Random(seed * 100_003 + epoch)
@@ -279,10 +290,18 @@ def batch_at(items: list, step: int, batch_size: int, steps_per_epoch: int, seed
         order = list(range(len(items)))
         rng.shuffle(order)
     else:
-        shuffled = list(groups)
-        rng.shuffle(shuffled)
-        order = [i for group in shuffled for i in group]
+        chunks = list(groups) if not group_size else [chunk for group in groups
+                                                       for chunk in _chunks(group, group_size, rng)]
+        rng.shuffle(chunks)
+        order = [i for chunk in chunks for i in chunk]
     return [items[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+
+
+def _chunks(group: list[int], size: int, rng: random.Random) -> list[list[int]]:
+    """`group`'s items in a random order, cut into runs of at most `size`."""
+    members = list(group)
+    rng.shuffle(members)
+    return [members[start : start + size] for start in range(0, len(members), size)]
 
 
 def media_groups(examples: list) -> list[list[int]]:
