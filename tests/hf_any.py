@@ -632,6 +632,7 @@ def unbuilt_checkpoint(model_type: str, folder: str | Path) -> Path:
         {"image_processor_type": image_processor, "processor_class": PROCESSOR_MAPPING_NAMES.get(model_type)}))
     return folder
 
+
 def architectures() -> list[str]:
     """Every model type of the installed transformers' `AutoModelForImageTextToText` mapping."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES

@@ -81,7 +81,6 @@ def test_the_device_setting_is_resolved_or_refused_with_one_error():
         resolve_device("fakegpu:3")
 
 
-
 def test_loaded_models_are_never_kernelized_so_train_and_eval_run_their_own_layers(sft_model, tiny, monkeypatch):
     """transformers 5.25 kernelizes a loaded model by default and again at each train() / eval() switch (on a
     GPU: layers fetched from the hub, some for inference only; on this fake device: ValueError 'Unsupported
@@ -100,6 +99,7 @@ def test_loaded_models_are_never_kernelized_so_train_and_eval_run_their_own_laye
         with fake_device():
             model.to(DEVICE).train().eval()
     assert calls == []
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, sft_model):

@@ -113,7 +113,6 @@ def test_tiny_build_loads_with_the_auto_classes_and_reads_the_image(built, model
     assert answers.shape[0] == rows and answers.shape[1] > length
 
 
-
 @pytest.mark.skipif(is_torchvision_available(), reason="torchvision is installed: these processors build")
 def test_a_model_whose_processor_needs_torchvision_is_refused_in_one_line_naming_it(tmp_path):
     """Each type SKIP lists as needing torchvision, as a checkpoint folder ships it (config, tokenizer, the
@@ -130,6 +129,7 @@ def test_a_model_whose_processor_needs_torchvision_is_refused_in_one_line_naming
         with pytest.raises(ModelSupportError, match=rf"^model_type {model_type!r}: ") as error:
             load_policy(folder)
         assert "torchvision" in str(error.value).lower() and "\n" not in str(error.value), str(error.value)
+
 
 # ---- phase B: modalign's generic Hugging Face path (issue 18) -------------------------------------------
 

@@ -129,11 +129,13 @@ def run_iterative_dpo(cfg: IterativeDPOConfig) -> dict:
         place_reward_models(judge, device)  # a reward-model judge scores on the device
     validate.check_dataset_media(cfg.data, splits)
     validate.check_policy(cfg.policy)
-    if len(prompts) < cfg.prompts_per_round * (1 if cfg.prompt_reuse else cfg.rounds):
-        needed = "prompts_per_round" if cfg.prompt_reuse else "rounds x prompts_per_round"
+    # disjoint rounds need every round's prompts at once; with reuse each round draws from the whole split
+    needed, fix = ((cfg.prompts_per_round, "prompts_per_round = {n}: lower it") if cfg.prompt_reuse else
+                   (cfg.rounds * cfg.prompts_per_round,
+                    "rounds x prompts_per_round = {n}: lower one of them (or set prompt_reuse)"))
+    if len(prompts) < needed:
         raise ConfigError(f"{cfg.data}/{cfg.split} has {len(prompts)} prompts of task {cfg.task!r}, fewer than "
-                          f"{needed} = {cfg.prompts_per_round * (1 if cfg.prompt_reuse else cfg.rounds)}: lower "
-                          f"{'prompts_per_round' if cfg.prompt_reuse else 'one of them (or set prompt_reuse)'}")
+                          + fix.format(n=needed))
     all_rounds = dist.main_first(lambda: open_store(cfg.store, out / "feedback.db"))  # before the folder: a bad URL
     new_run = not (out / "config.yaml").is_file()
     start_rounds_folder(cfg, out)
