@@ -42,13 +42,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
     parser.add_argument("--work", default="/tmp/demo_speed")
-    parser.add_argument("--compile", default="none", choices=["none", "regional", "full"],
-                        help="torch.compile: each repeated block (decoder and encoder layers) or the whole forward")
+    parser.add_argument("--compile", default="none", choices=["none", "decoder", "regional", "full"],
+                        help="torch.compile: each decoder layer, each repeated block (decoder and encoder layers) or "
+                             "the whole forward")
     parser.add_argument("--stems", action="store_true",
                         help="with --compile regional: compile the image stem and the audio stem too")
     parser.add_argument("--math-attention", action="store_true",
                         help="scaled_dot_product_attention's math backend (plain matmuls + softmax) instead of flash")
-    parser.add_argument("--static", action="store_true", help="with --compile: static shapes (default dynamic=True)")
+    parser.add_argument("--dynamic", default="true", choices=["true", "false", "auto"],
+                        help="with --compile: torch.compile's dynamic= True, False or None (auto: static first, "
+                             "dynamic after a shape changes)")
     parser.add_argument("--losses", type=int, default=0, help="print the first N losses (all steps counted)")
     args = parser.parse_args()
 
@@ -73,12 +76,14 @@ def main() -> None:
     pad = policy.processor.tokenizer.pad_token_id
     model = policy.model.train()
     groups = media_groups(train) if args.group else None
-    if args.compile == "regional":
+    dynamic = {"true": True, "false": False, "auto": None}[args.dynamic]
+    if args.compile in ("decoder", "regional"):
         stems = [model.vision.patchify, model.audio.stem] if args.stems else []
-        for block in repeated_blocks(model) + stems:
-            compile_forward(block, dynamic=not args.static)
+        blocks = list(model.layers) if args.compile == "decoder" else repeated_blocks(model)
+        for block in blocks + stems:
+            compile_forward(block, dynamic=dynamic)
     elif args.compile == "full":
-        model.compile(dynamic=not args.static)
+        model.compile(dynamic=dynamic)
     losses: list[float] = []
 
     def step(i: int) -> None:
