@@ -42,6 +42,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--fused", action="store_true", help="fused AdamW (one kernel over all parameters)")
     parser.add_argument("--work", default="/tmp/demo_speed")
+    parser.add_argument("--compile", default="none", choices=["none", "decoder", "regional", "full"],
+                        help="torch.compile: each decoder layer, each repeated block (decoder and encoder layers) or "
+                             "the whole forward")
+    parser.add_argument("--stems", action="store_true",
+                        help="with --compile regional: compile the image stem and the audio stem too")
+    parser.add_argument("--math-attention", action="store_true",
+                        help="scaled_dot_product_attention's math backend (plain matmuls + softmax) instead of flash")
+    parser.add_argument("--dynamic", default="true", choices=["true", "false", "auto"],
+                        help="with --compile: torch.compile's dynamic= True, False or None (auto: static first, "
+                             "dynamic after a shape changes)")
+    parser.add_argument("--losses", type=int, default=0, help="print the first N losses (all steps counted)")
     args = parser.parse_args()
 
     cfg = SFTConfig(seed=0, epochs=10.0, batch_size=args.batch_size, precision=args.precision)
@@ -65,8 +76,21 @@ def main() -> None:
     pad = policy.processor.tokenizer.pad_token_id
     model = policy.model.train()
     groups = media_groups(train) if args.group else None
+    dynamic = {"true": True, "false": False, "auto": None}[args.dynamic]
+    if args.compile in ("decoder", "regional"):
+        stems = [model.vision.patchify, model.audio.stem] if args.stems else []
+        blocks = list(model.layers) if args.compile == "decoder" else repeated_blocks(model)
+        for block in blocks + stems:
+            compile_forward(block, dynamic=dynamic)
+    elif args.compile == "full":
+        model.compile(dynamic=dynamic)
+    losses: list[float] = []
 
     def step(i: int) -> None:
+        with attention_backend(args.math_attention):
+            train_step(i)
+
+    def train_step(i: int) -> None:
         batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups, args.group_size), pad)
         with autocast(cfg.precision, model):
             loss = model(**batch).loss
@@ -75,9 +99,13 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+        if len(losses) < args.losses:
+            losses.append(loss.item())
 
-    for i in range(3):  # warm-up
+    t0, w0 = cpu_seconds(), time.time()
+    for i in range(3):  # warm-up (the compile, if any: cold unless TORCHINDUCTOR_CACHE_DIR holds it)
         step(i)
+    print(f"warm-up 3 steps: {cpu_seconds() - t0:.1f} cpu s, {time.time() - w0:.1f} wall s")
     t0, w0 = cpu_seconds(), time.time()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -94,6 +122,39 @@ def main() -> None:
     print(f"{args.precision} batch {cfg.batch_size}: {per_epoch:.0f} cpu s/epoch, {cpu / args.steps:.3f} cpu s/step, "
           f"{wall / args.steps:.3f} wall s/step "
           f"(contention cpu/wall {cpu / wall:.2f}); 2340 steps ~ {cpu / args.steps * 2340:.0f} cpu s")
+    if losses:
+        print("losses " + " ".join(f"{value:.8f}" for value in losses))
+
+
+def attention_backend(math: bool):
+    """The math backend of scaled_dot_product_attention when asked; torch's choice (flash on a CPU) otherwise."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
+
+
+def compile_forward(module, dynamic: bool) -> None:
+    """Compile `module`'s forward in place (same module, same state_dict keys). Not `module.compile()`:
+    dynamo skips that for torch.nn's own classes (TransformerEncoderLayer, Sequential), whose first frame
+    is in torch; a wrapper of ours as the first frame is traced, with the module's code inlined."""
+    import torch
+
+    eager = module.forward
+
+    def forward(*args, **kwargs):
+        return eager(*args, **kwargs)
+
+    module.forward = torch.compile(forward, dynamic=dynamic)
+
+
+def repeated_blocks(model) -> list:
+    """Children of every ModuleList whose children share one class (decoder layers, encoder layers)."""
+    import torch
+
+    return [block for modules in model.modules() if isinstance(modules, torch.nn.ModuleList) and len(modules)
+            and all(type(m) is type(modules[0]) for m in modules) for block in modules]
 
 
 if __name__ == "__main__":
