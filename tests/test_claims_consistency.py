@@ -19,28 +19,33 @@ ANSWERS = [[("L", "circle"), ("C", "two")],
            [("L", "circle")]]
 
 
+def flat(rows: list[list[float]]) -> list[float]:
+    return [value for row in rows for value in row]
+
+
 def test_consistency_by_hand_silence_neutral():
     (rows,) = claim_consistency([ANSWERS])
     # answer 0, L=circle: answer 1 contradicts, 2 is silent, 3 agrees: (1 + 0.5) / (1 + 1 + 1) = 0.5
     # answer 0, C=two: answers 1 and 2 agree, 3 is silent: (2 + 0.5) / (2 + 0 + 1) = 0.8333
     # answer 1, L=square: answers 0 and 3 contradict: (0 + 0.5) / (0 + 2 + 1) = 0.1667
     # answer 3, L=circle: 0 agrees, 1 contradicts: 1.5 / 3 = 0.5
-    assert rows == pytest.approx([[0.5, 2.5 / 3], [0.5 / 3, 2.5 / 3], [2.5 / 3], [0.5]])
+    assert [len(row) for row in rows] == [2, 2, 1, 1]
+    assert flat(rows) == pytest.approx([0.5, 2.5 / 3, 0.5 / 3, 2.5 / 3, 2.5 / 3, 0.5])
 
 
 def test_consistency_by_hand_silence_against():
     (rows,) = claim_consistency([ANSWERS], silence="against")
     # every claim over the 3 other answers: (agree + 0.5) / (3 + 1); silent answers count against
-    assert rows == pytest.approx([[1.5 / 4, 2.5 / 4], [0.5 / 4, 2.5 / 4], [2.5 / 4], [1.5 / 4]])
+    assert flat(rows) == pytest.approx([1.5 / 4, 2.5 / 4, 0.5 / 4, 2.5 / 4, 2.5 / 4, 1.5 / 4])
 
 
 def test_consistency_counts_duplicates_and_only_the_same_prompt():
     same = [("L", "circle")]
     (first, second) = claim_consistency([[same, same, same], [same]])
-    assert first == pytest.approx([[2.5 / 3]] * 3)  # two other answers agree, duplicates counted
+    assert flat(first) == pytest.approx([2.5 / 3] * 3)  # two other answers agree, duplicates counted
     assert second == [[0.5]]  # a prompt's only answer: no evidence, the prior
     # an answer stating two options for one fact (two circles of different sizes) agrees with either
-    assert claim_consistency([[[("S", "big"), ("S", "small")], [("S", "small")]]])[0][1] == [pytest.approx(1.5 / 2)]
+    assert claim_consistency([[[("S", "big"), ("S", "small")], [("S", "small")]]])[0][1] == [1.5 / 2]
 
 
 def test_pool_by_hand():
