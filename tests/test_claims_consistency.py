@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from modalign.config import ConfigError
-from modalign.feedback.judges.claims import ClaimJudge, ClaimJudgeSpec
+from modalign.feedback.judges.claims import ClaimJudge, ClaimJudgeSpec, claim_judge
 from modalign.feedback.judges.consistency import claim_consistency, group_by, pool
-from modalign.feedback.judges.splitters import shapes_claims
+from modalign.feedback.judges.splitters import Claim, shapes_claims
 from modalign.models.inputs import MediaStore
 
 from test_claims_forms import put, shapes  # noqa: F401  (the module's fixture: a tiny ShapesWorld and policy)
@@ -113,3 +113,27 @@ def test_the_consistency_options_are_parsed_and_checked():
         ClaimJudgeSpec.parse("claims:self?pool=max")
     with pytest.raises(ConfigError, match="silence='loud': one of neutral, against"):
         ClaimJudgeSpec.parse("claims:self?silence=loud")
+
+
+def test_free_text_claims_agree_by_equal_text(shapes):
+    root, example, policy = shapes
+    answers = ["a dog, a red ball", "a dog, a cat", "a red ball"]  # the `sentences` splitter: cut at commas
+    judge = ClaimJudge(policy, MediaStore(root), "sentences", "j", score="soft", consistency=0.5)
+    for text in ("a dog", "a red ball", "a cat"):
+        put(judge, example, Claim(text), {"yes": 0.6})  # yes / no questions of the template
+    first, second, _ = judge.verify([example] * 3, answers)
+    # "a dog" in answer 0: answer 1 states it, answer 2 is silent: (1 + 0.5) / (1 + 1) = 0.75; p' = 0.3 + 0.375
+    # "a red ball": answer 2 agrees: 0.75 too; "a cat" in answer 1: nobody else: 0.5, p' = 0.3 + 0.25 = 0.55
+    assert [r.consistency for r in first.results] == [0.75, 0.75]
+    assert [r.consistency for r in second.results] == [0.75, 0.5]
+    assert second.results[1].probability == pytest.approx(0.55, abs=1e-6)
+    against = ClaimJudge(policy, MediaStore(root), "sentences", "j", consistency=0.5, silence="against",
+                         cache=judge.cache)
+    # silence counts against: "a cat" (0 + 0.5) / (2 + 1) = 0.1667, p' = 0.3 + 0.0833 < 0.5: refuted
+    assert not against.verify([example] * 3, answers)[1].results[1].verified
+
+
+def test_claim_judge_passes_the_consistency_options_on(shapes):
+    root, example, policy = shapes
+    judge = claim_judge("claims:self?splitter=shapes&consistency=0.25&pool=log", [example], MediaStore(root), policy, "p")
+    assert (judge.consistency, judge.pool, judge.silence) == (0.25, "log", "neutral")
