@@ -26,7 +26,8 @@ its precision / recall against the gold truth of every distinct claim it judged.
 Pair study (`--pair-study SPEC,SPEC,...`, nothing trained): the SFT policy samples `--samples` answers to
 `--prompts` train captions, each claim-judge spec judges them as the loop would (its score and pair
 selection), and every decided pair is checked against the gold utilities: the share the judge got right,
-the hallucination rate of chosen vs rejected answers. Cheap (seconds of CPU per spec): measure a judge
+the hallucination rate of chosen vs rejected answers, and the judge's verdict on every distinct claim of the
+sampled answers against gold (precision / recall, per kind of claim). Cheap (seconds of CPU per spec): measure a judge
 option here before a training run. `--judge-model` makes another policy (a trained round's) judge and
 sample instead of the SFT one.
 
@@ -231,9 +232,29 @@ def pair_study(sft: Path, judge_model: str, specs: list[str], prompts: int, samp
                 facts[side][1] += found["mentions"]
         rows[spec] = {"pairs": decided, "right": round(right / max(1, decided), 3),
                       **{f"hallucination_{side}": round(h / max(1, m), 3) for side, (h, m) in facts.items()},
-                      "cpu_seconds": round(time.process_time() - cpu, 1)}
+                      "cpu_seconds": round(time.process_time() - cpu, 1),
+                      "claim_judge": study_claim_quality(judge, captions, completions, samples)}
         print(spec, rows[spec], flush=True)
     return {"model": model, "prompts": prompts, "samples": samples, "specs": rows}
+
+
+def study_claim_quality(judge, captions, completions, samples: int) -> dict:
+    """The judge's verdicts on every distinct claim of the study's answers (not only the paired ones) against
+    gold, overall and per kind (the asks are cached: this costs no forward pass)."""
+    from modalign.data.shapes.world import Scene
+
+    owners = [e for e in captions for _ in range(samples)]
+    seen: dict[tuple, tuple[bool, bool]] = {}
+    for example, verification in zip(owners, judge.verify(owners, [c.text for c in completions])):
+        scene = Scene.from_dict(example.meta["scene"])
+        for claim in verification.to_dict()["claims"]:
+            key = (example.id, claim["question"] or claim["claim"], claim["expected"])
+            seen[key] = (claim["verified"], gold_claim(scene, claim))
+    by_kind: dict[str, list] = {}
+    for (_, question, _), verdicts in seen.items():
+        by_kind.setdefault(claim_kind(question), []).append(verdicts)
+    return {**verdict_quality(list(seen.values())),
+            "by_kind": {kind: verdict_quality(v) for kind, v in sorted(by_kind.items())}}
 
 
 def study_table(study: dict) -> str:
@@ -243,7 +264,21 @@ def study_table(study: dict) -> str:
     for spec, r in study["specs"].items():
         lines.append(f"| `{spec}` | {r['pairs']} | {r['right']:.3f} | {r['hallucination_chosen']:.3f} | "
                      f"{r['hallucination_rejected']:.3f} |")
+    graded = {spec: r["claim_judge"] for spec, r in study["specs"].items() if "claim_judge" in r}
+    if graded:  # every distinct claim of the sampled answers, judged, against gold
+        kinds = sorted({kind for q in graded.values() for kind in q["by_kind"]})
+        lines += ["", "Its claim verdicts against gold (every distinct claim of the sampled answers): verified precision "
+                      "/ recall, refuted precision / recall; per kind the refuted precision (refutations that are "
+                      "real hallucinations, of how many)", "",
+                  "| judge | claims | verified P / R | refuted P / R | " + " | ".join(kinds) + " |",
+                  "|---|---|---|---|" + "---|" * len(kinds)]
+        for spec, q in graded.items():
+            per_kind = [q["by_kind"].get(kind) for kind in kinds]
+            lines.append(f"| `{spec}` | {q['claims']} | {q['verified_precision']:.3f} / {q['verified_recall']:.3f} | "
+                         f"{q['refuted_precision']:.3f} / {q['refuted_recall']:.3f} | " + " | ".join(
+                             f"{k['refuted_precision']:.2f} ({k['refuted']})" if k else "-" for k in per_kind) + " |")
     return "\n".join(lines) + "\n"
+
 
 
 def evaluate(model: Path, data: Path, seed: int, samples: int, vqa_samples: int = 0) -> dict:
@@ -351,7 +386,7 @@ def verdict_quality(pairs: list[tuple[bool, bool]]) -> dict:
     """Precision / recall of (judge verified, gold true) verdicts, for the verified and the refuted side."""
     tp = sum(v and g for v, g in pairs)
     refuted_false = sum((not v) and (not g) for v, g in pairs)
-    return {"claims": len(pairs), "true_claims": sum(g for _, g in pairs),
+    return {"claims": len(pairs), "true_claims": sum(g for _, g in pairs), "refuted": sum(not v for v, _ in pairs),
             "verified_precision": round(tp / max(1, sum(v for v, _ in pairs)), 4),
             "verified_recall": round(tp / max(1, sum(g for _, g in pairs)), 4),
             "refuted_precision": round(refuted_false / max(1, sum(not v for v, _ in pairs)), 4),

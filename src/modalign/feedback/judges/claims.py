@@ -43,9 +43,15 @@ from the `shapes` splitters; else the claim's question) is weighed, in the score
 answers that kind over the round's claims (`kind_weights`: its self-agreement sum_k p_k^2 rescaled from chance
 to certainty), so kinds it wavers on move the score less. Gold-free: only the judge's own option probabilities.
 
+`consistency=<w>` (default 0: off), `pool=linear|log`, `silence=neutral|against`: sample consistency as a second,
+gold-free source of evidence (SelfCheckGPT, Manakul et al. 2023; `consistency.py`): each claim's consistency with
+the same prompt's OTHER answers in the call (agree / contradict on the same question) is pooled with the judge's
+probability p of the expected option, p' = (1 - w) p + w cons (linear) or their logarithmic pool; the claim is then
+verified when p' >= 0.5 and the soft score uses p'. Only the policy's own answers: no gold, no references.
+
 Spec: `claims:<model folder or hub id | self>[?splitter=<name>&template=<file>&refute=<weight>&verified=<weight>
 &score=hard|soft&pairs=all|best-worst&per_prompt=<n>&margin=<m>&self=round|start|both&forms=first|mean
-&gate=none|agreement]`
+&gate=none|agreement&consistency=<w>&pool=linear|log&silence=neutral|against]`
 - splitter: `shapes`, `sentences`, `model` or `py:<file.py>:<fn>` (`splitters`); default `auto`:
   `shapes` on ShapesWorld data, else `model`.
 - template: a text file holding the yes/no question asked about a free-text claim, with `{claim}`;
@@ -72,6 +78,7 @@ import torch
 from modalign.config import ConfigError
 from modalign.data.records import Completion, Example
 from modalign.feedback.judges.cache import ClaimCache, MediaDigests
+from modalign.feedback.judges.consistency import POOLS, SILENCE, claim_consistency, group_by, pool
 from modalign.feedback.judges.splitters import Claim, as_claims, auto_splitter, splitter_from
 
 if TYPE_CHECKING:
@@ -83,9 +90,9 @@ PREFIX = "claims:"
 SELF = "self"
 DEFAULT_TEMPLATE = "is it true that {claim}? answer yes or no."
 OPTIONS = ("splitter", "template", "refute", "verified", "score", "pairs", "margin", "self", "forms", "per_prompt",
-           "gate")
+           "gate", "consistency", "pool", "silence")
 CHOICES = {"score": ("hard", "soft"), "pairs": ("all", "best-worst"), "self": ("round", "start", "both"),
-           "forms": ("first", "mean"), "gate": ("none", "agreement")}
+           "forms": ("first", "mean"), "gate": ("none", "agreement"), "pool": POOLS, "silence": SILENCE}
 
 
 def is_claims(spec: str) -> bool:
@@ -108,6 +115,9 @@ class ClaimJudgeSpec:
     forms: str = "first"
     per_prompt: int = 1
     gate: str = "none"
+    consistency: float = 0.0
+    pool: str = "linear"
+    silence: str = "neutral"
 
     @classmethod
     def parse(cls, spec: str) -> "ClaimJudgeSpec":
@@ -121,21 +131,24 @@ class ClaimJudgeSpec:
             if key not in OPTIONS or not value:
                 raise ConfigError(f"judge {spec!r}: option {item!r}: write splitter=<name>, template=<file>, "
                                   f"refute=<weight>, verified=<weight>, score=hard|soft, pairs=all|best-worst, "
-                                  f"margin=<number>, self=round|start|both, forms=first|mean, per_prompt=<pairs> or "
-                                  f"gate=none|agreement")
+                                  f"margin=<number>, self=round|start|both, forms=first|mean, per_prompt=<pairs>, "
+                                  f"gate=none|agreement, consistency=<weight 0..1>, pool=linear|log or "
+                                  f"silence=neutral|against")
             options[key] = value
         numbers = {}
-        for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0)):
+        for key, default in (("refute", 2.0), ("verified", 1.0), ("margin", 0.0), ("consistency", 0.0)):
             try:
                 numbers[key] = float(options.get(key, default))
             except ValueError:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r} is not a number") from None
         for key, default in (("score", "hard"), ("pairs", "all"), ("self", "round"), ("forms", "first"),
-                             ("gate", "none")):
+                             ("gate", "none"), ("pool", "linear"), ("silence", "neutral")):
             if options.get(key, default) not in CHOICES[key]:
                 raise ConfigError(f"judge {spec!r}: {key}={options[key]!r}: one of {', '.join(CHOICES[key])}")
         if numbers["margin"] < 0:
             raise ConfigError(f"judge {spec!r}: margin={options['margin']!r} must be >= 0")
+        if not 0 <= numbers["consistency"] <= 1:
+            raise ConfigError(f"judge {spec!r}: consistency={options['consistency']!r}: a weight from 0 to 1")
         per_prompt = options.get("per_prompt", "1")
         if not per_prompt.isdigit() or int(per_prompt) < 1:
             raise ConfigError(f"judge {spec!r}: per_prompt={per_prompt!r}: a whole number of pairs, at least 1")
@@ -146,7 +159,8 @@ class ClaimJudgeSpec:
         return cls(model, options.get("splitter", "auto"), options.get("template", ""), numbers["refute"],
                    numbers["verified"], options.get("score", "hard"), options.get("pairs", "all"), numbers["margin"],
                    options.get("self", "round"), options.get("forms", "first"), int(per_prompt),
-                   options.get("gate", "none"))
+                   options.get("gate", "none"), numbers["consistency"], options.get("pool", "linear"),
+                   options.get("silence", "neutral"))
 
     @property
     def is_self(self) -> bool:
@@ -189,14 +203,18 @@ class ClaimResult:
     answer: str
     probability: float
     agreement: float = 1.0  # sum_k p_k^2: the chance two answers sampled from the judge agree (`kind_weights`)
+    judged: float | None = None  # with consistency=<w>: the judge's own p, before pooling (`probability` is p')
+    consistency: float | None = None  # with consistency=<w>: the claim's sample consistency
 
     @property
     def verified(self) -> bool:
         return self.answer == self.claim.expected
 
     def to_dict(self) -> dict:
+        pooled = ({"p_judge": round(self.judged, 4), "consistency": round(self.consistency, 4)}
+                  if self.consistency is not None else {})
         return {"claim": self.claim.text, "question": self.claim.question, "expected": self.claim.expected,
-                "answer": self.answer, "p_expected": round(self.probability, 4), "verified": self.verified}
+                "answer": self.answer, "p_expected": round(self.probability, 4), "verified": self.verified, **pooled}
 
 
 @dataclass(frozen=True)
@@ -229,19 +247,22 @@ class ClaimJudge:
     `pairs` / `margin` / `per_prompt`: which pairs of a prompt's answers become judgments (`select_pairs`).
     `forms`: "first" asks each claim's own question only; "mean" also its other forms (`Claim.forms`) and
     averages the expected option's probability over them (`_form_result`).
+    `consistency` / `pool` / `silence`: weight, pooling and silence rule of sample consistency (`_pooled`).
     """
 
     def __init__(self, policy: "Policy", media: "MediaStore", splitter: str, name: str,
                  template: str = DEFAULT_TEMPLATE, refute_weight: float = 2.0, cache: ClaimCache | None = None,
                  batch_size: int = 32, verified_weight: float = 1.0, score: str = "hard",
                  anchor: "tuple[Policy, str] | None" = None, pairs: str = "all", margin: float = 0.0,
-                 forms: str = "first", per_prompt: int = 1, gate: str = "none") -> None:
+                 forms: str = "first", per_prompt: int = 1, gate: str = "none", consistency: float = 0.0,
+                 pool: str = "linear", silence: str = "neutral") -> None:
         self.policy, self.media, self.name = policy, media, name
         self.voters = [(policy, name)] + ([anchor] if anchor is not None else [])
         self.splitter_name, self.splitter = splitter, splitter_from(splitter, policy)
         self.template, self.refute_weight, self.verified_weight = template, refute_weight, verified_weight
         self.score_kind, self.pairs, self.margin, self.forms = score, pairs, margin, forms
         self.per_prompt, self.gate = per_prompt, gate
+        self.consistency, self.pool, self.silence = consistency, pool, silence
         self.kind_weights: dict[str, float] = {}  # the last `verify` call's, with gate=agreement
         self.cache = cache if cache is not None else ClaimCache()
         self.batch_size = batch_size
@@ -266,6 +287,8 @@ class ClaimJudge:
                         pending[key] = (example, claim)
             self._ask(policy, pending)
         results = [self._results(example, own) for example, own in zip(examples, claims)]
+        if self.consistency > 0:
+            results = self._pooled(examples, claims, results)
         # gate=agreement: each kind of claim weighed by the judge's self-agreement over this call's claims
         self.kind_weights = kind_weights([r for rows in results for r in rows]) if self.gate == "agreement" else {}
         return [Verification(tuple(rows), claim_score(rows, self.verified_weight, self.refute_weight, self.score_kind,
@@ -280,8 +303,30 @@ class ClaimJudge:
                 "score": self.score_kind, "pairs": self.pairs, "margin": self.margin, "forms": self.forms,
                 "per_prompt": self.per_prompt,
                 **({"gate": self.gate, "kind_weights": self.kind_weights} if self.gate != "none" else {}),
+                **({"consistency": self.consistency, "pool": self.pool, "silence": self.silence}
+                   if self.consistency > 0 else {}),
                 **({"anchor": self.voters[1][1]} if len(self.voters) > 1 else {}),
                 "answers": [v.to_dict() for v in verifications]}
+
+    def _pooled(self, examples: Sequence[Example], claims: Sequence[Sequence[Claim]],
+                results: list[list[ClaimResult]]) -> list[list[ClaimResult]]:
+        """Each claim's p pooled with its consistency with the other answers to the same example in this call
+        (`consistency.py`); verified when p' >= 0.5, else the answer is the judge's most likely other option."""
+        pooled = [list(rows) for rows in results]
+        for members in group_by([e.id for e in examples]):
+            facts = [[((self.question(c), c.options), c.expected) for c in claims[i]] for i in members]
+            for i, row in zip(members, claim_consistency([facts], self.silence)[0]):
+                pooled[i] = [self._pool_one(examples[i], r, cons) for r, cons in zip(results[i], row)]
+        return pooled
+
+    def _pool_one(self, example: Example, result: ClaimResult, cons: float) -> ClaimResult:
+        claim, p = result.claim, pool(result.probability, cons, self.consistency, self.pool)
+        answer = claim.expected
+        if p < 0.5:  # refuted: the judge's most likely option other than the expected one
+            others = self._probabilities(example, claim).clone()
+            others[claim.options.index(claim.expected)] = -1.0
+            answer = claim.options[int(others.argmax())]
+        return ClaimResult(claim, answer, p, result.agreement, result.probability, cons)
 
     def _key(self, example: Example, claim: Claim, name: str = "") -> str:
         return ClaimCache.key(name or self.name, self.digests.of(example), self.question(claim), claim.options)
@@ -420,7 +465,8 @@ def claim_judge(spec: str, examples: Sequence[Example], media: "MediaStore", pol
     splitter = auto_splitter(examples) if parsed.splitter == "auto" else parsed.splitter
     return ClaimJudge(policy, media, splitter, name, parsed.template_text(), parsed.refute_weight, cache,
                       verified_weight=parsed.verified_weight, score=parsed.score, anchor=anchor, pairs=parsed.pairs,
-                      margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt, gate=parsed.gate)
+                      margin=parsed.margin, forms=parsed.forms, per_prompt=parsed.per_prompt, gate=parsed.gate,
+                      consistency=parsed.consistency, pool=parsed.pool, silence=parsed.silence)
 
 
 _JUDGES: dict[tuple, "Policy"] = {}  # (folder, its files' mtimes, device) -> a frozen judge loaded once per process
