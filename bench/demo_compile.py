@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_speed import attention_backend, compile_forward, cpu_seconds, repeated_blocks  # noqa: E402
+from demo_speed import attention_backend, compile_forward, cpu_seconds, repeated_blocks, update  # noqa: E402
 
 
 def main() -> None:
@@ -86,11 +86,7 @@ def main() -> None:
             math = args.math_attention == "both" or (args.math_attention == "second" and side == 1)
             with attention_backend(math), autocast(cfg.precision, model):
                 loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            update(model, optimizer, scheduler, loss)
             if len(losses[side]) < args.losses:
                 losses[side].append(loss.item())
             done[side] += 1

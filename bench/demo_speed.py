@@ -18,6 +18,17 @@ import time
 from pathlib import Path
 
 
+def update(model, optimizer, scheduler, loss) -> None:
+    """One SFT optimizer step as `recipes/sft.py` takes it: backward, clip at 1.0, AdamW, schedule."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
 def cpu_seconds() -> float:
     self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
@@ -94,11 +105,7 @@ def main() -> None:
         batch = collate_sft(batch_at(encoded, i, cfg.batch_size, steps_per_epoch, cfg.seed, groups, args.group_size), pad)
         with autocast(cfg.precision, model):
             loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        update(model, optimizer, scheduler, loss)
         if len(losses) < args.losses:
             losses.append(loss.item())
 
