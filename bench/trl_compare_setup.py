@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,8 @@ def build_fixtures(work: Path, sizes: list[str], seed: int = 0) -> Fixtures:
     from modalign.data.dataset import read_examples
     from modalign.data.shapes import build_shapes_dataset
 
+    for stale in ("data-both", "data"):  # a second run in the same --work folder builds its fixtures afresh
+        shutil.rmtree(work / stale, ignore_errors=True)
     both = build_shapes_dataset(work / "data-both", n_train=SCENES, n_test=1, seed=seed)
     data = hf_tiny.media_only_dataset(both, work / "data", "image")
     captions = [e for e in read_examples(data, "train") if e.meta["task"] == "caption"]
