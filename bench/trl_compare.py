@@ -73,12 +73,14 @@ DPO = dict(batch_size=4, lr=5e-5, beta=0.1, seed=0)
 GRPO = dict(prompts=2, samples=4, lr=2e-5, beta=0.04, clip=0.2, seed=0)
 MAX_LENGTH = {"prompt": 96, "answer": 320}  # DPO: every pair whole (prompt-heavy), a few tokens cut (answer-heavy)
 NEW_TOKENS = {("prompt", "small"): 16, ("prompt", "compute"): 64, ("answer", "small"): 160, ("answer", "compute"): 160}
-# steps per run: enough that setup is under 5% of the run for both frameworks (the report shows the share).
-# modalign's DPO setup (model, store import, pair encoding: about 1.6 CPU s at 0.3 M) is about 50 of its steady
-# steps at 0.3 M, so DPO needs 20x that; TRL's setup is shorter, its steps longer.
-STEPS = {("dpo", "prompt", "small"): 1000, ("dpo", "prompt", "compute"): 200, ("dpo", "answer", "small"): 400,
-         ("dpo", "answer", "compute"): 100, ("grpo", "prompt", "small"): 200, ("grpo", "prompt", "compute"): 30,
-         ("grpo", "answer", "small"): 80, ("grpo", "answer", "compute"): 25}
+# steps per run: enough that setup is under 5% of the run for both frameworks (the report shows the share):
+# (steps - 1) > 19 x setup / steady step, from the medians of the quiet 5-seed run of 2026-12-04 (setup less
+# modalign's reference pass): modalign's 0.3 M prompt-heavy DPO setup (model, store import, pair encoding) is
+# 1.36 s against 0.024 s steps (1060 steps); 19.3 M GRPO's is the model build and the first `generate`
+# (bf16 prompt-heavy: 2.2 s against 1.14 s steps, 38 steps).
+STEPS = {("dpo", "prompt", "small"): 1200, ("dpo", "prompt", "compute"): 200, ("dpo", "answer", "small"): 500,
+         ("dpo", "answer", "compute"): 100, ("grpo", "prompt", "small"): 200, ("grpo", "prompt", "compute"): 40,
+         ("grpo", "answer", "small"): 80, ("grpo", "answer", "compute"): 30}
 COUNT_STEPS = {"dpo": 6, "grpo": 4}  # steps of the FLOP-counting runs (steps 2.. give the per-step count)
 
 
