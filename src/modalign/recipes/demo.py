@@ -106,12 +106,11 @@ def run_demo_sft(out_dir: Path, seed: int, quick: bool) -> dict:
     folder = out_dir / "sft"
     if not dist.broadcast((folder / "summary.json").is_file()):
         # Ten epochs, not SFT's default of five: the image side needs them (measured:
-        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03; 5 epochs of batches of 16, the same
-        # step count, left it at 0.37). Batches of whole scenes (group_by_media): a scene's image and clip are
-        # encoded once for its five examples, 0.65-0.75x the fp32 step; in fp32 four seeds of SFT alone gave
-        # 0.071-0.103 (bf16 scene batches had given 2 bad SFTs in 8). PPO 2 x 60 in fp32: bf16 SFT + bf16 PPO
-        # left one seed of three above the 1/3 bar (bench/results/demo_speed.md, Parts 3, 4 and 6).
-        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0, group_by_media=True)
+        # 12 epochs cut noise-free caption hallucination from 0.43 to 0.03). Still fp32 with shuffled examples and
+        # PPO 2 x 60 in fp32: bf16 SFT + bf16 PPO x 45 (452-513 s) and x 60 (509-522 s) each left one seed of three
+        # above the 1/3 bar in the quiet window, and whole-scene or scene-chunk batches made a bad SFT likelier
+        # (bench/results/demo_speed.md, Parts 3 and 4).
+        cfg = SFTConfig(out=str(folder), seed=seed, eval_examples=1, epochs=10.0)
         if quick:  # a small model and world: the whole loop in about a minute
             cfg.shapes_train_scenes, cfg.shapes_test_scenes, cfg.epochs = 100, 10, 1.0
             cfg.hidden_size, cfg.num_layers, cfg.encoder_layers, cfg.vocab_size = 64, 2, 1, 300
