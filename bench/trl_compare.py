@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/trl_compare.py [--quick] [--reps 5] [--sizes small,compute] [--threads 2]
         [--workloads prompt,answer] [--bf16-sizes small,compute] [--steps-scale 1] [--max-other-load 0.25]
-        [--max-repeats 2]
+        [--max-repeats 2] [--fixed-length]
 
 Needs TRL (`.[bench]`; not a modalign dependency). Builds, once: a ShapesWorld dataset (64 train
 scenes, images only), 64 preference pairs per workload (gold caption vs a caption with one
@@ -15,6 +15,10 @@ Cells: algorithm (DPO, GRPO) x size and precision (fp32, bf16 autocast) x worklo
             (nothing is cut); GRPO samples 16 new tokens (compute size: 64)
     answer  answer-heavy (the prompt is at most 30%): DPO answers are the caption said 8 times over, max length
             320; GRPO samples up to 160 new tokens
+
+    With --fixed-length every GRPO answer is exactly that many tokens in both frameworks (transformers'
+    min_new_tokens blocks the end token before the last position), so the work per step is fixed; without
+    it, answer lengths follow what each policy learns (over 30-40 steps both learn to stop earlier).
 
     DPO    64 pairs, batch 4, beta 0.1, lr 5e-5; modalign: recipes.dpo.run_dpo on the pairs file; TRL: DPOTrainer
     GRPO   2 prompts x 4 answers, KL 0.04, clip 0.2, lr 2e-5, ShapesWorld gold reward (-1 for an answer that never
@@ -85,14 +89,19 @@ STEPS = {("dpo", "prompt", "small"): 1200, ("dpo", "prompt", "compute"): 200, ("
 COUNT_STEPS = {"dpo": 6, "grpo": 4}  # steps of the FLOP-counting runs (steps 2.. give the per-step count)
 
 
-def settings(algorithm: str, size: str, workload: str, precision: str, rep: int, steps_scale: float) -> dict:
+def settings(algorithm: str, size: str, workload: str, precision: str, rep: int, steps_scale: float,
+             fixed_length: bool = False) -> dict:
     """The run settings of one cell (identical for both frameworks); repetition `rep` runs with seed + rep
-    (GRPO's answer lengths depend on the seed: the medians are over seeds, not one seed replayed)."""
+    (GRPO's answer lengths depend on the seed: the medians are over seeds, not one seed replayed).
+
+    `fixed_length`: GRPO's end token is blocked until the last position (min_new_tokens = new_tokens - 1 in
+    both frameworks), so every answer is new_tokens long whatever the policy learns: fixed work per step."""
     steps = max(3, round(STEPS[algorithm, workload, size] * steps_scale))
     if algorithm == "dpo":
         return dict(DPO, steps=steps, max_length=MAX_LENGTH[workload], seed=DPO["seed"] + rep, precision=precision)
-    return dict(GRPO, steps=steps, new_tokens=NEW_TOKENS[workload, size], seed=GRPO["seed"] + rep,
-                precision=precision)
+    new_tokens = NEW_TOKENS[workload, size]
+    return dict(GRPO, steps=steps, new_tokens=new_tokens, seed=GRPO["seed"] + rep, precision=precision,
+                min_new_tokens=new_tokens - 1 if fixed_length else 0)
 
 
 def machine_cpu_seconds() -> float:
@@ -149,9 +158,10 @@ def nominal_flops(algorithm: str, run_settings: dict, context: dict, generated: 
 
 
 def count_executed(framework: str, algorithm: str, workload: str, size: str, precision: str, fixtures: Fixtures,
-                   context: dict, threads: int, logs: Path) -> dict:
+                   context: dict, threads: int, logs: Path, fixed_length: bool = False) -> dict:
     """Executed / nominal FLOPs of one framework on one cell: a short run under FlopCounterMode (seed 0)."""
-    run_settings = dict(settings(algorithm, size, workload, precision, 0, 1.0), steps=COUNT_STEPS[algorithm])
+    run_settings = dict(settings(algorithm, size, workload, precision, 0, 1.0, fixed_length),
+                        steps=COUNT_STEPS[algorithm])
     name = f"count-{size}-{precision}-{workload}-{algorithm}-{framework}"
     folder = fixtures.work / "runs" / name
     spec = dict(job_spec(framework, algorithm, workload, fixtures, size, folder, run_settings), count_flops=True)
@@ -233,11 +243,11 @@ def timed_run(spec: dict, algorithm: str, context: dict, counts: dict, args: arg
 def run_cell(cell: dict, fixtures: Fixtures, context: dict, args: argparse.Namespace, logs: Path) -> list[dict]:
     """Every seed of one cell, the frameworks alternating first; FLOP counting runs before them."""
     size, precision, workload, algorithm = cell["size"], cell["precision"], cell["workload"], cell["algorithm"]
-    counts = {f: count_executed(f, algorithm, workload, size, precision, fixtures, context, args.threads, logs)
-              for f in FRAMEWORKS}
+    counts = {f: count_executed(f, algorithm, workload, size, precision, fixtures, context, args.threads, logs,
+                                args.fixed_length) for f in FRAMEWORKS}
     runs = []
     for rep in range(args.reps):
-        run_settings = settings(algorithm, size, workload, precision, rep, args.steps_scale)
+        run_settings = settings(algorithm, size, workload, precision, rep, args.steps_scale, args.fixed_length)
         for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
             name = f"{size}-{precision}-{workload}-{algorithm}-{framework}-{rep}"
             spec = job_spec(framework, algorithm, workload, fixtures, size, fixtures.work / "runs" / name, run_settings)
@@ -281,6 +291,9 @@ def parse_args() -> argparse.Namespace:
                         help="cores' worth of other processes above which a run counts as contended and is repeated")
     parser.add_argument("--max-repeats", type=int, default=2, help="repeats of a contended run (0: report only)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every timed run")
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="GRPO: every answer exactly new_tokens long in both frameworks (end token blocked before "
+                             "the last position), so a step's work does not follow what the policy learns")
     parser.add_argument("--work", default="", help="folder for fixtures and run logs (default: a temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "trl_compare"), help="writes OUT.json and OUT.md")
     args = parser.parse_args()
@@ -339,7 +352,7 @@ def main() -> None:
 def write_report(args: argparse.Namespace, matmul: dict, contexts: dict, cells: list[dict], runs: list[dict],
                  wall_s: float, logs: Path) -> None:
     """OUT.json and OUT.md from the runs so far."""
-    report = {"reps": args.reps, "steps_scale": args.steps_scale, "machine": machine_info(args.threads, matmul),
+    report = {"reps": args.reps, "steps_scale": args.steps_scale, "fixed_length": args.fixed_length, "machine": machine_info(args.threads, matmul),
               "contention_rule": {"max_other_load": args.max_other_load, "max_repeats": args.max_repeats},
               "settings": {"dpo": DPO, "grpo": GRPO, "max_length": MAX_LENGTH, "steps": {"-".join(k): v for k, v in STEPS.items()},
                            "new_tokens": {"-".join(k): v for k, v in NEW_TOKENS.items()}},

@@ -224,7 +224,8 @@ def modalign_grpo(spec: dict) -> dict:
 
     ends, sampling = clock_modalign_steps(), clock_sampling()
     t0, cpu0 = time.time(), cpu_seconds()
-    config = OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"], **modalign_rl_fields(spec))
+    config = OnlineConfig(algorithm="grpo", precision=spec["settings"]["precision"],
+                          min_new_tokens=spec["settings"].get("min_new_tokens", 0), **modalign_rl_fields(spec))
     counted(spec, lambda: run_online(config))
     return {"t0": t0, "cpu0": cpu0, "step_ends": ends, "generated_tokens": generated_tokens(spec, "grpo"),
             "sampling": sampling}
@@ -339,7 +340,8 @@ def trl_grpo(spec: dict) -> dict:
         processor = load_processor(spec["model"])
         args = GRPOConfig(per_device_train_batch_size=s["prompts"] * s["samples"], num_generations=s["samples"],
                           max_completion_length=s["new_tokens"], epsilon=s["clip"], loss_type="grpo",
-                          scale_rewards="group", temperature=1.0, **common_trl_args(spec))
+                          scale_rewards="group", temperature=1.0, **common_trl_args(spec),
+                          generation_kwargs={"min_new_tokens": s.get("min_new_tokens", 0)})
         reward = shapes_gold_reward([processor.tokenizer.eos_token_id])
         trainer = GRPOTrainer(model=frozen_vision_policy(spec["model"]), reward_funcs=reward, args=args,
                               train_dataset=dataset, processing_class=processor, callbacks=[step_clock_callback(ends)])

@@ -115,7 +115,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {cell_key(run)}-{run['framework']}-{run['rep']} | "
                      f"{', '.join(f'{x:.2f}' for x in m['attempt_loads'])} | {m['cpu_per_wall']:.2f} | "
                      f"{m['threads']} / {m['os_threads']} | {'yes' if m['contended'] else 'no'} |")
-    return "\n".join(lines + ["", *NOTES]) + "\n"
+    return "\n".join(lines + ["", *NOTES, GRPO_LENGTHS[bool(report.get("fixed_length"))]]) + "\n"
 
 
 def scales(report: dict) -> list[float]:
@@ -150,11 +150,18 @@ NOTES = [
     "step, padding); its executed / nominal ratio scales each timed run's nominal count. MFU = executed FLOP/s "
     "over the run's peak: the best of the model's matmul shapes and a 1024^3 square in the run's dtype, timed in "
     "the run's own process after training.",
-    "- GRPO answers come from a policy that is learning (a never-ending answer scores -1, so policies learn to stop): "
-    "answer lengths differ between runs and frameworks; the GRPO table gives them and generated tokens/s.",
     "- Contention: others' load = the machine's busy CPU seconds (/proc/stat) less the run's own, per wall second. "
     "own CPU / wall is the run's CPU seconds (all threads) per wall second from the framework call to its end.",
 ]
+
+
+GRPO_LENGTHS = {
+    False: "- GRPO answers come from a policy that is learning (a never-ending answer scores -1, so policies learn to "
+           "stop): answer lengths differ between runs and frameworks; the GRPO table gives them and generated tokens/s.",
+    True: "- GRPO at fixed length (--fixed-length): both frameworks block the end token before the last position "
+          "(transformers' min_new_tokens = new_tokens - 1), so every answer is new_tokens long and a step's work does "
+          "not follow what the policy learns; an answer still scores -1 unless its last token ends it.",
+}
 
 
 def merge(parts: list[str], out: str) -> None:

@@ -88,3 +88,21 @@ def test_a_registered_loss_trains_by_name(tmp_path, sft_model):
         OBJECTIVES.pop("test_clipped_reinforce")
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert calls and line["rloo/ratio"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_min_new_tokens_gives_every_answer_the_same_length(tmp_path, sft_model):
+    """Fixed-work sampling (bench/trl_compare.py --fixed-length): the end token is blocked until the last
+    position, so every answer is max_new_tokens long; without it the SFT policy's answers end earlier."""
+    def lengths(name, **overrides):
+        run_online(online_config(tmp_path / name, sft_model, "grpo", steps=2, eval_examples=1, **overrides))
+        lines = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [line["grpo/answer_length"] for line in lines]
+
+    assert lengths("fixed", min_new_tokens=9) == [10.0, 10.0]
+    assert max(lengths("free")) < 10.0
+
+
+def test_min_new_tokens_over_max_is_a_clear_error(tmp_path, sft_model):
+    with pytest.raises(ValueError, match=r"min_new_tokens=11: use 0 to 10 \(max_new_tokens\)"):
+        run_online(online_config(tmp_path / "x", sft_model, "grpo", min_new_tokens=11))
+    assert not (tmp_path / "x").exists()

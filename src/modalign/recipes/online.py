@@ -44,6 +44,9 @@ class OnlineConfig:
     prompts_per_step: int = field_doc(8, "Prompts sampled per iteration.")
     samples_per_prompt: int = field_doc(4, "Answers per prompt (the group size G).")
     max_new_tokens: int = field_doc(40, "Longest sampled answer.")
+    min_new_tokens: int = field_doc(0, "Shortest sampled answer: the end-of-turn token is blocked before it "
+                                       "(transformers' min_new_tokens). max_new_tokens - 1 gives every answer the "
+                                       "same length, as a fixed-work benchmark needs.")
     temperature: float = field_doc(1.0, "Sampling temperature of rollouts.")
     lr: float = field_doc(2e-5, "Policy learning rate.")
     critic_lr: float = field_doc(1e-4, "Critic learning rate (a2c).")
@@ -92,6 +95,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
 
     if cfg.algorithm not in ALGORITHMS:
         raise ConfigError(f"algorithm {cfg.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if not 0 <= cfg.min_new_tokens <= cfg.max_new_tokens:
+        raise ConfigError(f"min_new_tokens={cfg.min_new_tokens}: use 0 to {cfg.max_new_tokens} (max_new_tokens)")
     started = time.time()
     dist = processes()
     # validated before the run folder exists: the folder, the prompts, both splits' media, the reward, the policy
@@ -157,7 +162,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
             # FSDP: the weights gathered once for the whole sampling (processes decode different numbers of steps)
             with dist.gathered(model), autocast(cfg.precision, raw):
                 samples = sample_answers(raw, prompts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                                         tokenizer.eos_token_id, tokenizer.pad_token_id)
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.min_new_tokens)
             owners = [e for e in examples for _ in range(cfg.samples_per_prompt)]
             answers = decode_answers(tokenizer, samples)
             with torch.no_grad():

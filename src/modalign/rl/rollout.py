@@ -48,16 +48,19 @@ def sample_answers(
     temperature: float,
     eos_token_id: int,
     pad_token_id: int,
+    min_new_tokens: int = 0,
 ) -> Samples:
     """Batched sampling with the KV cache; media encoded once per prompt, and each prompt run through
-    the model once for its `samples_per_prompt` answers (`models.prompt_cache`)."""
+    the model once for its `samples_per_prompt` answers (`models.prompt_cache`).
+
+    `min_new_tokens`: the end-of-turn token is blocked for the first that many answer tokens."""
     input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
     media = model.encode_media(input_ids, prompts.get("pixel_values"), prompts.get("input_values"))
     repeat = samples_per_prompt
     sequences = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, media=media, num_return_sequences=repeat,
         max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=None, top_p=None,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True, min_new_tokens=min_new_tokens,
     )  # (B * G, P + T), rows b*G .. b*G+G-1 answer prompt b
     media = media.repeat_interleave(repeat, input_ids.shape[0])  # the N rows' features, for the scoring passes
     prompt_length = input_ids.shape[1]
