@@ -208,3 +208,49 @@ def test_packed_rollout_logprobs_equal_plain_ones_qwen2_vl_eager_attention(tiny)
     assert policy.model.supports_shared_prefix
     batch = prompt_batch(policy.processor, MediaStore(data), examples)
     _assert_same_logprobs_and_grads(policy.model, _rollout(policy.model, policy.processor, batch))
+
+
+def test_packing_pays_by_hand():
+    """2 S A < P^2 + 6 d P: the bench's 0.3 M answer-heavy GRPO (d 64, P 56, answers of 160) packs one
+    answer per row; at d 512 it packs all four; the first answer of a row always goes in."""
+    from modalign.models.shared_prefix import packing_margin, packing_pays
+
+    assert packing_margin(56, 160, 160, 64) == 56 * (56 + 384) - 2 * 160 * 160 == -26560
+    assert not packing_pays(56, 160, 160, 64)
+    assert packing_pays(56, 480, 160, 512)  # 153600 < 175168
+    assert packing_pays(56, 0, 10_000, 1)
+
+
+def test_long_answers_behind_a_short_prompt_get_rows_of_their_own(monkeypatch):
+    import modalign.rl.rollout as rollout
+
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    groups = prompt_groups(samples)
+    assert [len(p) for g in groups for p in rollout._row_parts(g, samples, width=10**6)] == [len(g) for g in groups]
+    # a (negative) width that makes the attention between answers outweigh any prompt: one answer per row
+    assert [len(p) for g in groups for p in rollout._row_parts(g, samples, width=-10**6)] == [1] * 6
+    monkeypatch.setattr(rollout, "model_width", lambda model: -10**6)
+    _assert_same_logprobs_and_grads(policy.model, samples)
+
+
+def test_dpo_pairs_whose_packing_costs_more_run_unpacked(sft_model, monkeypatch):
+    """Where the attention between chosen and rejected outweighs the prompt copy, the pairs are scored as
+    two rows each - with the same log-probs."""
+    import modalign.reward.train as train
+
+    policy = load_policy(sft_model[0])
+    examples = [e for e in read_examples(sft_model[1], "train") if e.meta["task"] == "caption"][:2]
+    encoded = encode_pairs(policy.processor, MediaStore(sft_model[1]),
+                           [PreferencePair(e, e.meta["answer"], e.meta["answer"] + " and more") for e in examples], 256)
+    pad = policy.processor.tokenizer.pad_token_id
+    assert train._packing_pays(policy.model, encoded)
+    packed = pair_answer_logprobs(policy.model, encoded, pad)
+    monkeypatch.setattr(train, "model_width", lambda model: -10**6)  # attention dominates: never pack
+    assert not train._packing_pays(policy.model, encoded)
+    unpacked, calls = train._unpacked_pair_logprobs, []
+    monkeypatch.setattr(train, "_unpacked_pair_logprobs", lambda *args: calls.append(1) or unpacked(*args))
+    plain = pair_answer_logprobs(policy.model, encoded, pad)
+    assert calls == [1]
+    for a, b in zip(packed, plain):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -102,6 +102,31 @@ def _packed_attention(segment: torch.Tensor) -> torch.Tensor:
     return allowed.unsqueeze(1)
 
 
+def packing_pays(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int) -> bool:
+    """Whether appending an answer to a packed row (prompt + answers so far) costs fewer FLOPs than its own row.
+
+    Per layer and token a transformer spends ~24 d^2 FLOPs in its projections and MLP and 4 d per key in
+    attention (Kaplan et al. 2020, Table 1, forward). Packing the answer (A tokens) behind a row whose
+    answers hold S tokens saves its own copy of the prompt, 24 d^2 P, and adds 4 d (2 S A - P^2) of
+    attention: the dense (L x L) mask computes the blocks between answers too. It pays while
+    2 S A < P^2 + 6 d P. The first answer of a row (S = 0) always does.
+    """
+    return packing_margin(prompt_tokens, packed_answer_tokens, answer_tokens, width) > 0
+
+
+def packing_margin(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int) -> int:
+    """P^2 + 6 d P - 2 S A: FLOPs packing saves, in units of 4 d per layer (`packing_pays`); < 0 it costs."""
+    return prompt_tokens * (prompt_tokens + 6 * width) - 2 * packed_answer_tokens * answer_tokens
+
+
+def model_width(model: Any) -> int | None:
+    """The decoder's hidden size, or None when the model does not say (then packing is not weighed)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = getattr(text, "hidden_size", None)
+    return width if isinstance(width, int) else None
+
+
 def supports_shared_prefix(model: Any) -> bool:
     """True when `model` takes a packed (R, 1, L, L) mask with explicit positions (`shared_prefix_positions`)."""
     return bool(getattr(model, "supports_shared_prefix", False))

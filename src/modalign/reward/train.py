@@ -18,7 +18,8 @@ import torch
 from modalign.data.records import Example
 from modalign.device import model_device, to_device
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, concat_media, encode_sft_example
-from modalign.models.shared_prefix import pack, packed_logprobs, supports_shared_prefix
+from modalign.models.shared_prefix import (model_width, pack, packed_logprobs, packing_margin,
+                                          supports_shared_prefix)
 from modalign.reward.losses import bradley_terry_loss
 from modalign.reward.model import ScalarHeadModel, answer_token_logprobs, last_token_index
 
@@ -79,7 +80,7 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
     order, to scoring chosen and rejected as two rows (`pair_batch`), which is the fallback for
     models that cannot pack and for pairs whose prompt tokens differ.
     """
-    if not supports_shared_prefix(model) or not all(_shared_prompt(p) for p in batch):
+    if not supports_shared_prefix(model) or not all(_shared_prompt(p) for p in batch) or not _packing_pays(model, batch):
         return _unpacked_pair_logprobs(model, batch, pad_token_id)
     prompts = [p.chosen.input_ids[: p.chosen.prompt_length] for p in batch]
     answers = [[p.chosen.input_ids[p.chosen.prompt_length :], p.rejected.input_ids[p.rejected.prompt_length :]]
@@ -91,6 +92,20 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
     logprobs, _ = packed_logprobs(model, packed, media, sampled=False)  # (2B, A): pair 0 chosen, rejected, pair 1 ...
     sums = logprobs.sum(1).view(len(batch), 2)
     return sums[:, 0], sums[:, 1]
+
+
+def _packing_pays(model, batch: Sequence[EncodedPair]) -> bool:
+    """Packing saves FLOPs over the batch (`packing_pays` per pair, summed): long answers behind a short
+    prompt cost more in the attention between chosen and rejected than the prompt copy saves."""
+    width = model_width(model)
+    if width is None:
+        return True
+    margin = 0
+    for pair in batch:
+        prompt = pair.chosen.prompt_length
+        margin += packing_margin(prompt, len(pair.chosen.input_ids) - prompt, len(pair.rejected.input_ids) - prompt,
+                                 width)
+    return margin > 0
 
 
 def _shared_prompt(pair: EncodedPair) -> bool:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from modalign.device import to_device
-from modalign.models.shared_prefix import pack, packed_logprobs, same_media, supports_shared_prefix, target_logprobs
+from modalign.models.shared_prefix import (model_width, pack, packed_logprobs, packing_pays, same_media,
+                                          supports_shared_prefix, target_logprobs)
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
 
@@ -110,7 +111,8 @@ def _packed_response_logprobs(model, samples: Samples, temperature: float, with_
     device = samples.sequences.device
     host = Samples(samples.sequences.cpu(), samples.attention_mask.cpu(), samples.response_mask.cpu(),
                    samples.prompt_length, samples.media)
-    groups = [part for group in prompt_groups(host) for part in _row_parts(group, host)]
+    hidden = model_width(model)
+    groups = [part for group in prompt_groups(host) for part in _row_parts(group, host, hidden)]
     first = [group[0] for group in groups]
     prompt_part = host.sequences[:, : host.prompt_length]
     prompts = [prompt_part[row][host.attention_mask[row, : host.prompt_length].bool()] for row in first]
@@ -159,16 +161,20 @@ def prompt_groups(samples: Samples) -> list[list[int]]:
 MAX_PACKED_TOKENS = 1024  # bounds one packed row's attention cost and memory, which grow with its length squared
 
 
-def _row_parts(group: list[int], samples: Samples) -> list[list[int]]:
-    """A prompt's rows split so that each packed row (prompt + its answers) stays within MAX_PACKED_TOKENS."""
+def _row_parts(group: list[int], samples: Samples, width: int | None = None) -> list[list[int]]:
+    """A prompt's rows split so that each packed row (prompt + its answers) stays within MAX_PACKED_TOKENS
+    and, given the decoder's `width`, holds another answer only while that costs fewer FLOPs than a row
+    of its own (`packing_pays`: long answers behind a short prompt are cheaper unpacked)."""
     prompt = int(samples.attention_mask[group[0], : samples.prompt_length].sum())
     answers = samples.response_mask.sum(1)  # (N,)
-    parts, size = [[]], prompt
+    parts, packed = [[]], 0  # packed: answer tokens in the current part
     for row in group:
-        if parts[-1] and size + int(answers[row]) > MAX_PACKED_TOKENS:
-            parts, size = parts + [[]], prompt
+        length = int(answers[row])
+        too_long = prompt + packed + length > MAX_PACKED_TOKENS
+        if parts[-1] and (too_long or (width is not None and not packing_pays(prompt, packed, length, width))):
+            parts, packed = parts + [[]], 0
         parts[-1].append(row)
-        size += int(answers[row])
+        packed += length
     return parts
 
 

@@ -1,0 +1,77 @@
+"""Scoring a GRPO rollout with and without the packing rule (`models.shared_prefix.packing_pays`), in one process.
+
+    OMP_NUM_THREADS=2 PYTHONPATH=src python bench/packing_rule.py --work /tmp/bpk [--size small] [--turns 8]
+
+Builds bench/trl_compare.py's fixtures (or reuses them in --work), samples one rollout of 2 caption
+prompts x 4 answers of exactly --tokens tokens, then times `response_logprobs` forward + backward on it,
+the rule's split (one answer per row at 0.3 M) against every answer packed behind its prompt, turns
+alternating so that both sides share the process's speed. Prints CPU seconds per pass and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import modalign.rl.rollout as rollout
+    from modalign.data.dataset import read_examples
+    from modalign.models.inputs import MediaStore, prompt_batch
+    from modalign.models.policy import load_policy
+    from trl_compare_setup import build_fixtures
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--tokens", type=int, default=160)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--passes", type=int, default=5, help="passes per side per turn")
+    args = parser.parse_args()
+
+    fixtures = build_fixtures(Path(args.work), [args.size])
+    policy = load_policy(str(fixtures.models[args.size]))
+    model, tokenizer = policy.model, policy.processor.tokenizer
+    examples = [e for e in read_examples(fixtures.data, "train") if e.meta.get("task") == "caption"][:2]
+    prompts = prompt_batch(policy.processor, MediaStore(fixtures.data), examples)
+    torch.manual_seed(0)
+    samples = rollout.sample_answers(model.eval(), dict(prompts), 4, args.tokens, 1.0, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id, min_new_tokens=args.tokens - 1)
+    model.train()
+    width = rollout.model_width(model)
+    sides = {"rule": lambda m: width, "packed": lambda m: None}
+    parts = {name: [len(p) for g in rollout.prompt_groups(samples) for p in rollout._row_parts(g, samples, fn(model))]
+             for name, fn in sides.items()}
+    print(f"width {width}, answers per packed row: rule {parts['rule']}, packed {parts['packed']}")
+
+    def one_pass() -> None:
+        logprobs = rollout.response_logprobs(model, samples)
+        (logprobs * samples.response_mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    spent = {name: 0.0 for name in sides}
+    for turn in range(args.turns + 1):  # turn 0 warms both up
+        for name in (list(sides) if turn % 2 else list(sides)[::-1]):
+            rollout.model_width = sides[name]
+            start = cpu_seconds()
+            for _ in range(args.passes):
+                one_pass()
+            if turn:
+                spent[name] += cpu_seconds() - start
+    per_pass = {name: spent[name] / (args.turns * args.passes) for name in sides}
+    print(f"CPU s per scoring pass (forward + backward): rule {per_pass['rule']:.4f}, "
+          f"packed {per_pass['packed']:.4f}, packed / rule {per_pass['packed'] / per_pass['rule']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
