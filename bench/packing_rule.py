@@ -4,8 +4,9 @@
 
 Builds bench/trl_compare.py's fixtures (or reuses them in --work), samples one rollout of 2 caption
 prompts x 4 answers of exactly --tokens tokens, then times `response_logprobs` forward + backward on it,
-the rule's split (one answer per row at 0.3 M) against every answer packed behind its prompt, turns
-alternating so that both sides share the process's speed. Prints CPU seconds per pass and the ratio.
+the rule's split (one answer per row at 0.3 M) against every answer packed behind its prompt and against
+one answer per row, turns alternating so that the sides share the process's speed. Prints CPU seconds
+per pass and the ratios.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def main() -> None:
                                      tokenizer.pad_token_id, min_new_tokens=args.tokens - 1)
     model.train()
     width = rollout.model_width(model)
-    sides = {"rule": lambda m: width, "packed": lambda m: None}
+    # rule: the FLOP rule; packed: every answer behind its prompt (no rule); unpacked: one answer per row
+    sides = {"rule": lambda m: width, "packed": lambda m: None, "unpacked": lambda m: -10**9}
     parts = {name: [len(p) for g in rollout.prompt_groups(samples) for p in rollout._row_parts(g, samples, fn(model))]
              for name, fn in sides.items()}
-    print(f"width {width}, answers per packed row: rule {parts['rule']}, packed {parts['packed']}")
+    print(f"width {width}, answers per packed row: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
 
     def one_pass() -> None:
         logprobs = rollout.response_logprobs(model, samples)
@@ -61,7 +63,7 @@ def main() -> None:
 
     spent = {name: 0.0 for name in sides}
     for turn in range(args.turns + 1):  # turn 0 warms both up
-        for name in (list(sides) if turn % 2 else list(sides)[::-1]):
+        for name in (list(sides) if turn % 2 else list(sides)[::-1]):  # the order flips every turn
             rollout.model_width = sides[name]
             start = cpu_seconds()
             for _ in range(args.passes):
@@ -69,8 +71,9 @@ def main() -> None:
             if turn:
                 spent[name] += cpu_seconds() - start
     per_pass = {name: spent[name] / (args.turns * args.passes) for name in sides}
-    print(f"CPU s per scoring pass (forward + backward): rule {per_pass['rule']:.4f}, "
-          f"packed {per_pass['packed']:.4f}, packed / rule {per_pass['packed'] / per_pass['rule']:.2f}")
+    print("CPU s per scoring pass (forward + backward): " + ", ".join(f"{k} {v:.4f}" for k, v in per_pass.items())
+          + f"; packed / rule {per_pass['packed'] / per_pass['rule']:.2f}, unpacked / rule "
+          f"{per_pass['unpacked'] / per_pass['rule']:.2f}")
 
 
 if __name__ == "__main__":
