@@ -12,14 +12,9 @@ per pass and the ratios.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
+import time
 from pathlib import Path
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -65,11 +60,11 @@ def main() -> None:
     for turn in range(args.turns + 1):  # turn 0 warms both up
         for name in (list(sides) if turn % 2 else list(sides)[::-1]):  # the order flips every turn
             rollout.model_width = sides[name]
-            start = cpu_seconds()
+            start = time.process_time()
             for _ in range(args.passes):
                 one_pass()
             if turn:
-                spent[name] += cpu_seconds() - start
+                spent[name] += time.process_time() - start
     per_pass = {name: spent[name] / (args.turns * args.passes) for name in sides}
     print("CPU s per scoring pass (forward + backward): " + ", ".join(f"{k} {v:.4f}" for k, v in per_pass.items())
           + f"; packed / rule {per_pass['packed'] / per_pass['rule']:.2f}, unpacked / rule "

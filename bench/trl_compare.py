@@ -352,7 +352,8 @@ def main() -> None:
 def write_report(args: argparse.Namespace, matmul: dict, contexts: dict, cells: list[dict], runs: list[dict],
                  wall_s: float, logs: Path) -> None:
     """OUT.json and OUT.md from the runs so far."""
-    report = {"reps": args.reps, "steps_scale": args.steps_scale, "fixed_length": args.fixed_length, "machine": machine_info(args.threads, matmul),
+    report = {"reps": args.reps, "steps_scale": args.steps_scale, "fixed_length": args.fixed_length,
+              "machine": machine_info(args.threads, matmul),
               "contention_rule": {"max_other_load": args.max_other_load, "max_repeats": args.max_repeats},
               "settings": {"dpo": DPO, "grpo": GRPO, "max_length": MAX_LENGTH, "steps": {"-".join(k): v for k, v in STEPS.items()},
                            "new_tokens": {"-".join(k): v for k, v in NEW_TOKENS.items()}},

@@ -254,3 +254,17 @@ def test_dpo_pairs_whose_packing_costs_more_run_unpacked(sft_model, monkeypatch)
     assert calls == [1]
     for a, b in zip(packed, plain):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_packing_rule_reads_a_hugging_face_models_width_qwen2_vl(tiny, monkeypatch):
+    """The rule weighs a Hugging Face model by its text config's hidden size; split one answer per row,
+    its rollout log-probs and gradients still equal the plain path's."""
+    import modalign.rl.rollout as rollout
+    from modalign.models.shared_prefix import model_width
+
+    policy, data, examples = _qwen(tiny)
+    assert model_width(policy.model) == policy.model.hf.config.get_text_config().hidden_size
+    samples = _rollout(policy.model, policy.processor, prompt_batch(policy.processor, MediaStore(data), examples))
+    monkeypatch.setattr(rollout, "model_width", lambda model: -10**6)  # attention dominates: one answer per row
+    assert all(len(p) == 1 for g in prompt_groups(samples) for p in rollout._row_parts(g, samples, -10**6))
+    _assert_same_logprobs_and_grads(policy.model, samples)

@@ -106,7 +106,7 @@ def packing_pays(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: i
     """Whether appending an answer to a packed row (prompt + answers so far) costs fewer FLOPs than its own row.
 
     Per layer and token a transformer spends ~24 d^2 FLOPs in its projections and MLP and 4 d per key in
-    attention (Kaplan et al. 2020, Table 1, forward). Packing the answer (A tokens) behind a row whose
+    attention (forward; Hoffmann et al. 2022, "Training Compute-Optimal LLMs", Appendix F). Packing the answer (A tokens) behind a row whose
     answers hold S tokens saves its own copy of the prompt, 24 d^2 P, and adds 4 d (2 S A - P^2) of
     attention: the dense (L x L) mask computes the blocks between answers too. It pays while
     2 S A < P^2 + 6 d P. The first answer of a row (S = 0) always does.

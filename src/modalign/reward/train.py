@@ -78,9 +78,11 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
     The pair's shared prompt (media tokens included) runs once, with both answers packed behind
     it (`models.shared_prefix`); the media are encoded once per pair. Equal, up to float summation
     order, to scoring chosen and rejected as two rows (`pair_batch`), which is the fallback for
-    models that cannot pack and for pairs whose prompt tokens differ.
+    models that cannot pack, for pairs whose prompt tokens differ, and for batches whose long answers
+    behind a short prompt cost more attention packed than the prompt copy saves (`_packing_pays`).
     """
-    if not supports_shared_prefix(model) or not all(_shared_prompt(p) for p in batch) or not _packing_pays(model, batch):
+    packable = supports_shared_prefix(model) and all(_shared_prompt(p) for p in batch)
+    if not packable or not _packing_pays(model, batch):
         return _unpacked_pair_logprobs(model, batch, pad_token_id)
     prompts = [p.chosen.input_ids[: p.chosen.prompt_length] for p in batch]
     answers = [[p.chosen.input_ids[p.chosen.prompt_length :], p.rejected.input_ids[p.rejected.prompt_length :]]
@@ -95,7 +97,7 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
 
 
 def _packing_pays(model, batch: Sequence[EncodedPair]) -> bool:
-    """Packing saves FLOPs over the batch (`packing_pays` per pair, summed): long answers behind a short
+    """Packing saves FLOPs over the batch (`packing_margin` per pair, summed): long answers behind a short
     prompt cost more in the attention between chosen and rejected than the prompt copy saves."""
     width = model_width(model)
     if width is None:
