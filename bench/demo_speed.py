@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--fusion", default="concat", choices=["concat", "cross_attention", "weighted_sum"])
     parser.add_argument("--group", action="store_true", help="batches of whole scenes (group_by_media)")
     parser.add_argument("--group-size", type=int, default=0,
                         help="with --group: chunks of at most this many examples of a scene (media_group_size)")
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--losses", type=int, default=0, help="print the first N losses (all steps counted)")
     args = parser.parse_args()
 
-    cfg = SFTConfig(seed=0, epochs=10.0, batch_size=args.batch_size, precision=args.precision)
+    cfg = SFTConfig(seed=0, epochs=10.0, batch_size=args.batch_size, precision=args.precision, fusion=args.fusion)
     t0 = cpu_seconds()
     root = prepare_data(cfg, Path(args.work))
     t_data = cpu_seconds() - t0

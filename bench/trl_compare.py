@@ -246,7 +246,7 @@ def run_cell(cell: dict, fixtures: Fixtures, context: dict, args: argparse.Names
     counts = {f: count_executed(f, algorithm, workload, size, precision, fixtures, context, args.threads, logs,
                                 args.fixed_length) for f in FRAMEWORKS}
     runs = []
-    for rep in range(args.reps):
+    for rep in range(args.first_rep, args.first_rep + args.reps):
         run_settings = settings(algorithm, size, workload, precision, rep, args.steps_scale, args.fixed_length)
         for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
             name = f"{size}-{precision}-{workload}-{algorithm}-{framework}-{rep}"
@@ -278,6 +278,9 @@ def machine_info(threads: int, matmul: dict) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="seeds per cell (each framework once per seed)")
+    parser.add_argument("--first-rep", type=int, default=0,
+                        help="index of the first seed (more seeds for an earlier run: merge the two with "
+                             "bench/trl_compare_report.py)")
     parser.add_argument("--quick", action="store_true", help="one seed, a tenth of the steps (a smoke run)")
     parser.add_argument("--sizes", default="small,compute", help=f"comma-separated subset of {','.join(SIZES)}")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))

@@ -166,7 +166,9 @@ GRPO_LENGTHS = {
 
 def merge(parts: list[str], out: str) -> None:
     """One report from several bench/trl_compare.py outputs (e.g. two invocations run side by side on
-    different cells): their runs together, summarised again; the first part's machine and settings."""
+    different cells, or more seeds of a cell with --first-rep): their runs together, summarised again; the
+    first part's machine and settings. A run of a later part replaces one of the same cell, framework and
+    seed from an earlier part (a cell rerun after a code change)."""
     import json
     import sys
     from pathlib import Path
@@ -175,13 +177,16 @@ def merge(parts: list[str], out: str) -> None:
     from trl_compare_setup import write_results
 
     reports = [json.loads(Path(p).read_text()) for p in parts]
-    report = dict(reports[0], runs=[r for rep in reports for r in rep["runs"]],
+    latest = {(cell_key(r), r["framework"], r["rep"]): r for rep in reports for r in rep["runs"]}
+    report = dict(reports[0], runs=list(latest.values()),
                   steps_scale=sorted({x for rep in reports for x in scales(rep)}, reverse=True),
-                  reps=max(rep["reps"] for rep in reports),
                   models={k: v for rep in reports for k, v in rep["models"].items()},
-                  cells=[c for rep in reports for c in rep["cells"]], wall_s=sum(rep["wall_s"] for rep in reports),
+                  # parts may hold the same cells at other seeds (--first-rep): each cell once, seeds counted
+                  cells=list(dict.fromkeys(c for rep in reports for c in rep["cells"])),
+                  wall_s=sum(rep["wall_s"] for rep in reports),
                   merged_from=parts)
     report["summary"] = summarise(report["runs"])
+    report["reps"] = max(cell["seeds"] for cell in report["summary"].values())
     write_results(Path(out), report, markdown, Path(parts[0]).parent)
 
 
