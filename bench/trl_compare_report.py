@@ -186,7 +186,7 @@ def merge(parts: list[str], out: str) -> None:
                   wall_s=sum(rep["wall_s"] for rep in reports),
                   merged_from=parts)
     report["summary"] = summarise(report["runs"])
-    report["reps"] = max(cell["seeds"] for cell in report["summary"].values())
+    report["reps"] = max((cell["seeds"] for cell in report["summary"].values()), default=0)
     write_results(Path(out), report, markdown, Path(parts[0]).parent)
 
 
