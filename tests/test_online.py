@@ -42,6 +42,33 @@ def test_online_stops_at_the_kl_budget(tmp_path, sft_model):
     assert (tmp_path / "run" / "model" / "config.json").is_file() and "hallucination_rate" in summary["eval"]
 
 
+def test_online_reference_other_than_the_start_policy(tmp_path, sft_model):
+    # as PPO's `reference`: a run that starts from a moved policy keeps its KL to SFT, so the KL is > 0
+    # from step 1 (measured on the rollout, before any update); without it the reference is the start policy
+    # (a seeded move large enough that the sampled k1 estimate of the KL is clearly positive; 0.05 left it
+    # within the estimate's noise of 6 short answers, either sign)
+    policy = load_policy(sft_model[0])
+    weight = policy.model.lm_head.weight
+    with torch.no_grad():
+        weight.add_(0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    policy.save(tmp_path / "moved")
+    cfg = dict(policy=str(tmp_path / "moved"), steps=1, checkpoint_every=0)
+    run_online(online_config(tmp_path / "own", sft_model, "grpo", **cfg))
+    run_online(online_config(tmp_path / "sft_ref", sft_model, "grpo", reference=str(sft_model[0]), **cfg))
+    own, sft_ref = (json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["grpo/kl_to_ref"]
+                    for name in ("own", "sft_ref"))
+    assert own == pytest.approx(0.0, abs=1e-5)
+    assert sft_ref > 0.01
+
+
+def test_online_reference_that_is_not_a_policy_is_a_clear_error(tmp_path, sft_model):
+    from modalign.errors import UserError
+
+    with pytest.raises(UserError, match="reference '.*nowhere': no such folder"):
+        run_online(online_config(tmp_path / "bad", sft_model, "grpo", reference=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_unknown_algorithm_is_a_clear_error(tmp_path, sft_model):
     with pytest.raises(ValueError, match="choose one of grpo, rloo, reinforce, a2c"):
         run_online(online_config(tmp_path / "x", sft_model, "sarsa"))

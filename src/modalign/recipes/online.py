@@ -32,7 +32,10 @@ class OnlineConfig:
     out: str = field_doc("", "Run folder; empty means runs/<algorithm>-<time>.")
     algorithm: str = field_doc("grpo", "grpo, rloo, reinforce or a2c: how scores become advantages.")
     objective: str = field_doc("", "A registered objective to use instead of the algorithm's own (see docs).")
-    policy: str = field_doc("", "The SFT policy folder (also the frozen reference).")
+    policy: str = field_doc("", "The policy to start from, usually the SFT folder (also the frozen reference unless "
+                                "`reference` is set).")
+    reference: str = field_doc("", "Frozen KL reference policy folder ('': the policy itself), e.g. SFT when a "
+                                   "later round starts from the last policy.")
     reward_model: str = field_doc("", "Reward: a reward-model folder, rule:<name>, py:<file.py>:<function> (your "
                                       "own, docs/plugins.md) or a weighted sum of those.")
     data: str = field_doc("", "Dataset folder with the prompts.")
@@ -110,6 +113,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
     monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
+    if cfg.reference:
+        validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds, device)
@@ -119,7 +124,8 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
     place_reward_models(reward, device)
     monitor.place(device)  # held-out reward models score where the rollout is
-    reference = frozen_reference(raw)
+    reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device).eval().requires_grad_(False)
+                 if cfg.reference else frozen_reference(raw))
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
     for module in frozen:
