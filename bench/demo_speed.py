@@ -39,6 +39,7 @@ def main() -> None:
 
     from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, collate_sft, encode_sft_example
+    from modalign.models.tinyvlm import FUSIONS
     from modalign.precision import autocast
     from modalign.recipes.sft import (SFTConfig, batch_at, make_optimizer, make_policy, media_groups, prepare_data,
                                       tokenizer_corpus)
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--fusion", default="concat", choices=["concat", "cross_attention", "weighted_sum"])
+    parser.add_argument("--fusion", default="concat", choices=FUSIONS)
     parser.add_argument("--group", action="store_true", help="batches of whole scenes (group_by_media)")
     parser.add_argument("--group-size", type=int, default=0,
                         help="with --group: chunks of at most this many examples of a scene (media_group_size)")

@@ -260,6 +260,29 @@ def test_grpo_two_steps(tmp_path, tiny, family):
     assert_only_decoder_changed(model_dir, summary["model"])
 
 
+def test_grpo_reference_other_than_the_start_policy_qwen2_vl(tmp_path, tiny):
+    """`OnlineConfig.reference` on a Hugging Face model: from a moved policy, step 1's KL is 0 against its own
+    start and clearly positive against the unmoved folder (the rollout's KL, before any update)."""
+    from modalign.recipes.online import OnlineConfig, run_online
+
+    model_dir, data = tiny("qwen2_vl")
+    moved = load_policy(model_dir)
+    head = moved.model.hf.get_output_embeddings().weight
+    with torch.no_grad():
+        head.add_(0.5 * torch.randn(head.shape, generator=torch.Generator().manual_seed(0)))
+    moved.save(tmp_path / "moved")
+
+    def step_one_kl(name: str, reference: str) -> float:
+        run_online(OnlineConfig(out=str(tmp_path / name), algorithm="grpo", policy=str(tmp_path / "moved"),
+                                reference=reference, reward_model="rule:shapes_gold", data=str(data), steps=1,
+                                prompts_per_step=2, samples_per_prompt=3, max_new_tokens=6, minibatch_size=6,
+                                eval_examples=1, checkpoint_every=0))
+        return metric_lines(tmp_path / name)[0]["grpo/kl_to_ref"]
+
+    assert step_one_kl("own", "") == pytest.approx(0.0, abs=1e-5)
+    assert step_one_kl("base_ref", str(model_dir)) > 0.01
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dpo_two_steps(tmp_path, tiny, stores, family):
     from modalign.recipes.dpo import DPOConfig, run_dpo

@@ -69,6 +69,22 @@ def test_online_reference_that_is_not_a_policy_is_a_clear_error(tmp_path, sft_mo
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_reference_with_another_vocabulary_is_refused(tmp_path, sft_model):
+    """The KL compares both models' log-probs of the policy's tokens: a reference with another tokenizer's
+    vocabulary is a clear error naming it (PPO and the online methods load it through `kl_reference`)."""
+    from modalign.errors import UserError
+    from modalign.models.policy import create_tinyvlm, kl_reference
+
+    policy = load_policy(sft_model[0])
+    other = create_tinyvlm(["a red circle", "two low beeps"] * 20, vocab_size=300, hidden_size=32, num_hidden_layers=1)
+    assert other.model.config.vocab_size != policy.model.config.vocab_size
+    other.save(tmp_path / "other")
+    with pytest.raises(UserError, match="reference '.*other': its vocabulary has .* tokens, the policy's"):
+        kl_reference(policy.model, str(tmp_path / "other"))
+    same = kl_reference(policy.model, str(sft_model[0]))
+    assert not same.training and not any(p.requires_grad for p in same.parameters())
+
+
 def test_unknown_algorithm_is_a_clear_error(tmp_path, sft_model):
     with pytest.raises(ValueError, match="choose one of grpo, rloo, reinforce, a2c"):
         run_online(online_config(tmp_path / "x", sft_model, "sarsa"))

@@ -87,6 +87,25 @@ def frozen_reference(model: Any) -> Any:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
+def kl_reference(model: Any, location: str = "", device: Any = None) -> Any:
+    """The frozen KL reference of `model`, the policy about to be trained: the saved policy at `location`
+    (e.g. SFT when a later round starts from the last policy; on `device`), or `frozen_reference(model)`
+    when `location` is empty. A reference whose vocabulary size differs from the policy's is refused: the KL
+    compares the two models' log-probabilities of the policy's tokens, so both must share its tokenizer."""
+    if not location:
+        return frozen_reference(model)
+    from modalign.errors import UserError
+    from modalign.models.shared_prefix import text_config_int
+    from modalign.validate import load_checked_policy
+
+    reference = load_checked_policy(location, "reference").model.to(device)
+    sizes = [text_config_int(m, "vocab_size") for m in (model, reference)]
+    if None not in sizes and sizes[0] != sizes[1]:
+        raise UserError(f"reference {location!r}: its vocabulary has {sizes[1]} tokens, the policy's {sizes[0]}; "
+                        "the KL needs a reference with the policy's tokenizer")
+    return reference.eval().requires_grad_(False)
+
+
 def _is_builtin(location: str) -> bool:
     """True for a saved built-in VLM; False for other model types and for LoRA folders."""
     import modalign.models.tinyvlm  # noqa: F401  (registers TinyVLM with the Auto classes)

@@ -121,10 +121,16 @@ def packing_margin(prompt_tokens: int, packed_answer_tokens: int, answer_tokens:
 
 def model_width(model: Any) -> int | None:
     """The decoder's hidden size, or None when the model does not say (then packing is not weighed)."""
+    return text_config_int(model, "hidden_size")
+
+
+def text_config_int(model: Any, name: str) -> int | None:
+    """An integer field of the model's text (decoder) config - the built-in's own config, a Hugging Face
+    VLM's `get_text_config()` - or None when it has none."""
     config = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    width = getattr(text, "hidden_size", None)
-    return width if isinstance(width, int) else None
+    value = getattr(text, name, None)
+    return value if isinstance(value, int) else None
 
 
 def supports_shared_prefix(model: Any) -> bool:

@@ -84,7 +84,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     from modalign.dist import processes
     from modalign.eval.generation import evaluate_split
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import frozen_reference
+    from modalign.models.policy import kl_reference
     from modalign.precision import autocast
     from modalign.recipes.ppo import KLBudget, mean_kl_to_reference, prompts_at
     from modalign.reward.model import ScalarHeadModel
@@ -124,8 +124,7 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
     place_reward_models(reward, device)
     monitor.place(device)  # held-out reward models score where the rollout is
-    reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device).eval().requires_grad_(False)
-                 if cfg.reference else frozen_reference(raw))
+    reference = kl_reference(raw, cfg.reference, device)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
     for module in frozen:

@@ -82,7 +82,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     from modalign.data.dataset import split_path
     from modalign.dist import processes
     from modalign.models.inputs import MediaStore, prompt_batch
-    from modalign.models.policy import frozen_reference
+    from modalign.models.policy import kl_reference
     from modalign.precision import autocast
     from modalign.reward.model import ScalarHeadModel
     from modalign.rl.rewards import bind_judges
@@ -117,11 +117,9 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None, reward_source=None) -> di
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
     raw, processor = policy.model.to(device), policy.processor  # raw: sampling and no-grad passes; model: updates
-    reference = (validate.load_checked_policy(cfg.reference, "reference").model.to(device) if cfg.reference
-                 else frozen_reference(raw))
+    reference = kl_reference(raw, cfg.reference, device)
     place_reward_models(reward, device)
     monitor.place(device)  # held-out reward models score where the rollout is
-    reference.eval().requires_grad_(False)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw))
     for module in raw.media_encoder_modules() + raw_critic.backbone.media_encoder_modules():
         module.requires_grad_(False)
