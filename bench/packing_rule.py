@@ -1,6 +1,7 @@
 """Scoring a GRPO rollout with and without the packing rule (`models.shared_prefix.packing_pays`), in one process.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python bench/packing_rule.py --work /tmp/bpk [--size small] [--turns 8]
+        [--precision bf16]
 
 Builds bench/trl_compare.py's fixtures (or reuses them in --work), samples one rollout of 2 caption
 prompts x 4 answers of exactly --tokens tokens, then times `response_logprobs` forward + backward on it,
@@ -25,6 +26,8 @@ def main() -> None:
     from modalign.data.dataset import read_examples
     from modalign.models.inputs import MediaStore, prompt_batch
     from modalign.models.policy import load_policy
+    from modalign.models.shared_prefix import attention_cost
+    from modalign.precision import autocast
     from trl_compare_setup import build_fixtures
 
     parser = argparse.ArgumentParser()
@@ -33,6 +36,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=160)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--passes", type=int, default=5, help="passes per side per turn")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: the forward under "
+                        "autocast, as a GRPO run with `precision: bf16` scores its rollouts")
     args = parser.parse_args()
 
     fixtures = build_fixtures(Path(args.work), [args.size])
@@ -47,12 +52,16 @@ def main() -> None:
     width = rollout.model_width(model)
     # rule: the FLOP rule; packed: every answer behind its prompt (no rule); unpacked: one answer per row
     sides = {"rule": lambda m: width, "packed": lambda m: None, "unpacked": lambda m: -10**9}
-    parts = {name: [len(p) for g in rollout.prompt_groups(samples) for p in rollout._row_parts(g, samples, fn(model))]
+    with autocast(args.precision, model):  # the split the pass makes: the attention's cost depends on it
+        cost = attention_cost("cpu")
+    parts = {name: [len(p) for g in rollout.prompt_groups(samples) for p in rollout._row_parts(g, samples, fn(model), cost)]
              for name, fn in sides.items()}
-    print(f"width {width}, answers per packed row: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    prompt_tokens = [int(samples.attention_mask[g[0], : samples.prompt_length].sum()) for g in rollout.prompt_groups(samples)]
+    print(f"width {width}, prompt tokens {prompt_tokens}, answers per packed row: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
 
     def one_pass() -> None:
-        logprobs = rollout.response_logprobs(model, samples)
+        with autocast(args.precision, model):  # forward only: backward runs outside, as in recipes/online.py
+            logprobs = rollout.response_logprobs(model, samples)
         (logprobs * samples.response_mask).sum().backward()
         model.zero_grad(set_to_none=True)
 

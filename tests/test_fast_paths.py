@@ -221,6 +221,46 @@ def test_packing_pays_by_hand():
     assert packing_pays(56, 0, 10_000, 1)
 
 
+def test_packing_weighs_the_attention_by_its_measured_cost():
+    """On CPU an attention FLOP of a packed row costs 1.5 projection FLOPs in fp32 and 2.9 under bf16 autocast
+    (bench/packing_rule.py); at 19.3 M (d 512, a 55-token prompt) a third answer of 160 tokens pays in
+    FLOPs and in fp32, not under bf16."""
+    from modalign.models.shared_prefix import attention_cost, packing_margin
+
+    assert attention_cost("cpu") == 1.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention_cost("cpu") == 2.9
+    assert attention_cost("cuda") == 1.0  # not measured there: FLOPs alone
+    assert packing_margin(55, 320, 160, 512) == 6 * 512 * 55 - (2 * 320 * 160 - 55 * 55) == 69585
+    assert packing_margin(55, 320, 160, 512, 1.5) == 168960 - 1.5 * 99375 == 19897.5
+    assert packing_margin(55, 320, 160, 512, 2.9) == 168960 - 2.9 * 99375 < 0
+
+
+def test_split_groups_get_rows_of_even_length():
+    """Packed rows are padded to the longest: a prompt's answers are spread over the rows the rule asks
+    for, longest first onto the emptiest row, unless a row would then pass MAX_PACKED_TOKENS."""
+    from modalign.rl.rollout import _balanced
+
+    assert _balanced([[0, 1, 2], [3]], [160] * 4, [0, 1, 2, 3], 55) == [[0, 2], [1, 3]]
+    assert _balanced([[0], [1, 2, 3]], [200, 50, 50, 100], [0, 1, 2, 3], 55) == [[0], [1, 2, 3]]
+    assert _balanced([[4, 5, 6]], [1, 2, 3], [4, 5, 6], 10) == [[4, 5, 6]]
+    # longest first gives 300 + 200 + 200 here: past 1024 behind a 330-token prompt, so the greedy split stays
+    assert _balanced([[0, 1], [2, 3, 4]], [300, 300, 200, 200, 200], [0, 1, 2, 3, 4], 330) == [[0, 1], [2, 3, 4]]
+
+
+def test_rows_split_across_a_group_score_as_plain_ones(monkeypatch):
+    """Balanced parts need not be runs of the group (2 + 2 of 4 answers is [[0, 2], [1, 3]]): log-probs and
+    gradients still equal the plain path's."""
+    import modalign.rl.rollout as rollout
+
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    interleaved = lambda group, *args: [group[0::2], group[1::2]] if len(group) > 1 else [group]  # noqa: E731
+    monkeypatch.setattr(rollout, "_row_parts", interleaved)
+    assert any(len(group) > 2 for group in prompt_groups(samples))  # some part really skips a row
+    _assert_same_logprobs_and_grads(policy.model, samples)
+
+
 def test_long_answers_behind_a_short_prompt_get_rows_of_their_own(monkeypatch):
     import modalign.rl.rollout as rollout
 
@@ -244,6 +284,7 @@ def test_dpo_pairs_whose_packing_costs_more_run_unpacked(sft_model, monkeypatch)
     encoded = encode_pairs(policy.processor, MediaStore(sft_model[1]),
                            [PreferencePair(e, e.meta["answer"], e.meta["answer"] + " and more") for e in examples], 256)
     pad = policy.processor.tokenizer.pad_token_id
+    monkeypatch.setattr(train, "model_width", lambda model: 10**6)  # projections dominate: always pack
     assert train._packing_pays(policy.model, encoded)
     packed = pair_answer_logprobs(policy.model, encoded, pad)
     monkeypatch.setattr(train, "model_width", lambda model: -10**6)  # attention dominates: never pack

@@ -102,21 +102,43 @@ def _packed_attention(segment: torch.Tensor) -> torch.Tensor:
     return allowed.unsqueeze(1)
 
 
-def packing_pays(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int) -> bool:
-    """Whether appending an answer to a packed row (prompt + answers so far) costs fewer FLOPs than its own row.
+# What one attention FLOP of a packed row (dense L x L mask) costs against one projection or MLP FLOP, on CPU:
+# least squares over 8 scoring passes per precision (bench/packing_rule.py --size compute: d 512, a 55-token
+# prompt and 4 answers of 16-160 tokens, packed and one per row, forward + backward): 1.5 in fp32 and 2.9
+# under bf16 autocast, where the projections run ~1.7x faster and the masked attention does not.
+CPU_ATTENTION_COST = {torch.float32: 1.5, torch.bfloat16: 2.9}
+
+
+def attention_cost(device_type: str) -> float:
+    """The cost of an attention FLOP against a projection FLOP in a pass run now on `device_type` (under the
+    autocast in force, if any): `CPU_ATTENTION_COST` on CPU; 1.0 (FLOPs alone) where it was not measured."""
+    if device_type != "cpu":
+        return 1.0
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+    return CPU_ATTENTION_COST.get(dtype, 1.0)
+
+
+def packing_pays(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int,
+                 attention_flop_cost: float = 1.0) -> bool:
+    """Whether appending an answer to a packed row (prompt + answers so far) costs less than its own row.
 
     Per layer and token a transformer spends ~24 d^2 FLOPs in its projections and MLP and 4 d per key in
-    attention (forward; Hoffmann et al. 2022, "Training Compute-Optimal LLMs", Appendix F). Packing the answer (A tokens) behind a row whose
-    answers hold S tokens saves its own copy of the prompt, 24 d^2 P, and adds 4 d (2 S A - P^2) of
-    attention: the dense (L x L) mask computes the blocks between answers too. It pays while
-    2 S A < P^2 + 6 d P. The first answer of a row (S = 0) always does.
+    attention (forward; Hoffmann et al. 2022, "Training Compute-Optimal LLMs", Appendix F). Packing the
+    answer (A tokens) behind a row whose answers hold S tokens saves its own copy of the prompt, 24 d^2 P,
+    and adds 4 d (2 S A - P^2) of attention: the dense (L x L) mask computes the blocks between answers
+    too. With k the cost of an attention FLOP against a projection FLOP (`attention_flop_cost`, as
+    `attention_cost` measures it), it pays while k (2 S A - P^2) < 6 d P. The first answer of a row (S = 0)
+    always does.
     """
-    return packing_margin(prompt_tokens, packed_answer_tokens, answer_tokens, width) > 0
+    return packing_margin(prompt_tokens, packed_answer_tokens, answer_tokens, width, attention_flop_cost) > 0
 
 
-def packing_margin(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int) -> int:
-    """P^2 + 6 d P - 2 S A: FLOPs packing saves, in units of 4 d per layer (`packing_pays`); < 0 it costs."""
-    return prompt_tokens * (prompt_tokens + 6 * width) - 2 * packed_answer_tokens * answer_tokens
+def packing_margin(prompt_tokens: int, packed_answer_tokens: int, answer_tokens: int, width: int,
+                   attention_flop_cost: float = 1.0) -> float:
+    """6 d P - k (2 S A - P^2): what packing saves, in units of 4 d projection FLOPs per layer
+    (`packing_pays`); < 0 it costs. With k = 1 it counts FLOPs alone."""
+    return 6 * width * prompt_tokens - attention_flop_cost * (2 * packed_answer_tokens * answer_tokens
+                                                               - prompt_tokens * prompt_tokens)
 
 
 def model_width(model: Any) -> int | None:

@@ -18,7 +18,7 @@ import torch
 from modalign.data.records import Example
 from modalign.device import model_device, to_device
 from modalign.models.inputs import EncodedExample, MediaStore, collate_sft, concat_media, encode_sft_example
-from modalign.models.shared_prefix import (model_width, pack, packed_logprobs, packing_margin,
+from modalign.models.shared_prefix import (attention_cost, model_width, pack, packed_logprobs, packing_margin,
                                           supports_shared_prefix)
 from modalign.reward.losses import bradley_terry_loss
 from modalign.reward.model import ScalarHeadModel, answer_token_logprobs, last_token_index
@@ -97,16 +97,17 @@ def pair_answer_logprobs(model, batch: Sequence[EncodedPair], pad_token_id: int)
 
 
 def _packing_pays(model, batch: Sequence[EncodedPair]) -> bool:
-    """Packing saves FLOPs over the batch (`packing_margin` per pair, summed): long answers behind a short
-    prompt cost more in the attention between chosen and rejected than the prompt copy saves."""
+    """Packing saves time over the batch (`packing_margin` per pair, summed, with the attention's cost under
+    the precision in force): long answers behind a short prompt cost more in the attention between chosen
+    and rejected than the prompt copy saves."""
     width = model_width(model)
     if width is None:
         return True
-    margin = 0
+    cost, margin = attention_cost(model_device(model).type), 0.0
     for pair in batch:
         prompt = pair.chosen.prompt_length
         margin += packing_margin(prompt, len(pair.chosen.input_ids) - prompt, len(pair.rejected.input_ids) - prompt,
-                                 width)
+                                 width, cost)
     return margin > 0
 
 

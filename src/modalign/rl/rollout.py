@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from modalign.device import to_device
-from modalign.models.shared_prefix import (model_width, pack, packed_logprobs, packing_pays, same_media,
-                                          supports_shared_prefix, target_logprobs)
+from modalign.models.shared_prefix import (attention_cost, model_width, pack, packed_logprobs, packing_pays,
+                                          same_media, supports_shared_prefix, target_logprobs)
 from modalign.models.tinyvlm.fusion import MediaFeatures
 
 
@@ -111,8 +111,8 @@ def _packed_response_logprobs(model, samples: Samples, temperature: float, with_
     device = samples.sequences.device
     host = Samples(samples.sequences.cpu(), samples.attention_mask.cpu(), samples.response_mask.cpu(),
                    samples.prompt_length, samples.media)
-    hidden = model_width(model)
-    groups = [part for group in prompt_groups(host) for part in _row_parts(group, host, hidden)]
+    hidden, cost = model_width(model), attention_cost(device.type)  # the device the pass runs on, not the host's
+    groups = [part for group in prompt_groups(host) for part in _row_parts(group, host, hidden, cost)]
     first = [group[0] for group in groups]
     prompt_part = host.sequences[:, : host.prompt_length]
     prompts = [prompt_part[row][host.attention_mask[row, : host.prompt_length].bool()] for row in first]
@@ -161,21 +161,37 @@ def prompt_groups(samples: Samples) -> list[list[int]]:
 MAX_PACKED_TOKENS = 1024  # bounds one packed row's attention cost and memory, which grow with its length squared
 
 
-def _row_parts(group: list[int], samples: Samples, width: int | None = None) -> list[list[int]]:
+def _row_parts(group: list[int], samples: Samples, width: int | None = None, cost: float = 1.0) -> list[list[int]]:
     """A prompt's rows split so that each packed row (prompt + its answers) stays within MAX_PACKED_TOKENS
-    and, given the decoder's `width`, holds another answer only while that costs fewer FLOPs than a row
-    of its own (`packing_pays`: long answers behind a short prompt are cheaper unpacked)."""
+    and, given the decoder's `width`, holds another answer only while that costs less than a row of its
+    own (`packing_pays`, `cost` the attention's for the pass: long answers behind a short prompt are
+    cheaper unpacked); then the answers are spread evenly over that many rows (`_balanced`)."""
     prompt = int(samples.attention_mask[group[0], : samples.prompt_length].sum())
     answers = samples.response_mask.sum(1)  # (N,)
     parts, packed = [[]], 0  # packed: answer tokens in the current part
     for row in group:
         length = int(answers[row])
         too_long = prompt + packed + length > MAX_PACKED_TOKENS
-        if parts[-1] and (too_long or (width is not None and not packing_pays(prompt, packed, length, width))):
+        if parts[-1] and (too_long or (width is not None and not packing_pays(prompt, packed, length, width, cost))):
             parts, packed = parts + [[]], 0
         parts[-1].append(row)
         packed += length
-    return parts
+    return _balanced(parts, [int(answers[row]) for row in group], group, prompt)
+
+
+def _balanced(parts: list[list[int]], lengths: list[int], group: list[int], prompt: int) -> list[list[int]]:
+    """The group's answers over as many rows as `parts`, longest first onto the row with the fewest answer
+    tokens. Packed rows are padded to the longest, so 3 + 1 answers of 160 tokens cost a row of 4 in
+    padding where 2 + 2 cost none; and 2 + 2 has less attention (a sum of squares). Kept as the greedy
+    split when a balanced row would pass MAX_PACKED_TOKENS."""
+    if len(parts) == 1:
+        return parts
+    balanced, tokens = [[] for _ in parts], [0] * len(parts)
+    for length, row in sorted(zip(lengths, group), key=lambda pair: -pair[0]):
+        fewest = tokens.index(min(tokens))
+        balanced[fewest].append(row)
+        tokens[fewest] += length
+    return parts if prompt + max(tokens) > MAX_PACKED_TOKENS else [sorted(part) for part in balanced]
 
 
 def _pad_id(model) -> int:
