@@ -81,6 +81,9 @@ def test_a_reference_with_another_vocabulary_is_refused(tmp_path, sft_model):
     other.save(tmp_path / "other")
     with pytest.raises(UserError, match="reference '.*other': its vocabulary has .* tokens, the policy's"):
         kl_reference(policy.model, str(tmp_path / "other"))
+    with pytest.raises(UserError, match="its vocabulary has"):  # a run is refused before its folder exists
+        run_online(online_config(tmp_path / "run", sft_model, "grpo", reference=str(tmp_path / "other")))
+    assert not (tmp_path / "run").exists()
     same = kl_reference(policy.model, str(sft_model[0]))
     assert not same.training and not any(p.requires_grad for p in same.parameters())
 

@@ -135,6 +135,14 @@ def test_ppo_reference_other_than_the_start_policy(tmp_path, sft_model):
     assert sft_ref > 0.01
 
 
+def test_ppo_reference_that_cannot_serve_is_refused_before_the_run_folder(tmp_path, sft_model):
+    from modalign.errors import UserError
+
+    with pytest.raises(UserError, match="reference '.*nowhere': no such folder"):
+        run_ppo(ppo_config(tmp_path / "bad", sft_model, reference=str(tmp_path / "nowhere")), reward_source=GOLD)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ppo_resume_matches_uninterrupted(tmp_path, sft_model, monkeypatch):
     # with PPO-ptx on, so its batches are replayed exactly too
     run_ppo(ppo_config(tmp_path / "straight", sft_model, ptx_coef=0.5), reward_source=GOLD)

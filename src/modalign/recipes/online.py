@@ -113,18 +113,16 @@ def run_online(cfg: OnlineConfig, resume: str | None = None, reward_source=None)
     audio_seconds = validate.check_dataset_media(cfg.data, splits)
     reward = reward_source or validate.check_reward(cfg.reward_model, prompts_all)
     monitor = build_monitor(cfg.monitors, prompts_all, MediaStore(cfg.data), dist)
-    if cfg.reference:
-        validate.check_policy(cfg.reference, "reference")
     torch.manual_seed(cfg.seed)
     media_store = MediaStore(cfg.data)
     policy, checked = validate.load_policy_for(cfg.policy, prompts_all, media_store, audio_seconds, device)
     bind_judges(reward, policy, media_store)  # judge:claims:... rewards judge with this policy / these media
+    raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
+    reference = kl_reference(raw, cfg.reference, device)  # checked (its folder, its vocabulary) before the run's
     run = RunDir.open(out, dist.is_main) if resume else RunDir.create(out, cfg, dist.is_main)
     run.write_json("self_check.json", checked)
-    raw, tokenizer = policy.model.to(device), policy.processor.tokenizer  # raw: sampling and no-grad passes
     place_reward_models(reward, device)
     monitor.place(device)  # held-out reward models score where the rollout is
-    reference = kl_reference(raw, cfg.reference, device)
     raw_critic = ScalarHeadModel(copy.deepcopy(raw)) if cfg.algorithm == "a2c" else None
     frozen = raw.media_encoder_modules() + (raw_critic.backbone.media_encoder_modules() if raw_critic else [])
     for module in frozen:
