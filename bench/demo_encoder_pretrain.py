@@ -20,18 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-
-
-def caption_images(data_root: Path) -> tuple[list[str], list[str]]:
-    """(image path, caption) of every train scene's caption example."""
-    paths, captions = [], []
-    for line in (data_root / "train.jsonl").read_text().splitlines():
-        example = json.loads(line)
-        if example["meta"].get("task") == "caption":
-            paths.append(str(data_root / example["media"][0]["path"]))
-            captions.append(example["messages"][1]["content"][0]["text"])
-    return paths, captions
 
 
 def ngram_targets(captions: list[str], longest: int, min_count: int = 5) -> torch.Tensor:
@@ -79,6 +67,7 @@ def pretrain(encoder: torch.nn.Module, pixels: torch.Tensor, targets: torch.Tens
 
 def main() -> None:
     from modalign import validate
+    from modalign.models.inputs import MediaStore
     from modalign.models.tinyvlm.encoders import PatchImageEncoder
     from modalign.recipes.sft import SFTConfig, make_policy, prepare_data, run_sft, tokenizer_corpus
 
@@ -92,8 +81,9 @@ def main() -> None:
     train = validate.check_dataset(data_root, [base.train_split], answers=[base.train_split])[base.train_split]
     policy = make_policy(base, tokenizer_corpus(base, data_root, train))
     encoder = next(m for m in policy.model.modules() if isinstance(m, PatchImageEncoder))
-    paths, captions = caption_images(data_root)
-    pixels = policy.processor.image_processor([Image.open(p).convert("RGB") for p in paths])["pixel_values"]
+    scenes = [e for e in train if e.meta.get("task") == "caption"]  # one caption example per train scene
+    media, captions = MediaStore(data_root), [e.answer for e in scenes]
+    pixels = policy.processor.image_processor([media.images(e)[0] for e in scenes])["pixel_values"]
     setup = time.time() - started
     tick = time.time()
     targets = ngram_targets(captions, int(extra.pop("ngram", 1)))  # ngram=N: n-grams up to N (a pseudo-setting)

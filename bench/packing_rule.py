@@ -54,10 +54,12 @@ def main() -> None:
     sides = {"rule": lambda m: width, "packed": lambda m: None, "unpacked": lambda m: -10**9}
     with autocast(args.precision, model):  # the split the pass makes: the attention's cost depends on it
         cost = attention_cost("cpu")
-    parts = {name: [len(p) for g in rollout.prompt_groups(samples) for p in rollout._row_parts(g, samples, fn(model), cost)]
+    groups = rollout.prompt_groups(samples)
+    parts = {name: [len(p) for g in groups for p in rollout._row_parts(g, samples, fn(model), cost)]
              for name, fn in sides.items()}
-    prompt_tokens = [int(samples.attention_mask[g[0], : samples.prompt_length].sum()) for g in rollout.prompt_groups(samples)]
-    print(f"width {width}, prompt tokens {prompt_tokens}, answers per packed row: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    prompt_tokens = [int(samples.attention_mask[g[0], : samples.prompt_length].sum()) for g in groups]
+    print(f"width {width}, prompt tokens {prompt_tokens}, answers per packed row: "
+          + ", ".join(f"{k} {v}" for k, v in parts.items()))
 
     def one_pass() -> None:
         with autocast(args.precision, model):  # forward only: backward runs outside, as in recipes/online.py

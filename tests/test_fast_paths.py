@@ -248,17 +248,28 @@ def test_split_groups_get_rows_of_even_length():
     assert _balanced([[0, 1], [2, 3, 4]], [300, 300, 200, 200, 200], [0, 1, 2, 3, 4], 330) == [[0, 1], [2, 3, 4]]
 
 
-def test_rows_split_across_a_group_score_as_plain_ones(monkeypatch):
-    """Balanced parts need not be runs of the group (2 + 2 of 4 answers is [[0, 2], [1, 3]]): log-probs and
-    gradients still equal the plain path's."""
+def _assert_interleaved_parts_score_as_plain_rows(model, samples, monkeypatch) -> None:
     import modalign.rl.rollout as rollout
 
-    policy = make_policy("concat")
-    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
     interleaved = lambda group, *args: [group[0::2], group[1::2]] if len(group) > 1 else [group]  # noqa: E731
     monkeypatch.setattr(rollout, "_row_parts", interleaved)
     assert any(len(group) > 2 for group in prompt_groups(samples))  # some part really skips a row
-    _assert_same_logprobs_and_grads(policy.model, samples)
+    _assert_same_logprobs_and_grads(model, samples)
+
+
+def test_rows_split_across_a_group_score_as_plain_ones(monkeypatch):
+    """Balanced parts need not be runs of the group (2 + 2 of 4 answers is [[0, 2], [1, 3]]): log-probs and
+    gradients still equal the plain path's."""
+    policy = make_policy("concat")
+    samples = _rollout(policy.model, policy.processor, mixed_batch(policy.processor))
+    _assert_interleaved_parts_score_as_plain_rows(policy.model, samples, monkeypatch)
+
+
+def test_rows_split_across_a_group_score_as_plain_ones_qwen2_vl(tiny, monkeypatch):
+    """The same through the Hugging Face adapter (positions from `shared_prefix_positions`, media per row)."""
+    policy, data, examples = _qwen(tiny)
+    samples = _rollout(policy.model, policy.processor, prompt_batch(policy.processor, MediaStore(data), examples))
+    _assert_interleaved_parts_score_as_plain_rows(policy.model, samples, monkeypatch)
 
 
 def test_long_answers_behind_a_short_prompt_get_rows_of_their_own(monkeypatch):
